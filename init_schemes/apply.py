@@ -1,0 +1,103 @@
+"""Draw parameters from their ``InitSpec`` deterministically, independent of world size.
+
+Each parameter is generated in fixed-size row blocks; block ``i`` of parameter ``key`` uses its
+own generator seeded from sha256(seed, key, i). A rank holding a dim-0 shard (FSDP2's
+``Shard(0)``, also inside HSDP's ``(Replicate, Shard(0))``) draws only the blocks that overlap its
+rows, so no rank ever allocates a full copy of a sharded tensor, and the assembled tensor is
+bitwise the same for 1, 2 or N ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from init_schemes.base import InitSpec, get_scheme
+
+BLOCK_NUMEL = 1 << 20  # elements per generator block (4 MiB in float32)
+
+
+def block_seed(seed: int, key: str, block: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{key}/{block}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(local tensor, global index of its first row) for a plain tensor or a dim-0-sharded DTensor."""
+    if not isinstance(param, DTensor):
+        return param, 0
+    start = 0
+    rows = param.shape[0]
+    for mesh_dim, placement in enumerate(param.placements):
+        if isinstance(placement, Replicate):
+            continue
+        if not (isinstance(placement, Shard) and placement.dim == 0):
+            raise NotImplementedError(f"init of placement {placement} (only Shard(0)/Replicate are supported)")
+        # torch.chunk semantics, as FSDP2 uses: ceil-sized chunks, the last ones short or empty.
+        n, coord = param.device_mesh.size(mesh_dim), param.device_mesh.get_local_rank(mesh_dim)
+        chunk = math.ceil(rows / n)
+        start += min(coord * chunk, rows)
+        rows = max(0, min(rows, (coord + 1) * chunk) - min(coord * chunk, rows))
+    local = param.to_local()
+    if local.shape[0] != rows:
+        raise RuntimeError(f"local shard has {local.shape[0]} rows, expected {rows}")
+    return local, start
+
+
+def _draw(block: torch.Tensor, spec: InitSpec, gen: torch.Generator) -> None:
+    if spec.dist == "normal":
+        block.normal_(0.0, spec.std, generator=gen)
+    elif spec.dist == "trunc_normal":
+        torch.nn.init.trunc_normal_(block, 0.0, spec.std, spec.a, spec.b, generator=gen)
+    elif spec.dist == "uniform":
+        bound = math.sqrt(3.0) * spec.std
+        block.uniform_(-bound, bound, generator=gen)
+    else:
+        raise ValueError(f"unknown distribution {spec.dist!r}")
+
+
+@torch.no_grad()
+def fill_(param: torch.Tensor, spec: InitSpec, seed: int, key: str) -> None:
+    """Fill ``param`` (plain or sharded) in place according to ``spec``."""
+    local, row_start = local_rows(param)
+    if spec.dist == "constant":
+        local.fill_(spec.value)
+        return
+    full_shape = tuple(param.shape)
+    row_numel = math.prod(full_shape[1:])
+    block_rows = max(1, BLOCK_NUMEL // row_numel)
+    row_end = row_start + local.shape[0]
+    if row_end == row_start:
+        return
+    gen = torch.Generator(device=local.device)
+    for b in range(row_start // block_rows, (row_end - 1) // block_rows + 1):
+        b_start = b * block_rows
+        b_end = min(b_start + block_rows, full_shape[0])
+        gen.manual_seed(block_seed(seed, key, b))
+        block = torch.empty((b_end - b_start, *full_shape[1:]), device=local.device, dtype=torch.float32)
+        _draw(block, spec, gen)
+        lo, hi = max(b_start, row_start), min(b_end, row_end)
+        local[lo - row_start: hi - row_start].copy_(block[lo - b_start: hi - b_start])
+
+
+class WeightInitializer:
+    """The ``init`` callable that models' ``init_weights`` use: scheme -> spec -> deterministic draw.
+
+    ``applied`` records the spec used for each parameter key (for reports and tests).
+    """
+
+    def __init__(self, opts, args, seed: int):
+        self.scheme = get_scheme(opts.scheme)
+        self.opts, self.args, self.seed = opts, args, seed
+        self.applied: dict[str, tuple[str, int | None, InitSpec]] = {}
+
+    def spec(self, role: str, layer_id: int | None) -> InitSpec:
+        return self.scheme.spec(role, layer_id, self.args, self.opts)
+
+    def __call__(self, param: torch.Tensor, role: str, layer_id: int | None, key: str) -> None:
+        spec = self.spec(role, layer_id)
+        self.applied[key] = (role, layer_id, spec)
+        fill_(param, spec, self.seed, key)

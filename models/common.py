@@ -1,0 +1,198 @@
+"""Pieces shared by the GPT-2 and Llama families: args, attention, RoPE, roles.
+
+Both families name their submodules after the roles of DESIGN.md §4 (``attn.q``, ``attn.k``,
+``attn.v``, ``attn.out``, ``mlp.gate``, ``mlp.up``, ``mlp.out``, ``tok_embedding``,
+``pos_embedding``, ``lm_head``), so a parameter's role is read off its name and every role is
+its own tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelArgs:
+    """Shapes of a transformer; everything a constructor and an init scheme need."""
+
+    family: str
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    vocab_size: int
+    max_seq_len: int
+    norm_eps: float
+    rope_theta: float
+    bias: bool
+    tie_embeddings: bool
+    activation: str  # MLP nonlinearity: "gelu" (gpt2) or "silu" (llama SwiGLU gate)
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+class Initializer(Protocol):
+    """What a module's ``init_weights`` calls for each parameter (init_schemes.WeightInitializer)."""
+
+    def __call__(self, param: torch.Tensor, role: str, layer_id: int | None, key: str) -> None: ...
+
+
+_WRAPPER_PARTS = re.compile(r"(_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module)\.")
+
+
+def canonical_name(fqn: str) -> str:
+    """Drop compile/activation-checkpoint wrapper prefixes from a parameter name."""
+    return _WRAPPER_PARTS.sub("", fqn)
+
+
+def role_of(name: str) -> str:
+    """Role (DESIGN.md §4) of a parameter from its (canonical) name, e.g. 'layers.3.attn.q.weight' -> 'attn.q'."""
+    name = canonical_name(name)
+    if name.endswith(".bias"):
+        return "bias"
+    module = name.removesuffix(".weight").split(".")
+    if module[0] == "layers":
+        module = module[2:]
+    if module[-1].endswith("norm"):
+        return "norm"
+    return ".".join(module)
+
+
+def layer_of(name: str) -> int | None:
+    """0-based block index of a parameter, None outside the blocks."""
+    parts = canonical_name(name).split(".")
+    return int(parts[1]) if parts[0] == "layers" else None
+
+
+def init_module_params(module: nn.Module, prefix: str, layer_id: int | None, init: Initializer) -> None:
+    """Ask ``init`` to fill every parameter of ``module`` by role; keys are canonical names."""
+    for local_name, param in module.named_parameters():
+        key = canonical_name(f"{prefix}{local_name}")
+        init(param, role_of(key), layer_id, key)
+
+
+def precompute_rope(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
+    """Complex rotations e^{i t theta_j}: [max_seq_len, head_dim // 2] (the Llama convention)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    t = torch.arange(max_seq_len, dtype=torch.float32)
+    return torch.polar(torch.ones(max_seq_len, head_dim // 2), torch.outer(t, freqs))
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of features: x [B, T, H, hd], rope [T, hd/2] complex -> [B, T, H, hd]."""
+    x_complex = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    rotated = x_complex * rope.view(1, x.shape[1], 1, x_complex.shape[-1])
+    return torch.view_as_real(rotated).flatten(3).type_as(x)
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention with separate q/k/v/out projections, GQA and optional RoPE."""
+
+    def __init__(self, args: ModelArgs, bias: bool):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.q = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=bias)
+        self.k = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=bias)
+        self.v = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=bias)
+        self.out = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=bias)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape  # x: [B, T, d]
+        q = self.q(x).view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = self.k(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = self.v(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        # SDPA wants [B, H, T, hd]; enable_gqa broadcasts the n_kv_heads groups.
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.out(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class TransformerBase(nn.Module):
+    """Embedding -> blocks -> final norm -> LM head; subclasses build the parts."""
+
+    args: ModelArgs
+    layers: nn.ModuleDict
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] int64 -> logits [B, T, vocab] (float32)."""
+        h = self.embed(tokens)
+        rope = self.rope_for(tokens.shape[1])
+        for block in self.layers.values():
+            h = block(h, rope)
+        return self.output_logits(self.final_norm(h)).float()
+
+    def output_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h [B, T, d] -> logits [B, T, vocab]."""
+        return self.lm_head(h)
+
+    def rope_for(self, seqlen: int) -> torch.Tensor | None:
+        return None
+
+    def reset_buffers(self, buffer_device: torch.device | None) -> None:
+        """Recompute non-persistent buffers after ``to_empty`` (none by default)."""
+
+    @torch.no_grad()
+    def init_weights(self, init: Initializer, buffer_device: torch.device | None = None) -> None:
+        """Initialize every parameter through ``init`` (the scheme decides each std), blocks by layer_id."""
+        self.reset_buffers(buffer_device)
+        for name, child in self.named_children():
+            if name != "layers":
+                init_module_params(child, f"{name}.", None, init)
+        for block in self.layers.values():
+            block.init_weights(init)
+
+
+class BlockBase(nn.Module):
+    """A pre-norm residual block that knows its depth."""
+
+    layer_id: int
+
+    @torch.no_grad()
+    def init_weights(self, init: Initializer) -> None:
+        init_module_params(self, f"layers.{self.layer_id}.", self.layer_id, init)
+
+
+def count_params(model: nn.Module, exclude_embeddings: bool = False) -> int:
+    """Number of parameters (tied tensors once); optionally without the embedding tables."""
+    total = 0
+    for name, p in model.named_parameters():
+        if exclude_embeddings and role_of(name) in ("tok_embedding", "pos_embedding"):
+            continue
+        total += p.numel()
+    return total
+
+
+def flops_per_token(args: ModelArgs, n_params_no_emb: int, seq_len: int) -> int:
+    """Training FLOPs per token: 6N (matmuls fwd+bwd) + 12 L H Q T (attention scores/values)."""
+    return 6 * n_params_no_emb + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
+
+
+ActivationFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU (tanh approximation, HF 'gelu_new')."""
+    return F.gelu(x, approximate="tanh")
+
+
+def ceil_to(value: int, multiple: int) -> int:
+    return multiple * math.ceil(value / multiple)

@@ -1,0 +1,32 @@
+"""Run a script under torchrun with N CPU ranks (gloo) for the distributed tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def torchrun(args: list[str], nproc: int, timeout: float = 600, env: dict | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=nproc <args>`` from the repo root; returns the process."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def python(args: list[str], timeout: float = 600, env: dict | None = None,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """``python <args>`` from the repo root (a single process, as a newcomer would run it)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"python failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
