@@ -1,0 +1,47 @@
+"""Config -> initialized, parallelized model: the one path used by training, inspection and benchmarks.
+
+meta build (shapes only) -> parallelize (AC, compile, FSDP2) -> ``to_empty`` on the device ->
+``init_weights`` under ``no_grad`` (the init scheme decides every std; each rank draws only its shard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from components.config import Config
+from distributed.env import DistEnv
+from distributed.parallelize import parallelize
+from init_schemes import WeightInitializer
+from models import build_model, make_model_args
+from models.common import ModelArgs
+
+SHAPE_FIELDS = ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "multiple_of", "ffn_dim_multiplier",
+                "norm_eps", "rope_theta", "bias", "tie_embeddings")
+
+
+def model_args_from_config(cfg: Config, tokenizer_vocab: int) -> ModelArgs:
+    """The model shapes: flavor <- [model] overrides; vocab from the tokenizer unless set."""
+    overrides = {name: getattr(cfg.model, name) for name in SHAPE_FIELDS}
+    vocab = cfg.model.vocab_size or tokenizer_vocab
+    if vocab < tokenizer_vocab:
+        raise ValueError(f"model.vocab_size = {vocab} is smaller than the tokenizer's {tokenizer_vocab} tokens; "
+                         "omit model.vocab_size or raise it")
+    return make_model_args(cfg.model.name, cfg.model.flavor, vocab, cfg.training.seq_len, overrides)
+
+
+def build_model_and_init(cfg: Config, tokenizer_vocab: int, env: DistEnv) -> tuple[nn.Module, ModelArgs, WeightInitializer]:
+    args = model_args_from_config(cfg, tokenizer_vocab)
+    with torch.device("meta"):
+        model = build_model(args)
+    parallelize(model, env, cfg.parallelism, cfg.training, cfg.compile, cfg.activation_checkpoint)
+    model.to_empty(device=env.device)
+    initializer = WeightInitializer(cfg.init, args, cfg.job.seed)
+    model.init_weights(initializer, buffer_device=env.device)
+    return model, args, initializer
+
+
+def describe(args: ModelArgs) -> dict:
+    return dataclasses.asdict(args)

@@ -1,0 +1,93 @@
+"""Process group and device mesh, the same code path for plain ``python`` and ``torchrun``.
+
+A plain ``python train.py`` run is a world of one: it still gets a (gloo or NCCL) process group
+and a 1-rank mesh, so FSDP2, DCP and the packed metric reductions run the same code as N ranks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: DeviceMesh  # 1-D ("dp_shard",) or 2-D ("dp_replicate", "dp_shard") for HSDP
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def dp_rank(self) -> int:
+        """Index of this rank's slice of the global batch (every rank is a data-parallel rank)."""
+        return self.rank
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size
+
+
+def resolve_device_type(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("training.device = 'cuda' but no CUDA device is visible; use --training.device cpu")
+    return requested
+
+
+def mesh_shape(world_size: int, replicate: int, shard: int) -> tuple[int, int]:
+    """(replicate, shard) degrees; shard = -1 takes what replication leaves."""
+    if shard == -1:
+        if world_size % replicate:
+            raise ValueError(f"parallelism.data_parallel_replicate_degree = {replicate} does not divide "
+                             f"the world size {world_size}")
+        shard = world_size // replicate
+    if replicate * shard != world_size:
+        raise ValueError(f"parallelism replicate x shard = {replicate} x {shard} != world size {world_size}; "
+                         "set data_parallel_shard_degree = -1")
+    return replicate, shard
+
+
+def init_distributed(device_type: str, replicate: int = 1, shard: int = -1,
+                     timeout_s: float = 1800) -> DistEnv:
+    """Join (or, for a plain process, create) the default process group and build the DP mesh."""
+    device_type = resolve_device_type(device_type)
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    device = torch.device(device_type, local_rank) if device_type == "cuda" else torch.device("cpu")
+    if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if "RANK" in os.environ:
+            dist.init_process_group(backend, timeout=timeout,
+                                    device_id=device if device_type == "cuda" else None)
+        else:  # a world of one, no rendezvous needed
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    rep, shd = mesh_shape(world_size, replicate, shard)
+    if rep > 1:
+        mesh = init_device_mesh(device_type, (rep, shd), mesh_dim_names=("dp_replicate", "dp_shard"))
+    else:
+        mesh = init_device_mesh(device_type, (shd,), mesh_dim_names=("dp_shard",))
+    return DistEnv(rank, world_size, local_rank, device, mesh)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

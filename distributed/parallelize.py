@@ -1,0 +1,63 @@
+"""Apply activation checkpointing, torch.compile and FSDP2 to a model built on ``meta``.
+
+Order as in torchtitan: AC wraps each block, compile compiles each block in place (names
+unchanged), then ``fully_shard`` shards each block and finally the root (embeddings, final
+norm, head), all on the data-parallel mesh. ``models/`` knows nothing of this.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from distributed.env import DistEnv
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str, every_k: int) -> None:
+    """Recompute blocks in backward: every block (full) or blocks with index % every_k == 0 (selective)."""
+    if mode == "none":
+        return
+    for name, block in list(model.layers.items()):
+        if mode == "full" or int(name) % every_k == 0:
+            model.layers[name] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def compile_enabled(enable: bool | None, device: torch.device) -> bool:
+    return device.type == "cuda" if enable is None else enable
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compile each block in place (one graph per block, reused across blocks of equal shape)."""
+    for block in model.layers.values():
+        block.compile(fullgraph=True)
+
+
+def mixed_precision(training, device: torch.device) -> MixedPrecisionPolicy:
+    """bf16 compute with fp32 reductions on CUDA; CPU (gloo) stays in float32."""
+    if device.type != "cuda":
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=DTYPES[training.mixed_precision_param],
+                                reduce_dtype=DTYPES[training.mixed_precision_reduce])
+
+
+def apply_fsdp(model: nn.Module, env: DistEnv, mp: MixedPrecisionPolicy, reshard_after_forward: bool) -> None:
+    """fully_shard each block, then the root; on a 2-D mesh this is HSDP (replicate x shard)."""
+    blocks = list(model.layers.values())
+    for i, block in enumerate(blocks):
+        # The last block's parameters are needed again at once by backward: keep them gathered.
+        fully_shard(block, mesh=env.mesh, mp_policy=mp,
+                    reshard_after_forward=reshard_after_forward and i < len(blocks) - 1)
+    fully_shard(model, mesh=env.mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+
+
+def parallelize(model: nn.Module, env: DistEnv, parallelism, training, compile_cfg, ac_cfg) -> nn.Module:
+    """AC -> compile -> FSDP2, in place; returns the model."""
+    apply_activation_checkpointing(model, ac_cfg.mode, ac_cfg.every_k)
+    if compile_enabled(compile_cfg.enable, env.device):
+        apply_compile(model)
+    apply_fsdp(model, env, mixed_precision(training, env.device), parallelism.reshard_after_forward)
+    return model

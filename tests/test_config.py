@@ -1,0 +1,108 @@
+"""Config system: precedence, includes, type checks and one-line errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.config import (SECTIONS, Config, ConfigError, field_docs, help_text, load_config, to_toml)
+from tests.launch import python
+
+CONTRACT_OPTIONS = ["model.name", "model.flavor", "init.scheme", "init.base_std", "init.scale_all_projections",
+                    "training.steps", "training.seq_len", "optimizer.lr", "job.seed", "job.output_dir",
+                    "job.run_name", "metrics.log_freq", "checkpoint.interval", "checkpoint.resume"]
+
+
+def test_every_field_is_documented_and_contract_names_exist():
+    for section, cls in SECTIONS.items():
+        docs = field_docs(cls)
+        fields = set(cls.__dataclass_fields__)
+        assert fields == set(docs), f"[{section}] undocumented: {fields - set(docs)}"
+    for dotted in CONTRACT_OPTIONS:
+        section, key = dotted.split(".")
+        assert key in SECTIONS[section].__dataclass_fields__
+    assert "--training.steps" in help_text()
+
+
+def test_precedence_cli_over_toml_over_defaults(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text('[training]\nsteps = 7\nseq_len = 64\n[optimizer]\nlr = 0.5\n')
+    child = tmp_path / "child.toml"
+    child.write_text('base = "base.toml"\n[training]\nsteps = 9\n')
+    cfg, _ = load_config(["--config", str(child), "--training.steps", "20", "--init.base_std=0.01"])
+    assert cfg.training.steps == 20  # CLI beats the child TOML
+    assert cfg.training.seq_len == 64  # inherited from the base file
+    assert cfg.optimizer.lr == 0.5
+    assert cfg.init.base_std == 0.01
+    assert cfg.training.global_batch_size == Config().training.global_batch_size  # default
+
+
+def test_cli_parsing_of_types():
+    cfg, flags = load_config(["--optimizer.betas", "0.8,0.99", "--init.scale_all_projections", "true",
+                              "--compile.enable", "auto", "--model.n_layers", "3", "--dry-run"], flags=("dry-run",))
+    assert cfg.optimizer.betas == [0.8, 0.99]
+    assert cfg.init.scale_all_projections is True
+    assert cfg.compile.enable is None
+    assert cfg.model.n_layers == 3
+    assert flags == {"dry-run"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--training.stepz", "3"], "unknown key training.stepz (command line); did you mean 'steps'?"),
+    (["--trainin.steps", "3"], "unknown config section [trainin] (command line); did you mean 'training'?"),
+    (["--training.steps", "ten"], "training.steps must be an integer; got 'ten'"),
+    (["--training.steps", "0"], "training.steps must be >= 1; got 0"),
+    (["--init.scheme", "mitchel"], "init.scheme = 'mitchel' is unknown; did you mean 'mitchell'?"),
+    (["--model.name", "gpt3"], "model.name = 'gpt3' is not allowed; did you mean 'gpt2'?"),
+    (["--optimizer.lr", "-1"], "optimizer.lr must be > 0; got -1.0"),
+    (["--init.scale_all_projections", "maybe"], "init.scale_all_projections must be true or false; got 'maybe'"),
+    (["--config", "/nonexistent/x.toml"], "config file not found: /nonexistent/x.toml"),
+    (["positional"], "unexpected argument 'positional'"),
+])
+def test_bad_inputs_give_one_line_errors(argv, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(argv)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_toml_errors_name_the_file_and_key(tmp_path):
+    bad_key = tmp_path / "a.toml"
+    bad_key.write_text("[optimizer]\nlearning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key optimizer.learning_rate .*a.toml"):
+        load_config(["--config", str(bad_key)])
+    bad_type = tmp_path / "b.toml"
+    bad_type.write_text('[training]\nsteps = "many"\n')
+    with pytest.raises(ConfigError, match="training.steps must be an integer"):
+        load_config(["--config", str(bad_type)])
+    cycle = tmp_path / "c.toml"
+    cycle.write_text('base = "c.toml"\n')
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_config(["--config", str(cycle)])
+    broken = tmp_path / "d.toml"
+    broken.write_text("[training\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(["--config", str(broken)])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg, _ = load_config(["--config", "train_configs/debug.toml", "--training.steps", "33"])
+    path = tmp_path / "resolved.toml"
+    path.write_text(to_toml(cfg))
+    again, _ = load_config(["--config", str(path)])
+    assert again == cfg
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+    configs = [p for p in Path("train_configs").rglob("*.toml") if p.name != "base.toml"]
+    assert len(configs) >= 15
+    for path in configs:
+        load_config(["--config", str(path)])
+
+
+def test_train_py_bad_config_exits_nonzero_with_one_line(tmp_path):
+    proc = python(["train.py", "--config", "train_configs/debug.toml", "--training.stepz", "3",
+                   "--job.output_dir", str(tmp_path)], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown key training.stepz (command line); did you mean 'steps'?"
+    assert list(tmp_path.iterdir()) == []
