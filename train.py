@@ -23,8 +23,7 @@ from components.checkpoint import Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, to_toml
 from components.data import TokenBatches, TokenDataset, ensure_dataset
 from components.lr_schedule import build_lr_scheduler
-from components.metrics import (MetricsLogger, NonFiniteLossError, first_nonfinite, mfu, peak_flops,
-                                peak_memory_gib)
+from components.metrics import MetricsLogger, NonFiniteLossError, first_nonfinite, mfu, peak_flops, peak_memory_gib
 from components.optim import build_optimizer, clip_grad_norm_
 from components.tokenizer import build_tokenizer
 from components.weight_stats import WeightStats
@@ -57,14 +56,14 @@ class Trainer:
         self.local_batch, self.micro_batch, self.accum_steps = batch_split(
             t.global_batch_size, env.dp_size, t.local_batch_size)
         self.tokenizer = build_tokenizer(cfg.tokenizer)
-        if env.is_main:  # one rank builds the token cache; the others wait, then open it
+        if env.local_rank == 0:  # one rank per node builds the token cache; the others wait, then open it
             ensure_dataset(cfg.data, self.tokenizer)
         barrier()
         data_path = ensure_dataset(cfg.data, self.tokenizer)
         self.train_batches = TokenBatches(TokenDataset(data_path, "train"), t.seq_len, t.global_batch_size,
                                           cfg.job.seed)
-        self.val_batches = TokenBatches(TokenDataset(data_path, "val"), t.seq_len, t.global_batch_size,
-                                        cfg.job.seed)
+        self.val_batches = (TokenBatches(TokenDataset(data_path, "val"), t.seq_len, t.global_batch_size,
+                                         cfg.job.seed) if cfg.metrics.val_freq else None)
         self.model, self.model_args, self.initializer = build_model_and_init(cfg, self.tokenizer.n_vocab, env)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, env.device)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.lr_scheduler, t.steps)
@@ -241,7 +240,7 @@ def run(cfg: Config) -> dict:
             trainer.checkpointer.save(0)
             return {}
         logger = MetricsLogger(trainer.run_dir, env.is_main, resume_step=resumed)
-        logger.set_layout(trainer.weight_stats.roles_to_layers())
+        logger.set_layout(trainer.weight_stats.roles_to_layers(), grad_stats=cfg.metrics.log_grad_stats)
         if env.is_main:
             print(f"initlab: {cfg.model.name}/{cfg.model.flavor} {trainer.n_params:,} params, init "
                   f"{cfg.init.scheme}, {env.world_size} rank(s) on {env.device.type}, run dir {trainer.run_dir}",

@@ -15,16 +15,15 @@ import difflib
 import inspect
 import json
 import math
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
+except ImportError:  # Python < 3.11
     import tomli as tomllib
 
 

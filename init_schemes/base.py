@@ -8,8 +8,9 @@ shapes (``models.common.ModelArgs``: n_layers L, dim d, ffn_dim d_ff, heads, voc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 ROLES = ("tok_embedding", "pos_embedding", "attn.q", "attn.k", "attn.v", "attn.out",
          "mlp.gate", "mlp.up", "mlp.out", "lm_head", "norm", "bias")
@@ -61,7 +62,7 @@ class InitSpec:
     def realized_mean(self) -> float:
         return self.value if self.dist == "constant" else 0.0
 
-    def scaled(self, factor: float) -> "InitSpec":
+    def scaled(self, factor: float) -> InitSpec:
         """Same distribution with std (and cutoffs) multiplied by ``factor``."""
         if self.dist == "constant":
             return self

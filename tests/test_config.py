@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import (SECTIONS, Config, ConfigError, field_docs, help_text, load_config, to_toml)
+from components.config import SECTIONS, Config, ConfigError, field_docs, help_text, load_config, to_toml
 from tests.launch import python
 
 CONTRACT_OPTIONS = ["model.name", "model.flavor", "init.scheme", "init.base_std", "init.scale_all_projections",

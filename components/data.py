@@ -1,0 +1,396 @@
+"""Token shards on disk, the offline embedded corpus, and the (seed, step) -> global batch loader.
+
+Shard directory format (written by :class:`ShardWriter`, shared with ``scripts/prepare_data.py``)::
+
+    manifest.json        {"format": "initlab-token-shards", "version": 1,
+                          "tokenizer": {"fingerprint", "description", "n_vocab"}, "eos_id",
+                          "dtype": "uint16" | "uint32", "source", "val_fraction",
+                          "splits": {"train" | "val": {"tokens", "documents",
+                                                       "shards": [{"file", "tokens"}, ...]}}}
+    train_00000.bin ...  flat little-endian token ids; every document is followed by EOS, so a
+    val_00000.bin ...    split's shards, concatenated, are one stream of EOS-joined documents
+
+A directory is built under a temporary name beside its target and renamed into place only after
+the manifest is written, so a directory with a complete manifest is always whole; one without is
+never read (the embedded cache is rebuilt, a prepared dataset is reported).
+
+The loader cuts a split's stream into W = (n_tokens - 1) // seq_len windows of seq_len + 1 tokens
+(window i starts at token i * seq_len, so consecutive windows share one token and each predicts
+seq_len targets). Windows are visited in a per-epoch permutation drawn from (seed, epoch); global
+batch ``step`` is positions [step * B, (step + 1) * B) of that endless epoch-after-epoch order, so
+any rank computes any row alone and 1 or N ranks see the same global batch.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+import sysconfig
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from components.config import Data
+from components.tokenizer import TextTokenizer
+
+FORMAT_NAME = "initlab-token-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val")
+DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB uint16 shards: few files, each easily memory-mapped
+EMBEDDED_MAX_BYTES = 20_000_000  # cap on the embedded corpus's text (~12 MB of stdlib today, ~2 s to tokenize)
+EMBEDDED_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+_TEMP_MARK = ".tmp-"  # <target>.tmp-<host>-<pid>-<random>: the owner is known, so stale ones can be removed
+_ENCODE_CHUNK = 64  # documents per tiktoken thread-pool call
+
+
+def token_dtype_name(n_vocab: int) -> str:
+    """Smallest unsigned dtype holding ids 0 .. n_vocab - 1."""
+    return "uint16" if n_vocab <= 2**16 else "uint32"
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """'val' for a fixed fraction of keys, decided by the key's hash alone (no other document matters)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return "val" if int.from_bytes(digest, "big") / 2**64 < val_fraction else "train"
+
+
+@dataclass
+class _SplitShards:
+    """What has been written for one split: its shard files and document count."""
+
+    shards: list[dict] = field(default_factory=list)  # [{"file": "train_00000.bin", "tokens": n}]
+    documents: int = 0
+    handle: BinaryIO | None = None
+
+    @property
+    def tokens(self) -> int:
+        return sum(shard["tokens"] for shard in self.shards)
+
+
+class ShardWriter:
+    """Context manager writing EOS-terminated documents into ``<target>.tmp-*``, renamed to target at exit.
+
+    On any exception (or when the result would be unusable: no documents, an empty split) the
+    temporary directory is deleted and ``target`` is left as it was.
+    """
+
+    def __init__(self, target: Path, tokenizer: TextTokenizer, source: str, val_fraction: float,
+                 shard_tokens: int = DEFAULT_SHARD_TOKENS):
+        if shard_tokens < 1:
+            raise ValueError(f"shard_tokens must be >= 1; got {shard_tokens}")
+        self.target = Path(target)
+        self._tokenizer = tokenizer
+        self._source = source
+        self._val_fraction = val_fraction
+        self._shard_tokens = shard_tokens
+        self._dtype_name = token_dtype_name(tokenizer.n_vocab)
+        self._splits = {split: _SplitShards() for split in SPLITS}
+        self._temp = self.target.parent / (f"{self.target.name}{_TEMP_MARK}{socket.gethostname()}-"
+                                           f"{os.getpid()}-{secrets.token_hex(4)}")
+
+    def __enter__(self) -> ShardWriter:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._temp.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            self._close_handles()
+            if self._temp.exists():
+                shutil.rmtree(self._temp)
+
+    def tokens(self, split: str) -> int:
+        """Tokens written so far to ``split`` (EOS included)."""
+        return self._splits[split].tokens
+
+    def add_document(self, token_ids: Sequence[int], split: str) -> None:
+        """Append one document's ids and an EOS to ``split`` ('train' or 'val')."""
+        state = self._splits[split]
+        array = np.empty(len(token_ids) + 1, dtype=_DTYPES[self._dtype_name])  # [doc_len + 1]
+        array[:-1] = token_ids
+        array[-1] = self._tokenizer.eos_id
+        state.documents += 1
+        while array.size:
+            if state.handle is None or state.shards[-1]["tokens"] == self._shard_tokens:
+                self._open_shard(split, state)
+            room = self._shard_tokens - state.shards[-1]["tokens"]
+            state.handle.write(array[:room].tobytes())
+            state.shards[-1]["tokens"] += min(room, array.size)
+            array = array[room:]
+
+    def _open_shard(self, split: str, state: _SplitShards) -> None:
+        if state.handle is not None:
+            state.handle.close()
+        name = f"{split}_{len(state.shards):05d}.bin"
+        state.shards.append({"file": name, "tokens": 0})
+        state.handle = open(self._temp / name, "wb")  # closed by the next _open_shard or by _close_handles
+
+    def _close_handles(self) -> None:
+        for state in self._splits.values():
+            if state.handle is not None:
+                state.handle.close()
+                state.handle = None
+
+    def _finish(self) -> None:
+        self._close_handles()
+        train, val = self._splits["train"], self._splits["val"]
+        total = train.documents + val.documents
+        if total == 0:
+            raise ValueError(f"no non-empty documents in {self._source}; give inputs that contain text")
+        if train.documents == 0:
+            raise ValueError(f"all {total} documents of {self._source} fell into the validation split; "
+                             f"lower the validation fraction ({self._val_fraction})")
+        if self._val_fraction > 0 and val.documents == 0:
+            raise ValueError(f"none of the {total} documents of {self._source} fell into the validation split "
+                             f"(fraction {self._val_fraction}); raise the fraction, use 0, or add documents")
+        manifest = {
+            "format": FORMAT_NAME, "version": FORMAT_VERSION,
+            "tokenizer": {"fingerprint": self._tokenizer.fingerprint, "description": self._tokenizer.description,
+                          "n_vocab": self._tokenizer.n_vocab},
+            "eos_id": self._tokenizer.eos_id, "dtype": self._dtype_name, "source": self._source,
+            "val_fraction": self._val_fraction,
+            "splits": {name: {"tokens": state.tokens, "documents": state.documents, "shards": state.shards}
+                       for name, state in self._splits.items()},
+        }
+        (self._temp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+        try:
+            os.rename(self._temp, self.target)  # atomic; replaces only a missing or empty directory
+        except OSError:
+            raise FileExistsError(f"{self.target} exists and is not empty (written meanwhile by another "
+                                  f"process?); nothing was overwritten") from None
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of a complete shard directory; one-line ValueError if missing, foreign or damaged."""
+    file = Path(path) / MANIFEST_NAME
+    fix = "re-create it with scripts/prepare_data.py --output <new dir>"
+    if not file.is_file():
+        raise ValueError(f"{path} has no {MANIFEST_NAME}, so it is not a complete token-shard directory "
+                         f"(an interrupted build?); {fix}")
+    try:
+        manifest = json.loads(file.read_text())
+        if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{file} is not an {FORMAT_NAME} v{FORMAT_VERSION} manifest; {fix}")
+        itemsize = _DTYPES[manifest["dtype"]].itemsize
+        for info in manifest["splits"].values():
+            for shard in info["shards"]:
+                shard_path = Path(path) / shard["file"]
+                size = shard_path.stat().st_size if shard_path.is_file() else 0
+                if size != shard["tokens"] * itemsize:
+                    raise ValueError(f"{shard_path} has {size} bytes but the manifest says {shard['tokens']} "
+                                     f"tokens of {itemsize} bytes; the directory is damaged, {fix}")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{file} is malformed ({type(error).__name__}: {error}); {fix}") from None
+    return manifest
+
+
+def check_tokenizer(manifest: dict, path: Path, tokenizer: TextTokenizer) -> None:
+    """One-line ValueError unless the shards at ``path`` were written with ``tokenizer``."""
+    recorded = manifest["tokenizer"]
+    if recorded["fingerprint"] != tokenizer.fingerprint:
+        raise ValueError(f"{path} was tokenized with {recorded['description']} (fingerprint {recorded['fingerprint']}),"
+                         f" not the configured {tokenizer.description} ({tokenizer.fingerprint}); set [tokenizer] "
+                         f"to match or re-run scripts/prepare_data.py with this tokenizer")
+
+
+def ensure_dataset(cfg: Data, tokenizer: TextTokenizer, *, stdlib: Path | None = None,
+                   max_bytes: int = EMBEDDED_MAX_BYTES) -> Path:
+    """Directory of token shards for ``cfg.dataset``, building the embedded corpus on first use.
+
+    ``stdlib`` and ``max_bytes`` choose the embedded corpus's source tree and size cap (defaults:
+    this interpreter's standard library, 20 MB). Idempotent; call it on one rank, then barrier.
+    """
+    if cfg.dataset == "embedded":
+        return _ensure_embedded(cfg, tokenizer, Path(stdlib) if stdlib else stdlib_root(), max_bytes)
+    path = Path(cfg.dataset).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"data.dataset = {cfg.dataset!r} is not a directory; use 'embedded' or a "
+                                f"directory written by scripts/prepare_data.py --output DIR")
+    check_tokenizer(read_manifest(path), path, tokenizer)
+    return path
+
+
+def stdlib_root() -> Path:
+    """This interpreter's standard-library directory (its .py sources are the embedded corpus)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def embedded_files(root: Path, max_bytes: int) -> list[tuple[str, Path, int]]:
+    """(relative posix path, path, bytes) of the non-empty .py files under ``root``, sorted by relative
+    path, skipping EMBEDDED_SKIP_DIRS and stopping before the total would exceed ``max_bytes``."""
+    found = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = [name for name in subdirs if name not in EMBEDDED_SKIP_DIRS]
+        for name in names:
+            path = Path(directory) / name
+            if name.endswith(".py") and path.is_file() and (size := path.stat().st_size) > 0:
+                found.append((path.relative_to(root).as_posix(), path, size))
+    found.sort(key=lambda entry: entry[0])
+    kept, total = [], 0
+    for entry in found:
+        if total + entry[2] > max_bytes:
+            break
+        kept.append(entry)
+        total += entry[2]
+    if not kept:
+        raise ValueError(f"no non-empty .py file of at most {max_bytes} bytes under {root}; point the embedded "
+                         f"corpus at a Python source tree or set data.dataset to a prepared directory")
+    return kept
+
+
+def _ensure_embedded(cfg: Data, tokenizer: TextTokenizer, root: Path, max_bytes: int) -> Path:
+    files = embedded_files(root, max_bytes)
+    # The cache key covers everything that changes the shards besides the tokenizer (its own directory level).
+    identity = json.dumps([FORMAT_VERSION, cfg.val_fraction, [(rel, size) for rel, _, size in files]])
+    key = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    target = Path(cfg.cache_dir).expanduser() / tokenizer.fingerprint / f"embedded-{key}"
+    remove_stale_temps(target)
+    if target.exists():
+        try:
+            check_tokenizer(read_manifest(target), target, tokenizer)
+            return target
+        except ValueError as problem:
+            print(f"initlab: rebuilding the damaged embedded-corpus cache ({problem})", file=sys.stderr)
+            shutil.rmtree(target)
+    total_bytes = sum(size for _, _, size in files)
+    source = f"Python standard library: {len(files)} .py files, {total_bytes / 1e6:.1f} MB under {root}"
+    try:
+        with ShardWriter(target, tokenizer, source, cfg.val_fraction) as writer:
+            for start in range(0, len(files), _ENCODE_CHUNK):
+                chunk = files[start:start + _ENCODE_CHUNK]
+                texts = [path.read_text(encoding="utf-8", errors="replace") for _, path, _ in chunk]
+                for (rel, _, _), ids in zip(chunk, tokenizer.encode_batch(texts)):
+                    writer.add_document(ids, split_of(rel, cfg.val_fraction))
+    except FileExistsError:
+        check_tokenizer(read_manifest(target), target, tokenizer)  # another process finished the same build first
+    return target
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete ``<target>.tmp-*`` directories of builds on this host whose process has died."""
+    removed, host = [], socket.gethostname()
+    for temp in Path(target).parent.glob(f"{glob.escape(Path(target).name)}{_TEMP_MARK}*"):
+        owner = temp.name[len(Path(target).name) + len(_TEMP_MARK):].rpartition("-")[0]  # "<host>-<pid>"
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(temp, ignore_errors=True)
+            removed.append(temp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class TokenDataset:
+    """One split of a shard directory as a single memory-mapped token stream."""
+
+    def __init__(self, path: Path, split: str):
+        self.path, self.split = Path(path), split
+        manifest = read_manifest(self.path)
+        if split not in manifest["splits"]:
+            raise ValueError(f"{self.path} has no split {split!r}; it has {', '.join(manifest['splits'])}")
+        info = manifest["splits"][split]
+        dtype = _DTYPES[manifest["dtype"]]
+        self._shards = [np.memmap(self.path / shard["file"], dtype=dtype, mode="r", shape=(shard["tokens"],))
+                        for shard in info["shards"] if shard["tokens"] > 0]
+        self._starts = np.cumsum([0] + [len(shard) for shard in self._shards])  # [n_shards + 1] stream offsets
+        self.n_tokens = int(self._starts[-1])
+        self.n_documents = int(info["documents"])
+        self.eos_id = int(manifest["eos_id"])
+        self.tokenizer_fingerprint = manifest["tokenizer"]["fingerprint"]
+        identity = json.dumps([self.tokenizer_fingerprint, split, info["shards"]], sort_keys=True)
+        self.fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        """Digest of (tokenizer, split, shard names and sizes): stable when the directory moves."""
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the stream as int64, across shard boundaries; shape [stop - start]."""
+        if not 0 <= start <= stop <= self.n_tokens:
+            raise IndexError(f"token range [{start}, {stop}) outside [0, {self.n_tokens}) of {self.path}:{self.split}")
+        pieces = []
+        shard = int(np.searchsorted(self._starts, start, side="right")) - 1
+        while start < stop:
+            offset = start - int(self._starts[shard])
+            take = min(stop - start, len(self._shards[shard]) - offset)
+            pieces.append(self._shards[shard][offset:offset + take])
+            start += take
+            shard += 1
+        return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
+
+
+class TokenBatches:
+    """Global batch ``step`` of ``global_batch_size`` windows of ``seq_len + 1`` tokens, from (seed, step) alone."""
+
+    _STATE_KEYS = ("seed", "seq_len", "global_batch_size", "dataset_fingerprint")
+
+    def __init__(self, dataset: TokenDataset, seq_len: int, global_batch_size: int, seed: int):
+        if seq_len < 1 or global_batch_size < 1:
+            raise ValueError(f"seq_len and global_batch_size must be >= 1; got {seq_len} and {global_batch_size}")
+        self.dataset, self.seq_len, self.global_batch_size, self.seed = dataset, seq_len, global_batch_size, seed
+        self.n_windows = (dataset.n_tokens - 1) // seq_len
+        if self.n_windows < 1:
+            raise ValueError(f"split '{dataset.split}' of {dataset.path} has {dataset.n_tokens} tokens, fewer than "
+                             f"one sequence of seq_len + 1 = {seq_len + 1}; use a shorter training.seq_len or more data")
+        self._orders: dict[int, np.ndarray] = {}  # epoch -> window permutation [n_windows]
+
+    def window_order(self, epoch: int) -> np.ndarray:
+        """Permutation of the window indices visited in ``epoch``, drawn from (seed, epoch)."""
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:  # a batch straddles at most two epochs
+                self._orders.pop(min(self._orders))
+            rng = np.random.default_rng([self.seed % 2**64, epoch])
+            self._orders[epoch] = rng.permutation(self.n_windows)
+        return self._orders[epoch]
+
+    def window_ids(self, step: int, rows: slice) -> np.ndarray:
+        """Window indices of rows ``rows`` of global batch ``step``; shape [n_rows]."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0; got {step}")
+        positions = [step * self.global_batch_size + row for row in range(self.global_batch_size)[rows]]
+        return np.array([self.window_order(p // self.n_windows)[p % self.n_windows] for p in positions],
+                        dtype=np.int64)
+
+    def get(self, step: int, rows: slice) -> torch.Tensor:
+        """LongTensor [n_rows, seq_len + 1]: inputs are [:, :-1], next-token targets [:, 1:]."""
+        windows = [self.dataset.read(w * self.seq_len, w * self.seq_len + self.seq_len + 1)
+                   for w in self.window_ids(step, rows)]
+        if not windows:
+            return torch.zeros(0, self.seq_len + 1, dtype=torch.long)
+        return torch.from_numpy(np.stack(windows))
+
+    def state_dict(self) -> dict:
+        """Everything that fixes the batch sequence (the step itself is the trainer's)."""
+        return {"seed": self.seed, "seq_len": self.seq_len, "global_batch_size": self.global_batch_size,
+                "dataset_fingerprint": self.dataset.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Check that a checkpoint's loader state matches this loader; one-line ValueError if not."""
+        mine = self.state_dict()
+        diffs = [f"{key} {state.get(key)!r} -> {mine[key]!r}" for key in self._STATE_KEYS if state.get(key) != mine[key]]
+        if diffs:
+            raise ValueError(f"data loader state of the checkpoint does not match this run ({'; '.join(diffs)}); "
+                             f"resume with the checkpoint's seed, seq_len, global batch and dataset")

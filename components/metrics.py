@@ -1,0 +1,226 @@
+"""Run metrics (DESIGN.md §8): TensorBoard + ``metrics.jsonl`` logging, non-finite detection, MFU, memory.
+
+``MetricsLogger`` writes every logged step to ``<run_dir>/tb/`` (TensorBoard events, with a
+custom-scalars layout of one chart per role and one line per layer, and HParams for ablation
+families) and to ``<run_dir>/metrics.jsonl`` (one JSON object per step). Only rank 0 enables it.
+On resume, later steps are dropped from both so no step appears twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import resource
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+from components.weight_stats import local_shard
+from models.common import canonical_name, layer_of, role_of
+
+# Families of per-layer metrics (weight_stats.WeightStats names) that get a custom-scalars category.
+LAYER_FAMILIES = ("weight_std", "grad_norm", "update_ratio")
+
+
+class MetricsLogger:
+    """TensorBoard + metrics.jsonl writer of one run; every method is a no-op when not enabled."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None):
+        self.enabled = enabled
+        self.last_step: int | None = None
+        if not enabled:
+            return
+        run_dir = Path(run_dir)
+        self.jsonl_path = run_dir / "metrics.jsonl"
+        if resume_step is None:
+            if self.jsonl_path.exists() and self.jsonl_path.stat().st_size > 0:
+                raise ValueError(f"{self.jsonl_path} already holds metrics; resume the run "
+                                 "(--checkpoint.resume true) or choose a new job.run_name")
+        else:
+            if isinstance(resume_step, bool) or not isinstance(resume_step, int) or resume_step < 0:
+                raise ValueError(f"resume_step = {resume_step!r} must be a step number >= 0 (the checkpoint's step)")
+            truncate_jsonl(self.jsonl_path, resume_step)
+            self.last_step = resume_step
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
+        # purge_step writes a SessionLog.START at resume_step + 1: readers drop older events from that step on.
+        self._writer = SummaryWriter(log_dir=str(run_dir / "tb"),
+                                     purge_step=None if resume_step is None else resume_step + 1)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """One logged step to both sinks (flushed); non-finite values become JSON null (JSON has no NaN)."""
+        if not self.enabled:
+            return
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"metrics step {step!r} must be an int")
+        if self.last_step is not None and step <= self.last_step:
+            raise ValueError(f"metrics step {step} is not after the last logged step {self.last_step}; "
+                             "log each step once, in increasing order")
+        if "step" in values:
+            raise ValueError("metric name 'step' is reserved for the step number; rename that metric")
+        scalars = {name: _as_float(name, value) for name, value in values.items()}
+        record = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for name, value in scalars.items():
+            self._writer.add_scalar(name, value, step)
+        self._writer.flush()
+        self.last_step = step
+
+    def set_layout(self, roles_to_layers: dict[str, list[int]], grad_stats: bool = False) -> None:
+        """Custom-scalars layout: a loss chart, and per family one chart per role with a line per layer.
+
+        ``roles_to_layers`` maps a role to its layers (empty for non-block roles, drawn as one line),
+        e.g. ``WeightStats.roles_to_layers()``; ``grad_stats`` adds the grad_norm/update_ratio categories.
+        """
+        if not self.enabled:
+            return
+        if not roles_to_layers:
+            raise ValueError("set_layout needs at least one role (e.g. WeightStats(model).roles_to_layers())")
+        layout = {"loss": {"loss": ["Multiline", [_exact("loss/train"), _exact("loss/val")]]}}
+        for family in LAYER_FAMILIES if grad_stats else LAYER_FAMILIES[:1]:
+            layout[family] = {
+                role: ["Multiline", [_exact(f"{family}/{role}/layer_{layer:02d}") for layer in layers]
+                       or [_exact(f"{family}/{role}")]]
+                for role, layers in roles_to_layers.items()
+            }
+        self._writer.add_custom_scalars(layout)
+        self._writer.flush()
+
+    def log_hparams(self, hparams: dict, final_metrics: dict[str, float]) -> None:
+        """HParams-tab entry of this run (in its own tb/ dir): ``hparams`` (nested dicts flattened to
+        'section.key', values not str/bool/int/float stringified) and ``final_metrics`` as ``final/<name>``."""
+        if not self.enabled:
+            return
+        step = self.last_step or 0
+        metric_tags = {}
+        for name, value in final_metrics.items():
+            metric_tags[f"final/{name}"] = _as_float(name, value)
+            self._writer.add_scalar(f"final/{name}", metric_tags[f"final/{name}"], step)
+        experiment, session_start, session_end = hparams_summaries(flatten_hparams(hparams), metric_tags)
+        for summary in (experiment, session_start, session_end):
+            self._writer.file_writer.add_summary(summary, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self.enabled and not self._jsonl.closed:
+            self._writer.close()
+            self._jsonl.close()
+
+
+def truncate_jsonl(path: Path, resume_step: int) -> None:
+    """Drop the lines of ``path`` with step > resume_step (a torn last line too), rewriting it atomically."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            if lineno == len(lines):  # a crash mid-write leaves a partial last line: it is not data
+                break
+            raise ValueError(f"{path}:{lineno}: not a metrics record with a 'step' ({err!r}); "
+                             "repair or delete that line, then resume") from err
+        if step <= resume_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept == lines:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # readers see the old file or the new one, never a half-written one
+
+
+def flatten_hparams(hparams: dict, prefix: str = "") -> dict[str, str | bool | int | float]:
+    """{'optimizer': {'lr': 1e-3}} -> {'optimizer.lr': 1e-3}; values TensorBoard cannot hold become str."""
+    flat: dict[str, str | bool | int | float] = {}
+    for key, value in hparams.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_hparams(value, prefix=f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (str, bool, int, float)) else str(value)
+    return flat
+
+
+def _exact(tag: str) -> str:
+    """Custom-scalars lines are regexes: match this tag only (layer_1 must not match layer_10)."""
+    return f"^{re.escape(tag)}$"
+
+
+def _as_float(name: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"metric '{name}' = {value!r} is not a number; log floats (or 0-d tensors)") from err
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss went non-finite; the message names the step and the first non-finite weight or grad."""
+
+
+def first_nonfinite(model: nn.Module) -> str | None:
+    """First parameter (model order; its weight before its grad) holding a non-finite value on any rank.
+
+    Collective when a process group exists: local shards are checked and one all_reduce(MAX) of the
+    flags makes every rank return the same answer, e.g. 'layers.03 attn.q grad (layers.3.attn.q.weight)'.
+    """
+    names, flags = [], []
+    for fqn, param in model.named_parameters():
+        name = canonical_name(fqn)
+        layer = layer_of(name)
+        where = role_of(name) if layer is None else f"layers.{layer:02d} {role_of(name)}"
+        for kind, tensor in (("weight", param), ("grad", param.grad)):
+            names.append(f"{where} {kind} ({name})")
+            flags.append(~torch.isfinite(local_shard(tensor.detach())).all() if tensor is not None
+                         else torch.zeros((), dtype=torch.bool, device=param.device))
+    if not flags:
+        return None
+    bad = torch.stack(flags).to(torch.int32)  # [2 * n_params]: weight, grad per parameter
+    if dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    hits = bad.nonzero().flatten().tolist()
+    return names[hits[0]] if hits else None
+
+
+# Dense bf16 tensor-core peaks (FLOP/s) by substring of torch.cuda.get_device_name(), most specific first.
+PEAK_BF16_FLOPS: dict[str, float] = {
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM (e.g. "NVIDIA H100 80GB HBM3")
+    "H200": 989e12,
+    "A100": 312e12,
+}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak dense bf16 FLOP/s of ``device``; None on CPU or an unknown GPU (MFU is then omitted)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device).lower()
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key.lower() in name), None)
+
+
+def mfu(tokens_per_sec_per_device: float, flops_per_token: float, peak: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s per device over the device's peak (fraction, not %)."""
+    if not peak > 0:
+        raise ValueError(f"peak FLOP/s = {peak!r} must be > 0; use peak_flops(device) and skip MFU when it is None")
+    return tokens_per_sec_per_device * flops_per_token / peak
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory in GiB: CUDA max_memory_allocated, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return max_rss / (2**30 if sys.platform == "darwin" else 2**20)

@@ -1,0 +1,205 @@
+"""Per-layer, per-role weight statistics of a (sharded) model from ONE packed all-reduce.
+
+For every tracked weight (each block role of each layer, plus the embeddings and the LM head;
+norms and biases are skipped) a rank computes the (sum, sum of squares, count) of its LOCAL
+shard, all tensors are packed into one float64 tensor ``[n_tensors, n_columns]`` and summed by a
+single ``all_reduce`` over the data-parallel shard group. ``full_tensor()`` is never called, so
+no rank gathers a weight.
+
+Numerics: each local shard gives a float64-accumulated sum and a centered variance from
+``torch.var`` (a stable reduction, Welford on CUDA, so no cancellation even with fp32
+accumulation); they become a sum of squares ``n * (var + mean^2)`` only in float64. The final
+``sumsq - sum^2 / n`` then cancels in float64, which keeps the std of a tensor with mean 5 and
+std 1e-3 accurate to ~2e-8 relative where a naive fp32 sum of squares has no correct digit. float64 is used on every
+device: both supported device types (cpu with gloo, cuda with NCCL) reduce float64, so no fp32
+fallback is needed.
+
+Optional extras in the same reduction (``grad_stats=True``): per-tensor gradient sum of squares
+and, after ``snapshot()``, the sum of squares of the update ``w_now - w_snapshot``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from models.common import canonical_name, layer_of, role_of
+
+SKIPPED_ROLES = ("norm", "bias")
+# Columns of the packed statistics tensor [n_tensors, n_columns].
+# SUM, SUMSQ, COUNT always; GRAD_SUMSQ with grad_stats; the update sum of squares last, after snapshot().
+SUM, SUMSQ, COUNT, GRAD_SUMSQ = range(4)
+
+
+@dataclass(frozen=True)
+class TrackedTensor:
+    """One weight whose statistics are logged; ``layer`` is None outside the blocks."""
+
+    name: str  # canonical parameter name, e.g. "layers.3.attn.q.weight"
+    role: str
+    layer: int | None
+    param: nn.Parameter
+
+    @property
+    def suffix(self) -> str:
+        """Metric name after the family prefix: '<role>/layer_<NN>' in blocks, '<role>' outside."""
+        return self.role if self.layer is None else f"{self.role}/layer_{self.layer:02d}"
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (no communication); a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def packed_moments(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(sum, sum of squares, count) of each tensor: float64 [len(tensors), 3] on their device, computed stably."""
+    rows = []
+    for x in tensors:
+        x = x.detach()
+        if x.numel() == 0:  # an uneven Shard(0) can leave a rank without rows: zeros, not NaN
+            rows.append(x.new_zeros(2, dtype=torch.float64))
+            continue
+        # The sum accumulates in float64 (an fp32 mean of 5 would carry ~3e-7 of rounding into the std);
+        # the centered variance needs no such care. Low-precision inputs are upcast so var is not rounded.
+        var = torch.var(x if x.dtype in (torch.float32, torch.float64) else x.float(), correction=0)
+        rows.append(torch.stack([torch.sum(x, dtype=torch.float64), var.double()]))
+    total, var = torch.stack(rows).unbind(1)  # [n] each
+    count = torch.tensor([x.numel() for x in tensors], dtype=torch.float64, device=total.device)
+    mean = total / count.clamp_min(1.0)
+    return torch.stack([total, count * (var + mean * mean), count], dim=1)
+
+
+def std_from_moments(moments: torch.Tensor) -> torch.Tensor:
+    """Unbiased std (as torch.std) from float64 [..., 3] (sum, sumsq, count); NaN where count < 2."""
+    total, sumsq, count = moments.unbind(-1)
+    centered_sumsq = (sumsq - total * (total / count)).clamp_min(0.0)  # float64: cancellation is harmless
+    return (centered_sumsq / (count - 1)).sqrt()
+
+
+def squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of ``x`` as a float64 scalar (fp32 accumulation at least; no cancellation to fear)."""
+    norm = torch.linalg.vector_norm(x.detach(), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return norm.double().square()
+
+
+def tracked_tensors(model: nn.Module) -> list[TrackedTensor]:
+    """Every parameter whose role is not norm/bias, in model order (tied tensors once)."""
+    tracked = []
+    for fqn, param in model.named_parameters():
+        name = canonical_name(fqn)
+        role = role_of(name)
+        if role not in SKIPPED_ROLES:
+            tracked.append(TrackedTensor(name, role, layer_of(name), param))
+    if not tracked:
+        raise ValueError(f"{type(model).__name__} has no weight tensors besides norms/biases; "
+                         "WeightStats needs a model with attn/mlp/embedding weights")
+    return tracked
+
+
+def shard_group(tracked: list[TrackedTensor]) -> dist.ProcessGroup | None:
+    """The group whose ranks hold disjoint pieces of every tracked DTensor; None when nothing is sharded.
+
+    FSDP2 places parameters Shard(0) on a 1-D mesh, or (Replicate(), Shard(0)) under HSDP: replicas
+    hold identical shards, so only the mesh dimension that shards ("dp_shard") must be summed.
+    """
+    layouts = set()
+    for t in tracked:
+        if isinstance(t.param, DTensor):
+            shard_dims = tuple(i for i, p in enumerate(t.param.placements) if p.is_shard())
+            layouts.add((t.param.device_mesh, shard_dims))
+        else:
+            layouts.add(None)
+    if len(layouts) > 1:
+        raise ValueError("tracked weights are not all sharded alike (e.g. plain tensors next to DTensors); "
+                         "pass WeightStats(process_group=...) naming the group that partitions them")
+    (layout,) = layouts
+    if layout is None or not layout[1]:
+        return None  # every rank holds full tensors: local statistics are already global
+    mesh, shard_dims = layout
+    if len(shard_dims) > 1:
+        raise ValueError(f"weights are sharded over mesh dims {shard_dims} of {mesh}; "
+                         "pass WeightStats(process_group=...) with one group covering all shards")
+    return mesh.get_group(shard_dims[0])
+
+
+class WeightStats:
+    """Logged weight std (and optionally grad norm and update/weight ratio) per role and layer.
+
+    Usage on a logging step: ``stats.snapshot()`` before ``optimizer.step()`` (only when
+    update ratios are wanted), then ``values = stats.compute()`` (all ranks; collective).
+    """
+
+    def __init__(self, model: nn.Module, process_group: dist.ProcessGroup | None = None, grad_stats: bool = False):
+        self.tracked = tracked_tensors(model)
+        self.group = process_group if process_group is not None else shard_group(self.tracked)
+        self.grad_stats = grad_stats
+        self._snapshot: list[torch.Tensor] | None = None
+
+    def roles_to_layers(self) -> dict[str, list[int]]:
+        """Role -> its layer indices (empty list for non-block roles): the input of MetricsLogger.set_layout."""
+        layout: dict[str, list[int]] = {}
+        for t in self.tracked:
+            layers = layout.setdefault(t.role, [])
+            if t.layer is not None:
+                layers.append(t.layer)
+        return layout
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        """Copy every tracked local shard, so the next compute() can report ||w_now - w_snapshot|| / ||w_now||.
+
+        Holds one extra copy of this rank's tracked shards until that compute(): call it on logging steps only.
+        """
+        self._snapshot = [local_shard(t.param).detach().clone() for t in self.tracked]
+
+    @torch.no_grad()
+    def local_statistics(self) -> torch.Tensor:
+        """This rank's packed statistics, float64 [n_tensors, n_columns] (see the column constants above)."""
+        weights = [local_shard(t.param) for t in self.tracked]
+        columns = [packed_moments(weights)]
+        if self.grad_stats:
+            # A missing grad (unused parameter, or after zero_grad(set_to_none)) counts as zero.
+            columns.append(torch.stack([
+                squared_norm(local_shard(t.param.grad)) if t.param.grad is not None
+                else w.new_zeros((), dtype=torch.float64) for t, w in zip(self.tracked, weights)]))
+        if self._snapshot is not None:
+            columns.append(torch.stack([squared_norm(w - old) for w, old in zip(weights, self._snapshot)]))
+        return torch.cat([c.view(len(weights), -1) for c in columns], dim=1)
+
+    @torch.no_grad()
+    def compute(self) -> dict[str, float]:
+        """Metric name -> value after ONE all_reduce(SUM) of the packed statistics; consumes the snapshot."""
+        stats = self.local_statistics()
+        if self.group is not None:
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=self.group)
+        has_update = self._snapshot is not None
+        self._snapshot = None
+        weight_norm = stats[:, SUMSQ].sqrt()
+        outputs = [std_from_moments(stats[:, SUM:COUNT + 1])]
+        if self.grad_stats:
+            outputs.append(stats[:, GRAD_SUMSQ].sqrt())
+        if has_update:
+            outputs.append(stats[:, -1].sqrt() / weight_norm)
+        host = torch.stack(outputs).tolist()  # the one device -> host transfer: [n_outputs][n_tensors]
+        return self._named(host[0], host[1] if self.grad_stats else None, host[-1] if has_update else None)
+
+    def _named(self, stds: list[float], grad_norms: list[float] | None,
+               update_ratios: list[float] | None) -> dict[str, float]:
+        """Metric names of DESIGN.md §8 for per-tensor values in ``self.tracked`` order."""
+        values: dict[str, float] = {}
+        per_role: dict[str, list[float]] = {}
+        for i, t in enumerate(self.tracked):
+            values[f"weight_std/{t.suffix}"] = stds[i]
+            if t.layer is not None:
+                per_role.setdefault(t.role, []).append(stds[i])
+        for role, role_stds in per_role.items():
+            values[f"weight_std/{role}/mean_over_layers"] = math.fsum(role_stds) / len(role_stds)
+        for family, per_tensor in (("grad_norm", grad_norms), ("update_ratio", update_ratios)):
+            if per_tensor is not None:
+                values.update({f"{family}/{t.suffix}": v for t, v in zip(self.tracked, per_tensor)})
+        return values

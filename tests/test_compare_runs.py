@@ -1,0 +1,207 @@
+"""scripts/compare_runs.py (and the run-directory reading of scripts/report_common.py) on synthetic runs.
+
+Run directories are built in tmp_path: config.toml from the config system, metrics.jsonl with
+planted numbers, so every table cell has a known expected value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from components.config import load_config, to_toml
+from scripts import compare_runs
+from scripts.report_common import final_layer_std, layer_std_matrix, load_run, read_metrics
+from tests.launch import python
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GPT2_RUN = ["--model.name", "gpt2", "--model.n_layers", "3", "--model.dim", "32", "--model.n_heads", "2",
+            "--model.vocab_size", "64", "--training.seq_len", "16", "--training.global_batch_size", "4",
+            "--training.steps", "40"]
+LLAMA_RUN = ["--model.name", "llama", "--model.n_layers", "2", "--model.dim", "32", "--model.n_heads", "4",
+             "--model.n_kv_heads", "2", "--model.vocab_size", "96", "--training.seq_len", "32",
+             "--training.global_batch_size", "8", "--training.steps", "50"]
+
+
+def std_keys(roles: list[str], n_layers: int, step: int) -> dict[str, float]:
+    """Plausible per-layer std: 0.02 at step 1, growing with step, faster in shallow layers."""
+    keys = {}
+    for r, role in enumerate(roles):
+        for layer in range(n_layers):
+            keys[f"weight_std/{role}/layer_{layer:02d}"] = 0.02 + 1e-4 * step / (layer + 1) + 1e-3 * r
+        keys[f"weight_std/{role}/mean_over_layers"] = 0.02
+    return keys
+
+
+def write_run(root: Path, name: str, cli: list[str], records: list[dict]) -> Path:
+    """A run directory with the resolved config of ``cli`` and ``records`` as metrics.jsonl lines."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(to_toml(load_config(cli)[0]))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+GPT2_ROLES = ["attn.q", "attn.k", "attn.v", "attn.out", "mlp.up", "mlp.out"]
+LLAMA_ROLES = ["attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out"]
+
+
+def gpt2_records() -> list[dict]:
+    """Steps 1..40 of run A; validation at 20 and 40 on separate lines (merged by step when read)."""
+    train = {1: 4.16, 10: 3.5, 20: 3.1, 30: 2.9, 40: 2.8}
+    tput = {1: 1000.0, 10: 5000.0, 20: 5200.0, 30: 5100.0, 40: 5300.0}
+    records = [{"step": s, "loss/train": loss, "lr": 1e-3, "grad_norm": 1.0,
+                "throughput/tokens_per_sec": tput[s], **std_keys(GPT2_ROLES, 3, s)} for s, loss in train.items()]
+    return records + [{"step": 20, "loss/val": 3.25}, {"step": 40, "loss/val": 2.95}]
+
+
+def llama_records() -> list[dict]:
+    """Run B: the loss goes NaN at step 30 (the trainer stops there)."""
+    train = {1: 4.6, 10: 4.0, 20: 3.7, 30: math.nan}
+    return [{"step": s, "loss/train": loss, "throughput/tokens_per_sec": 800.0 + s,
+             **std_keys(LLAMA_ROLES, 2, s)} for s, loss in train.items()]
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path) -> list[Path]:
+    run_a = write_run(tmp_path / "family", "mitchell_bug", [
+        *GPT2_RUN, "--init.scheme", "mitchell", "--init.scale_all_projections", "true"], gpt2_records())
+    run_b = write_run(tmp_path / "family", "depth_flat", [
+        *LLAMA_RUN, "--init.scheme", "depth_aware", "--init.depth_init", "false", "--init.base_std", "0.01"],
+        llama_records())
+    return [run_a, run_b]
+
+
+def gpt2_param_formula(V: int, T: int, d: int, L: int) -> int:
+    """Tied GPT-2 with biases: embeddings + L x (q,k,v,out + 2 LayerNorms + MLP d->4d->d) + final LayerNorm."""
+    block = 4 * (d * d + d) + 2 * 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    return V * d + T * d + L * block + 2 * d
+
+
+def llama_param_formula(V: int, d: int, L: int, kv_dim: int, ffn: int) -> int:
+    """Untied Llama without biases: embedding + L x (q, k, v, out, gate/up/out, 2 RMSNorms) + norm + head."""
+    block = d * d + 2 * d * kv_dim + d * d + 3 * d * ffn + 2 * d
+    return V * d + L * block + d + V * d
+
+
+def read_rows(path: Path) -> dict[str, dict]:
+    with path.open() as handle:
+        return {row["run"]: row for row in csv.DictReader(handle)}
+
+
+def test_report_table_numbers_and_figures(two_runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert compare_runs.main([*map(str, two_runs), "--out", str(out), "--title", "Tiny ablation"]) == 0
+    report = (out / "report.md").read_text()
+    assert capsys.readouterr().out.strip() == report.strip()
+    lines = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if line.startswith("| ")}
+    # Run A: params by formula (V=64, T=16, d=32, L=3) = 40,736 -> "40.7k"; tokens 40 x 4 x 16 = 2560.
+    assert lines["mitchell_bug"] == ("| mitchell_bug | mitchell + scale_all_projections | 40.7k | 2.56k | 2.8000 | "
+                                     "2.9500 | 3.5000 | 3.1000 | 2.9000 | 5.15k | no |")
+    # Run B: llama ffn = ceil64(int(2*4*32/3)) = 128; tokens 30 x 8 x 32; 75% of 50 steps -> nearest step 30.
+    assert lines["depth_flat"] == ("| depth_flat | depth_aware (base_std=0.01, depth_init=false) | 37k | 7.68k | "
+                                   "nan | n/a | 4.0000 | 3.7000 | nan | 820 | yes: loss/train = nan at step 30 |")
+    rows = read_rows(out / "summary.csv")
+    assert int(rows["mitchell_bug"]["params"]) == gpt2_param_formula(64, 16, 32, 3) == 40736
+    assert int(rows["depth_flat"]["params"]) == llama_param_formula(96, 32, 2, 16, 128) == 37024
+    assert int(rows["mitchell_bug"]["tokens"]) == 2560 and int(rows["depth_flat"]["tokens"]) == 7680
+    assert float(rows["mitchell_bug"]["train_loss_at_50pct"]) == 3.1 and rows["mitchell_bug"]["step_at_50pct"] == "20"
+    assert float(rows["mitchell_bug"]["final_val_loss"]) == 2.95
+    # Median over steps 10..40 (step 1 skipped): median(5000, 5200, 5100, 5300) = 5150.
+    assert float(rows["mitchell_bug"]["tokens_per_sec_median"]) == 5150.0
+    assert float(rows["depth_flat"]["tokens_per_sec_median"]) == 820.0  # median(810, 820, 830)
+    for name in ("loss_curves.png", "final_layer_std.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+def test_existing_report_is_not_overwritten(two_runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert compare_runs.main([str(two_runs[0]), "--out", str(out)]) == 0
+    before = (out / "report.md").read_text()
+    capsys.readouterr()
+    assert compare_runs.main([*map(str, two_runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "report.md already exists" in err and "\n" not in err
+    assert (out / "report.md").read_text() == before
+    assert compare_runs.main([*map(str, two_runs), "--out", str(out), "--overwrite"]) == 0
+    assert "depth_flat" in (out / "report.md").read_text()
+
+
+def test_loss_at_fraction_nearest_step_earlier_on_tie():
+    steps, losses = [1, 10, 20, 30, 40, 50], [5.0, 4.0, 3.0, 2.5, 2.2, 2.0]
+    assert compare_runs.loss_at_fraction(steps, losses, 50, 0.25) == (10, 4.0)  # 12.5 -> 10
+    assert compare_runs.loss_at_fraction(steps, losses, 50, 0.5) == (20, 3.0)  # 25: tie 20/30 -> 20
+    assert compare_runs.loss_at_fraction(steps, losses, 50, 0.75) == (40, 2.2)  # 37.5 -> 40
+
+
+def test_divergence_from_rising_loss(tmp_path):
+    records = [{"step": 1, "loss/train": 3.0}, {"step": 10, "loss/train": 2.0}, {"step": 20, "loss/train": 3.5}]
+    run = load_run(write_run(tmp_path, "rising", GPT2_RUN, records))
+    assert compare_runs.divergence(run) == "yes: final train loss 3.5000 > initial 3.0000"
+    run.records[-1]["loss/train"] = 2.9
+    assert compare_runs.divergence(run) == ""
+    run.records[1]["loss/val"] = math.inf
+    assert compare_runs.divergence(run) == "yes: loss/val = inf at step 10"
+
+
+@pytest.mark.parametrize("init_table, expected", [
+    ({"scheme": "depth_aware", "depth_init": True, "scale_up_proj": True}, "depth_aware"),
+    ({"scheme": "depth_aware", "depth_init": False}, "depth_aware (depth_init=false)"),
+    ({"scheme": "lingua", "scale_all_projections": True, "std_factor": "current_depth"},
+     "lingua + scale_all_projections (std_factor=current_depth)"),
+])
+def test_init_description(init_table, expected):
+    assert compare_runs.init_description(init_table) == expected
+
+
+def test_fmt_count():
+    assert [compare_runs.fmt_count(v) for v in (None, 512, 1500, 999_999, 1_048_576, 124_439_808, 2.1e9)] == [
+        "n/a", "512", "1.5k", "1M", "1.05M", "124M", "2.1B"]
+
+
+def test_metrics_reading_merges_steps_and_parses_nan(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2, "loss/train": NaN, "weight_std/attn.q/layer_01": 0.5}\n'
+                    '{"step": 1, "loss/train": 4.0, "weight_std/attn.q/layer_00": 0.1}\n'
+                    '{"step": 2, "loss/val": 3.0, "weight_std/attn.q/layer_00": 0.2}\n'
+                    '{"step": 3, "loss/tr')  # a line cut by a kill mid-write
+    records = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert math.isnan(records[1]["loss/train"]) and records[1]["loss/val"] == 3.0
+    steps, layers, std = layer_std_matrix(records, "attn.q")
+    assert steps == [1, 2] and layers == [0, 1]
+    assert std[0] == [0.1, 0.2] and math.isnan(std[1][0]) and std[1][1] == 0.5
+    assert final_layer_std(records) == {"attn.q": {0: 0.2, 1: 0.5}}
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not valid JSON"):
+        read_metrics(path)
+
+
+def bad_run_dirs(root: Path) -> dict[str, tuple[Path, str]]:
+    """Each bad input -> (path, a phrase its error names)."""
+    no_metrics = root / "no_metrics"
+    no_metrics.mkdir(parents=True)
+    (no_metrics / "config.toml").write_text(to_toml(load_config(GPT2_RUN)[0]))
+    empty = write_run(root, "empty", GPT2_RUN, [])
+    return {"missing": (root / "nope", "does not exist"), "no_metrics": (no_metrics, "metrics.jsonl is missing"),
+            "empty": (empty, "has no records")}
+
+
+def test_bad_inputs_exit_2_with_one_line(two_runs, tmp_path, capsys):
+    for path, phrase in bad_run_dirs(tmp_path / "bad").values():
+        assert compare_runs.main([str(two_runs[0]), str(path), "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error:") and phrase in err and str(path) in err
+    assert not (tmp_path / "r").exists()  # nothing written for a bad input
+
+
+def test_cli_error_exit_status(tmp_path):
+    proc = python(["scripts/compare_runs.py", str(tmp_path / "absent"), "--out", str(tmp_path / "r")], check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"error: run directory {tmp_path / 'absent'} does not exist; "
+                                   "pass a run directory written by train.py (outputs/<run_name>/)")

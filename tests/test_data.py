@@ -1,0 +1,248 @@
+"""Embedded corpus cache, shard format and the world-size-invariant batch loader of components/data.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import Data, Tokenizer
+from components.data import (
+    ShardWriter,
+    TokenBatches,
+    TokenDataset,
+    embedded_files,
+    ensure_dataset,
+    read_manifest,
+    split_of,
+)
+from components.tokenizer import build_tokenizer
+from tests.launch import REPO
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(Tokenizer(name="cl100k_base", max_vocab=512))
+
+
+def _fake_stdlib(root: Path, n_files: int = 40) -> Path:
+    """A small source tree: n_files modules, plus dirs and files the corpus must skip."""
+    for i in range(n_files):
+        package = root / f"pkg{i % 4}"
+        package.mkdir(parents=True, exist_ok=True)
+        body = "".join(f"def function_{i}_{j}(x):\n    return x * {i + j}  # line {j}\n" for j in range(10 + i))
+        (package / f"module_{i:02d}.py").write_text(f'"""Module {i}."""\n' + body)
+    (root / "pkg0" / "__init__.py").write_text("")  # empty: skipped
+    for skipped in ("site-packages", "test", "pkg1/__pycache__"):
+        (root / skipped).mkdir(parents=True, exist_ok=True)
+        (root / skipped / "skip_me.py").write_text("raise RuntimeError('must not be in the corpus')\n")
+    (root / "notes.txt").write_text("not python\n")
+    return root
+
+
+@pytest.fixture()
+def small_stdlib(tmp_path):
+    return _fake_stdlib(tmp_path / "stdlib")
+
+
+def _expected_streams(root: Path, tokenizer, val_fraction: float) -> dict[str, list[int]]:
+    """The two token streams computed independently: sorted files, each + EOS, split by path hash."""
+    streams = {"train": [], "val": []}
+    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+        rel = path.relative_to(root).as_posix()
+        if path.stat().st_size == 0 or {"site-packages", "test", "__pycache__"} & set(rel.split("/")):
+            continue
+        streams[split_of(rel, val_fraction)] += tokenizer.encode(path.read_text()) + [tokenizer.eos_id]
+    return streams
+
+
+def test_embedded_corpus_builds_exact_disjoint_splits_and_is_cached(tmp_path, small_stdlib, tokenizer, monkeypatch):
+    cfg = Data(cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+    path = ensure_dataset(cfg, tokenizer, stdlib=small_stdlib)
+    assert path.parent.name == tokenizer.fingerprint
+    expected = _expected_streams(small_stdlib, tokenizer, 0.2)
+    manifest = read_manifest(path)
+    assert manifest["dtype"] == "uint16" and manifest["eos_id"] == 512
+    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 40
+    for split in ("train", "val"):
+        dataset = TokenDataset(path, split)
+        assert len(expected[split]) > 0 and dataset.n_tokens == len(expected[split])
+        # Train and val are exactly the EOS-joined files of their split, so no document is in both.
+        assert dataset.read(0, dataset.n_tokens).tolist() == expected[split]
+        assert dataset.n_documents == expected[split].count(tokenizer.eos_id)
+    assert 0 < manifest["splits"]["val"]["documents"] < 20
+
+    manifest_mtime = (path / "manifest.json").stat().st_mtime_ns
+    shard_mtime = (path / "train_00000.bin").stat().st_mtime_ns
+    monkeypatch.setattr(type(tokenizer), "encode_batch", lambda *a, **k: pytest.fail("cache was rebuilt"))
+    time.sleep(0.01)
+    assert ensure_dataset(cfg, tokenizer, stdlib=small_stdlib) == path
+    assert (path / "manifest.json").stat().st_mtime_ns == manifest_mtime
+    assert (path / "train_00000.bin").stat().st_mtime_ns == shard_mtime
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp dirs left
+
+
+def test_size_cap_keeps_a_sorted_prefix(small_stdlib):
+    every = embedded_files(small_stdlib, max_bytes=10**9)
+    assert len(every) == 40 and [e[0] for e in every] == sorted(e[0] for e in every)
+    cap = sum(e[2] for e in every[:7]) + 1
+    assert [e[0] for e in embedded_files(small_stdlib, cap)] == [e[0] for e in every[:7]]
+    with pytest.raises(ValueError, match="no non-empty .py file"):
+        embedded_files(small_stdlib, max_bytes=10)
+
+
+def test_damaged_cache_is_rebuilt_and_stale_temp_removed(tmp_path, small_stdlib, tokenizer):
+    cfg = Data(cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+    path = ensure_dataset(cfg, tokenizer, stdlib=small_stdlib)
+    good_size = (path / "train_00000.bin").stat().st_size
+    with open(path / "train_00000.bin", "r+b") as shard:
+        shard.truncate(good_size // 2)  # as if killed while copying
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = path.parent / f"{path.name}.tmp-{socket.gethostname()}-{int(dead.stdout)}-abcd1234"
+    live = path.parent / f"{path.name}.tmp-{socket.gethostname()}-{os.getppid()}-abcd1234"
+    for temp in (stale, live):
+        temp.mkdir()
+        (temp / "train_00000.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(ValueError, match=f"has {good_size // 2} bytes but the manifest says {good_size // 2} tokens"):
+        TokenDataset(path, "train")
+    assert ensure_dataset(cfg, tokenizer, stdlib=small_stdlib) == path
+    assert (path / "train_00000.bin").stat().st_size == good_size
+    assert not stale.exists() and live.exists()  # a build whose process still runs is left alone
+
+
+def test_real_embedded_corpus_builds_quickly(tmp_path):
+    tokenizer = build_tokenizer(Tokenizer(name="cl100k_base", max_vocab=4096))
+    start = time.perf_counter()
+    path = ensure_dataset(Data(cache_dir=str(tmp_path)), tokenizer)
+    seconds = time.perf_counter() - start
+    splits = read_manifest(path)["splits"]
+    # Measured on CPython 3.11: 731 files, 12.1 MB, ~4.0M train / ~67k val tokens in ~4 s.
+    assert seconds < 20
+    assert splits["train"]["documents"] > 300 and splits["train"]["tokens"] > 1_000_000
+    assert splits["val"]["documents"] >= 1 and splits["val"]["tokens"] > 2 * 257
+    batch = TokenBatches(TokenDataset(path, "val"), seq_len=256, global_batch_size=4, seed=0).get(0, slice(None))
+    assert batch.shape == (4, 257) and int(batch.max()) <= tokenizer.eos_id
+
+
+def test_prepared_dataset_errors_are_one_line(tmp_path, small_stdlib, tokenizer):
+    with pytest.raises(FileNotFoundError, match="is not a directory") as caught:
+        ensure_dataset(Data(dataset=str(tmp_path / "missing")), tokenizer)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ValueError, match="has no manifest.json") as caught_half:
+        ensure_dataset(Data(dataset=str(tmp_path / "half")), tokenizer)
+    built = ensure_dataset(Data(cache_dir=str(tmp_path / "cache"), val_fraction=0.2), tokenizer, stdlib=small_stdlib)
+    other = build_tokenizer(Tokenizer(name="cl100k_base", max_vocab=1024))
+    with pytest.raises(ValueError, match="was tokenized with cl100k_base \\(first 512 ranks\\)") as caught_other:
+        ensure_dataset(Data(dataset=str(built)), other)
+    assert ensure_dataset(Data(dataset=str(built)), tokenizer) == built
+    for error in (caught, caught_half, caught_other):
+        assert "\n" not in str(error.value)
+
+
+def _stream_dataset(tmp_path, tokenizer, n_tokens: int, shard_tokens: int) -> TokenDataset:
+    """A train split whose stream is 0, 1, 2, ... (mod 500) so every window is recognisable."""
+    target = tmp_path / "counting"
+    with ShardWriter(target, tokenizer, "counting", val_fraction=0.0, shard_tokens=shard_tokens) as writer:
+        for start in range(0, n_tokens, 100):  # documents of 99 ids + EOS
+            writer.add_document([i % 500 for i in range(start, start + 99)], "train")
+    return TokenDataset(target, "train")
+
+
+def test_shards_concatenate_across_boundaries(tmp_path, tokenizer):
+    dataset = _stream_dataset(tmp_path, tokenizer, n_tokens=1000, shard_tokens=37)
+    manifest = read_manifest(dataset.path)
+    assert len(manifest["splits"]["train"]["shards"]) == 28  # ceil(1000 / 37)
+    expected = np.array([tokenizer.eos_id if i % 100 == 99 else i % 500 for i in range(1000)])
+    assert np.array_equal(dataset.read(0, 1000), expected)
+    assert np.array_equal(dataset.read(30, 80), expected[30:80])  # spans shards 0, 1, 2
+    assert np.array_equal(dataset.read(74, 74), expected[74:74])
+
+
+def test_global_batch_is_the_same_for_one_and_two_ranks(tmp_path, tokenizer):
+    dataset = _stream_dataset(tmp_path, tokenizer, n_tokens=2000, shard_tokens=300)
+    one_rank = TokenBatches(dataset, seq_len=16, global_batch_size=8, seed=3)
+    rank0, rank1 = (TokenBatches(TokenDataset(dataset.path, "train"), 16, 8, 3) for _ in range(2))
+    for step in (0, 1, 7, 40):  # 124 windows / 8 rows: step 40 is in the third epoch
+        whole = one_rank.get(step, slice(0, 8))
+        halves = torch.cat([rank0.get(step, slice(0, 4)), rank1.get(step, slice(4, 8))])
+        assert whole.dtype == torch.long and whole.shape == (8, 17)
+        assert torch.equal(whole, halves)
+        assert torch.equal(one_rank.get(step, slice(2, 3)), whole[2:3])
+    assert not torch.equal(one_rank.get(0, slice(None)), one_rank.get(1, slice(None)))
+    other_seed = TokenBatches(dataset, 16, 8, seed=4)
+    assert not torch.equal(one_rank.get(0, slice(None)), other_seed.get(0, slice(None)))
+
+
+def test_windows_cover_each_epoch_once_and_shift_into_targets(tmp_path, tokenizer):
+    dataset = _stream_dataset(tmp_path, tokenizer, n_tokens=1000, shard_tokens=128)
+    seq_len, batch = 16, 4
+    loader = TokenBatches(dataset, seq_len, batch, seed=0)
+    assert loader.n_windows == (1000 - 1) // seq_len == 62
+    steps_per_epoch = -(-62 // batch)  # 16 steps; step 15 takes 2 windows of epoch 0 and 2 of epoch 1
+    first_epoch = np.concatenate([loader.window_ids(s, slice(None)) for s in range(steps_per_epoch)])[:62]
+    assert sorted(first_epoch.tolist()) == list(range(62))
+    assert not np.array_equal(loader.window_order(0), loader.window_order(1))
+    stream = dataset.read(0, dataset.n_tokens)
+    for step in range(steps_per_epoch):  # includes window 61, which ends at token 62 * 16 + 1 = 993 <= 1000
+        rows = loader.get(step, slice(None))
+        for window, row in zip(loader.window_ids(step, slice(None)), rows):
+            assert torch.equal(row, torch.from_numpy(stream[window * seq_len:window * seq_len + seq_len + 1]))
+        inputs, targets = rows[:, :-1], rows[:, 1:]
+        assert inputs.shape == targets.shape == (batch, seq_len)
+        assert torch.equal(inputs[:, 1:], targets[:, :-1])  # target t is input t + 1
+
+
+def test_loader_state_round_trips_and_rejects_mismatch(tmp_path, tokenizer):
+    dataset = _stream_dataset(tmp_path, tokenizer, n_tokens=1000, shard_tokens=1000)
+    loader = TokenBatches(dataset, 16, 4, seed=1)
+    state = json.loads(json.dumps(loader.state_dict()))  # survives a JSON/checkpoint round trip
+    TokenBatches(TokenDataset(dataset.path, "train"), 16, 4, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"seed 1 -> 2; global_batch_size 4 -> 8") as caught:
+        TokenBatches(dataset, 16, 8, seed=2).load_state_dict(state)
+    assert "\n" not in str(caught.value)
+
+
+def test_split_shorter_than_one_sequence_is_refused(tmp_path, tokenizer):
+    dataset = _stream_dataset(tmp_path, tokenizer, n_tokens=100, shard_tokens=1000)
+    assert TokenBatches(dataset, seq_len=99, global_batch_size=1, seed=0).n_windows == 1
+    with pytest.raises(ValueError, match="has 100 tokens, fewer than one sequence of seq_len \\+ 1 = 101"):
+        TokenBatches(dataset, seq_len=100, global_batch_size=1, seed=0)
+    with pytest.raises(ValueError, match="has 0 tokens"):
+        TokenBatches(TokenDataset(dataset.path, "val"), seq_len=8, global_batch_size=1, seed=0)
+
+
+def test_writer_leaves_nothing_behind_on_failure(tmp_path, tokenizer):
+    target = tmp_path / "out"
+    with pytest.raises(ValueError, match="no non-empty documents in nothing"):
+        with ShardWriter(target, tokenizer, "nothing", val_fraction=0.1):
+            pass
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with ShardWriter(target, tokenizer, "half", val_fraction=0.0) as writer:
+            writer.add_document([1, 2, 3], "train")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_module_does_not_import_datasets():
+    code = "import sys, components.data, components.tokenizer; print('datasets' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_large_vocabulary_is_stored_as_uint32(tmp_path):
+    full = build_tokenizer(Tokenizer(name="cl100k_base"))
+    ids = full.encode("Grüße aus Köln: 日本語テキスト, naïve café, Pokémon")
+    assert max(ids) >= 2**16  # ids that uint16 would wrap
+    with ShardWriter(tmp_path / "big", full, "unicode", val_fraction=0.0) as writer:
+        writer.add_document(ids, "train")
+    assert read_manifest(tmp_path / "big")["dtype"] == "uint32"
+    assert TokenDataset(tmp_path / "big", "train").read(0, len(ids) + 1).tolist() == ids + [full.eos_id]

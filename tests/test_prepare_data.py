@@ -1,0 +1,174 @@
+"""scripts/prepare_data.py on local txt/jsonl/parquet files and a stubbed hub dataset (no network)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from components.config import Data, Tokenizer
+from components.data import TokenDataset, ensure_dataset, read_manifest, split_of
+from components.tokenizer import build_tokenizer
+from scripts.prepare_data import main
+from tests.launch import python
+
+DOCUMENTS = [
+    "The quick brown fox jumps over the lazy dog.\n",
+    "def add(a, b):\n    return a + b\n",
+    "Grüße aus Köln — naïve café, 日本語テキスト, emoji 🤖.",
+    "   leading spaces and a trailing newline\n\n",
+    "<|endoftext|> inside a document is plain text",
+]
+TOKENIZER_ARGS = ["--tokenizer.name", "cl100k_base", "--tokenizer.max_vocab", "512"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(Tokenizer(name="cl100k_base", max_vocab=512))
+
+
+def _expected_stream(tokenizer, documents: list[str]) -> list[int]:
+    return [i for doc in documents for i in tokenizer.encode(doc) + [tokenizer.eos_id]]
+
+
+def _write_inputs(directory, kind: str, documents: list[str]) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    if kind == "txt":
+        paths = [directory / f"doc_{i:02d}.txt" for i in range(len(documents))]
+        for path, doc in zip(paths, documents):
+            path.write_text(doc, encoding="utf-8")
+        return [str(p) for p in paths]
+    if kind == "jsonl":
+        path = directory / "docs.jsonl"
+        lines = [json.dumps({"id": i, "body": doc}) for i, doc in enumerate(documents)]
+        path.write_text("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n")  # a blank line is skipped
+        return [str(path)]
+    path = directory / "docs.parquet"
+    pq.write_table(pa.table({"id": list(range(len(documents))), "body": documents}), path, row_group_size=2)
+    return [str(path)]
+
+
+def _last_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1 and err[-1] == errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "parquet"])
+def test_local_files_give_the_tokens_of_their_documents_plus_eos(tmp_path, tokenizer, kind):
+    inputs = _write_inputs(tmp_path / "in", kind, DOCUMENTS)
+    output = tmp_path / "out"
+    assert main(["--input", *inputs, "--output", str(output), "--text-field", "body", "--val-fraction", "0",
+                 "--shard-tokens", "16", *TOKENIZER_ARGS]) == 0
+    expected = _expected_stream(tokenizer, DOCUMENTS)
+    manifest = read_manifest(output)
+    train = manifest["splits"]["train"]
+    assert (train["tokens"], train["documents"]) == (len(expected), 5) and len(expected) == 160  # incl. 5 EOS
+    assert len(train["shards"]) == -(-len(expected) // 16)
+    assert manifest["splits"]["val"] == {"tokens": 0, "documents": 0, "shards": []}
+    assert TokenDataset(output, "train").read(0, len(expected)).tolist() == expected
+
+
+def test_directory_input_splits_documents_by_text_hash(tmp_path, tokenizer, capsys):
+    documents = [f"document number {i}: " + "lorem ipsum " * (i % 7 + 1) for i in range(60)]
+    _write_inputs(tmp_path / "in" / "a", "jsonl", documents[:30])
+    _write_inputs(tmp_path / "in" / "b", "parquet", documents[30:])
+    (tmp_path / "in" / "README.md").write_text("ignored: not a supported suffix inside a directory")
+    output = tmp_path / "out"
+    assert main(["--input", str(tmp_path / "in"), "--output", str(output), "--text-field", "body",
+                 "--val-fraction", "0.25", *TOKENIZER_ARGS]) == 0
+    assert "tokens/s" in capsys.readouterr().out
+    by_split = {"train": [], "val": []}
+    for doc in documents:
+        by_split[split_of(doc, 0.25)].append(doc)
+    assert 5 <= len(by_split["val"]) <= 25
+    for split, docs in by_split.items():
+        dataset = TokenDataset(output, split)
+        assert dataset.n_documents == len(docs)
+        assert dataset.read(0, dataset.n_tokens).tolist() == _expected_stream(tokenizer, docs)
+
+
+def test_hub_dataset_is_streamed_through_datasets(tmp_path, tokenizer, monkeypatch):
+    calls = []
+
+    def load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        return iter([{"text": doc, "meta": i} for i, doc in enumerate(DOCUMENTS * 3)])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    output = tmp_path / "hub"
+    assert main(["--hf-dataset", "org/corpus", "--hf-config", "en", "--hf-split", "validation", "--output",
+                 str(output), "--val-fraction", "0", "--max-documents", "7", *TOKENIZER_ARGS]) == 0
+    assert calls == [("org/corpus", "en", "validation", True)]
+    manifest = read_manifest(output)
+    expected = _expected_stream(tokenizer, (DOCUMENTS * 3)[:7])
+    assert manifest["splits"]["train"]["tokens"] == len(expected) and manifest["splits"]["train"]["documents"] == 7
+    assert manifest["source"] == "hub dataset org/corpus (config en, split validation)"
+
+
+def test_existing_output_is_refused_and_untouched(tmp_path, capsys):
+    inputs = _write_inputs(tmp_path / "in", "txt", DOCUMENTS)
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("precious")
+    assert main(["--input", *inputs, "--output", str(output), *TOKENIZER_ARGS]) == 2
+    assert "exists and is not empty" in _last_error_line(capsys)
+    assert [p.name for p in output.iterdir()] == ["keep.txt"] and (output / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(("content", "extra", "message"), [
+    ("", [], "no non-empty documents"),
+    ('{"body": "x"}\n', [], "has no field 'text' (it has: body); pass --text-field NAME"),
+    ('{"text": 3}\n', [], "holds int, not a string"),
+    ("{not json\n", [], "docs.jsonl:1: invalid JSON"),
+    ('{"text": "a"}\n', ["--val-fraction", "0.7"], "--val-fraction must be in [0, 0.5)"),
+    ('{"text": "only one"}\n', ["--val-fraction", "0.49"], "fell into the"),
+])
+def test_bad_inputs_give_one_line_errors_and_write_nothing(tmp_path, capsys, content, extra, message):
+    (tmp_path / "docs.jsonl").write_text(content)
+    output = tmp_path / "out"
+    assert main(["--input", str(tmp_path / "docs.jsonl"), "--output", str(output), *extra, *TOKENIZER_ARGS]) == 2
+    assert message in _last_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]  # no output, no temp dir
+
+
+def test_bad_paths_and_columns_give_one_line_errors(tmp_path, capsys):
+    cases = [
+        (["--input", str(tmp_path / "missing.txt")], "missing.txt does not exist"),
+        (["--input", str(tmp_path / "in" / "docs.parquet"), "--text-field", "content"],
+         "has no column 'content' (it has: id, body)"),
+        (["--input", str(tmp_path / "table.csv")], "unsupported file type '.csv'"),
+        (["--input", str(tmp_path / "in"), "--tokenizer.name", str(tmp_path / "vocab.tiktoken")],
+         "vocab.tiktoken does not exist"),
+    ]
+    _write_inputs(tmp_path / "in", "parquet", DOCUMENTS)
+    (tmp_path / "table.csv").write_text("a,b\n")
+    for args, message in cases:
+        assert main([*args, "--output", str(tmp_path / "out")]) == 2
+        assert message in _last_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_shards_from_another_tokenizer_are_rejected_by_the_trainer_side(tmp_path, tokenizer):
+    inputs = _write_inputs(tmp_path / "in", "txt", DOCUMENTS)
+    output = tmp_path / "out"
+    assert main(["--input", *inputs, "--output", str(output), "--val-fraction", "0", *TOKENIZER_ARGS]) == 0
+    assert ensure_dataset(Data(dataset=str(output)), tokenizer) == output
+    full = build_tokenizer(Tokenizer(name="cl100k_base"))
+    with pytest.raises(ValueError, match=f"fingerprint {tokenizer.fingerprint}.*not the configured cl100k_base "
+                                         f"\\({full.fingerprint}\\)") as caught:
+        ensure_dataset(Data(dataset=str(output)), full)
+    assert "\n" not in str(caught.value)
+
+
+def test_script_runs_from_the_command_line(tmp_path):
+    inputs = _write_inputs(tmp_path / "in", "jsonl", DOCUMENTS)
+    ok = python(["scripts/prepare_data.py", "--input", *inputs, "--output", str(tmp_path / "out"), "--text-field",
+                 "body", "--val-fraction", "0", *TOKENIZER_ARGS], env={"OMP_NUM_THREADS": "1"})
+    assert "tokens/s" in ok.stdout and "from 5 documents" in ok.stdout
+    assert read_manifest(tmp_path / "out")["splits"]["train"]["documents"] == 5
