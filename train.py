@@ -28,6 +28,7 @@ from components.optim import build_optimizer, clip_grad_norm_
 from components.tokenizer import build_tokenizer
 from components.weight_stats import WeightStats
 from distributed.env import DistEnv, barrier, destroy, init_distributed
+from distributed.parallelize import compile_enabled
 from models import build_model
 from models.common import count_params, flops_per_token
 
@@ -76,14 +77,16 @@ class Trainer:
                                                t.seq_len)
         self.peak_flops = peak_flops(env.device)
         self.weight_stats = WeightStats(self.model, grad_stats=cfg.metrics.log_grad_stats)
+        # Compiled, the fp32 upcast of the [tokens, vocab] logits fuses into the loss kernels.
+        self.loss_fn = (torch.compile(next_token_loss) if compile_enabled(cfg.compile.enable, env.device)
+                        else next_token_loss)
 
     # ---------------------------------------------------------------- steps
     def forward_backward_step(self, tokens: torch.Tensor, is_last_micro: bool) -> torch.Tensor:
         """tokens [b, T+1] -> mean next-token loss of this microbatch / accum (detached), grads accumulated."""
         inputs, targets = tokens[:, :-1].to(self.env.device), tokens[:, 1:].to(self.env.device)
         self.model.set_requires_gradient_sync(is_last_micro)  # reduce-scatter once per optimizer step
-        logits = self.model(inputs)  # [b, T, vocab] float32
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten()) / self.accum_steps
+        loss = self.loss_fn(self.model(inputs), targets) / self.accum_steps
         loss.backward()
         return loss.detach()
 
@@ -110,8 +113,7 @@ class Trainer:
         rows = slice(self.env.dp_rank * self.local_batch, (self.env.dp_rank + 1) * self.local_batch)
         for i in range(self.cfg.metrics.val_batches):
             tokens = self.val_batches.get(i, rows).to(self.env.device)
-            logits = self.model(tokens[:, :-1])
-            total += F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+            total += self.loss_fn(self.model(tokens[:, :-1]), tokens[:, 1:])
         self.model.train()
         return global_mean(total / self.cfg.metrics.val_batches)
 
@@ -170,6 +172,11 @@ class Trainer:
             print(f"step {step:>6} | loss {values['loss/train']:.4f}{val} | lr {values['lr']:.2e} | "
                   f"grad_norm {values['grad_norm']:.3f} | {values['throughput/tokens_per_sec']:,.0f} tok/s", flush=True)
         return values
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits [b, T, vocab] (any dtype, computed in float32) against targets [b, T]."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 def batch_split(global_batch: int, dp_size: int, local_batch: int) -> tuple[int, int, int]:

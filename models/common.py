@@ -134,12 +134,12 @@ class TransformerBase(nn.Module):
         raise NotImplementedError
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, T] int64 -> logits [B, T, vocab] (float32)."""
+        """tokens [B, T] int64 -> logits [B, T, vocab] in the compute dtype (the loss upcasts)."""
         h = self.embed(tokens)
         rope = self.rope_for(tokens.shape[1])
         for block in self.layers.values():
             h = block(h, rope)
-        return self.output_logits(self.final_norm(h)).float()
+        return self.output_logits(self.final_norm(h))
 
     def output_logits(self, h: torch.Tensor) -> torch.Tensor:
         """h [B, T, d] -> logits [B, T, vocab]."""

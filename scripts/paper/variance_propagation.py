@@ -1,0 +1,342 @@
+"""Variance propagation through deep random MLPs: the theory of the paper's claim 1, and a measurement.
+
+For z ~ N(0, 1) the two activation constants are c_phi = E[phi(z)^2] and d_phi = E[phi'(z)^2]
+(numerical quadrature, ``gaussian_expectation``). With Var(w) = g / fan_in the forward second
+moment is preserved when g * c_phi = 1 (Kaiming gain^2 = 1 / c_phi; 2 for ReLU since c = 1/2)
+and the backward one when g * d_phi = 1 (for square layers), so both hold only if c_phi = d_phi.
+
+Measurement: a depth-L, width-n MLP h_l = W_l phi(h_{l-1}) (no biases), h_0 ~ N(0, I) so every layer
+sees a unit-variance "pre-activation" and the recursion has no special first layer. Weights
+W_l ~ N(0, sigma_w^2) with sigma_w from a scheme: kaiming 1/sqrt(c_phi n), xavier sqrt(2/(n+n)),
+small 1e-3, large 1. q_l = E[h_l^2] is measured in float64 (the small/large schemes reach 1e-180 and
+1e+120) and averaged over batch, units and seeds; the backward moment b_l = E[(dL/dh_l)^2] comes
+from autograd with a random N(0, 1) cotangent on h_L (so b_L = 1). Mean-field prediction:
+    q_l = n sigma_w^2 E[phi(sqrt(q_{l-1}) z)^2]        (ReLU: n sigma_w^2 q_{l-1} / 2)
+    b_{l-1} = n sigma_w^2 E[phi'(sqrt(q_{l-1}) z)^2] b_l  (ReLU: n sigma_w^2 b_l / 2)
+
+Usage: python scripts/paper/variance_propagation.py [--json] [--out DIR] [--quick] [--overwrite]
+With --out it writes variance_propagation.csv (one row per activation, scheme, layer) and
+variance_propagation.png (second moment vs depth, log scale, measured solid, predicted dashed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import integrate
+from scipy.special import expit, ndtr
+
+if __package__ in (None, ""):  # run as `python scripts/paper/...py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from scripts.paper.common import positive_int, prepare_outputs, pyplot, run_cli, save_figure, write_csv  # noqa: E402
+
+Z_CUTOFF = 12.0  # |z| > 12 carries < 1e-30 of the Gaussian mass
+ASYMPTOTIC_U = 20.0  # beyond |u| = 20 every activation here is in its asymptotic (smooth) regime
+QUAD_RTOL = 1e-8  # accepted relative error of a Gaussian expectation (summed quad error estimates)
+
+
+def _gauss_pdf(u: float) -> float:
+    return math.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+
+
+def _sech_sq(u: float) -> float:
+    """1/cosh(u)^2 without overflow for large |u|."""
+    e = math.exp(-2.0 * abs(u))
+    return 4.0 * e / (1.0 + e) ** 2
+
+
+@dataclass(frozen=True)
+class Activation:
+    """phi and phi' on Python floats (for quadrature) and phi on tensors (for the measured MLP)."""
+
+    phi: Callable[[float], float]
+    dphi: Callable[[float], float]
+    torch_phi: Callable[[torch.Tensor], torch.Tensor]
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "linear": Activation(lambda u: u, lambda u: 1.0, lambda t: t),
+    "relu": Activation(lambda u: max(u, 0.0), lambda u: 1.0 if u > 0 else 0.0, torch.relu),
+    "tanh": Activation(math.tanh, _sech_sq, torch.tanh),
+    # exact GELU u * Phi(u) (torch's default approximate='none'), not the tanh approximation
+    "gelu": Activation(lambda u: u * ndtr(u), lambda u: ndtr(u) + u * _gauss_pdf(u), torch.nn.functional.gelu),
+    "silu": Activation(lambda u: u * expit(u), lambda u: expit(u) * (1.0 + u * (1.0 - expit(u))),
+                       torch.nn.functional.silu),
+}
+SCHEMES = ("kaiming", "xavier", "small", "large")
+SMALL_SIGMA, LARGE_SIGMA = 1e-3, 1.0
+
+
+def gaussian_expectation(f: Callable[[float], float], q: float = 1.0) -> float:
+    """E[f(sqrt(q) z)] for z ~ N(0, 1) by adaptive Gauss-Kronrod quadrature over |z| <= 12.
+
+    The breakpoints split off |sqrt(q) z| <= 20, where activations bend (and ReLU has its kink at 0),
+    so the integral stays accurate for q from 1e-200 to 1e+200 (the small/large schemes go there).
+    """
+    if not q > 0:
+        raise ValueError(f"variance q must be positive, got {q}")
+    scale = math.sqrt(q)
+    bend = min(Z_CUTOFF, ASYMPTOTIC_U / scale)
+    knots = sorted({-Z_CUTOFF, -bend, 0.0, bend, Z_CUTOFF})
+    total, total_error = 0.0, 0.0
+    for lo, hi in zip(knots[:-1], knots[1:]):
+        # full_output=1 returns quad's diagnostics instead of warning: a far tail such as GELU's
+        # u * Phi(u) at u < -20 (~1e-180) cannot meet a relative tolerance and does not need to
+        value, error, *_ = integrate.quad(lambda z: f(scale * z) * _gauss_pdf(z), lo, hi,
+                                          epsabs=0.0, epsrel=1e-11, limit=200, full_output=1)
+        total += value
+        total_error += error
+    if total_error > QUAD_RTOL * abs(total):
+        raise ArithmeticError(f"quadrature of E[f(sqrt({q:.3g}) z)] = {total:.6g} has error {total_error:.3g}; "
+                              "the integrand is too irregular for the knots used")
+    return total
+
+
+def activation_moments(name: str, q: float = 1.0) -> tuple[float, float]:
+    """(E[phi(u)^2], E[phi'(u)^2]) for u ~ N(0, q); at q = 1 these are c_phi and d_phi."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
+    act = ACTIVATIONS[name]
+    return (gaussian_expectation(lambda u: act.phi(u) ** 2, q),
+            gaussian_expectation(lambda u: act.dphi(u) ** 2, q))
+
+
+def fixed_point_slope(name: str, log_step: float = 1e-3) -> float:
+    """d ln c(q) / d ln q at q = 1: how a deviation of q from the Kaiming fixed point q = 1 grows per layer.
+
+    Under Kaiming (gain^2 = 1/c) the forward map is q -> c(q) / c(1): a slope of 1 is neutral (ReLU,
+    homogeneous), < 1 pulls q back to 1 (tanh), > 1 pushes it away (GELU, SiLU).
+    """
+    up = activation_moments(name, math.exp(log_step))[0]
+    down = activation_moments(name, math.exp(-log_step))[0]
+    return (math.log(up) - math.log(down)) / (2 * log_step)
+
+
+def moment_table(names=tuple(ACTIVATIONS)) -> dict[str, dict[str, float]]:
+    """c, d, the forward (Kaiming) and backward gains^2, d/c = per-layer backward growth under Kaiming,
+    and the forward map's slope at the Kaiming fixed point."""
+    table = {}
+    for name in names:
+        c, d = activation_moments(name)
+        table[name] = {"c": c, "d": d, "kaiming_gain_sq": 1.0 / c, "backward_gain_sq": 1.0 / d,
+                       "backward_growth_per_layer_kaiming": d / c, "fixed_point_slope": fixed_point_slope(name)}
+    return table
+
+
+def scheme_sigma(scheme: str, activation: str, width: int) -> float:
+    """Weight std of a square width x width layer under ``scheme``."""
+    if scheme == "kaiming":
+        return math.sqrt(1.0 / (activation_moments(activation)[0] * width))
+    if scheme == "xavier":
+        return math.sqrt(2.0 / (width + width))
+    if scheme == "small":
+        return SMALL_SIGMA
+    if scheme == "large":
+        return LARGE_SIGMA
+    raise ValueError(f"unknown scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
+
+
+def predicted_moments(activation: str, sigma_w: float, width: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-field (q_l, b_l) for l = 0..depth with q_0 = 1, b_depth = 1; arrays of shape [depth + 1]."""
+    forward = np.empty(depth + 1)
+    backward = np.empty(depth + 1)
+    forward[0] = 1.0
+    gain = width * sigma_w**2
+    for layer in range(1, depth + 1):
+        forward[layer] = gain * activation_moments(activation, forward[layer - 1])[0]
+    backward[depth] = 1.0
+    for layer in range(depth, 0, -1):
+        backward[layer - 1] = gain * activation_moments(activation, forward[layer - 1])[1] * backward[layer]
+    return forward, backward
+
+
+def measure_moments(activation: str, sigma_w: float, width: int, depth: int, batch: int,
+                    seeds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Measured (q, b): float64 arrays [seeds, depth + 1] of E[h_l^2] and E[(dL/dh_l)^2] per seed."""
+    phi = ACTIVATIONS[activation].torch_phi
+    forward = np.empty((seeds, depth + 1))
+    backward = np.empty((seeds, depth + 1))
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        hidden = [torch.randn(batch, width, dtype=torch.float64, requires_grad=True)]  # h_0: [batch, width]
+        for _ in range(depth):
+            weight = torch.randn(width, width, dtype=torch.float64) * sigma_w  # [fan_out, fan_in]
+            hidden.append(phi(hidden[-1]) @ weight.T)
+            hidden[-1].retain_grad()
+        cotangent = torch.randn(batch, width, dtype=torch.float64)  # dL/dh_depth, unit second moment
+        (hidden[-1] * cotangent).sum().backward()
+        forward[seed] = [float(h.detach().pow(2).mean()) for h in hidden]
+        backward[seed] = [float(h.grad.pow(2).mean()) for h in hidden]
+    return forward, backward
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Size of the measured network and which (activation, scheme) pairs to run."""
+
+    activations: tuple[str, ...]
+    depth: int
+    width: int
+    batch: int
+    seeds: int
+
+
+FULL = Setup(("relu", "tanh", "gelu"), depth=50, width=512, batch=64, seeds=6)
+QUICK = Setup(("relu",), depth=50, width=512, batch=16, seeds=4)
+
+
+@dataclass
+class Curves:
+    """Per-depth moments of one (activation, scheme): arrays of shape [depth + 1], layer 0 = input."""
+
+    activation: str
+    scheme: str
+    sigma_w: float
+    forward_per_seed: np.ndarray  # [seeds, depth + 1]
+    backward_per_seed: np.ndarray  # [seeds, depth + 1]
+    forward_predicted: np.ndarray
+    backward_predicted: np.ndarray
+
+    @property
+    def forward_measured(self) -> np.ndarray:
+        return self.forward_per_seed.mean(axis=0)
+
+    @property
+    def backward_measured(self) -> np.ndarray:
+        return self.backward_per_seed.mean(axis=0)
+
+    def summary(self) -> dict[str, float]:
+        """Last-layer forward ratio q_L / q_0 and first-layer backward ratio b_0 / b_L, measured and predicted."""
+        fwd, bwd = self.forward_measured, self.backward_measured
+        return {"sigma_w": self.sigma_w,
+                "forward_ratio_measured": fwd[-1] / fwd[0],
+                "forward_ratio_predicted": self.forward_predicted[-1] / self.forward_predicted[0],
+                "backward_ratio_measured": bwd[0] / bwd[-1],
+                "backward_ratio_predicted": self.backward_predicted[0] / self.backward_predicted[-1]}
+
+
+def run_measurements(setup: Setup) -> list[Curves]:
+    """Measured and predicted curves for every activation in ``setup`` and every scheme."""
+    curves = []
+    for activation in setup.activations:
+        for scheme in SCHEMES:
+            sigma_w = scheme_sigma(scheme, activation, setup.width)
+            forward, backward = measure_moments(activation, sigma_w, setup.width, setup.depth, setup.batch,
+                                                setup.seeds)
+            predicted = predicted_moments(activation, sigma_w, setup.width, setup.depth)
+            curves.append(Curves(activation, scheme, sigma_w, forward, backward, *predicted))
+    return curves
+
+
+def csv_rows(curves: list[Curves]) -> list[dict]:
+    rows = []
+    for curve in curves:
+        for layer in range(curve.forward_per_seed.shape[1]):
+            fwd, bwd = curve.forward_per_seed[:, layer], curve.backward_per_seed[:, layer]
+            rows.append({"activation": curve.activation, "scheme": curve.scheme, "sigma_w": curve.sigma_w,
+                         "layer": layer, "forward_measured": float(fwd.mean()),
+                         "forward_measured_min": float(fwd.min()), "forward_measured_max": float(fwd.max()),
+                         "forward_predicted": float(curve.forward_predicted[layer]),
+                         "backward_measured": float(bwd.mean()),
+                         "backward_measured_min": float(bwd.min()), "backward_measured_max": float(bwd.max()),
+                         "backward_predicted": float(curve.backward_predicted[layer])})
+    return rows
+
+
+SCHEME_COLORS = {"kaiming": "tab:blue", "xavier": "tab:orange", "small": "tab:green", "large": "tab:red"}
+
+
+def plot_curves(curves: list[Curves], setup: Setup, path: Path) -> None:
+    """One row per activation: forward and backward second moment vs depth for all schemes (log scale),
+    then a close-up of kaiming and xavier, whose drifts the extreme schemes would squash."""
+    plt = pyplot()
+    rows = len(setup.activations)
+    fig, axes = plt.subplots(rows, 3, figsize=(14, 3.3 * rows), squeeze=False)
+    layers = np.arange(setup.depth + 1)
+    for curve in curves:
+        row = setup.activations.index(curve.activation)
+        color = SCHEME_COLORS[curve.scheme]
+        pairs = ((curve.forward_measured, curve.forward_predicted, "o-"),
+                 (curve.backward_measured, curve.backward_predicted, "s-"))
+        for col, (measured, predicted, style) in enumerate(pairs):
+            targets = [axes[row, col]] + ([axes[row, 2]] if curve.scheme in ("kaiming", "xavier") else [])
+            for ax in targets:
+                label = f"{curve.scheme} σ_w={curve.sigma_w:.3g}" if ax is axes[row, 0] else None
+                ax.semilogy(layers, measured, style, ms=3, markevery=5, color=color, label=label)
+                ax.semilogy(layers, predicted, "--", color="black", lw=0.8)
+    for row, activation in enumerate(setup.activations):
+        axes[row, 0].set_title(f"{activation}: forward E[h_l²] (dashed: mean-field)", fontsize=9)
+        axes[row, 1].set_title(f"{activation}: backward E[(∂L/∂h_l)²]", fontsize=9)
+        axes[row, 2].set_title(f"{activation}: kaiming & xavier, forward (o) and backward (s)", fontsize=9)
+        for ax in axes[row]:
+            ax.set_xlabel("layer l", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[row, 0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Second moments through a random MLP: depth {setup.depth}, width {setup.width}, "
+                 f"mean of {setup.seeds} seeds x {setup.batch} inputs (measured: markers; predicted: dashed)",
+                 fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=72)
+
+
+def report(curves: list[Curves], table: dict, setup: Setup) -> dict:
+    """The --json object: constants per activation plus the measured/predicted end-to-end ratios."""
+    measured: dict = {"setup": {"depth": setup.depth, "width": setup.width, "batch": setup.batch,
+                                "seeds": setup.seeds}}
+    for curve in curves:
+        measured.setdefault(curve.activation, {})[curve.scheme] = curve.summary()
+    return {**table, "measured": measured}
+
+
+def print_table(result: dict) -> None:
+    print(f"{'activation':<10} {'c=E[phi^2]':>11} {'d=E[phi_^2]':>11} {'gain^2=1/c':>11} {'d/c':>7} {'slope':>7}")
+    for name, row in result.items():
+        if name != "measured":
+            print(f"{name:<10} {row['c']:>11.6f} {row['d']:>11.6f} {row['kaiming_gain_sq']:>11.4f} "
+                  f"{row['backward_growth_per_layer_kaiming']:>7.4f} {row['fixed_point_slope']:>7.4f}")
+    setup = result["measured"]["setup"]
+    print(f"\nend-to-end ratios, depth {setup['depth']}, width {setup['width']} (measured / predicted)")
+    for activation, schemes in result["measured"].items():
+        if activation == "setup":
+            continue
+        for scheme, row in schemes.items():
+            print(f"{activation:<6} {scheme:<8} sigma_w={row['sigma_w']:<9.4g} "
+                  f"q_L/q_0 {row['forward_ratio_measured']:.3e} / {row['forward_ratio_predicted']:.3e}   "
+                  f"b_0/b_L {row['backward_ratio_measured']:.3e} / {row['backward_ratio_predicted']:.3e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--out", help="folder for variance_propagation.csv and .png (nothing written without it)")
+    parser.add_argument("--quick", action="store_true", help="ReLU only, 4 seeds, batch 16 (CI)")
+    parser.add_argument("--seeds", type=positive_int, help="override the number of seeds")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files in --out")
+    args = parser.parse_args(argv)
+    setup = QUICK if args.quick else FULL
+    if args.seeds:
+        setup = Setup(setup.activations, setup.depth, setup.width, setup.batch, args.seeds)
+    paths = prepare_outputs(args.out, ["variance_propagation.csv", "variance_propagation.png"],
+                            args.overwrite) if args.out else None
+    curves = run_measurements(setup)
+    result = report(curves, moment_table(), setup)
+    if paths:
+        write_csv(paths[0], csv_rows(curves))
+        plot_curves(curves, setup, paths[1])
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

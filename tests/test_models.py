@@ -1,0 +1,172 @@
+"""models/: logits parity with the reference implementations, flavor shapes, shape errors, meta build.
+
+Oracles: torchtitan 0.2.2's llama3 ``Transformer`` (fp32, <= 1e-5) and transformers'
+``GPT2LMHeadModel`` (<= 1e-4), each loaded with our weights under their parameter names.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from models import build_model, make_model_args
+from models.common import count_params
+
+VOCAB, SEQ = 512, 64
+
+# Our Llama parameter names -> torchtitan llama3's (regex on the module path).
+TORCHTITAN_NAMES = [
+    (r"^tok_embedding\.", "tok_embeddings."),
+    (r"\.attn\.q\.", ".attention.wq."),
+    (r"\.attn\.k\.", ".attention.wk."),
+    (r"\.attn\.v\.", ".attention.wv."),
+    (r"\.attn\.out\.", ".attention.wo."),
+    (r"\.attn_norm\.", ".attention_norm."),
+    (r"\.mlp\.gate\.", ".feed_forward.w1."),
+    (r"\.mlp\.up\.", ".feed_forward.w3."),
+    (r"\.mlp\.out\.", ".feed_forward.w2."),
+    (r"\.mlp_norm\.", ".ffn_norm."),
+    (r"^final_norm\.", "norm."),
+    (r"^lm_head\.", "output."),
+]
+
+
+def torchtitan_name(ours: str) -> str:
+    """e.g. 'layers.3.mlp.gate.weight' -> 'layers.3.feed_forward.w1.weight'."""
+    for pattern, replacement in TORCHTITAN_NAMES:
+        ours = re.sub(pattern, replacement, ours)
+    return ours
+
+
+def torchtitan_llama(args, depth_init: bool = True):
+    """torchtitan's llama3 Transformer with our args' shapes, RoPE scaling off (our Llama has none)."""
+    from torchtitan.models.llama3.model.args import RoPEScalingArgs, TransformerModelArgs
+    from torchtitan.models.llama3.model.model import Transformer
+
+    # A huge original context puts every RoPE wavelength in the "unscaled" band: frequencies untouched.
+    no_scaling = RoPEScalingArgs(scaling_factor=1.0, original_max_position_embeddings=10 ** 12)
+    tt_args = TransformerModelArgs(
+        dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
+        vocab_size=args.vocab_size, multiple_of=args.multiple_of, ffn_dim_multiplier=args.ffn_dim_multiplier,
+        norm_eps=args.norm_eps, rope_theta=args.rope_theta, rope_scaling_args=no_scaling,
+        max_seq_len=args.max_seq_len, depth_init=depth_init,
+    )
+    return Transformer(tt_args)
+
+
+def random_model(family: str, seed: int = 0, **overrides):
+    """A debug model of ``family`` with N(0, 0.05) weights and non-trivial norm weights/biases."""
+    args = make_model_args(family, "debug", VOCAB, SEQ, overrides)
+    torch.manual_seed(seed)
+    model = build_model(args)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if p.ndim == 1 else 0.05 * torch.randn_like(p))
+    return model.eval(), args
+
+
+def test_llama_logits_match_torchtitan():
+    ours, args = random_model("llama")
+    theirs = torchtitan_llama(args)
+    state = {torchtitan_name(k): v for k, v in ours.state_dict().items()}
+    theirs.load_state_dict(state, strict=True)
+    theirs.eval()
+    tokens = torch.randint(0, VOCAB, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (ours(tokens) - theirs(tokens).float()).abs().max().item()
+    assert diff <= 1e-5, f"max |logits diff| vs torchtitan = {diff}"
+
+
+def hf_gpt2(args):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=args.vocab_size, n_positions=args.max_seq_len, n_embd=args.dim,
+                        n_layer=args.n_layers, n_head=args.n_heads, n_inner=args.ffn_dim,
+                        layer_norm_epsilon=args.norm_eps, activation_function="gelu_new",
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.02,
+                        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config)
+
+
+def hf_gpt2_state(ours: torch.nn.Module, n_layers: int) -> dict[str, torch.Tensor]:
+    """Our GPT-2 weights in HF's layout: Conv1D weights are [in, out]; q/k/v fused into c_attn [d, 3d]."""
+    s = ours.state_dict()
+    out = {"transformer.wte.weight": s["tok_embedding.weight"], "transformer.wpe.weight": s["pos_embedding.weight"],
+           "transformer.ln_f.weight": s["final_norm.weight"], "transformer.ln_f.bias": s["final_norm.bias"],
+           "lm_head.weight": s["tok_embedding.weight"]}
+    for i in range(n_layers):
+        ours_l, hf = f"layers.{i}.", f"transformer.h.{i}."
+        qkv = [s[f"{ours_l}attn.{p}.weight"] for p in "qkv"]
+        out[f"{hf}attn.c_attn.weight"] = torch.cat(qkv, dim=0).t()
+        out[f"{hf}attn.c_attn.bias"] = torch.cat([s[f"{ours_l}attn.{p}.bias"] for p in "qkv"])
+        for hf_name, our_name in (("attn.c_proj", "attn.out"), ("mlp.c_fc", "mlp.up"), ("mlp.c_proj", "mlp.out")):
+            out[f"{hf}{hf_name}.weight"] = s[f"{ours_l}{our_name}.weight"].t()
+            out[f"{hf}{hf_name}.bias"] = s[f"{ours_l}{our_name}.bias"]
+        for hf_name, our_name in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+            for kind in ("weight", "bias"):
+                out[f"{hf}{hf_name}.{kind}"] = s[f"{ours_l}{our_name}.{kind}"]
+    return out
+
+
+def test_gpt2_logits_match_transformers():
+    ours, args = random_model("gpt2")
+    theirs = hf_gpt2(args)
+    theirs.load_state_dict(hf_gpt2_state(ours, args.n_layers), strict=True)
+    theirs.eval()
+    assert theirs.lm_head.weight.data_ptr() == theirs.transformer.wte.weight.data_ptr()  # tied, as ours
+    tokens = torch.randint(0, VOCAB, (2, 48), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = (ours(tokens) - theirs(tokens).logits.float()).abs().max().item()
+    assert diff <= 1e-4, f"max |logits diff| vs transformers GPT-2 = {diff}"
+
+
+def test_flavor_shapes_and_gpt2_param_count():
+    llama = make_model_args("llama", "llama_1b", 128256, 2048)
+    assert (llama.n_layers, llama.dim, llama.n_heads, llama.n_kv_heads, llama.ffn_dim) == (16, 2048, 32, 8, 8192)
+    gpt2 = make_model_args("gpt2", "gpt2_124m", 50257, 1024)
+    assert (gpt2.n_layers, gpt2.dim, gpt2.n_heads, gpt2.ffn_dim, gpt2.tie_embeddings) == (12, 768, 12, 3072, True)
+    with torch.device("meta"):
+        model = build_model(gpt2)
+    assert count_params(model) == 124_439_808
+    # An override wins over the flavor; derived widths follow it.
+    wide = make_model_args("gpt2", "debug", VOCAB, SEQ, {"dim": 256, "n_layers": None})
+    assert (wide.dim, wide.ffn_dim, wide.n_layers) == (256, 1024, 4)
+
+
+@pytest.mark.parametrize("family, overrides, culprit", [
+    ("llama", {"n_heads": 5}, "model.n_heads"),
+    ("gpt2", {"dim": 130}, "model.dim"),
+    ("llama", {"n_kv_heads": 3}, "model.n_kv_heads"),
+    ("llama", {"dim": 20, "n_heads": 4}, "head_dim"),
+])
+def test_bad_shapes_raise_one_line_value_error(family, overrides, culprit):
+    with pytest.raises(ValueError) as err:
+        make_model_args(family, "debug", VOCAB, SEQ, overrides)
+    message = str(err.value)
+    assert culprit in message and "\n" not in message
+
+
+def test_unknown_flavor_names_the_choices():
+    with pytest.raises(ValueError, match="llama_1b") as err:
+        make_model_args("llama", "llama_7b", VOCAB, SEQ)
+    assert "\n" not in str(err.value)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_meta_build_allocates_nothing():
+    args = make_model_args("llama", "llama_1b", 128256, 2048)
+    before = _rss_bytes()
+    with torch.device("meta"):
+        model = build_model(args)
+    grown = _rss_bytes() - before
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.is_meta for t in tensors)
+    n = count_params(model)
+    assert n > 1_200_000_000  # 1.24e9 parameters = 4.9 GB in float32 had they been allocated
+    assert grown < 64 * 2 ** 20, f"meta build grew RSS by {grown / 2 ** 20:.0f} MiB"
