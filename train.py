@@ -205,18 +205,24 @@ def global_max(value: torch.Tensor) -> float:
     return value.item()
 
 
-def prepare_run_dir(cfg: Config, env: DistEnv) -> None:
-    """Refuse to touch an existing run unless resuming; a fresh run gets its resolved config.toml."""
+def check_run_dir(cfg: Config) -> bool:
+    """Refuse to touch an existing run unless resuming (and to resume a missing one); True = fresh run."""
     run_dir = Path(cfg.job.output_dir) / cfg.job.run_name
     exists = run_dir.exists() and any(run_dir.iterdir())
-    barrier()  # every rank has looked before rank 0 creates anything
+    barrier()  # every rank has looked before rank 0 may create anything
     if exists and not cfg.checkpoint.resume:
         raise ConfigError(f"run directory {run_dir} already exists; pass --checkpoint.resume true to continue it "
                           "or choose another --job.run_name")
     if cfg.checkpoint.resume and not exists:
         raise ConfigError(f"--checkpoint.resume true but run directory {run_dir} does not exist; "
                           "check --job.output_dir/--job.run_name or drop --checkpoint.resume")
-    if env.is_main and not exists:
+    return not exists
+
+
+def create_run_dir(cfg: Config, env: DistEnv) -> None:
+    """A fresh run's directory with its resolved config.toml (only once tokenizer, data and model built)."""
+    if env.is_main:
+        run_dir = Path(cfg.job.output_dir) / cfg.job.run_name
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(to_toml(cfg))
     barrier()
@@ -240,8 +246,10 @@ def run(cfg: Config) -> dict:
     env = init_distributed(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
                            cfg.parallelism.data_parallel_shard_degree)
     try:
-        prepare_run_dir(cfg, env)
+        fresh = check_run_dir(cfg)
         trainer = Trainer(cfg, env)
+        if fresh:
+            create_run_dir(cfg, env)
         resumed = trainer.checkpointer.load_for_resume() if cfg.checkpoint.resume else None
         if cfg.checkpoint.create_seed_checkpoint:
             trainer.checkpointer.save(0)
@@ -252,6 +260,7 @@ def run(cfg: Config) -> dict:
             print(f"initlab: {cfg.model.name}/{cfg.model.flavor} {trainer.n_params:,} params, init "
                   f"{cfg.init.scheme}, {env.world_size} rank(s) on {env.device.type}, run dir {trainer.run_dir}",
                   flush=True)
+        final = {}
         try:
             final = trainer.train(logger)
         finally:

@@ -6,11 +6,10 @@ meta build (shapes only) -> parallelize (AC, compile, FSDP2) -> ``to_empty`` on 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
+from components.checkpoint import load_initial_weights
 from components.config import Config
 from distributed.env import DistEnv
 from distributed.parallelize import parallelize
@@ -40,8 +39,7 @@ def build_model_and_init(cfg: Config, tokenizer_vocab: int, env: DistEnv) -> tup
     model.to_empty(device=env.device)
     initializer = WeightInitializer(cfg.init, args, cfg.job.seed)
     model.init_weights(initializer, buffer_device=env.device)
+    if cfg.init.from_checkpoint:  # replaces the scheme's tensors where the file has them
+        load_initial_weights(model, cfg.init.from_checkpoint, env)
     return model, args, initializer
 
-
-def describe(args: ModelArgs) -> dict:
-    return dataclasses.asdict(args)

@@ -104,7 +104,7 @@ class Init:
     correct_truncation: bool = False
     """Divide sigma of truncated draws by the truncation shrink (~1.3% at 3 sigma) so the realised std is the nominal one."""
     from_checkpoint: str = ""
-    """Path of a safetensors file/HF directory whose tensors replace the scheme's where names match ('' = none)."""
+    """Start from saved weights ('' = none): a checkpoints/step_<N> DCP directory, or a safetensors file / HF directory (matching tensors replace the scheme's; new vocab rows get the mean embedding)."""
 
 
 @dataclass
@@ -204,7 +204,7 @@ class Checkpoint:
     create_seed_checkpoint: bool = False
     """Write the initialized weights as step 0 and exit (single process), for identical starts."""
     async_mode: Literal["disabled", "async"] = "disabled"
-    """Save asynchronously in a background thread (CUDA only)."""
+    """Save asynchronously in a background thread (training continues while the files are written)."""
 
 
 @dataclass

@@ -1,0 +1,471 @@
+"""Sharded DCP checkpoints that are atomic, exact on resume and reshardable, plus initial-weight loading.
+
+Layout under ``<run_dir>/checkpoints/``:
+``step_<N>/`` is a complete ``torch.distributed.checkpoint`` directory. A save writes into
+``.tmp_step_<N>/`` (each file fsynced by DCP); after every rank finished, rank 0 renames it to
+``step_<N>`` (an atomic rename, then an fsync of the parent). A process killed mid-save therefore
+leaves only a ``.tmp_*`` directory, which load ignores and the next successful start removes.
+Pruning (``keep_last``) renames a checkpoint to ``.del_step_<N>`` before deleting it, so a kill
+during pruning never leaves a half-deleted ``step_<N>`` behind.
+
+Contents: the model and optimizer through ``get/set_model_state_dict`` and
+``get/set_optimizer_state_dict`` (DTensor shards, so DCP reshards across world sizes: 2 -> 1,
+1 -> 2 ranks), every other Stateful object (LR schedule, data position, train state) pickled into
+one leaf each, and the torch CPU/CUDA RNG states of all ranks. ``step_0`` (the seed checkpoint,
+``save(0)``) holds the model only, as in torchtitan; resuming from it restores the weights and
+leaves the optimizer fresh. The seed checkpoint is never pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.checkpoint.stateful import Stateful
+
+from components import hf_convert
+from components.config import Checkpoint as CheckpointConfig
+from distributed.env import DistEnv, barrier
+from init_schemes.apply import local_rows
+from models.common import canonical_name, role_of
+
+STEP_DIR = re.compile(r"step_(\d+)")
+PARTIAL_DIR = re.compile(r"\.(tmp|del)_step_\d+")
+MODEL_KEY = "model"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written or read; the message is one line naming it and a fix."""
+
+
+# ------------------------------------------------------------------------------------------ layout
+def complete_steps(folder: Path) -> list[int]:
+    """Steps N with a complete ``step_N`` directory in ``folder``, ascending (empty if none)."""
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := STEP_DIR.fullmatch(p.name)))
+
+
+def partial_dirs(folder: Path) -> list[Path]:
+    """Leftovers of killed saves (``.tmp_step_N``) or prunes (``.del_step_N``)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if PARTIAL_DIR.fullmatch(p.name))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prune_checkpoints(folder: Path, keep_last: int) -> list[int]:
+    """Delete all but the newest ``keep_last`` complete checkpoints (0 = keep all; step_0 is kept); returns the steps removed."""
+    if not keep_last:
+        return []
+    doomed_steps = [s for s in complete_steps(folder) if s > 0][:-keep_last]
+    for step in doomed_steps:
+        doomed = folder / f".del_step_{step}"
+        (folder / f"step_{step}").rename(doomed)  # atomic: a kill never leaves a half-deleted step_N
+        shutil.rmtree(doomed)
+    return doomed_steps
+
+
+def read_checkpoint_metadata(path: Path) -> Metadata:
+    """DCP metadata of ``path`` after checking that every file it references is present and long enough."""
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path} is not a complete DCP checkpoint (no .metadata file); delete it to fall back "
+                              "to an older checkpoint")
+    try:
+        metadata = FileSystemReader(str(path)).read_metadata()
+    except Exception as err:  # unpickling a truncated/garbled file raises many different types
+        raise CheckpointError(f"{path}/.metadata is corrupt ({type(err).__name__}); delete {path} to fall back "
+                              "to an older checkpoint") from None
+    sizes: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        file = path / info.relative_path
+        if info.relative_path not in sizes:
+            sizes[info.relative_path] = file.stat().st_size if file.is_file() else -1
+        if sizes[info.relative_path] < info.offset + info.length:
+            state = "missing" if sizes[info.relative_path] < 0 else "truncated"
+            raise CheckpointError(f"checkpoint file {file} is {state} (needs {info.offset + info.length} bytes); "
+                                  f"delete {path} to fall back to an older checkpoint")
+    return metadata
+
+
+def saved_model_shapes(metadata: Metadata) -> dict[str, tuple[int, ...] | None]:
+    """{model tensor name: shape} of a checkpoint (None for a non-tensor entry under 'model.')."""
+    prefix = MODEL_KEY + "."
+    return {key[len(prefix):]: (tuple(meta.size) if isinstance(meta, TensorStorageMetadata) else None)
+            for key, meta in metadata.state_dict_metadata.items() if key.startswith(prefix)}
+
+
+def check_model_shapes(model_shapes: Mapping[str, tuple[int, ...]], metadata: Metadata, path: Path,
+                       allow_missing: bool = False) -> None:
+    """Raise CheckpointError naming the first tensor whose shape differs (or, unless allowed, that is absent)."""
+    saved = saved_model_shapes(metadata)
+    fix = "use the model config the checkpoint was written with"
+    for name, shape in model_shapes.items():
+        if name not in saved:
+            if allow_missing:
+                continue
+            raise CheckpointError(f"{path} does not match the model: tensor {name} {list(shape)} is missing from "
+                                  f"the checkpoint; {fix}")
+        if saved[name] != tuple(shape):
+            saved_shape = "a non-tensor" if saved[name] is None else list(saved[name])
+            raise CheckpointError(f"{path} does not match the model: tensor {name} is {saved_shape} in the checkpoint "
+                                  f"but {list(shape)} in the model; {fix}")
+    extra = [name for name in saved if name not in model_shapes]
+    if extra and not allow_missing:
+        raise CheckpointError(f"{path} does not match the model: tensor {extra[0]} of the checkpoint does not exist "
+                              f"in the model; {fix}")
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+# ------------------------------------------------------------------------------- state adapters
+class ModelState(Stateful):
+    """The model as DCP sees it: canonical names -> (sharded) tensors."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_model_state_dict(self.model, state)
+
+
+class OptimizerState(Stateful):
+    """Optimizer state keyed by parameter name (flattened), so it reshards with the model."""
+
+    OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_optimizer_state_dict(self.model, self.optimizer, options=self.OPTIONS)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_optimizer_state_dict(self.model, self.optimizer, state, options=self.OPTIONS)
+
+
+class PickledState(Stateful):
+    """A small Stateful (LR schedule, data position, train state) stored as one pickled leaf.
+
+    DCP would otherwise flatten nested lists/dicts into keys, and a list that grows between
+    save and load (e.g. a log history) could not be loaded into a fresh, shorter one.
+    """
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def state_dict(self) -> dict[str, bytes]:
+        return {"pickle": pickle.dumps(self.obj.state_dict())}
+
+    def load_state_dict(self, state: dict[str, bytes]) -> None:
+        self.obj.load_state_dict(pickle.loads(state["pickle"]))
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Mapping[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def adapt_states(states: Mapping[str, Any]) -> dict[str, Stateful]:
+    """Wrap train.py's objects: the nn.Module and Optimizer through DCP's state_dict API, others pickled."""
+    models = [obj for obj in states.values() if isinstance(obj, nn.Module)]
+    if len(models) != 1:
+        raise ValueError(f"checkpoint states need exactly one nn.Module (the model); got {len(models)}")
+    adapted = {}
+    for key, obj in states.items():
+        if isinstance(obj, nn.Module):
+            adapted[key] = ModelState(obj)
+        elif isinstance(obj, torch.optim.Optimizer):
+            adapted[key] = OptimizerState(models[0], obj)
+        elif hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict"):
+            adapted[key] = PickledState(obj)
+        else:
+            raise ValueError(f"checkpoint state {key!r} ({type(obj).__name__}) has no state_dict/load_state_dict")
+    return adapted
+
+
+# ---------------------------------------------------------------------------------- checkpointer
+class Checkpointer:
+    """Saves ``states`` to ``folder/step_<N>`` and resumes from the newest complete one.
+
+    ``states`` maps names to the model (nn.Module), the optimizer and Stateful objects; the
+    model's entry must be named ``model`` (the seed checkpoint and exports read that key).
+    """
+
+    def __init__(self, folder: Path, cfg: CheckpointConfig, env: DistEnv, states: Mapping[str, Any]):
+        if MODEL_KEY not in states or not isinstance(states[MODEL_KEY], nn.Module):
+            raise ValueError("checkpoint states need the model under the key 'model'")
+        self.folder, self.cfg, self.env = Path(folder), cfg, env
+        self.states = adapt_states(states)
+        self.model: nn.Module = states[MODEL_KEY]
+        self.use_async = cfg.async_mode == "async"
+        # The background save runs collectives while training runs its own: give it a separate (CPU) group.
+        self.async_group = dist.new_group(backend="gloo") if self.use_async else None
+        self.pending: tuple[int, Any] | None = None  # (step, future) of an async save not yet finalized
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """Whether ``step`` gets a checkpoint: every ``interval`` steps and at the last step, when enabled."""
+        return self.cfg.enable and (step % self.cfg.interval == 0 or step == total_steps)
+
+    def _states_to_save(self, step: int) -> dict[str, Any]:
+        if step == 0:  # seed checkpoint: the initialized weights only
+            return {MODEL_KEY: self.states[MODEL_KEY]}
+        ranks_rng = [None] * self.env.world_size
+        dist.all_gather_object(ranks_rng, pickle.dumps(rng_state(self.env.device)))
+        rng = {f"rank_{rank}": blob for rank, blob in enumerate(ranks_rng)}
+        return {**self.states, "rng": rng}  # identical keys on every rank, as DCP wants
+
+    def save(self, step: int) -> None:
+        """Write ``step_<step>`` atomically (asynchronously when configured); step 0 = model only."""
+        self._finish_pending()
+        final, tmp = self.folder / f"step_{step}", self.folder / f".tmp_step_{step}"
+        if final.exists():
+            raise CheckpointError(f"checkpoint {final} already exists; refusing to overwrite it (move it away or "
+                                  "resume from it with --checkpoint.resume true)")
+        if self.env.is_main:
+            if tmp.exists():  # left by a save that was killed
+                shutil.rmtree(tmp)
+            self.folder.mkdir(parents=True, exist_ok=True)
+        barrier()
+        state = self._states_to_save(step)
+        try:
+            if self.use_async:
+                self.pending = (step, dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.async_group))
+                return
+            dcp.save(state, checkpoint_id=str(tmp))
+        except Exception as err:  # disk full, permissions, a dead peer: the checkpoint stays partial
+            raise CheckpointError(f"cannot write checkpoint {tmp}: {_one_line(err)}; the newest complete "
+                                  "checkpoint is unchanged") from None
+        self._finalize(step)
+
+    def _finish_pending(self) -> None:
+        if self.pending is not None:
+            step, future = self.pending
+            self.pending = None
+            try:
+                future.result()  # the background write of every rank's part
+            except Exception as err:
+                raise CheckpointError(f"asynchronous save of step {step} failed: {_one_line(err)}; the newest "
+                                      "complete checkpoint is unchanged") from None
+            self._finalize(step)
+
+    def _finalize(self, step: int) -> None:
+        """After every rank wrote its part: rename .tmp_step_N -> step_N (rank 0), then prune."""
+        barrier()
+        if self.env.is_main:
+            tmp, final = self.folder / f".tmp_step_{step}", self.folder / f"step_{step}"
+            _fsync_dir(tmp)
+            tmp.rename(final)
+            _fsync_dir(self.folder)
+            prune_checkpoints(self.folder, self.cfg.keep_last)
+        barrier()
+
+    def close(self) -> None:
+        """Wait for (and finalize) an async save still in flight."""
+        self._finish_pending()
+
+    def load_for_resume(self) -> int:
+        """Load the newest complete checkpoint into the states; returns its step.
+
+        Checks the checkpoint's files and the model's shapes before loading anything; on any
+        error raises CheckpointError and changes no file. Afterwards rank 0 removes partial saves.
+        """
+        steps = complete_steps(self.folder)
+        if not steps:
+            partial = ", ".join(p.name for p in partial_dirs(self.folder))
+            note = f" (only partial saves: {partial})" if partial else ""
+            raise CheckpointError(f"--checkpoint.resume true but {self.folder} holds no complete checkpoint{note}; "
+                                  "start a new run instead (drop --checkpoint.resume, choose a new job.run_name)")
+        step = steps[-1]
+        path = self.folder / f"step_{step}"
+        metadata = read_checkpoint_metadata(path)
+        model_shapes = {name: tuple(t.shape) for name, t in get_model_state_dict(self.model).items()}
+        check_model_shapes(model_shapes, metadata, path)
+        wanted: dict[str, Any] = {MODEL_KEY: self.states[MODEL_KEY]} if step == 0 else dict(self.states)
+        saved_keys = {key.split(".", 1)[0] for key in metadata.state_dict_metadata}
+        missing = [key for key in wanted if key not in saved_keys]
+        if missing:
+            raise CheckpointError(f"{path} has no {missing[0]!r} state (it holds {sorted(saved_keys)}); it was not "
+                                  "written by this trainer version: start a new run")
+        if "rng" in saved_keys:
+            wanted["rng"] = {key.split(".", 1)[1]: b"" for key in metadata.state_dict_metadata
+                             if key.startswith("rng.")}
+        try:
+            dcp.load(wanted, checkpoint_id=str(path))
+        except Exception as err:
+            raise CheckpointError(f"cannot load {path}: {_one_line(err)}; delete it to fall back to an older "
+                                  "checkpoint") from None
+        own_rng = wanted.get("rng", {}).get(f"rank_{self.env.rank}")
+        if own_rng:  # a rank that did not exist at save time (world size grew) keeps its fresh RNG
+            set_rng_state(pickle.loads(own_rng), self.env.device)
+        self._remove_partials()
+        return step
+
+    def _remove_partials(self) -> None:
+        barrier()
+        if self.env.is_main:
+            for leftover in partial_dirs(self.folder):
+                shutil.rmtree(leftover)
+        barrier()
+
+
+# ------------------------------------------------------------------------- initial weights
+def load_initial_weights(model: nn.Module, path: str | Path, env: DistEnv) -> dict:
+    """Replace the scheme's initial weights by those of ``path`` where names match (``init.from_checkpoint``).
+
+    ``path`` is a ``step_<N>`` DCP directory (model weights only) or a ``.safetensors`` file / a
+    directory of them (Hugging Face GPT-2/Llama or initlab names, converted by hf_convert).
+    Tensors absent from the source keep the scheme's init; embedding/LM-head rows beyond the
+    source's vocabulary are set to the mean of its rows. Returns a report (also printed by rank 0):
+    ``{"source", "format", "loaded", "kept_init", "resized", "unused"}``.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise FileNotFoundError(f"init.from_checkpoint = {str(path)!r} does not exist; give a step_<N> checkpoint "
+                                "directory, a .safetensors file or a Hugging Face model directory")
+    if (source / ".metadata").is_file():
+        report = _load_dcp_weights(model, source)
+    else:
+        report = _load_safetensors_weights(model, source)
+    if env.is_main:
+        print(describe_initial_load(report), flush=True)
+    return report
+
+
+def describe_initial_load(report: Mapping) -> str:
+    """One line summarizing :func:`load_initial_weights`'s report."""
+    parts = [f"init.from_checkpoint: loaded {len(report['loaded'])} tensors from {report['source']} "
+             f"({report['format']})"]
+    if report["kept_init"]:
+        parts.append(f"kept the scheme's init for {len(report['kept_init'])}: {', '.join(report['kept_init'])}")
+    if report["resized"]:
+        parts.append("resized " + ", ".join(f"{k} ({v})" for k, v in report["resized"].items()))
+    if report["unused"]:
+        parts.append(f"{len(report['unused'])} source tensors unused: {', '.join(report['unused'][:8])}"
+                     + (" ..." if len(report["unused"]) > 8 else ""))
+    return "; ".join(parts)
+
+
+def _load_dcp_weights(model: nn.Module, source: Path) -> dict:
+    metadata = read_checkpoint_metadata(source)
+    model_state = get_model_state_dict(model)
+    check_model_shapes({name: tuple(t.shape) for name, t in model_state.items()}, metadata, source,
+                       allow_missing=True)
+    saved = saved_model_shapes(metadata)
+    present = {name: t for name, t in model_state.items() if name in saved}
+    try:
+        dcp.load({MODEL_KEY: present}, checkpoint_id=str(source))
+    except Exception as err:
+        raise CheckpointError(f"cannot load {source}: {_one_line(err)}") from None
+    set_model_state_dict(model, present, options=StateDictOptions(strict=False))
+    return {"source": str(source), "format": "dcp", "loaded": list(present),
+            "kept_init": [name for name in model_state if name not in saved], "resized": {},
+            "unused": [f"{MODEL_KEY}.{name}" for name in saved if name not in model_state]}
+
+
+def _safetensors_files(source: Path) -> tuple[list[Path], dict]:
+    """(safetensors files, HF config dict or {}) of a file or directory."""
+    if source.is_file():
+        if source.suffix != ".safetensors":
+            raise ValueError(f"init.from_checkpoint = {source} is neither a .safetensors file nor a directory; "
+                             "export a run with scripts/export.py or point at a step_<N> checkpoint")
+        files, config_path = [source], source.parent / "config.json"
+    else:
+        files, config_path = sorted(source.glob("*.safetensors")), source / "config.json"
+        if not files:
+            raise FileNotFoundError(f"{source} holds neither a DCP checkpoint (.metadata) nor *.safetensors files; "
+                                    "point init.from_checkpoint at a step_<N> directory or an exported model")
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return files, config
+
+
+def _fit_rows(tensor: torch.Tensor, shape: tuple[int, ...], name: str, source: Path) -> tuple[torch.Tensor, str]:
+    """``tensor`` made ``shape``: extra vocab rows = mean of the source rows; extra positions dropped."""
+    role, rows, want = role_of(name), tensor.shape[0], shape[0]
+    if tensor.dim() == len(shape) and tuple(tensor.shape[1:]) == shape[1:]:
+        if role in ("tok_embedding", "lm_head") and rows < want:
+            mean_row = tensor.float().mean(dim=0, keepdim=True).to(tensor.dtype)  # [1, d]
+            return torch.cat([tensor, mean_row.expand(want - rows, -1)]), f"rows {rows} -> {want}, new rows = mean"
+        if role == "pos_embedding" and rows > want:
+            return tensor[:want], f"positions {rows} -> {want}, first {want} kept"
+    raise ValueError(f"tensor {name} is {list(tensor.shape)} in {source} but {list(shape)} in the model; "
+                     "change the [model] shape to match the source or drop init.from_checkpoint")
+
+
+@torch.no_grad()
+def _load_safetensors_weights(model: nn.Module, source: Path) -> dict:
+    from safetensors import safe_open  # imported here: only this path needs it
+
+    args = model.args
+    files, config = _safetensors_files(source)
+    index: dict[str, tuple[Path, str]] = {}  # canonical HF name -> (file, name in the file)
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            index.update({canon: (file, stored) for canon, stored in hf_convert.normalize_hf_names(handle.keys()).items()})
+    fmt = hf_convert.detect_format(index)
+    if fmt not in ("initlab", args.family):
+        raise ValueError(f"{source} holds {fmt} tensors but the model is {args.family}; set model.name = {fmt} "
+                         "or choose another init.from_checkpoint")
+    report = {"source": str(source), "format": fmt, "loaded": [], "kept_init": [], "resized": {}, "unused": []}
+    used: set[str] = set()
+    for raw_name, param in model.named_parameters():
+        name = canonical_name(raw_name)
+        link = hf_convert.Link(name) if fmt == "initlab" else hf_convert.link_for(name, args)
+        if link.hf_name not in index and role_of(name) == "lm_head" and hf_convert.hf_ties_embeddings(config):
+            link = hf_convert.Link("tok_embedding.weight") if fmt == "initlab" else \
+                hf_convert.link_for("tok_embedding.weight", args)  # a tied source: the head is the embedding
+        if link.hf_name not in index:
+            report["kept_init"].append(name)
+            continue
+        file, stored = index[link.hf_name]
+        with safe_open(str(file), framework="pt") as handle:
+            tensor = hf_convert.from_hf_tensor(handle.get_tensor(stored), link)
+        if tuple(tensor.shape) != tuple(param.shape):
+            tensor, note = _fit_rows(tensor, tuple(param.shape), name, source)
+            report["resized"][name] = note
+        local, first_row = local_rows(param)  # this rank's rows of a dim-0 shard (or the whole tensor)
+        local.copy_(tensor[first_row: first_row + local.shape[0]])
+        report["loaded"].append(name)
+        used.add(link.hf_name)
+    report["unused"] = [name for name in index if name not in used]
+    return report

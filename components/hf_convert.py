@@ -1,0 +1,211 @@
+"""Tensor-name and layout mapping between initlab models and Hugging Face transformers.
+
+initlab GPT-2 <-> ``GPT2LMHeadModel``: HF keeps q/k/v fused in one ``Conv1D`` ``c_attn`` whose
+weight is stored transposed, ``[d, 3d]`` (in-features first); every ``Conv1D`` (``c_attn``,
+``c_proj``, ``c_fc``) is the transpose of the matching ``nn.Linear`` weight ``[out, in]``.
+
+initlab Llama <-> ``LlamaForCausalLM``: one tensor per projection, but the RoPE conventions
+differ. initlab (like Meta's reference code and torchtitan) rotates adjacent feature pairs
+``(2j, 2j+1)`` of each head; HF's ``rotate_half`` rotates ``(j, j + head_dim/2)``. Exporting
+therefore reorders the rows of each q/k head from interleaved to half-split order (the
+permutation of HF's ``convert_llama_weights_to_hf``) and importing applies its inverse.
+
+Each initlab tensor is described by one :class:`Link` to the HF tensor it lives in, so the
+same table serves export (:func:`to_hf`) and tensor-by-tensor import (:func:`from_hf_tensor`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from models.common import ModelArgs
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where an initlab tensor lives in an HF checkpoint and how its layout differs."""
+
+    hf_name: str
+    transpose: bool = False  # HF Conv1D stores [in, out]; nn.Linear stores [out, in]
+    part: int | None = None  # index of this tensor in a fused [q | k | v] HF tensor (out-features axis)
+    n_parts: int = 1
+    rope_heads: int = 0  # > 0: q/k rows of this many heads are reordered interleaved <-> half-split
+
+
+_GPT2_BLOCK = {  # initlab block-local name -> (HF block-local name, transpose, part)
+    "attn_norm.weight": ("ln_1.weight", False, None),
+    "attn_norm.bias": ("ln_1.bias", False, None),
+    "attn.q.weight": ("attn.c_attn.weight", True, 0),
+    "attn.k.weight": ("attn.c_attn.weight", True, 1),
+    "attn.v.weight": ("attn.c_attn.weight", True, 2),
+    "attn.q.bias": ("attn.c_attn.bias", False, 0),
+    "attn.k.bias": ("attn.c_attn.bias", False, 1),
+    "attn.v.bias": ("attn.c_attn.bias", False, 2),
+    "attn.out.weight": ("attn.c_proj.weight", True, None),
+    "attn.out.bias": ("attn.c_proj.bias", False, None),
+    "mlp_norm.weight": ("ln_2.weight", False, None),
+    "mlp_norm.bias": ("ln_2.bias", False, None),
+    "mlp.up.weight": ("mlp.c_fc.weight", True, None),
+    "mlp.up.bias": ("mlp.c_fc.bias", False, None),
+    "mlp.out.weight": ("mlp.c_proj.weight", True, None),
+    "mlp.out.bias": ("mlp.c_proj.bias", False, None),
+}
+_GPT2_TOP = {
+    "tok_embedding.weight": "transformer.wte.weight",
+    "pos_embedding.weight": "transformer.wpe.weight",
+    "final_norm.weight": "transformer.ln_f.weight",
+    "final_norm.bias": "transformer.ln_f.bias",
+    "lm_head.weight": "lm_head.weight",
+}
+_LLAMA_BLOCK = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn.q.weight": "self_attn.q_proj.weight",
+    "attn.k.weight": "self_attn.k_proj.weight",
+    "attn.v.weight": "self_attn.v_proj.weight",
+    "attn.out.weight": "self_attn.o_proj.weight",
+    "mlp_norm.weight": "post_attention_layernorm.weight",
+    "mlp.gate.weight": "mlp.gate_proj.weight",
+    "mlp.up.weight": "mlp.up_proj.weight",
+    "mlp.out.weight": "mlp.down_proj.weight",
+}
+_LLAMA_TOP = {
+    "tok_embedding.weight": "model.embed_tokens.weight",
+    "final_norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+_BLOCK_NAME = re.compile(r"layers\.(\d+)\.(.+)")
+
+
+def link_for(name: str, args: ModelArgs) -> Link:
+    """The HF location of initlab tensor ``name`` (canonical, e.g. 'layers.3.attn.q.weight')."""
+    match = _BLOCK_NAME.fullmatch(name)
+    if args.family == "gpt2":
+        if match is None and name in _GPT2_TOP:
+            return Link(_GPT2_TOP[name])
+        if match and match.group(2) in _GPT2_BLOCK:
+            hf_local, transpose, part = _GPT2_BLOCK[match.group(2)]
+            return Link(f"transformer.h.{match.group(1)}.{hf_local}", transpose, part, 3 if part is not None else 1)
+    elif args.family == "llama":
+        if match is None and name in _LLAMA_TOP:
+            return Link(_LLAMA_TOP[name])
+        if match and match.group(2) in _LLAMA_BLOCK:
+            local = match.group(2)
+            heads = {"attn.q.weight": args.n_heads, "attn.k.weight": args.n_kv_heads}.get(local, 0)
+            return Link(f"model.layers.{match.group(1)}.{_LLAMA_BLOCK[local]}", rope_heads=heads)
+    raise ValueError(f"tensor {name!r} of the {args.family} model has no Hugging Face counterpart; "
+                     "update components/hf_convert.py for the new module")
+
+
+def interleaved_to_half(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Rows of each head reordered from pairs (2j, 2j+1) to halves (j, j + hd/2): [heads*hd, d] -> same."""
+    rows, cols = weight.shape
+    return weight.reshape(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def half_to_interleaved(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Inverse of :func:`interleaved_to_half`."""
+    rows, cols = weight.shape
+    return weight.reshape(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def from_hf_tensor(hf_tensor: torch.Tensor, link: Link) -> torch.Tensor:
+    """The initlab tensor that ``link`` describes, cut out of / re-laid from its HF tensor."""
+    tensor = hf_tensor
+    if link.part is not None:  # fused [q|k|v]: Conv1D weight [d, 3d] splits along dim 1, bias [3d] along dim 0
+        tensor = tensor.chunk(link.n_parts, dim=tensor.dim() - 1)[link.part]
+    if link.transpose:
+        tensor = tensor.t()
+    if link.rope_heads:
+        tensor = half_to_interleaved(tensor, link.rope_heads)
+    return tensor.contiguous()
+
+
+def _to_hf_layout(tensor: torch.Tensor, link: Link) -> torch.Tensor:
+    if link.rope_heads:
+        tensor = interleaved_to_half(tensor, link.rope_heads)
+    return tensor.t() if link.transpose else tensor
+
+
+def to_hf(state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """Full initlab state dict (canonical names) -> HF state dict (contiguous tensors, fused parts joined)."""
+    parts: dict[str, dict[int, torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        link = link_for(name, args)
+        hf_tensor = _to_hf_layout(tensor.detach(), link)
+        if link.part is None:
+            out[link.hf_name] = hf_tensor.contiguous()
+        else:
+            parts.setdefault(link.hf_name, {})[link.part] = hf_tensor
+    for hf_name, pieces in parts.items():
+        ordered = [pieces[i] for i in range(len(pieces))]
+        out[hf_name] = torch.cat(ordered, dim=ordered[0].dim() - 1).contiguous()
+    if args.family == "gpt2" and not args.bias:
+        out.update(_gpt2_zero_biases(out, args))
+    return out
+
+
+def _gpt2_zero_biases(hf_state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """HF GPT-2 always has biases; a bias-free initlab GPT-2 equals one whose biases are all zero."""
+    widths = {"ln_1": args.dim, "ln_2": args.dim, "attn.c_attn": 3 * args.dim, "attn.c_proj": args.dim,
+              "mlp.c_fc": args.ffn_dim, "mlp.c_proj": args.dim}
+    zeros = {f"transformer.h.{i}.{module}.bias": torch.zeros(width)
+             for i in range(args.n_layers) for module, width in widths.items()}
+    zeros["transformer.ln_f.bias"] = torch.zeros(args.dim)
+    return {k: v for k, v in zeros.items() if k not in hf_state}
+
+
+def normalize_hf_names(names: Iterable[str]) -> dict[str, str]:
+    """{canonical HF name: name in the file}; GPT-2 files from the hub often omit the 'transformer.' prefix."""
+    names = list(names)
+    bare_gpt2 = any(n.startswith(("h.", "wte.", "wpe.")) for n in names)
+    return {(f"transformer.{n}" if bare_gpt2 and not n.startswith(("transformer.", "lm_head.")) else n): n
+            for n in names}
+
+
+def detect_format(hf_names: Iterable[str]) -> str:
+    """'gpt2', 'llama' or 'initlab' from the tensor names of a file (canonical HF names)."""
+    names = list(hf_names)
+    if any(n.startswith("transformer.") for n in names):
+        return "gpt2"
+    if any(n.startswith("model.") for n in names):
+        return "llama"
+    if any(n.startswith(("layers.", "tok_embedding.")) for n in names):
+        return "initlab"
+    raise ValueError(f"cannot tell the model family of tensors like {names[:3]}; expected Hugging Face GPT-2 "
+                     "('transformer.*'), Llama ('model.*') or initlab ('layers.*') names")
+
+
+def hf_config(args: ModelArgs) -> dict:
+    """The HF ``config.json`` that makes transformers build the same network (fp32, no dropout)."""
+    if args.family == "gpt2":
+        return {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": args.vocab_size,
+            "n_positions": args.max_seq_len, "n_embd": args.dim, "n_layer": args.n_layers, "n_head": args.n_heads,
+            "n_inner": args.ffn_dim, "activation_function": "gelu_new", "layer_norm_epsilon": args.norm_eps,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "scale_attn_weights": True,
+            "tie_word_embeddings": args.tie_embeddings, "dtype": "float32",
+            "bos_token_id": None, "eos_token_id": None,  # initlab's tokenizer is not part of the export
+        }
+    if args.family == "llama":
+        return {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": args.vocab_size,
+            "hidden_size": args.dim, "intermediate_size": args.ffn_dim, "num_hidden_layers": args.n_layers,
+            "num_attention_heads": args.n_heads, "num_key_value_heads": args.n_kv_heads, "head_dim": args.head_dim,
+            "hidden_act": "silu", "max_position_embeddings": args.max_seq_len, "rms_norm_eps": args.norm_eps,
+            # transformers < 5 reads rope_theta; >= 5 reads rope_parameters.
+            "rope_theta": args.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
+            "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+            "tie_word_embeddings": False, "dtype": "float32",
+            "bos_token_id": None, "eos_token_id": None,
+        }
+    raise ValueError(f"no Hugging Face config for model family {args.family!r}")
+
+
+def hf_ties_embeddings(config: Mapping) -> bool:
+    """Whether an HF config ties the LM head to the token embedding (GPT-2's default is tied)."""
+    return bool(config.get("tie_word_embeddings", config.get("model_type") == "gpt2"))

@@ -1,0 +1,136 @@
+"""Consolidate a run's sharded DCP checkpoint into Hugging Face ``model.safetensors`` + ``config.json``.
+
+    python scripts/export.py <run_dir> [--step N] [--out DIR]
+
+Reads ``<run_dir>/config.toml`` (written by train.py) for the model shapes and the newest complete
+``<run_dir>/checkpoints/step_<N>/`` (or ``--step N``), loads the model's tensors on one CPU
+process (DCP gathers the shards of any world size), renames/re-lays them for transformers
+(components/hf_convert.py) and writes ``<run_dir>/export/`` (or ``--out``): GPT-2 runs load in
+``GPT2LMHeadModel``, Llama runs in ``LlamaForCausalLM``, in float32. The vocabulary size comes
+from the checkpoint's embedding, so no tokenizer is needed. The files are written to a temporary
+directory renamed into place at the end; an existing non-empty output directory is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python scripts/export.py` from anywhere
+
+import torch  # noqa: E402
+import torch.distributed.checkpoint as dcp  # noqa: E402
+
+from components import hf_convert  # noqa: E402
+from components.build import model_args_from_config  # noqa: E402
+from components.checkpoint import (  # noqa: E402
+    MODEL_KEY,
+    CheckpointError,
+    check_model_shapes,
+    complete_steps,
+    read_checkpoint_metadata,
+    saved_model_shapes,
+)
+from components.config import ConfigError, load_config  # noqa: E402
+from models import build_model  # noqa: E402
+from models.common import ModelArgs, canonical_name  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="run directory (holds config.toml and checkpoints/)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step to export (default: the newest)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: <run_dir>/export)")
+    return parser.parse_args(argv)
+
+
+def pick_checkpoint(run_dir: Path, step: int | None) -> Path:
+    """The ``step_<N>`` directory to export, with one-line errors for a missing run/checkpoint."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass <output_dir>/<run_name> of a run")
+    steps = complete_steps(run_dir / "checkpoints")
+    if not steps:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint under checkpoints/; train it with "
+                              "--checkpoint.enable true (or write a seed checkpoint) before exporting")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint for --step {step}; available steps: "
+                              f"{', '.join(map(str, steps))}")
+    return run_dir / "checkpoints" / f"step_{step}"
+
+
+def model_args_of_run(run_dir: Path, vocab_size: int) -> ModelArgs:
+    """Model shapes from the run's resolved config, with the vocabulary read off the checkpoint."""
+    config_path = run_dir / "config.toml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing; export needs the config.toml that train.py wrote "
+                                "into the run directory")
+    cfg, _ = load_config(["--config", str(config_path)])
+    return model_args_from_config(cfg, vocab_size)
+
+
+def load_model_state(checkpoint: Path, run_dir: Path) -> tuple[dict[str, torch.Tensor], ModelArgs]:
+    """Full (unsharded) float tensors of the checkpoint's model, keyed by canonical initlab names."""
+    metadata = read_checkpoint_metadata(checkpoint)
+    embedding = saved_model_shapes(metadata).get("tok_embedding.weight")
+    if not embedding:
+        raise CheckpointError(f"{checkpoint} holds no model.tok_embedding.weight tensor; is it an initlab checkpoint?")
+    args = model_args_of_run(run_dir, embedding[0])
+    with torch.device("meta"):
+        model = build_model(args)
+    model.to_empty(device="cpu")
+    state = {canonical_name(name): tensor for name, tensor in model.state_dict().items()}
+    check_model_shapes({name: tuple(t.shape) for name, t in state.items()}, metadata, checkpoint)
+    try:
+        dcp.load({MODEL_KEY: state}, checkpoint_id=str(checkpoint), no_dist=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read {checkpoint}: {' '.join(str(err).split())[:300]}") from None
+    return state, args
+
+
+def write_export(hf_state: dict[str, torch.Tensor], config: dict, out: Path) -> None:
+    """Write model.safetensors + config.json into a temporary sibling, then rename it to ``out``."""
+    from safetensors.torch import save_file
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not empty; pass --out to a new directory or delete it")
+    tmp = out.parent / f".{out.name}.tmp"
+    if tmp.exists():  # left by an export that was killed
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    tmp.rename(out)
+
+
+def export(run_dir: Path, step: int | None = None, out: Path | None = None) -> Path:
+    """Export ``run_dir``'s newest (or ``step``) checkpoint; returns the output directory."""
+    checkpoint = pick_checkpoint(run_dir, step)
+    state, args = load_model_state(checkpoint, run_dir)
+    config = hf_convert.hf_config(args)
+    config["initlab"] = {"run_dir": str(run_dir), "step": int(checkpoint.name.split("_")[1]),
+                         "family": args.family}
+    out = out or run_dir / "export"
+    write_export(hf_convert.to_hf(state, args), config, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        out = export(args.run_dir, args.step, args.out)
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {out}/model.safetensors and config.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

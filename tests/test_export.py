@@ -1,0 +1,228 @@
+"""scripts/export.py and components/hf_convert.py: HF round trips for GPT-2 and Llama, init.from_checkpoint, bad inputs.
+
+Oracles: transformers' ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` built from the exported files
+(logits within 1e-4 of initlab's in float32), the checkpoint's own tensors (bitwise after an
+HF round trip), and the mean of the source rows for vocabulary rows a source does not have.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from components import hf_convert
+from components.build import model_args_from_config
+from components.checkpoint import load_initial_weights
+from components.config import load_config
+from init_schemes import WeightInitializer
+from models import build_model
+from models.common import canonical_name
+from scripts import export
+from tests.launch import python, torchrun
+
+VOCAB = 513  # tokenizer.max_vocab 512 + the EOS token
+FAMILY_ARGS = {
+    "llama": ["--model.name", "llama", "--model.n_layers", "2", "--model.dim", "64"],
+    "gpt2": ["--model.name", "gpt2", "--model.n_layers", "2", "--model.dim", "64"],
+}
+
+
+def train_args(output_dir: Path, family: str) -> list[str]:
+    """3 steps, one process, a checkpoint at the last step."""
+    return [*FAMILY_ARGS[family], "--model.flavor", "debug", "--tokenizer.max_vocab", "512", "--training.steps", "3",
+            "--training.seq_len", "32", "--training.global_batch_size", "2", "--lr_scheduler.warmup_steps", "1",
+            "--optimizer.lr", "0.01", "--job.output_dir", str(output_dir), "--job.run_name", family,
+            "--checkpoint.enable", "true", "--checkpoint.interval", "3", "--metrics.log_freq", "3",
+            "--metrics.val_freq", "0", "--metrics.log_weight_std", "false", "--init.scheme", "normal"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A trained 3-step run per family (one interpreter for both), each with checkpoints/step_3."""
+    out = tmp_path_factory.mktemp("runs")
+    proc = python(["tests/train_main_worker.py", json.dumps([{"argv": train_args(out, f)} for f in FAMILY_ARGS])])
+    results = [json.loads(line.removeprefix("RESULT ")) for line in proc.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    assert [r["rc"] for r in results] == [0, 0], results
+    return {family: out / family for family in FAMILY_ARGS}
+
+
+@pytest.fixture(scope="module")
+def exports(runs) -> dict[str, Path]:
+    """``scripts/export.py <run_dir>`` of each run, into <run_dir>/export."""
+    for run_dir in runs.values():
+        assert export.main([str(run_dir)]) == 0
+    return {family: run_dir / "export" for family, run_dir in runs.items()}
+
+
+def initlab_model_from_checkpoint(run_dir: Path, vocab: int = VOCAB):
+    """The run's model (plain, one process) with the step_3 weights, read straight from DCP."""
+    cfg, _ = load_config(["--config", str(run_dir / "config.toml")])
+    args = model_args_from_config(cfg, vocab)
+    with torch.device("meta"):
+        model = build_model(args)
+    model.to_empty(device="cpu")
+    model.reset_buffers(torch.device("cpu"))
+    dcp.load({"model": model.state_dict()}, checkpoint_id=str(run_dir / "checkpoints" / "step_3"), no_dist=True)
+    return model.eval()
+
+
+def hf_model(export_dir: Path):
+    import transformers
+
+    config = json.loads((export_dir / "config.json").read_text())
+    cls = getattr(transformers, config["architectures"][0])
+    return cls.from_pretrained(str(export_dir), dtype=torch.float32).eval()
+
+
+TOKENS = torch.randint(0, 500, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+# ------------------------------------------------------------------------------ export
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_exported_model_loads_in_transformers_with_equal_logits(runs, exports, family, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = initlab_model_from_checkpoint(runs[family])
+    theirs = hf_model(exports[family])
+    with torch.no_grad():
+        diff = (ours(TOKENS) - theirs(TOKENS).logits).abs().max().item()
+    assert diff <= 1e-4, diff
+    config = json.loads((exports[family] / "config.json").read_text())
+    assert config["vocab_size"] == VOCAB and config["initlab"]["step"] == 3
+
+
+def test_from_checkpoint_loads_dcp_and_hf_weights_into_a_sharded_model(runs, exports, tmp_path, monkeypatch):
+    """2 ranks: a step_N DCP dir, an HF dir with a larger model vocab, an HF file, an HF dir into a deeper model."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def argv(family: str, *extra: str) -> list[str]:
+        return [*FAMILY_ARGS[family], "--model.vocab_size", str(VOCAB), "--training.seq_len", "32",
+                "--init.scheme", "normal", "--job.seed", "7", *extra]
+
+    jobs = [
+        {"source": str(runs["llama"] / "checkpoints" / "step_3"), "argv": argv("llama")},
+        {"source": str(exports["llama"]), "argv": argv("llama", "--model.vocab_size", "520")},
+        {"source": str(exports["gpt2"] / "model.safetensors"), "argv": argv("gpt2")},
+        {"source": str(exports["llama"]), "argv": argv("llama", "--model.n_layers", "3")},
+    ]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    torchrun(["tests/initial_weights_worker.py", str(tmp_path / "jobs.json"), str(tmp_path / "out.pt")], nproc=2)
+    dcp_job, wider, gpt2_job, deeper = torch.load(tmp_path / "out.pt", weights_only=False)
+    llama = {canonical_name(k): v for k, v in initlab_model_from_checkpoint(runs["llama"]).state_dict().items()}
+    gpt2 = {canonical_name(k): v for k, v in initlab_model_from_checkpoint(runs["gpt2"]).state_dict().items()}
+
+    assert dcp_job["report"]["format"] == "dcp" and dcp_job["report"]["kept_init"] == []
+    assert all(torch.equal(dcp_job["state"][name], llama[name]) for name in llama)
+
+    assert sorted(wider["report"]["resized"]) == ["lm_head.weight", "tok_embedding.weight"]
+    for name in llama:
+        if name in wider["report"]["resized"]:
+            assert torch.equal(wider["state"][name][:VOCAB], llama[name])
+            new_rows = wider["state"][name][VOCAB:]  # [7, d], each the mean of the source's rows
+            assert torch.allclose(new_rows, llama[name].mean(dim=0).expand_as(new_rows), atol=1e-7)
+        else:
+            assert torch.equal(wider["state"][name], llama[name]), name
+    with torch.no_grad():
+        hf_logits = {family: hf_model(exports[family])(TOKENS).logits for family in exports}
+    assert torch.equal(wider["tokens"], TOKENS)
+    assert (wider["logits"][..., :VOCAB] - hf_logits["llama"]).abs().max().item() <= 1e-4
+
+    assert gpt2_job["report"]["format"] == "gpt2" and gpt2_job["report"]["kept_init"] == []
+    assert all(torch.equal(gpt2_job["state"][name], gpt2[name]) for name in gpt2)
+    assert (gpt2_job["logits"] - hf_logits["gpt2"]).abs().max().item() <= 1e-4
+
+    assert deeper["report"]["kept_init"] == [name for name in deeper["state"] if name.startswith("layers.2.")]
+    assert all(torch.equal(deeper["state"][name], llama[name]) for name in llama)
+
+
+@pytest.mark.parametrize("case", ["missing_run", "no_checkpoint", "missing_step", "out_not_empty"])
+def test_export_bad_input_is_one_line_error_and_writes_nothing(runs, tmp_path, capsys, case):
+    run_dir = tmp_path / "run"
+    if case == "no_checkpoint":
+        run_dir.mkdir()
+        shutil.copy(runs["llama"] / "config.toml", run_dir / "config.toml")
+    elif case in ("missing_step", "out_not_empty"):
+        shutil.copytree(runs["llama"], run_dir, ignore=shutil.ignore_patterns("export"))
+    argv = {"missing_run": [str(run_dir)], "no_checkpoint": [str(run_dir)],
+            "missing_step": [str(run_dir), "--step", "2"], "out_not_empty": [str(run_dir), "--out", str(run_dir)]}[case]
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert export.main(argv) == 2
+    err = capsys.readouterr().err
+    expected = {"missing_run": "does not exist", "no_checkpoint": "has no complete checkpoint",
+                "missing_step": "available steps: 3", "out_not_empty": "already exists and is not empty"}[case]
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+# ------------------------------------------------------------------------------- units
+def plain_model(argv: list[str], seed: int = 0):
+    """An initialized, unsharded model (one process, no process group)."""
+    cfg, _ = load_config([*argv, "--model.vocab_size", str(VOCAB), "--training.seq_len", "32", "--init.scheme",
+                          "normal", "--job.seed", str(seed)])
+    args = model_args_from_config(cfg, VOCAB)
+    with torch.device("meta"):
+        model = build_model(args)
+    model.to_empty(device="cpu")
+    model.init_weights(WeightInitializer(cfg.init, args, seed), buffer_device=torch.device("cpu"))
+    return model.eval(), args
+
+
+@pytest.mark.parametrize("variant", [
+    FAMILY_ARGS["gpt2"], [*FAMILY_ARGS["gpt2"], "--model.bias", "false", "--model.tie_embeddings", "false"],
+    FAMILY_ARGS["llama"], [*FAMILY_ARGS["llama"], "--model.n_kv_heads", "1"],
+], ids=["gpt2", "gpt2_untied_no_bias", "llama_gqa2", "llama_mqa"])
+def test_hf_mapping_matches_transformers_and_inverts_exactly(variant):
+    """std 0.2 (sharp attention, so a wrong RoPE row order moves logits by ~10) and perturbed norms/biases."""
+    import transformers
+
+    model, args = plain_model([*variant, "--init.base_std", "0.2"])
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.2)
+    state = {canonical_name(k): v for k, v in model.state_dict().items()}
+    hf_state = hf_convert.to_hf(state, args)
+    config = transformers.AutoConfig.for_model(**hf_convert.hf_config(args))
+    theirs = transformers.AutoModelForCausalLM.from_config(config).eval()
+    missing, unexpected = theirs.load_state_dict(hf_state, strict=False)
+    assert unexpected == [] and set(missing) <= {"lm_head.weight"} and (args.tie_embeddings or not missing)
+    with torch.no_grad():
+        diff = (model(TOKENS) - theirs(TOKENS).logits).abs().max().item()
+    assert diff <= 1e-4, diff
+    for name, tensor in state.items():
+        link = hf_convert.link_for(name, args)
+        assert torch.equal(hf_convert.from_hf_tensor(hf_state[link.hf_name], link), tensor), name
+
+
+def test_rope_row_permutation_matches_rotate_half_layout():
+    """One head, head_dim 4: interleaved pair rows (x0, y0, x1, y1) become halves (x0, x1, y0, y1)."""
+    rows = torch.arange(8.0).reshape(4, 2)  # [heads * head_dim, d]
+    half = hf_convert.interleaved_to_half(rows, heads=1)
+    assert half[:, 0].tolist() == [0.0, 4.0, 2.0, 6.0]
+    two_heads = torch.randn(16, 3)
+    assert torch.equal(hf_convert.half_to_interleaved(hf_convert.interleaved_to_half(two_heads, 2), 2), two_heads)
+
+
+def test_from_checkpoint_rejects_bad_sources(tmp_path):
+    model, args = plain_model(FAMILY_ARGS["llama"])
+    quiet = SimpleNamespace(is_main=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_initial_weights(model, tmp_path / "nope.safetensors", quiet)
+    with pytest.raises(FileNotFoundError, match="neither a DCP checkpoint"):
+        load_initial_weights(model, tmp_path, quiet)
+    from safetensors.torch import save_file
+
+    gpt2_model, gpt2_args = plain_model(FAMILY_ARGS["gpt2"])
+    gpt2_state = {canonical_name(k): v for k, v in gpt2_model.state_dict().items()}
+    save_file(hf_convert.to_hf(gpt2_state, gpt2_args), str(tmp_path / "gpt2.safetensors"))
+    with pytest.raises(ValueError, match="holds gpt2 tensors but the model is llama"):
+        load_initial_weights(model, tmp_path / "gpt2.safetensors", quiet)
+    narrow, _ = plain_model([*FAMILY_ARGS["gpt2"], "--model.dim", "32"])
+    with pytest.raises(ValueError, match=r"tensor tok_embedding\.weight is \[513, 64\] in .* but \[513, 32\]"):
+        load_initial_weights(narrow, tmp_path / "gpt2.safetensors", quiet)
