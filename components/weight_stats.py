@@ -1,18 +1,17 @@
 """Per-layer, per-role weight statistics of a (sharded) model from ONE packed all-reduce.
 
 For every tracked weight (each block role of each layer, plus the embeddings and the LM head;
-norms and biases are skipped) a rank computes the (sum, sum of squares, count) of its LOCAL
-shard, all tensors are packed into one float64 tensor ``[n_tensors, n_columns]`` and summed by a
-single ``all_reduce`` over the data-parallel shard group. ``full_tensor()`` is never called, so
-no rank gathers a weight.
+norms and biases are skipped) a rank computes (count, mean, M2 = sum of squared deviations) of its
+LOCAL shard with one Welford pass (``torch.var_mean``). Every rank writes its rows into its own
+slot of a zero float64 tensor ``[group_size, n_tensors, n_columns]``; a single SUM ``all_reduce``
+over the data-parallel shard group thus gathers all ranks' moments, which are merged with Chan's
+parallel formula. ``full_tensor()`` is never called, so no rank gathers a weight.
 
-Numerics: each local shard gives a float64-accumulated sum and a centered variance from
-``torch.var`` (a stable reduction, Welford on CUDA, so no cancellation even with fp32
-accumulation); they become a sum of squares ``n * (var + mean^2)`` only in float64. The final
-``sumsq - sum^2 / n`` then cancels in float64, which keeps the std of a tensor with mean 5 and
-std 1e-3 accurate to ~2e-8 relative where a naive fp32 sum of squares has no correct digit. float64 is used on every
-device: both supported device types (cpu with gloo, cuda with NCCL) reduce float64, so no fp32
-fallback is needed.
+Numerics: Welford's per-shard variance and Chan's merge never subtract large sums, so the std of
+a tensor with mean 5 and std 1e-3 stays exact to ~1e-8 where a naive fp32 sum of squares has no
+correct digit, and everything stays in one fp32 pass over the weights (a float64-accumulated sum
+costs 4x more on an H100). float64 is used for the packed tensor on every device: gloo and NCCL
+both reduce it.
 
 Optional extras in the same reduction (``grad_stats=True``): per-tensor gradient sum of squares
 and, after ``snapshot()``, the sum of squares of the update ``w_now - w_snapshot``.
@@ -31,9 +30,9 @@ from torch.distributed.tensor import DTensor
 from models.common import canonical_name, layer_of, role_of
 
 SKIPPED_ROLES = ("norm", "bias")
-# Columns of the packed statistics tensor [n_tensors, n_columns].
-# SUM, SUMSQ, COUNT always; GRAD_SUMSQ with grad_stats; the update sum of squares last, after snapshot().
-SUM, SUMSQ, COUNT, GRAD_SUMSQ = range(4)
+# Columns of the packed statistics [n_tensors, n_columns]: COUNT, MEAN, M2 always (merged across
+# ranks); GRAD_SUMSQ with grad_stats; the update sum of squares last, after snapshot() (summed).
+COUNT, MEAN, M2, GRAD_SUMSQ = range(4)
 
 
 @dataclass(frozen=True)
@@ -56,32 +55,37 @@ def local_shard(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def packed_moments(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """(sum, sum of squares, count) of each tensor: float64 [len(tensors), 3] on their device.
+def local_moments(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(count, mean, M2) of each tensor from one Welford pass: float64 [len(tensors), 3] on their device.
 
-    Both sums accumulate in float64 inside the kernels (no float64 copy of the data), so the later
-    centering sumsq - sum^2/n loses nothing that matters (a tensor of mean 5 and std 1e-3 keeps
-    its std to 2e-6). The squares of all tensors of one dtype come from a single multi-tensor
-    kernel: per-tensor launches, not bytes, dominate this call for a 1B model on a GPU.
+    One var_mean launch per tensor and nothing else per tensor (no per-tensor host->device copy,
+    which would synchronize): on an H100 this call is bound by kernel launches, not bytes.
     """
-    tensors = [x.detach() for x in tensors]
-    total = torch.stack([torch.sum(x, dtype=torch.float64) for x in tensors])  # [n]
-    sumsq = torch.empty_like(total)
-    by_dtype: dict[torch.dtype, list[int]] = {}
-    for i, x in enumerate(tensors):
-        by_dtype.setdefault(x.dtype, []).append(i)
-    for indices in by_dtype.values():
-        norms = torch._foreach_norm([tensors[i] for i in indices], 2, dtype=torch.float64)
-        sumsq[indices] = torch.stack(norms).square()
-    count = torch.tensor([x.numel() for x in tensors], dtype=torch.float64, device=total.device)
-    return torch.stack([total, sumsq, count], dim=1)
+    device = tensors[0].device
+    # Low-precision weights are upcast (no bf16 rounding); an empty shard (uneven Shard(0)) gets a
+    # placeholder element, and count 0 masks its result below.
+    pairs = [torch.var_mean((x if x.numel() else x.new_zeros(1)).detach().to(torch.promote_types(x.dtype,
+                            torch.float32)), correction=0) for x in tensors]
+    var, mean = (torch.stack(column).double() for column in zip(*pairs))  # [n] each
+    count = torch.tensor([float(x.numel()) for x in tensors], dtype=torch.float64).to(device, non_blocking=True)
+    empty = count == 0
+    mean, var = mean.masked_fill(empty, 0.0), var.masked_fill(empty, 0.0)
+    return torch.stack([count, mean, var * count], dim=1)
+
+
+def combine_moments(per_rank: torch.Tensor) -> torch.Tensor:
+    """Merge (count, mean, M2) of disjoint pieces: [n_pieces, n_tensors, 3] -> [n_tensors, 3] (Chan et al.)."""
+    count, mean, m2 = per_rank.unbind(-1)
+    total = count.sum(0)
+    merged_mean = (count * mean).sum(0) / total.clamp_min(1.0)
+    merged_m2 = m2.sum(0) + (count * (mean - merged_mean) ** 2).sum(0)
+    return torch.stack([total, merged_mean, merged_m2], dim=-1)
 
 
 def std_from_moments(moments: torch.Tensor) -> torch.Tensor:
-    """Unbiased std (as torch.std) from float64 [..., 3] (sum, sumsq, count); NaN where count < 2."""
-    total, sumsq, count = moments.unbind(-1)
-    centered_sumsq = (sumsq - total * (total / count)).clamp_min(0.0)  # float64: cancellation is harmless
-    return (centered_sumsq / (count - 1)).sqrt()
+    """Unbiased std (as torch.std) from float64 [..., 3] (count, mean, M2); NaN where count < 2."""
+    count, _, m2 = moments.unbind(-1)
+    return (m2 / (count - 1)).sqrt()
 
 
 def squared_norm(x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +168,7 @@ class WeightStats:
     def local_statistics(self) -> torch.Tensor:
         """This rank's packed statistics, float64 [n_tensors, n_columns] (see the column constants above)."""
         weights = [local_shard(t.param) for t in self.tracked]
-        columns = [packed_moments(weights)]
+        columns = [local_moments(weights)]
         if self.grad_stats:
             # A missing grad (unused parameter, or after zero_grad(set_to_none)) counts as zero.
             columns.append(torch.stack([
@@ -176,18 +180,24 @@ class WeightStats:
 
     @torch.no_grad()
     def compute(self) -> dict[str, float]:
-        """Metric name -> value after ONE all_reduce(SUM) of the packed statistics; consumes the snapshot."""
-        stats = self.local_statistics()
-        if self.group is not None:
-            dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=self.group)
+        """Metric name -> value after ONE all_reduce of the packed statistics; consumes the snapshot."""
+        local = self.local_statistics()  # [n_tensors, n_columns]
+        if self.group is None:
+            per_rank = local.unsqueeze(0)
+        else:  # each rank fills its own slot, so the SUM is an all-gather: [group_size, n_tensors, n_columns]
+            per_rank = local.new_zeros(dist.get_world_size(self.group), *local.shape)
+            per_rank[dist.get_rank(self.group)] = local
+            dist.all_reduce(per_rank, op=dist.ReduceOp.SUM, group=self.group)
         has_update = self._snapshot is not None
         self._snapshot = None
-        weight_norm = stats[:, SUMSQ].sqrt()
-        outputs = [std_from_moments(stats[:, SUM:COUNT + 1])]
+        moments = combine_moments(per_rank[..., COUNT:M2 + 1])
+        sums = per_rank[..., M2 + 1:].sum(0)  # grad / update sums of squares
+        outputs = [std_from_moments(moments)]
         if self.grad_stats:
-            outputs.append(stats[:, GRAD_SUMSQ].sqrt())
+            outputs.append(sums[:, GRAD_SUMSQ - M2 - 1].sqrt())
         if has_update:
-            outputs.append(stats[:, -1].sqrt() / weight_norm)
+            weight_sumsq = moments[:, 2] + moments[:, 0] * moments[:, 1] ** 2
+            outputs.append(sums[:, -1].sqrt() / weight_sumsq.sqrt())
         host = torch.stack(outputs).tolist()  # the one device -> host transfer: [n_outputs][n_tensors]
         return self._named(host[0], host[1] if self.grad_stats else None, host[-1] if has_update else None)
 
