@@ -23,7 +23,15 @@ from components.checkpoint import Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, to_toml
 from components.data import TokenBatches, TokenDataset, ensure_dataset
 from components.lr_schedule import build_lr_scheduler
-from components.metrics import MetricsLogger, NonFiniteLossError, first_nonfinite, mfu, peak_flops, peak_memory_gib
+from components.metrics import (
+    MetricsLogger,
+    NonFiniteLossError,
+    first_nonfinite,
+    largest_gradient,
+    mfu,
+    peak_flops,
+    peak_memory_gib,
+)
 from components.optim import build_optimizer, clip_grad_norm_
 from components.tokenizer import build_tokenizer
 from components.weight_stats import WeightStats
@@ -69,6 +77,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optimizer, env.device)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.lr_scheduler, t.steps)
         self.state = TrainState()
+        self.step_lr = 0.0  # the lr of the latest optimizer step, for logging
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", cfg.checkpoint, env, {
             "model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.scheduler,
             "data": self.train_batches, "train": self.state})
@@ -101,6 +110,7 @@ class Trainer:
         grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.training.max_norm)
         if logging and self.cfg.metrics.log_grad_stats:
             self.weight_stats.snapshot()
+        self.step_lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a float: no sync)
         self.optimizer.step()
         self.scheduler.step()
         return local_loss, grad_norm
@@ -121,14 +131,15 @@ class Trainer:
     def train(self, logger: MetricsLogger) -> dict:
         cfg, t = self.cfg, self.cfg.training
         tokens_per_step = t.global_batch_size * t.seq_len
-        # Device-side record of the first step whose loss was non-finite (0 = none): no per-step sync.
+        # Device-side record of the first step whose loss or grad norm was non-finite (0 = none): no per-step sync.
         first_bad_step = torch.zeros((), dtype=torch.long, device=self.env.device)
         last_log = (time.perf_counter(), self.state.step)
         final = {}
         for step in range(self.state.step + 1, t.steps + 1):
-            logging = step == 1 or step % cfg.metrics.log_freq == 0 or step == t.steps
+            validating = bool(cfg.metrics.val_freq) and step % cfg.metrics.val_freq == 0
+            logging = step == 1 or step % cfg.metrics.log_freq == 0 or step == t.steps or validating
             loss, grad_norm = self.train_step(step, logging)
-            bad = ~torch.isfinite(loss)
+            bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)  # a NaN grad poisons the weights
             first_bad_step = torch.where(bad & (first_bad_step == 0), step, first_bad_step)
             self.state.step, self.state.tokens_seen = step, self.state.tokens_seen + tokens_per_step
             saving = self.checkpointer.due(step, t.steps)
@@ -145,15 +156,17 @@ class Trainer:
     def raise_if_nonfinite(self, first_bad_step: torch.Tensor) -> None:
         bad_step = int(global_max(first_bad_step))
         if bad_step:
-            culprit = first_nonfinite(self.model) or "no parameter or gradient (only the loss)"
-            raise NonFiniteLossError(f"loss became non-finite at step {bad_step}; first non-finite: {culprit}; "
+            culprit = first_nonfinite(self.model)
+            where = (f"first non-finite: {culprit}" if culprit else
+                     f"all values finite, the norm overflowed; largest gradient: {largest_gradient(self.model)}")
+            raise NonFiniteLossError(f"loss or gradient norm became non-finite at step {bad_step}; {where}; "
                                      "lower optimizer.lr, raise lr_scheduler.warmup_steps or pick another init")
 
     def log_step(self, logger: MetricsLogger, step: int, loss: torch.Tensor, grad_norm: torch.Tensor,
                  last_log: tuple[float, int]) -> dict:
         t, env = self.cfg.training, self.env
         values = {"loss/train": global_mean(loss), "grad_norm": float(grad_norm),
-                  "lr": self.scheduler.get_last_lr()[0]}
+                  "lr": self.step_lr}
         elapsed = time.perf_counter() - last_log[0]
         tokens_per_sec = (step - last_log[1]) * t.global_batch_size * t.seq_len / max(elapsed, 1e-9)
         values["throughput/tokens_per_sec"] = tokens_per_sec

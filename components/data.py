@@ -49,7 +49,10 @@ MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val")
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB uint16 shards: few files, each easily memory-mapped
 EMBEDDED_MAX_BYTES = 20_000_000  # cap on the embedded corpus's text (~12 MB of stdlib today, ~2 s to tokenize)
-EMBEDDED_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+# Tests, third-party packages, caches, and encodings/ (machine-generated codec tables, not prose or code,
+# which would otherwise dominate a hash-chosen validation split).
+EMBEDDED_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
+                                "encodings"})
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 _TEMP_MARK = ".tmp-"  # <target>.tmp-<host>-<pid>-<random>: the owner is known, so stale ones can be removed
 _ENCODE_CHUNK = 64  # documents per tiktoken thread-pool call

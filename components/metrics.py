@@ -169,6 +169,23 @@ class NonFiniteLossError(RuntimeError):
     """The loss went non-finite; the message names the step and the first non-finite weight or grad."""
 
 
+def _parameter_names(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(readable name, parameter) in model order, e.g. ('layers.03 attn.q', ...) or ('tok_embedding', ...)."""
+    named = []
+    for fqn, param in model.named_parameters():
+        name = canonical_name(fqn)
+        layer = layer_of(name)
+        where = role_of(name) if layer is None else f"layers.{layer:02d} {role_of(name)}"
+        named.append((f"{where} {{kind}} ({name})", param))
+    return named
+
+
+def _all_ranks_max(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
 def first_nonfinite(model: nn.Module) -> str | None:
     """First parameter (model order; its weight before its grad) holding a non-finite value on any rank.
 
@@ -176,21 +193,33 @@ def first_nonfinite(model: nn.Module) -> str | None:
     flags makes every rank return the same answer, e.g. 'layers.03 attn.q grad (layers.3.attn.q.weight)'.
     """
     names, flags = [], []
-    for fqn, param in model.named_parameters():
-        name = canonical_name(fqn)
-        layer = layer_of(name)
-        where = role_of(name) if layer is None else f"layers.{layer:02d} {role_of(name)}"
+    for template, param in _parameter_names(model):
         for kind, tensor in (("weight", param), ("grad", param.grad)):
-            names.append(f"{where} {kind} ({name})")
+            names.append(template.format(kind=kind))
             flags.append(~torch.isfinite(local_shard(tensor.detach())).all() if tensor is not None
                          else torch.zeros((), dtype=torch.bool, device=param.device))
     if not flags:
         return None
-    bad = torch.stack(flags).to(torch.int32)  # [2 * n_params]: weight, grad per parameter
-    if dist.is_initialized():
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    bad = _all_ranks_max(torch.stack(flags).to(torch.int32))  # [2 * n_params]: weight, grad per parameter
     hits = bad.nonzero().flatten().tolist()
     return names[hits[0]] if hits else None
+
+
+def largest_gradient(model: nn.Module) -> str | None:
+    """The parameter whose gradient has the largest |g| on any rank, with that value (collective).
+
+    Names the culprit when the global grad norm overflowed although every gradient is finite.
+    """
+    named = [(template.format(kind="grad"), param) for template, param in _parameter_names(model)
+             if param.grad is not None]
+    if not named:
+        return None
+    # A rank whose shard is empty contributes 0.
+    peaks = torch.stack([local_shard(p.grad.detach()).abs().amax().float() if local_shard(p.grad).numel()
+                         else torch.zeros((), device=p.device) for _, p in named])
+    peaks = _all_ranks_max(peaks)
+    index = int(peaks.argmax())
+    return f"{named[index][0]} max |g| {peaks[index].item():.3g}"
 
 
 # Dense bf16 tensor-core peaks (FLOP/s) by substring of torch.cuda.get_device_name(), most specific first.

@@ -4,7 +4,8 @@ Each parameter is generated in fixed-size row blocks; block ``i`` of parameter `
 own generator seeded from sha256(seed, key, i). A rank holding a dim-0 shard (FSDP2's
 ``Shard(0)``, also inside HSDP's ``(Replicate, Shard(0))``) draws only the blocks that overlap its
 rows, so no rank ever allocates a full copy of a sharded tensor, and the assembled tensor is
-bitwise the same for 1, 2 or N ranks.
+bitwise the same for 1, 2 or N ranks. Blocks are drawn on the CPU and copied to the parameter's
+device, so a GPU run starts from exactly the weights a CPU run (or a report script) re-creates.
 """
 
 from __future__ import annotations
@@ -72,12 +73,12 @@ def fill_(param: torch.Tensor, spec: InitSpec, seed: int, key: str) -> None:
     row_end = row_start + local.shape[0]
     if row_end == row_start:
         return
-    gen = torch.Generator(device=local.device)
+    gen = torch.Generator()  # CPU: the same stream whatever device the parameter lives on
     for b in range(row_start // block_rows, (row_end - 1) // block_rows + 1):
         b_start = b * block_rows
         b_end = min(b_start + block_rows, full_shape[0])
         gen.manual_seed(block_seed(seed, key, b))
-        block = torch.empty((b_end - b_start, *full_shape[1:]), device=local.device, dtype=torch.float32)
+        block = torch.empty((b_end - b_start, *full_shape[1:]), dtype=torch.float32)
         _draw(block, spec, gen)
         lo, hi = max(b_start, row_start), min(b_end, row_end)
         local[lo - row_start: hi - row_start].copy_(block[lo - b_start: hi - b_start])
