@@ -94,7 +94,7 @@ def sharded_runs(tmp_path_factory) -> dict[int, tuple[list[dict], list[dict]]]:
     for world in (1, 2, 4):
         out_dir = root / f"world_{world}"
         out_dir.mkdir()
-        proc = torchrun([str(runner), str(BLOCK), str(out_dir), "--config", CONFIG, *SMALL, "--json"], world)
+        proc = torchrun([str(runner), str(BLOCK), str(out_dir), "--config", CONFIG, *SMALL, "--init.scheme", "depth_aware", "--json"], world)
         records = [json.loads((out_dir / f"rank_{r}.json").read_text()) for r in range(world)]
         runs[world] = (json.loads(proc.stdout), records)
     return runs
@@ -131,7 +131,7 @@ def test_json_contract_and_expected_std_formula(sharded_runs):
         assert r["absmax"] >= abs(r["mean"])
         layer = int(r["name"].split(".")[1]) if r["name"].startswith("layers.") else None
         assert r["layer"] == layer
-        # depth_aware (the debug config's scheme) written out: sigma0 = 0.02, L = 4, d = 128
+        # depth_aware (passed on the command line) written out: sigma0 = 0.02, L = 4, d = 128
         expected = {
             "tok_embedding": 1.0, "attn.q": 0.02, "attn.k": 0.02, "attn.v": 0.02, "mlp.gate": 0.02,
             "attn.out": 0.02 / math.sqrt(2 * ((layer or 0) + 1)), "mlp.up": 0.02 / math.sqrt(2 * ((layer or 0) + 1)),
