@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,14 +47,12 @@ class TrainState(Stateful):
 
     step: int = 0
     tokens_seen: int = 0
-    log_history: list[dict] = field(default_factory=list)  # [{"step", "loss/train", "loss/val"?}] for reports
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "tokens_seen": self.tokens_seen, "log_history": list(self.log_history)}
+        return {"step": self.step, "tokens_seen": self.tokens_seen}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        self.log_history = list(state["log_history"])
 
 
 class Trainer:
@@ -179,7 +177,6 @@ class Trainer:
         if self.cfg.metrics.log_weight_std:
             values.update(self.weight_stats.compute())
         logger.log(step, values)
-        self.state.log_history.append({k: v for k, v in values.items() if k.startswith("loss/")} | {"step": step})
         if env.is_main:
             val = f" val {values['loss/val']:.4f}" if "loss/val" in values else ""
             print(f"step {step:>6} | loss {values['loss/train']:.4f}{val} | lr {values['lr']:.2e} | "
