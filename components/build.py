@@ -32,6 +32,7 @@ def model_args_from_config(cfg: Config, tokenizer_vocab: int) -> ModelArgs:
 
 
 def build_model_and_init(cfg: Config, tokenizer_vocab: int, env: DistEnv) -> tuple[nn.Module, ModelArgs, WeightInitializer]:
+    """The model as training uses it, plus its shapes and the initializer (whose ``applied`` holds every spec)."""
     args = model_args_from_config(cfg, tokenizer_vocab)
     with torch.device("meta"):
         model = build_model(args)
