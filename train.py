@@ -35,7 +35,7 @@ from components.metrics import (
 from components.optim import build_optimizer, clip_grad_norm_
 from components.tokenizer import build_tokenizer
 from components.weight_stats import WeightStats
-from distributed.env import DistEnv, barrier, destroy, init_distributed
+from distributed.env import DistEnv, barrier, distributed_session
 from distributed.parallelize import compile_enabled
 from models import build_model
 from models.common import count_params, flops_per_token
@@ -253,9 +253,8 @@ def dry_run(cfg: Config) -> None:
 
 
 def run(cfg: Config) -> dict:
-    env = init_distributed(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
-                           cfg.parallelism.data_parallel_shard_degree)
-    try:
+    with distributed_session(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
+                             cfg.parallelism.data_parallel_shard_degree) as env:
         fresh = check_run_dir(cfg)
         trainer = Trainer(cfg, env)
         if fresh:
@@ -278,8 +277,6 @@ def run(cfg: Config) -> dict:
             logger.close()
         trainer.checkpointer.close()
         return final
-    finally:
-        destroy()
 
 
 def hparams(cfg: Config) -> dict:

@@ -6,8 +6,10 @@ and a 1-rank mesh, so FSDP2, DCP and the packed metric reductions run the same c
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -83,11 +85,45 @@ def init_distributed(device_type: str, replicate: int = 1, shard: int = -1,
     return DistEnv(rank, world_size, local_rank, device, mesh)
 
 
+# How long a failing rank waits for its peers before tearing down alone.
+FAILED_TEARDOWN_WAIT_S = 10.0
+
+
+@contextlib.contextmanager
+def distributed_session(device_type: str, replicate: int = 1, shard: int = -1,
+                        timeout_s: float = 1800) -> Iterator[DistEnv]:
+    """``init_distributed`` for the body of a ``with``, then a teardown in which the ranks leave together.
+
+    A gloo process that exits while a peer still holds its connections open can die in
+    ``std::terminate`` (SIGABRT, seen on torch 2.13 with 4 ranks on 2 cores), turning a finished
+    job into a failed one. So on a clean exit every rank meets at a barrier before destroying the
+    process group. An error is often raised on every rank alike (a bad run directory, a non-finite
+    loss), but it may be one rank's while the others sit in a collective, so failing ranks meet
+    through the rendezvous store instead, for at most ``FAILED_TEARDOWN_WAIT_S``; a rank whose peers
+    do not come tears down alone and torchrun stops the rest.
+    """
+    env = init_distributed(device_type, replicate, shard, timeout_s)
+    try:
+        yield env
+    except BaseException:
+        if dist.is_initialized():
+            _wait_for_failed_peers()
+            dist.destroy_process_group()
+        raise
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _wait_for_failed_peers() -> None:
+    store = dist.distributed_c10d._get_default_store()  # no collective: a peer may be stuck inside one
+    if store.add("initlab/failed_ranks", 1) == dist.get_world_size():
+        store.set("initlab/all_failed", "1")
+    try:
+        store.wait(["initlab/all_failed"], datetime.timedelta(seconds=FAILED_TEARDOWN_WAIT_S))
+    except RuntimeError:  # DistStoreError on timeout: some peer did not fail, torchrun will stop it
+        pass
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def destroy() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

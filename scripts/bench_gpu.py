@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.config import load_config  # noqa: E402
-from distributed.env import destroy, init_distributed  # noqa: E402
+from distributed.env import distributed_session  # noqa: E402
 from scripts.bench_common import std_call_ms, timed_steps  # noqa: E402
 from train import Trainer  # noqa: E402
 
@@ -113,20 +113,17 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"error: unknown --models {sorted(unknown)}; choose from {sorted(MODEL_SETTINGS)}", file=sys.stderr)
         return 2
-    env = init_distributed("auto")
-    device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"device": device_name, "torch": torch.__version__, "results": []}
-    path = out / f"{device_name.replace(' ', '_')}.json"
-    try:
+    with distributed_session("auto") as env:
+        device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"device": device_name, "torch": torch.__version__, "results": []}
+        path = out / f"{device_name.replace(' ', '_')}.json"
         for model in args.models.split(","):
             for setting in args.compile.split(","):
                 record["results"].append(bench_one(model, setting == "on", args, env))
                 print(json.dumps(record["results"][-1]), flush=True)
                 path.write_text(json.dumps(record, indent=2))  # after each entry: a cut-off run keeps its results
-    finally:
-        destroy()
     print(f"wrote {path}")
     return 0
 

@@ -47,13 +47,12 @@ def worker(argv: list[str]) -> None:
     import torch.distributed as dist
 
     from components.build import build_model_and_init
-    from distributed.env import destroy, init_distributed
+    from distributed.env import distributed_session
     from models.common import count_params
 
     cfg, _ = load_config([*DEFAULTS, *argv])
-    env = init_distributed(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
-                           cfg.parallelism.data_parallel_shard_degree)
-    try:
+    with distributed_session(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
+                             cfg.parallelism.data_parallel_shard_degree) as env:
         rss_before = current_rss_bytes()
         dist.barrier()
         start = time.perf_counter()
@@ -68,8 +67,6 @@ def worker(argv: list[str]) -> None:
                        "vocab": args.vocab_size, "threads": int(os.environ.get("OMP_NUM_THREADS", "0")),
                        "ranks": everyone}
             print(RESULT_PREFIX + json.dumps(summary), flush=True)
-    finally:
-        destroy()
 
 
 def launch(world_size: int, threads: int, argv: list[str]) -> dict:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.config import load_config  # noqa: E402
-from distributed.env import destroy, init_distributed  # noqa: E402
+from distributed.env import distributed_session  # noqa: E402
 from init_schemes import WeightInitializer  # noqa: E402
 from models import build_model  # noqa: E402
 from scripts.bench_common import std_call_ms, timed_steps  # noqa: E402
@@ -63,16 +63,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cfg, _ = load_config(["--config", args.config, "--training.steps", str(args.warmup + 3 * args.steps + 10),
                           "--metrics.val_freq", "0", "--checkpoint.enable", "false", "--training.device", "cpu"])
-    env = init_distributed("cpu")
-    try:
+    with distributed_session("cpu") as env:
         trainer = Trainer(cfg, env)
         tokens = cfg.training.global_batch_size * cfg.training.seq_len
         timed_steps(trainer, 1, args.warmup)
         trainer_s = timed_steps(trainer, args.warmup + 1, args.steps) / args.steps
         bare_s = bare_loop_seconds(trainer, args.warmup + args.steps + 2, args.steps) / args.steps
         call_ms = std_call_ms(trainer)
-    finally:
-        destroy()
     result = {
         "config": args.config, "threads": torch.get_num_threads(), "tokens_per_step": tokens,
         "trainer_tokens_per_sec": tokens / trainer_s, "bare_tokens_per_sec": tokens / bare_s,

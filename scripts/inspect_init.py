@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from components.build import build_model_and_init, model_args_from_config  # noqa: E402
 from components.config import ConfigError, load_config  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
-from distributed.env import destroy, init_distributed  # noqa: E402
+from distributed.env import distributed_session  # noqa: E402
 from init_schemes.base import InitSpec  # noqa: E402
 from models.common import canonical_name  # noqa: E402
 
@@ -96,13 +96,10 @@ def run(argv: list[str]) -> int:
         return 0
     tokenizer = build_tokenizer(cfg.tokenizer)  # the vocabulary training would use (model.vocab_size may widen it)
     model_args_from_config(cfg, tokenizer.n_vocab)  # shape errors surface before any process group exists
-    env = init_distributed(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
-                           cfg.parallelism.data_parallel_shard_degree)
-    try:
+    with distributed_session(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
+                             cfg.parallelism.data_parallel_shard_degree) as env:
         model, args, initializer = build_model_and_init(cfg, tokenizer.n_vocab, env)
         reports = gather_reports(model, initializer, env.is_main)
-    finally:
-        destroy()
     if not env.is_main:
         return 0
     if "json" in flags:

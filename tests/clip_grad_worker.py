@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from components.build import build_model_and_init
 from components.config import load_config
 from components.optim import clip_grad_norm_
-from distributed.env import DistEnv, init_distributed
+from distributed.env import DistEnv, distributed_session
 
 VOCAB = 257  # odd: Shard(0) of the embedding gives ranks 129 and 128 rows
 
@@ -54,9 +54,8 @@ def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x.double() - y.double()).abs().max().item() for x, y in zip(a, b))
 
 
-def backward_once(family: str, replicate: int) -> tuple[list[torch.Tensor], DistEnv]:
-    """Build the sharded model, run forward/backward on this rank's batch; return (params, env)."""
-    env = init_distributed("cpu", replicate=replicate)
+def backward_once(family: str, env: DistEnv) -> list[torch.Tensor]:
+    """Build the sharded model, run forward/backward on this rank's batch; return its parameters."""
     cfg, _ = load_config(["--model.name", family, "--model.n_layers", "2", "--init.scheme", "normal",
                           "--training.seq_len", "16"])
     model, _, _ = build_model_and_init(cfg, VOCAB, env)
@@ -64,11 +63,11 @@ def backward_once(family: str, replicate: int) -> tuple[list[torch.Tensor], Dist
     tokens = torch.randint(0, VOCAB, (2, 16), generator=generator)  # [B, T]
     logits = model(tokens)  # [B, T, vocab]
     F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
-    return list(model.parameters()), env
+    return list(model.parameters())
 
 
-def measure(family: str, replicate: int) -> dict:
-    params, env = backward_once(family, replicate)
+def measure(family: str, env: DistEnv) -> dict:
+    params = backward_once(family, env)
     reference = full_grads(params)
     ref_norm = l2_norm(reference)
     results = {"world_size": env.world_size, "mesh_shape": list(env.mesh.shape), "ref_norm": ref_norm,
@@ -107,12 +106,11 @@ def measure(family: str, replicate: int) -> dict:
 
 def main() -> None:
     out_path, family, replicate = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    results = measure(family, replicate)
-    if dist.get_rank() == 0:
-        with open(out_path, "w") as f:
-            json.dump(results, f)
-    dist.barrier()  # no rank tears down gloo while another still talks to it
-    dist.destroy_process_group()
+    with distributed_session("cpu", replicate=replicate) as env:
+        results = measure(family, env)
+        if env.is_main:
+            with open(out_path, "w") as f:
+                json.dump(results, f)
 
 
 if __name__ == "__main__":

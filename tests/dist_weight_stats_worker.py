@@ -25,7 +25,7 @@ from components.build import build_model_and_init
 from components.config import load_config
 from components.metrics import first_nonfinite
 from components.weight_stats import WeightStats
-from distributed.env import init_distributed
+from distributed.env import distributed_session, init_distributed
 
 VOCAB = 501  # odd: 2 ranks get 251 and 250 embedding rows
 SEQ_LEN = 33
@@ -101,15 +101,14 @@ def nonfinite_answers(model: torch.nn.Module, world_size: int) -> dict:
 
 
 def main(out_path: str) -> None:
-    init_distributed("cpu")
-    results = {"world_size": dist.get_world_size()}
-    for name, (argv, replicate) in CASES.items():
-        if results["world_size"] % replicate == 0 and results["world_size"] >= replicate:
-            results[name] = run_case(argv, replicate)
-    if dist.get_rank() == 0:
-        with open(out_path, "w") as f:
-            json.dump(results, f)
-    dist.destroy_process_group()
+    with distributed_session("cpu") as env:
+        results = {"world_size": env.world_size}
+        for name, (argv, replicate) in CASES.items():
+            if env.world_size % replicate == 0:
+                results[name] = run_case(argv, replicate)  # a mesh of this shape on the same process group
+        if env.is_main:
+            with open(out_path, "w") as f:
+                json.dump(results, f)
 
 
 if __name__ == "__main__":

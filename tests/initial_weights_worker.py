@@ -17,7 +17,7 @@ import torch
 from components.build import build_model_and_init
 from components.checkpoint import load_initial_weights
 from components.config import load_config
-from distributed.env import destroy, init_distributed
+from distributed.env import distributed_session
 from models.common import canonical_name
 
 TOKENS_SHAPE, TOKENS_VOCAB = (2, 16), 500  # below every vocabulary used by the tests
@@ -36,13 +36,10 @@ def run_job(source: str, argv: list[str], env) -> dict:
 
 
 def main(jobs_path: str, out_path: str) -> None:
-    env = init_distributed("cpu")
-    try:
+    with distributed_session("cpu") as env:
         results = [run_job(job["source"], job["argv"], env) for job in json.loads(open(jobs_path).read())]
         if env.is_main:
             torch.save(results, out_path)
-    finally:
-        destroy()
 
 
 if __name__ == "__main__":

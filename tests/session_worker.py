@@ -1,0 +1,43 @@
+"""A torchrun worker for tests/test_env.py: one ``distributed_session`` ending as argv[2] says.
+
+argv: <out_dir> <ok | all_fail | one_fail>. Each rank writes ``<out_dir>/rank_<R>.json`` with what it
+saw after the session (or the error it raised).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+import distributed.env as dist_env
+
+
+def main(out_dir: str, mode: str) -> None:
+    dist_env.FAILED_TEARDOWN_WAIT_S = 2.0  # keep the one-rank failure case short
+    rank = int(os.environ["RANK"])
+    report = {"rank": rank}
+    try:
+        with dist_env.distributed_session("cpu") as env:
+            total = torch.ones(1)
+            dist.all_reduce(total)  # the group works inside the session
+            report["world_sum"] = total.item()
+            if mode == "all_fail" or (mode == "one_fail" and rank == 1):
+                raise ValueError(f"rank {rank} failed on purpose")
+            if mode == "one_fail":
+                dist.all_reduce(total)  # blocks: rank 1 never joins; torchrun stops this rank
+            report["mesh"] = list(env.mesh.shape)
+    except ValueError as e:
+        report["error"] = str(e)
+    report["initialized_after"] = dist.is_initialized()
+    with open(os.path.join(out_dir, f"rank_{rank}.json"), "w") as f:
+        json.dump(report, f)
+    if "error" in report:
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
