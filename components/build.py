@@ -18,7 +18,8 @@ from models import build_model, make_model_args
 from models.common import ModelArgs
 
 SHAPE_FIELDS = ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "multiple_of", "ffn_dim_multiplier",
-                "norm_eps", "rope_theta", "bias", "tie_embeddings")
+                "norm_eps", "rope_theta", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                "rope_original_max_seq_len", "bias", "tie_embeddings")
 
 
 def model_args_from_config(cfg: Config, tokenizer_vocab: int) -> ModelArgs:

@@ -446,6 +446,8 @@ def _load_safetensors_weights(model: nn.Module, source: Path) -> dict:
     if fmt not in ("initlab", args.family):
         raise ValueError(f"{source} holds {fmt} tensors but the model is {args.family}; set model.name = {fmt} "
                          "or choose another init.from_checkpoint")
+    if config:
+        hf_convert.check_hf_architecture(config, args, source)
     report = {"source": str(source), "format": fmt, "loaded": [], "kept_init": [], "resized": {}, "unused": []}
     used: set[str] = set()
     for raw_name, param in model.named_parameters():

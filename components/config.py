@@ -69,6 +69,14 @@ class Model:
     """Epsilon of LayerNorm/RMSNorm (dimensionless)."""
     rope_theta: float | None = None
     """Llama: RoPE base frequency (dimensionless)."""
+    rope_scaling_factor: float | None = None
+    """Llama: Llama 3 RoPE scaling factor (ratio; 1 = off, Llama-3.2 checkpoints use 32, torchtitan's default is 8)."""
+    rope_low_freq_factor: float | None = None
+    """Llama: wavelengths above original_max_seq_len / this are divided by the factor (ratio; Llama 3: 1)."""
+    rope_high_freq_factor: float | None = None
+    """Llama: wavelengths below original_max_seq_len / this are kept (ratio; Llama 3: 4)."""
+    rope_original_max_seq_len: int | None = None
+    """Llama: the context (tokens) the RoPE scaling was designed around (Llama 3: 8192)."""
     bias: bool | None = None
     """GPT-2: biases in linear layers and LayerNorms (true/false)."""
     tie_embeddings: bool | None = None
@@ -440,6 +448,10 @@ def validate(cfg: Config) -> None:
     for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "multiple_of", "vocab_size"):
         value = getattr(m, name)
         _require(value is None or value >= 1, f"model.{name} must be >= 1; got {value}")
+    _require(m.rope_scaling_factor is None or m.rope_scaling_factor >= 1,
+             f"model.rope_scaling_factor must be >= 1 (1 = no scaling); got {m.rope_scaling_factor}")
+    _require(m.rope_original_max_seq_len is None or m.rope_original_max_seq_len >= 1,
+             f"model.rope_original_max_seq_len must be >= 1; got {m.rope_original_max_seq_len}")
     _require(cfg.init.scheme in SCHEME_NAMES,
              f"init.scheme = {cfg.init.scheme!r} is unknown; {_suggest(cfg.init.scheme, list(SCHEME_NAMES))}")
     _require(cfg.init.base_std is None or cfg.init.base_std >= 0,

@@ -16,6 +16,7 @@ same table serves export (:func:`to_hf`) and tensor-by-tensor import (:func:`fro
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -197,13 +198,70 @@ def hf_config(args: ModelArgs) -> dict:
             "hidden_size": args.dim, "intermediate_size": args.ffn_dim, "num_hidden_layers": args.n_layers,
             "num_attention_heads": args.n_heads, "num_key_value_heads": args.n_kv_heads, "head_dim": args.head_dim,
             "hidden_act": "silu", "max_position_embeddings": args.max_seq_len, "rms_norm_eps": args.norm_eps,
-            # transformers < 5 reads rope_theta; >= 5 reads rope_parameters.
-            "rope_theta": args.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
+            # transformers < 5 reads rope_theta and rope_scaling; >= 5 reads rope_parameters.
+            "rope_theta": args.rope_theta, "rope_scaling": _hf_rope_scaling(args),
+            "rope_parameters": {"rope_theta": args.rope_theta, **(_hf_rope_scaling(args) or {"rope_type": "default"})},
             "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
             "tie_word_embeddings": False, "dtype": "float32",
             "bos_token_id": None, "eos_token_id": None,
         }
     raise ValueError(f"no Hugging Face config for model family {args.family!r}")
+
+
+def _hf_rope_scaling(args: ModelArgs) -> dict | None:
+    if args.rope_scaling_factor == 1.0:
+        return None
+    return {"rope_type": "llama3", "factor": args.rope_scaling_factor, "low_freq_factor": args.rope_low_freq_factor,
+            "high_freq_factor": args.rope_high_freq_factor,
+            "original_max_position_embeddings": args.rope_original_max_seq_len}
+
+
+def _hf_rope_entries(config: Mapping) -> dict:
+    """RoPE settings of an HF config: ``rope_scaling`` (transformers < 5) merged with ``rope_parameters`` (>= 5)."""
+    return {**(config.get("rope_scaling") or {}), **(config.get("rope_parameters") or {})}
+
+
+def _hf_rope_type(config: Mapping) -> str:
+    entries = _hf_rope_entries(config)
+    return entries.get("rope_type", entries.get("type", "default"))  # older configs spell it "type"
+
+
+def _hf_architecture(config: Mapping) -> dict[str, tuple[str, object]]:
+    """{initlab model field: (HF key, value)} for what tensor shapes cannot reveal: heads, norms, RoPE."""
+    keys = ({"n_heads": "n_head", "norm_eps": "layer_norm_epsilon"} if config.get("model_type") == "gpt2" else
+            {"n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "norm_eps": "rms_norm_eps"})
+    found = {field: (key, config[key]) for field, key in keys.items() if config.get(key) is not None}
+    if config.get("model_type") != "gpt2":
+        rope = _hf_rope_entries(config)
+        theta = rope.get("rope_theta", config.get("rope_theta"))
+        if theta is not None:
+            found["rope_theta"] = ("rope_theta", theta)
+        scaled = _hf_rope_type(config) == "llama3"
+        found["rope_scaling_factor"] = ("rope_scaling.factor", rope["factor"] if scaled else 1.0)
+        if scaled:
+            found.update(rope_low_freq_factor=("rope_scaling.low_freq_factor", rope["low_freq_factor"]),
+                         rope_high_freq_factor=("rope_scaling.high_freq_factor", rope["high_freq_factor"]),
+                         rope_original_max_seq_len=("rope_scaling.original_max_position_embeddings",
+                                                    rope["original_max_position_embeddings"]))
+    return found
+
+
+def check_hf_architecture(config: Mapping, args: ModelArgs, source: object) -> None:
+    """Raise a one-line ValueError if ``config.json`` describes a network the model's shapes would not reveal.
+
+    Loading Llama-3.2 weights into a model with 16 instead of 32 heads, another RoPE base or no
+    RoPE scaling gives tensors of the right shapes and silently wrong logits; the layer count and
+    widths need no check here (new layers keep the scheme's init; shape mismatches are caught per tensor).
+    """
+    rope_type = _hf_rope_type(config)
+    if rope_type not in ("default", "llama3"):
+        raise ValueError(f"{source}: config.json uses RoPE type {rope_type!r}; initlab implements 'default' and "
+                         "'llama3' only: convert the checkpoint or drop init.from_checkpoint")
+    for field, (key, theirs) in _hf_architecture(config).items():
+        ours = getattr(args, field)
+        if not math.isclose(float(theirs), float(ours), rel_tol=1e-6):
+            raise ValueError(f"{source}: config.json has {key} = {theirs} but model.{field} = {ours}; "
+                             f"set --model.{field} {theirs}")
 
 
 def hf_ties_embeddings(config: Mapping) -> bool:

@@ -39,6 +39,9 @@ def make_model_args(family: str, flavor: str, vocab_size: int, max_seq_len: int,
         raise ValueError(f"model.n_heads = {args.n_heads} is not divisible by model.n_kv_heads = {args.n_kv_heads}")
     if family == "llama" and args.head_dim % 2:
         raise ValueError(f"llama head_dim = dim/n_heads = {args.head_dim} must be even for RoPE")
+    if args.rope_scaling_factor != 1.0 and args.rope_high_freq_factor <= args.rope_low_freq_factor:
+        raise ValueError(f"model.rope_high_freq_factor = {args.rope_high_freq_factor} must exceed "
+                         f"model.rope_low_freq_factor = {args.rope_low_freq_factor} (Llama 3: 4 and 1)")
     return args
 
 

@@ -38,6 +38,11 @@ class ModelArgs:
     activation: str  # MLP nonlinearity: "gelu" (gpt2) or "silu" (llama SwiGLU gate)
     multiple_of: int = 256
     ffn_dim_multiplier: float | None = None
+    # Llama 3 RoPE frequency scaling (long-context checkpoints such as Llama-3.2); factor 1 = off.
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
 
     @property
     def head_dim(self) -> int:
@@ -84,11 +89,26 @@ def init_module_params(module: nn.Module, prefix: str, layer_id: int | None, ini
         init(param, role_of(key), layer_id, key)
 
 
-def precompute_rope(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
+def precompute_rope(args: ModelArgs) -> torch.Tensor:
     """Complex rotations e^{i t theta_j}: [max_seq_len, head_dim // 2] (the Llama convention)."""
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    head_dim, max_seq_len = args.head_dim, args.max_seq_len
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    if args.rope_scaling_factor != 1.0:
+        freqs = llama3_scaled_freqs(freqs, args)
     t = torch.arange(max_seq_len, dtype=torch.float32)
     return torch.polar(torch.ones(max_seq_len, head_dim // 2), torch.outer(t, freqs))
+
+
+def llama3_scaled_freqs(freqs: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """Llama 3's RoPE scaling of the frequencies [head_dim // 2] (Meta's llama3 reference, torchtitan, HF "llama3").
+
+    With wavelength lambda = 2 pi / f and the original context C: lambda < C / high_freq_factor keeps f;
+    lambda > C / low_freq_factor divides it by the factor; in between f blends the two, linearly in C / lambda.
+    """
+    factor, low, high = args.rope_scaling_factor, args.rope_low_freq_factor, args.rope_high_freq_factor
+    periods_in_context = args.rope_original_max_seq_len * freqs / (2 * math.pi)  # C / lambda
+    blend = ((periods_in_context - low) / (high - low)).clamp(0.0, 1.0)  # 0: scaled, 1: kept
+    return blend * freqs + (1 - blend) * freqs / factor
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ class Llama(TransformerBase):
         self.register_buffer("rope", self._rope(), persistent=False)
 
     def _rope(self) -> torch.Tensor:
-        return precompute_rope(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta)
+        return precompute_rope(self.args)
 
     def reset_buffers(self, buffer_device: torch.device | None) -> None:
         with torch.device(buffer_device or self.rope.device):

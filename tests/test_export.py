@@ -27,6 +27,10 @@ from scripts import export
 from tests.launch import python, torchrun
 
 VOCAB = 513  # tokenizer.max_vocab 512 + the EOS token
+# Llama-3.2's RoPE, except an original context of 64 tokens, so all three frequency bands matter at 32 tokens.
+LLAMA32_ROPE = ["--model.rope_theta", "500000", "--model.rope_scaling_factor", "32",
+                "--model.rope_low_freq_factor", "1", "--model.rope_high_freq_factor", "4",
+                "--model.rope_original_max_seq_len", "64"]
 FAMILY_ARGS = {
     "llama": ["--model.name", "llama", "--model.n_layers", "2", "--model.dim", "64"],
     "gpt2": ["--model.name", "gpt2", "--model.n_layers", "2", "--model.dim", "64"],
@@ -176,7 +180,8 @@ def plain_model(argv: list[str], seed: int = 0):
 @pytest.mark.parametrize("variant", [
     FAMILY_ARGS["gpt2"], [*FAMILY_ARGS["gpt2"], "--model.bias", "false", "--model.tie_embeddings", "false"],
     FAMILY_ARGS["llama"], [*FAMILY_ARGS["llama"], "--model.n_kv_heads", "1"],
-], ids=["gpt2", "gpt2_untied_no_bias", "llama_gqa2", "llama_mqa"])
+    [*FAMILY_ARGS["llama"], *LLAMA32_ROPE],
+], ids=["gpt2", "gpt2_untied_no_bias", "llama_gqa2", "llama_mqa", "llama_rope_scaled"])
 def test_hf_mapping_matches_transformers_and_inverts_exactly(variant):
     """std 0.2 (sharp attention, so a wrong RoPE row order moves logits by ~10) and perturbed norms/biases."""
     import transformers
@@ -226,3 +231,46 @@ def test_from_checkpoint_rejects_bad_sources(tmp_path):
     narrow, _ = plain_model([*FAMILY_ARGS["gpt2"], "--model.dim", "32"])
     with pytest.raises(ValueError, match=r"tensor tok_embedding\.weight is \[513, 64\] in .* but \[513, 32\]"):
         load_initial_weights(narrow, tmp_path / "gpt2.safetensors", quiet)
+
+
+def hf_dir(tmp_path: Path, argv: list[str], config_edits: dict | None = None) -> tuple[Path, torch.nn.Module]:
+    """A Hugging Face-style directory (model.safetensors + config.json) of a plain model built from ``argv``."""
+    from safetensors.torch import save_file
+
+    model, args = plain_model(argv, seed=3)
+    source = tmp_path / "hf"
+    source.mkdir(exist_ok=True)
+    save_file(hf_convert.to_hf({canonical_name(k): v for k, v in model.state_dict().items()}, args),
+              str(source / "model.safetensors"))
+    (source / "config.json").write_text(json.dumps({**hf_convert.hf_config(args), **(config_edits or {})}))
+    return source, model
+
+
+def test_from_checkpoint_reads_a_hub_style_llama32_config(tmp_path):
+    """transformers < 5 layout: top-level rope_theta and a rope_scaling dict (as Llama-3.2-1B's config.json)."""
+    source, original = hf_dir(tmp_path, [*FAMILY_ARGS["llama"], *LLAMA32_ROPE], config_edits={
+        "rope_parameters": None, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                                  "original_max_position_embeddings": 64, "rope_type": "llama3"}})
+    model, _ = plain_model([*FAMILY_ARGS["llama"], *LLAMA32_ROPE])
+    report = load_initial_weights(model, source, SimpleNamespace(is_main=False))
+    assert report["kept_init"] == [] and report["unused"] == []
+    with torch.no_grad():
+        assert torch.equal(model(TOKENS), original(TOKENS))
+
+
+@pytest.mark.parametrize("model_argv, config_edits, message", [
+    (LLAMA32_ROPE[:2], {}, r"config.json has rope_scaling.factor = 32.0 but model.rope_scaling_factor = 1.0; "
+                           r"set --model.rope_scaling_factor 32.0"),
+    ([*LLAMA32_ROPE, "--model.rope_theta", "10000"], {}, r"rope_theta = 500000.0 but model.rope_theta = 10000.0"),
+    # Same tensor shapes (q [64, 64], k/v [32, 64]), different heads: only the config can tell.
+    ([*LLAMA32_ROPE, "--model.n_heads", "8", "--model.n_kv_heads", "4"], {},
+     r"num_attention_heads = 4 but model.n_heads = 8; set --model.n_heads 4"),
+    (LLAMA32_ROPE, {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, r"RoPE type 'yarn'"),
+])
+def test_from_checkpoint_rejects_a_config_the_model_does_not_match(tmp_path, model_argv, config_edits, message):
+    source, _ = hf_dir(tmp_path, [*FAMILY_ARGS["llama"], *LLAMA32_ROPE], config_edits)
+    model, _ = plain_model([*FAMILY_ARGS["llama"], *model_argv])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        load_initial_weights(model, source, SimpleNamespace(is_main=False))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "nothing loaded before the error"

@@ -6,13 +6,14 @@ Oracles: torchtitan 0.2.2's llama3 ``Transformer`` (fp32, <= 1e-5) and transform
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 import torch
 
 from models import build_model, make_model_args
-from models.common import count_params
+from models.common import count_params, precompute_rope
 
 VOCAB, SEQ = 512, 64
 
@@ -41,16 +42,21 @@ def torchtitan_name(ours: str) -> str:
 
 
 def torchtitan_llama(args, depth_init: bool = True):
-    """torchtitan's llama3 Transformer with our args' shapes, RoPE scaling off (our Llama has none)."""
+    """torchtitan's llama3 Transformer with our args' shapes and RoPE scaling."""
     from torchtitan.models.llama3.model.args import RoPEScalingArgs, TransformerModelArgs
     from torchtitan.models.llama3.model.model import Transformer
 
-    # A huge original context puts every RoPE wavelength in the "unscaled" band: frequencies untouched.
-    no_scaling = RoPEScalingArgs(scaling_factor=1.0, original_max_position_embeddings=10 ** 12)
+    if args.rope_scaling_factor == 1.0:
+        # A huge original context puts every RoPE wavelength in the "unscaled" band: frequencies untouched.
+        scaling = RoPEScalingArgs(scaling_factor=1.0, original_max_position_embeddings=10 ** 12)
+    else:
+        scaling = RoPEScalingArgs(scaling_factor=args.rope_scaling_factor, low_freq_factor=args.rope_low_freq_factor,
+                                  high_freq_factor=args.rope_high_freq_factor,
+                                  original_max_position_embeddings=args.rope_original_max_seq_len)
     tt_args = TransformerModelArgs(
         dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
         vocab_size=args.vocab_size, multiple_of=args.multiple_of, ffn_dim_multiplier=args.ffn_dim_multiplier,
-        norm_eps=args.norm_eps, rope_theta=args.rope_theta, rope_scaling_args=no_scaling,
+        norm_eps=args.norm_eps, rope_theta=args.rope_theta, rope_scaling_args=scaling,
         max_seq_len=args.max_seq_len, depth_init=depth_init,
     )
     return Transformer(tt_args)
@@ -67,8 +73,21 @@ def random_model(family: str, seed: int = 0, **overrides):
     return model.eval(), args
 
 
-def test_llama_logits_match_torchtitan():
-    ours, args = random_model("llama")
+# torchtitan's own RoPE scaling default (factor 8) and Llama-3.2's (factor 32, theta 500000): with the debug
+# head_dim 32 and an 8192-token original context, the 16 frequencies fall in all three bands (kept,
+# blended, divided).
+ROPE_SCALINGS = {
+    "off": {},
+    "torchtitan_default": dict(rope_scaling_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                               rope_original_max_seq_len=8192),
+    "llama3.2": dict(rope_scaling_factor=32.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                     rope_original_max_seq_len=8192, rope_theta=500000.0),
+}
+
+
+@pytest.mark.parametrize("scaling", list(ROPE_SCALINGS))
+def test_llama_logits_match_torchtitan(scaling):
+    ours, args = random_model("llama", **ROPE_SCALINGS[scaling])
     theirs = torchtitan_llama(args)
     state = {torchtitan_name(k): v for k, v in ours.state_dict().items()}
     theirs.load_state_dict(state, strict=True)
@@ -77,6 +96,34 @@ def test_llama_logits_match_torchtitan():
     with torch.no_grad():
         diff = (ours(tokens) - theirs(tokens).float()).abs().max().item()
     assert diff <= 1e-5, f"max |logits diff| vs torchtitan = {diff}"
+
+
+def test_rope_scaling_bands():
+    _, plain = random_model("llama", rope_theta=10000.0)
+    _, scaled = random_model("llama", rope_theta=10000.0, **ROPE_SCALINGS["torchtitan_default"])
+    angle_plain, angle_scaled = rope_angles(plain), rope_angles(scaled)  # [16] rad per token
+    wavelength = 2 * math.pi / angle_plain
+    kept, divided = wavelength < 8192 / 4, wavelength > 8192
+    blended = ~kept & ~divided
+    assert kept.sum() == 11 and blended.sum() == 2 and divided.sum() == 3
+    assert torch.equal(angle_scaled[kept], angle_plain[kept])
+    torch.testing.assert_close(angle_scaled[divided], angle_plain[divided] / 8)
+    ratio = angle_scaled[blended] / angle_plain[blended]
+    assert ((ratio > 1 / 8) & (ratio < 1)).all()  # strictly between the two, closer to 1 at shorter waves
+    assert ratio[0] > ratio[1]
+
+
+def rope_angles(args) -> torch.Tensor:
+    """Rotation per position of each RoPE frequency pair: angle of rope[1], [head_dim // 2]."""
+    return precompute_rope(args)[1].angle().double()
+
+
+def test_rope_scaling_changes_the_logits():
+    ours, _ = random_model("llama")
+    scaled, _ = random_model("llama", **ROPE_SCALINGS["torchtitan_default"])
+    tokens = torch.randint(0, VOCAB, (1, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ours(tokens) - scaled(tokens)).abs().max() > 1e-3
 
 
 def hf_gpt2(args):
