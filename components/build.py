@@ -15,11 +15,11 @@ from distributed.env import DistEnv
 from distributed.parallelize import parallelize
 from init_schemes import WeightInitializer
 from models import build_model, make_model_args
-from models.common import ModelArgs
+from models.common import ModelArgs, is_adapter
 
 SHAPE_FIELDS = ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "multiple_of", "ffn_dim_multiplier",
                 "norm_eps", "rope_theta", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
-                "rope_original_max_seq_len", "bias", "tie_embeddings")
+                "rope_original_max_seq_len", "lora_rank", "lora_alpha", "lora_targets", "bias", "tie_embeddings")
 
 
 def model_args_from_config(cfg: Config, tokenizer_vocab: int) -> ModelArgs:
@@ -32,11 +32,19 @@ def model_args_from_config(cfg: Config, tokenizer_vocab: int) -> ModelArgs:
     return make_model_args(cfg.model.name, cfg.model.flavor, vocab, cfg.training.seq_len, overrides)
 
 
+def freeze_all_but_adapters(model: nn.Module) -> None:
+    """LoRA fine-tuning: only the adapter matrices keep ``requires_grad`` (before FSDP2 wraps them)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_adapter(name))
+
+
 def build_model_and_init(cfg: Config, tokenizer_vocab: int, env: DistEnv) -> tuple[nn.Module, ModelArgs, WeightInitializer]:
     """The model as training uses it, plus its shapes and the initializer (whose ``applied`` holds every spec)."""
     args = model_args_from_config(cfg, tokenizer_vocab)
     with torch.device("meta"):
         model = build_model(args)
+    if cfg.training.trainable == "lora":
+        freeze_all_but_adapters(model)
     parallelize(model, env, cfg.parallelism, cfg.training, cfg.compile, cfg.activation_checkpoint)
     model.to_empty(device=env.device)
     initializer = WeightInitializer(cfg.init, args, cfg.job.seed)

@@ -46,7 +46,7 @@ from components import hf_convert
 from components.config import Checkpoint as CheckpointConfig
 from distributed.env import DistEnv, barrier
 from init_schemes.apply import local_rows
-from models.common import canonical_name, role_of
+from models.common import canonical_name, is_adapter, role_of
 
 STEP_DIR = re.compile(r"step_(\d+)")
 PARTIAL_DIR = re.compile(r"\.(tmp|del)_step_\d+")
@@ -377,13 +377,16 @@ def describe_initial_load(report: Mapping) -> str:
     parts = [f"init.from_checkpoint: loaded {len(report['loaded'])} tensors from {report['source']} "
              f"({report['format']})"]
     if report["kept_init"]:
-        parts.append(f"kept the scheme's init for {len(report['kept_init'])}: {', '.join(report['kept_init'])}")
+        parts.append(f"kept the scheme's init for {len(report['kept_init'])}: {_first_names(report['kept_init'])}")
     if report["resized"]:
         parts.append("resized " + ", ".join(f"{k} ({v})" for k, v in report["resized"].items()))
     if report["unused"]:
-        parts.append(f"{len(report['unused'])} source tensors unused: {', '.join(report['unused'][:8])}"
-                     + (" ..." if len(report["unused"]) > 8 else ""))
+        parts.append(f"{len(report['unused'])} source tensors unused: {_first_names(report['unused'])}")
     return "; ".join(parts)
+
+
+def _first_names(names: list[str], shown: int = 8) -> str:
+    return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
 
 
 def _load_dcp_weights(model: nn.Module, source: Path) -> dict:
@@ -452,6 +455,9 @@ def _load_safetensors_weights(model: nn.Module, source: Path) -> dict:
     used: set[str] = set()
     for raw_name, param in model.named_parameters():
         name = canonical_name(raw_name)
+        if fmt != "initlab" and is_adapter(name):  # HF models have no adapters: they keep their init
+            report["kept_init"].append(name)
+            continue
         link = hf_convert.Link(name) if fmt == "initlab" else hf_convert.link_for(name, args)
         if link.hf_name not in index and role_of(name) == "lm_head" and hf_convert.hf_ties_embeddings(config):
             link = hf_convert.Link("tok_embedding.weight") if fmt == "initlab" else \

@@ -77,11 +77,20 @@ class Model:
     """Llama: wavelengths below original_max_seq_len / this are kept (ratio; Llama 3: 4)."""
     rope_original_max_seq_len: int | None = None
     """Llama: the context (tokens) the RoPE scaling was designed around (Llama 3: 8192)."""
+    lora_rank: int = 0
+    """LoRA adapter rank r on the lora_targets projections (features; 0 = no adapters)."""
+    lora_alpha: float | None = None
+    """LoRA: the adapter output is scaled by lora_alpha / lora_rank (ratio numerator); omit = lora_rank (scale 1)."""
+    lora_targets: list[str] = field(default_factory=lambda: ["attn.q", "attn.v"])
+    """LoRA: projection roles that get adapters (attn.q/k/v/out, mlp.gate/up/out); default q and v as in the LoRA paper."""
     bias: bool | None = None
     """GPT-2: biases in linear layers and LayerNorms (true/false)."""
     tie_embeddings: bool | None = None
     """GPT-2: share the token embedding with the LM head (true/false)."""
 
+
+# Projection roles that can carry LoRA adapters (models.common.ADAPTABLE_ROLES; config stays torch-free).
+ADAPTABLE_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
 
 SCHEME_NAMES = (
     "normal", "scaled_output", "depth_aware", "mitchell", "full_megatron", "lingua", "xavier",
@@ -111,6 +120,10 @@ class Init:
     """kaiming: activation that sets the gain; auto = the model's MLP activation (gelu/silu)."""
     correct_truncation: bool = False
     """Divide sigma of truncated draws by the truncation shrink (~1.3% at 3 sigma) so the realised std is the nominal one."""
+    lora_a_init: Literal["kaiming_uniform", "gaussian"] = "kaiming_uniform"
+    """LoRA A [r, in]: kaiming_uniform = U(+-1/sqrt(in)) (PEFT's default) or gaussian = N(0, 1/r) (PEFT 'gaussian')."""
+    lora_b_init: Literal["zeros", "gaussian"] = "zeros"
+    """LoRA B [out, r]: zeros (the adapted model starts as the base model; LoRA paper, PEFT) or gaussian N(0, 1/r)."""
     from_checkpoint: str = ""
     """Start from saved weights ('' = none): a checkpoints/step_<N> DCP directory, or a safetensors file / HF directory (matching tensors replace the scheme's; new vocab rows get the mean embedding)."""
 
@@ -153,6 +166,8 @@ class Training:
     """Gradient reduce-scatter dtype on CUDA."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device type; auto = cuda when available, else cpu (gloo)."""
+    trainable: Literal["all", "lora"] = "all"
+    """Parameters the optimizer updates: all, or only the LoRA adapters (the rest frozen; needs model.lora_rank > 0)."""
 
 
 @dataclass
@@ -298,7 +313,7 @@ def _coerce(where: str, value: Any, tp: Any, from_cli: bool) -> Any:
         return value
     if origin is list:
         if from_cli and isinstance(value, str):
-            value = [v for v in value.strip("[]").split(",") if v.strip()]
+            value = [v.strip().strip("'\"") for v in value.strip("[]").split(",") if v.strip()]  # [a, "b"] or a,b
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, e.g. [0.9, 0.95]; got {value!r}")
         return [_coerce(where, v, args[0], from_cli) for v in value]
@@ -452,6 +467,13 @@ def validate(cfg: Config) -> None:
              f"model.rope_scaling_factor must be >= 1 (1 = no scaling); got {m.rope_scaling_factor}")
     _require(m.rope_original_max_seq_len is None or m.rope_original_max_seq_len >= 1,
              f"model.rope_original_max_seq_len must be >= 1; got {m.rope_original_max_seq_len}")
+    _require(m.lora_rank >= 0, f"model.lora_rank must be >= 0 (0 = no adapters); got {m.lora_rank}")
+    _require(m.lora_alpha is None or m.lora_alpha > 0, f"model.lora_alpha must be > 0; got {m.lora_alpha}")
+    for target in m.lora_targets:
+        _require(target in ADAPTABLE_ROLES,
+                 f"model.lora_targets: {target!r} is not a projection role; {_suggest(target, list(ADAPTABLE_ROLES))}")
+    _require(t.trainable != "lora" or m.lora_rank > 0,
+             "training.trainable = 'lora' but the model has no adapters; set model.lora_rank > 0 or trainable = 'all'")
     _require(cfg.init.scheme in SCHEME_NAMES,
              f"init.scheme = {cfg.init.scheme!r} is unknown; {_suggest(cfg.init.scheme, list(SCHEME_NAMES))}")
     _require(cfg.init.base_std is None or cfg.init.base_std >= 0,

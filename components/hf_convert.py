@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.common import ModelArgs
+from models.common import ModelArgs, is_adapter
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,27 @@ def _to_hf_layout(tensor: torch.Tensor, link: Link) -> torch.Tensor:
     return tensor.t() if link.transpose else tensor
 
 
+def merge_adapters(state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """State without LoRA matrices: each adapted weight W [out, in] becomes W + (alpha / r) B A."""
+    scale = (args.lora_rank if args.lora_alpha is None else args.lora_alpha) / max(args.lora_rank, 1)
+    merged = {name: tensor for name, tensor in state.items() if not is_adapter(name)}
+    for name in state:
+        if name.endswith(".lora_a"):
+            base = name.removesuffix(".lora_a")
+            a, b = state[name].double(), state[f"{base}.lora_b"].double()  # [r, in], [out, r]
+            weight = merged[f"{base}.weight"]
+            merged[f"{base}.weight"] = (weight.double() + scale * (b @ a)).to(weight.dtype)
+    return merged
+
+
 def to_hf(state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
-    """Full initlab state dict (canonical names) -> HF state dict (contiguous tensors, fused parts joined)."""
+    """Full initlab state dict (canonical names) -> HF state dict (contiguous tensors, fused parts joined).
+
+    LoRA adapters are merged into their weights (HF's plain models have no adapter slots).
+    """
     parts: dict[str, dict[int, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
+    for name, tensor in merge_adapters(state, args).items():
         link = link_for(name, args)
         hf_tensor = _to_hf_layout(tensor.detach(), link)
         if link.part is None:

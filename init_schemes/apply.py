@@ -16,7 +16,9 @@ import math
 import torch
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from init_schemes.adapters import adapter_spec
 from init_schemes.base import InitSpec, get_scheme
+from models.common import ADAPTER_SUFFIXES
 
 BLOCK_NUMEL = 1 << 20  # elements per generator block (4 MiB in float32)
 
@@ -96,6 +98,8 @@ class WeightInitializer:
         self.applied: dict[str, tuple[str, int | None, InitSpec]] = {}
 
     def spec(self, role: str, layer_id: int | None) -> InitSpec:
+        if role.endswith(ADAPTER_SUFFIXES):  # LoRA matrices: their own rule, whatever the scheme
+            return adapter_spec(role, self.args, self.opts)
         return self.scheme.spec(role, layer_id, self.args, self.opts)
 
     def __call__(self, param: torch.Tensor, role: str, layer_id: int | None, key: str) -> None:

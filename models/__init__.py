@@ -27,6 +27,7 @@ def make_model_args(family: str, flavor: str, vocab_size: int, max_seq_len: int,
     fields = {"vocab_size": vocab_size, "max_seq_len": max_seq_len, "n_kv_heads": None,
               "ffn_dim": None, **defaults, **flavors[flavor]}
     fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    fields["lora_targets"] = tuple(fields.get("lora_targets", ModelArgs.lora_targets))
     if fields["n_kv_heads"] is None or family == "gpt2":
         fields["n_kv_heads"] = fields["n_heads"]
     if fields["ffn_dim"] is None:
@@ -39,6 +40,10 @@ def make_model_args(family: str, flavor: str, vocab_size: int, max_seq_len: int,
         raise ValueError(f"model.n_heads = {args.n_heads} is not divisible by model.n_kv_heads = {args.n_kv_heads}")
     if family == "llama" and args.head_dim % 2:
         raise ValueError(f"llama head_dim = dim/n_heads = {args.head_dim} must be even for RoPE")
+    missing = [t for t in args.lora_targets if family == "gpt2" and t == "mlp.gate"]
+    if args.lora_rank > 0 and missing:
+        raise ValueError(f"model.lora_targets includes {missing[0]!r}, which the gpt2 family does not have "
+                         "(its MLP is up/out); drop it from lora_targets")
     if args.rope_scaling_factor != 1.0 and args.rope_high_freq_factor <= args.rope_low_freq_factor:
         raise ValueError(f"model.rope_high_freq_factor = {args.rope_high_freq_factor} must exceed "
                          f"model.rope_low_freq_factor = {args.rope_low_freq_factor} (Llama 3: 4 and 1)")

@@ -43,10 +43,50 @@ class ModelArgs:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_seq_len: int = 8192
+    # LoRA adapters on the projections named in lora_targets; rank 0 = none.
+    lora_rank: int = 0
+    lora_alpha: float | None = None  # the adapter output is scaled by alpha / rank; None = rank (scale 1)
+    lora_targets: tuple[str, ...] = ("attn.q", "attn.v")
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+
+# Projections that can carry a LoRA adapter (roles of DESIGN.md §4).
+ADAPTABLE_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
+ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
+
+
+class LoRALinear(nn.Linear):
+    """A linear layer plus a low-rank adapter (Hu et al. 2021, "LoRA", arXiv:2106.09685).
+
+    y = x W^T + b + (alpha / r) (x A^T) B^T, with A = ``lora_a`` [r, in] and B = ``lora_b`` [out, r].
+    Their roles are the projection's plus ``.lora_a`` / ``.lora_b`` (e.g. ``attn.q.lora_b``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float):
+        super().__init__(in_features, out_features, bias=bias)
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_b = nn.Parameter(torch.empty(out_features, rank))
+        self.lora_scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low_rank = F.linear(x, self.lora_a)  # [..., r]
+        return super().forward(x) + self.lora_scale * F.linear(low_rank, self.lora_b)
+
+
+def projection(role: str, in_features: int, out_features: int, bias: bool, args: ModelArgs) -> nn.Linear:
+    """The linear layer of ``role``: a LoRALinear when the model has adapters on that role."""
+    if args.lora_rank > 0 and role in args.lora_targets:
+        alpha = args.lora_rank if args.lora_alpha is None else args.lora_alpha
+        return LoRALinear(in_features, out_features, bias, args.lora_rank, alpha)
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+def is_adapter(name: str) -> bool:
+    """Whether the parameter called ``name`` is a LoRA adapter matrix."""
+    return name.endswith(ADAPTER_SUFFIXES)
 
 
 class Initializer(Protocol):
@@ -124,10 +164,10 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs, bias: bool):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.q = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=bias)
-        self.k = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=bias)
-        self.v = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=bias)
-        self.out = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=bias)
+        self.q = projection("attn.q", args.dim, args.n_heads * self.head_dim, bias, args)
+        self.k = projection("attn.k", args.dim, args.n_kv_heads * self.head_dim, bias, args)
+        self.v = projection("attn.v", args.dim, args.n_kv_heads * self.head_dim, bias, args)
+        self.out = projection("attn.out", args.n_heads * self.head_dim, args.dim, bias, args)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         bsz, seqlen, _ = x.shape  # x: [B, T, d]

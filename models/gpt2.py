@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import Attention, BlockBase, ModelArgs, TransformerBase, gelu_tanh
+from models.common import Attention, BlockBase, ModelArgs, TransformerBase, gelu_tanh, projection
 
 FLAVORS: dict[str, dict] = {
     "debug": dict(n_layers=4, dim=128, n_heads=4),
@@ -18,10 +18,10 @@ DEFAULTS = dict(norm_eps=1e-5, rope_theta=0.0, bias=True, tie_embeddings=True, a
 
 
 class GeluMLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, bias: bool):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        self.up = nn.Linear(dim, hidden, bias=bias)  # c_fc
-        self.out = nn.Linear(hidden, dim, bias=bias)  # c_proj
+        self.up = projection("mlp.up", args.dim, args.ffn_dim, args.bias, args)  # c_fc
+        self.out = projection("mlp.out", args.ffn_dim, args.dim, args.bias, args)  # c_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(gelu_tanh(self.up(x)))
@@ -34,7 +34,7 @@ class GPT2Block(BlockBase):
         self.attn_norm = nn.LayerNorm(args.dim, eps=args.norm_eps, bias=args.bias)
         self.attn = Attention(args, bias=args.bias)
         self.mlp_norm = nn.LayerNorm(args.dim, eps=args.norm_eps, bias=args.bias)
-        self.mlp = GeluMLP(args.dim, args.ffn_dim, args.bias)
+        self.mlp = GeluMLP(args)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         h = x + self.attn(self.attn_norm(x), None)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import Attention, BlockBase, ModelArgs, TransformerBase, ceil_to, precompute_rope
+from models.common import Attention, BlockBase, ModelArgs, TransformerBase, ceil_to, precompute_rope, projection
 
 # Field values of each named size; anything can be overridden from the [model] table.
 FLAVORS: dict[str, dict] = {
@@ -31,11 +31,12 @@ def swiglu_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | No
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        self.gate = nn.Linear(dim, hidden, bias=False)  # w1, through SiLU
-        self.up = nn.Linear(dim, hidden, bias=False)  # w3
-        self.out = nn.Linear(hidden, dim, bias=False)  # w2
+        dim, hidden = args.dim, args.ffn_dim
+        self.gate = projection("mlp.gate", dim, hidden, False, args)  # w1, through SiLU
+        self.up = projection("mlp.up", dim, hidden, False, args)  # w3
+        self.out = projection("mlp.out", hidden, dim, False, args)  # w2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(F.silu(self.gate(x)) * self.up(x))
@@ -48,7 +49,7 @@ class LlamaBlock(BlockBase):
         self.attn_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.attn = Attention(args, bias=False)
         self.mlp_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
-        self.mlp = SwiGLU(args.dim, args.ffn_dim)
+        self.mlp = SwiGLU(args)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         h = x + self.attn(self.attn_norm(x), rope)

@@ -246,6 +246,40 @@ def hf_dir(tmp_path: Path, argv: list[str], config_edits: dict | None = None) ->
     return source, model
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_adapters_merge_into_the_exported_weights(family):
+    """Non-zero adapters (B ~ N(0, 1/r)) on q, v and mlp.out, alpha / r = 2: transformers' logits equal initlab's."""
+    import transformers
+
+    model, args = plain_model([*FAMILY_ARGS[family], "--model.lora_rank", "4", "--model.lora_alpha", "8",
+                               "--model.lora_targets", "attn.q,attn.v,mlp.out", "--init.lora_b_init", "gaussian"])
+    hf_state = hf_convert.to_hf({canonical_name(k): v for k, v in model.state_dict().items()}, args)
+    assert not [name for name in hf_state if "lora" in name]
+    theirs = transformers.AutoModelForCausalLM.from_config(
+        transformers.AutoConfig.for_model(**hf_convert.hf_config(args))).eval()
+    missing, unexpected = theirs.load_state_dict(hf_state, strict=False)
+    assert unexpected == [] and set(missing) <= {"lm_head.weight"}
+    with torch.no_grad():
+        ours = model(TOKENS)
+        diff = (ours - theirs(TOKENS).logits).abs().max().item()
+        for name, param in model.named_parameters():
+            if name.endswith(".lora_b"):
+                param.zero_()
+        adapter_effect = (ours - model(TOKENS)).abs().max().item()
+    assert diff <= 1e-4 and adapter_effect > 1e-2, (diff, adapter_effect)
+
+
+def test_from_checkpoint_into_an_adapted_model_starts_as_the_base(tmp_path):
+    """An HF base model plus fresh adapters (B = 0): the adapters keep their init, the logits are the base's."""
+    source, base = hf_dir(tmp_path, FAMILY_ARGS["llama"])
+    model, _ = plain_model([*FAMILY_ARGS["llama"], "--model.lora_rank", "4"])
+    report = load_initial_weights(model, source, SimpleNamespace(is_main=False))
+    assert sorted(report["kept_init"]) == sorted(n for n, _ in model.named_parameters() if "lora" in n)
+    assert len(report["kept_init"]) == 2 * 2 * 2 and report["unused"] == []
+    with torch.no_grad():
+        assert torch.equal(model(TOKENS), base(TOKENS))
+
+
 def test_from_checkpoint_reads_a_hub_style_llama32_config(tmp_path):
     """transformers < 5 layout: top-level rope_theta and a rope_scaling dict (as Llama-3.2-1B's config.json)."""
     source, original = hf_dir(tmp_path, [*FAMILY_ARGS["llama"], *LLAMA32_ROPE], config_edits={

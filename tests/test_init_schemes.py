@@ -381,3 +381,47 @@ def test_same_seed_is_bitwise_reproducible_and_seeds_differ():
         assert torch.equal(param, reference), name
         if param.ndim > 1:
             assert not torch.equal(param, other_params[name]), name
+
+
+# ----------------------------------------------------------------------------------- LoRA adapters
+LORA_RANK = 8
+ALL_TARGETS = {"llama": ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out"),
+               "gpt2": ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.up", "mlp.out")}
+
+
+def adapted_model(family: str, opts: Init, seed: int = 0):
+    """The debug model with rank-8 adapters on every projection, initialized (meta -> to_empty -> init)."""
+    args = make_model_args(family, "debug", VOCAB, SEQ, {"lora_rank": LORA_RANK, "lora_targets": ALL_TARGETS[family]})
+    with torch.device("meta"):
+        model = build_model(args)
+    model.to_empty(device="cpu")
+    initializer = WeightInitializer(opts, args, seed)
+    model.init_weights(initializer, buffer_device=torch.device("cpu"))
+    return model, initializer
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("a_init, b_init", [("kaiming_uniform", "zeros"), ("gaussian", "gaussian")])
+def test_adapter_std_is_the_formula_whatever_the_scheme(family, a_init, b_init):
+    """A: U(+-1/sqrt(fan_in)) (std 1/sqrt(3 fan_in)) or N(0, 1/r); B: 0 or N(0, 1/r); base weights untouched."""
+    opts = Init(scheme="mitchell", lora_a_init=a_init, lora_b_init=b_init)
+    model, initializer = adapted_model(family, opts)
+    plain, _ = build_and_init(family, Init(scheme="mitchell"))
+    fan_in = {"attn.out": D, "mlp.out": D_FF[family]}
+    adapters = {n: p for n, p in model.named_parameters() if n.endswith((".lora_a", ".lora_b"))}
+    assert len(adapters) == 2 * L * len(ALL_TARGETS[family])
+    for name, param in adapters.items():
+        role, layer, spec = initializer.applied[name]
+        projection, matrix = role.rsplit(".", 1)
+        assert role == role_of(name) and projection in ALL_TARGETS[family] and layer == layer_of(name)
+        if matrix == "lora_a":
+            assert param.shape == (LORA_RANK, fan_in.get(projection, D))
+            expected = (InitSpec("normal", 1 / LORA_RANK) if a_init == "gaussian"
+                        else InitSpec("uniform", 1 / math.sqrt(3 * fan_in.get(projection, D))))
+        else:
+            expected = InitSpec("normal", 1 / LORA_RANK) if b_init == "gaussian" else InitSpec("constant", value=0.0)
+        assert spec == expected, name
+        check_tensor(name, param.detach(), spec)
+    # The base weights are drawn exactly as without adapters (the same keys, the same generator blocks).
+    base = {n: p for n, p in model.named_parameters() if n not in adapters}
+    assert all(torch.equal(p, base[n]) for n, p in plain.named_parameters())

@@ -217,3 +217,41 @@ def test_meta_build_allocates_nothing():
     n = count_params(model)
     assert n > 1_200_000_000  # 1.24e9 parameters = 4.9 GB in float32 had they been allocated
     assert grown < 64 * 2 ** 20, f"meta build grew RSS by {grown / 2 ** 20:.0f} MiB"
+
+
+def test_lora_linear_is_the_merged_linear_and_zero_b_is_the_base():
+    from models.common import LoRALinear
+
+    torch.manual_seed(0)
+    layer = LoRALinear(24, 16, bias=True, rank=4, alpha=8.0)
+    torch.nn.init.normal_(layer.lora_a)
+    torch.nn.init.normal_(layer.lora_b)
+    x = torch.randn(3, 5, 24)  # [B, T, in]
+    merged = layer.weight + 2.0 * layer.lora_b @ layer.lora_a  # alpha / r = 2
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, merged, layer.bias), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        layer.lora_b.zero_()
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
+# Debug shapes: llama d=128, 2 KV heads of 32 (v: 128 -> 64); gpt2 d=128, d_ff=512. A rank-2 adapter on
+# an in -> out projection adds 2 (in + out) parameters per layer, 4 layers.
+@pytest.mark.parametrize("family, targets, roles, added", [
+    ("llama", ("attn.q", "attn.v"), ["attn.q.lora_a", "attn.q.lora_b", "attn.v.lora_a", "attn.v.lora_b"],
+     4 * (2 * (128 + 128) + 2 * (128 + 64))),
+    ("gpt2", ("mlp.up", "attn.out"), ["attn.out.lora_a", "attn.out.lora_b", "mlp.up.lora_a", "mlp.up.lora_b"],
+     4 * (2 * (128 + 512) + 2 * (128 + 128))),
+])
+def test_adapters_sit_on_the_target_roles_only(family, targets, roles, added):
+    from models.common import role_of
+
+    with torch.device("meta"):
+        model = build_model(make_model_args(family, "debug", VOCAB, SEQ, {"lora_rank": 2, "lora_targets": targets}))
+        plain = build_model(make_model_args(family, "debug", VOCAB, SEQ))
+    assert sorted({role_of(n) for n, _ in model.named_parameters() if "lora" in n}) == roles
+    assert count_params(model) - count_params(plain) == added
+
+
+def test_gpt2_has_no_gate_to_adapt():
+    with pytest.raises(ValueError, match="lora_targets includes 'mlp.gate', which the gpt2 family does not have"):
+        make_model_args("gpt2", "debug", VOCAB, SEQ, {"lora_rank": 2, "lora_targets": ("mlp.gate",)})

@@ -50,6 +50,11 @@ MITCHELL_FFN_DIM = 256
 # lr 1e2 without clipping: grad norm 1.5e19 at step 2, inf at step 3, NaN at step 4, NaN loss at step 5.
 NONFINITE_INTERVAL = 1  # a checkpoint every step: the newest complete one must precede the blow-up
 REL_TOL_WORLD_SIZE = 1e-4
+# LoRA fine-tuning of the (randomly initialized) tiny Llama: rank-4 adapters on q and v, everything else frozen.
+LORA_STEPS = 4
+LORA = [*TINY, "--training.steps", str(LORA_STEPS), "--metrics.log_freq", "1", "--metrics.val_freq", "0",
+        "--model.lora_rank", "4", "--training.trainable", "lora", "--optimizer.lr", "1e-2",
+        "--checkpoint.enable", "true", "--checkpoint.interval", str(LORA_STEPS)]
 REL_TOL_ACTIVATION_CHECKPOINT = 1e-5
 
 
@@ -158,6 +163,8 @@ def single_process_cases(out: Path) -> dict[str, list[str]]:
                      "--metrics.val_freq", "0"],
         "learning": learning,
         "tiny_lr": [*learning, "--optimizer.lr", "1e-9"],
+        "lora": LORA,
+        "lora_seed": [*LORA, "--checkpoint.create_seed_checkpoint", "true"],
     }
     return {name: run_args(out, name, *argv) for name, argv in extra.items()}
 
@@ -395,6 +402,37 @@ def test_nonfinite_loss_stops_with_step_and_role_and_no_poisoned_checkpoint(sing
     model = torch.load(tmp_path / "newest.pt", weights_only=False)["model"]
     poisoned = [name for name, tensor in model.items() if not torch.isfinite(tensor).all()]
     assert not poisoned, f"checkpoint step_{saved[-1]} (error names step {bad_step}) holds non-finite {poisoned}"
+
+
+def model_state(checkpoint: Path, scratch: Path) -> dict[str, torch.Tensor]:
+    """The full model tensors of a DCP checkpoint directory."""
+    dcp_to_torch_save(checkpoint, scratch / f"{checkpoint.parent.parent.name}_{checkpoint.name}.pt")
+    return torch.load(scratch / f"{checkpoint.parent.parent.name}_{checkpoint.name}.pt", weights_only=False)["model"]
+
+
+def test_lora_training_moves_only_the_adapters(single, tmp_path):
+    """From the seed checkpoint (step 0) to the last: base tensors bitwise unchanged, every B left zero."""
+    run, seed_run = single["lora"], single["lora_seed"]
+    assert run.rc == 0 and seed_run.rc == 0, run.stderr + seed_run.stderr
+    start = model_state(seed_run.run_dir / "checkpoints" / "step_0", tmp_path)
+    end = model_state(run.run_dir / "checkpoints" / f"step_{LORA_STEPS}", tmp_path)
+    adapters = sorted(name for name in start if name.endswith((".lora_a", ".lora_b")))
+    assert len(adapters) == N_LAYERS * 2 * 2  # q and v, A and B
+    frozen = [name for name in start if name not in adapters]
+    assert [name for name in frozen if not torch.equal(start[name], end[name])] == []
+    for name in adapters:
+        if name.endswith(".lora_b"):
+            assert torch.count_nonzero(start[name]) == 0 and torch.count_nonzero(end[name]) == end[name].numel()
+    assert all(not torch.equal(start[name], end[name]) for name in adapters)
+    assert run.column("weight_std/attn.q.lora_b/layer_00")[1] > 0  # B moves off zero on the first step
+    assert "weight_std/attn.v.lora_a/mean_over_layers" in run.metrics()[0]
+
+
+def test_lora_two_ranks_match_one_process(single, out):
+    """FSDP2 with frozen and trainable tensors in one group: the same losses on 2 ranks."""
+    two = run_torchrun(out, "lora_2rank", 2, LORA)
+    assert_close_series(two.column("loss/train"), single["lora"].column("loss/train"), REL_TOL_WORLD_SIZE, "loss")
+    assert_close_series(two.column("grad_norm"), single["lora"].column("grad_norm"), REL_TOL_WORLD_SIZE, "grad_norm")
 
 
 # ------------------------------------------------------------------------- 6-8. run dir and bad inputs
