@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.checkpoint.stateful import Stateful
 
-from components.build import build_model_and_init, model_args_from_config
+from components.build import build_model_and_init, freeze_all_but_adapters, model_args_from_config
 from components.checkpoint import Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, to_toml
 from components.data import TokenBatches, TokenDataset, ensure_dataset
@@ -80,8 +80,9 @@ class Trainer:
             "model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.scheduler,
             "data": self.train_batches, "train": self.state})
         self.n_params = count_params(self.model)
-        self.flops_per_token = flops_per_token(self.model_args, count_params(self.model, exclude_embeddings=True),
-                                               t.seq_len)
+        self.flops_per_token = flops_per_token(
+            self.model_args, count_params(self.model, exclude_embeddings=True), t.seq_len,
+            count_params(self.model, exclude_embeddings=True, trainable_only=True))
         self.peak_flops = peak_flops(env.device)
         self.weight_stats = WeightStats(self.model, grad_stats=cfg.metrics.log_grad_stats)
         # Compiled, the fp32 upcast of the [tokens, vocab] logits fuses into the loss kernels.
@@ -244,12 +245,17 @@ def dry_run(cfg: Config) -> None:
     args = model_args_from_config(cfg, tokenizer.n_vocab)
     with torch.device("meta"):
         model = build_model(args)
+    if cfg.training.trainable == "lora":
+        freeze_all_but_adapters(model)
     n_params, n_no_emb = count_params(model), count_params(model, exclude_embeddings=True)
+    n_trainable = count_params(model, exclude_embeddings=True, trainable_only=True)
     print(to_toml(cfg))
     print(f"# model: {args.family} {cfg.model.flavor}: L={args.n_layers} d={args.dim} heads={args.n_heads}/"
           f"{args.n_kv_heads} d_ff={args.ffn_dim} vocab={args.vocab_size}")
     print(f"# parameters: {n_params:,} ({n_no_emb:,} without embeddings)")
-    print(f"# training FLOPs/token: {flops_per_token(args, n_no_emb, cfg.training.seq_len):,}")
+    if n_trainable != n_no_emb:
+        print(f"# trainable: {n_trainable:,} parameters without embeddings (the rest frozen)")
+    print(f"# training FLOPs/token: {flops_per_token(args, n_no_emb, cfg.training.seq_len, n_trainable):,}")
 
 
 def run(cfg: Config) -> dict:

@@ -232,19 +232,27 @@ class BlockBase(nn.Module):
         init_module_params(self, f"layers.{self.layer_id}.", self.layer_id, init)
 
 
-def count_params(model: nn.Module, exclude_embeddings: bool = False) -> int:
-    """Number of parameters (tied tensors once); optionally without the embedding tables."""
+def count_params(model: nn.Module, exclude_embeddings: bool = False, trainable_only: bool = False) -> int:
+    """Number of parameters (tied tensors once); optionally without the embedding tables or frozen tensors."""
     total = 0
     for name, p in model.named_parameters():
         if exclude_embeddings and role_of(name) in ("tok_embedding", "pos_embedding"):
+            continue
+        if trainable_only and not p.requires_grad:
             continue
         total += p.numel()
     return total
 
 
-def flops_per_token(args: ModelArgs, n_params_no_emb: int, seq_len: int) -> int:
-    """Training FLOPs per token: 6N (matmuls fwd+bwd) + 12 L H Q T (attention scores/values)."""
-    return 6 * n_params_no_emb + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
+def flops_per_token(args: ModelArgs, n_params_no_emb: int, seq_len: int, n_trainable_no_emb: int | None = None) -> int:
+    """Training FLOPs per token: 6N matmul FLOPs + 12 L H Q T (attention scores/values, forward and backward).
+
+    6N = 2N forward + 2N for the input gradients + 2N for the weight gradients; frozen tensors
+    (LoRA fine-tuning) skip the last, so with N_t trainable it is 4N + 2N_t.
+    """
+    trainable = n_params_no_emb if n_trainable_no_emb is None else n_trainable_no_emb
+    matmuls = 4 * n_params_no_emb + 2 * trainable
+    return matmuls + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
 
 
 ActivationFn = Callable[[torch.Tensor], torch.Tensor]

@@ -464,6 +464,9 @@ def refused(single, out) -> dict:
         "short_corpus": run_args(base / "short_corpus", "r", *TINY, "--data.dataset", str(short_corpus)),
         "dry_run": run_args(base / "dry_run", "r", *TINY, "--model.ffn_dim", "256",
                             "--data.cache_dir", str(base / "dry_run_cache"), "--dry-run"),
+        "dry_run_lora": run_args(base / "dry_run_lora", "r", *TINY, "--model.ffn_dim", "256", "--model.lora_rank", "4",
+                                 "--training.trainable", "lora", "--data.cache_dir", str(base / "dry_run_cache"),
+                                 "--dry-run"),
         "help": ["--help"],
     }
     before = tree_state(out / "existing")
@@ -536,6 +539,18 @@ def test_dry_run_prints_parameter_count_and_flops_and_creates_nothing(refused):
     assert int(flops.group(1).replace(",", "")) == expected_flops
     assert not run.run_dir.parent.exists()
     assert not (run.run_dir.parent.parent / "dry_run_cache").exists()
+
+
+def test_dry_run_of_lora_counts_frozen_weights_without_weight_gradients(refused):
+    """Frozen tensors cost 4N (forward + input gradients), the rank-4 q/v adapters 6N: 4N + 2 N_trainable."""
+    plain, lora = refused["runs"]["dry_run"], refused["runs"]["dry_run_lora"]
+    assert lora.rc == 0, lora.stderr
+    head_dim = DIM // N_HEADS
+    adapters = N_LAYERS * (4 * (DIM + DIM) + 4 * (DIM + N_KV_HEADS * head_dim))  # q: 128 -> 128, v: 128 -> 64
+    no_emb = int(re.search(r"\(([\d,]+) without embeddings\)", plain.stdout).group(1).replace(",", "")) + adapters
+    assert f"# trainable: {adapters:,} parameters without embeddings" in lora.stdout
+    expected = 4 * no_emb + 2 * adapters + 12 * N_LAYERS * N_HEADS * head_dim * SEQ_LEN
+    assert re.search(r"# training FLOPs/token: ([\d,]+)", lora.stdout).group(1) == f"{expected:,}"
 
 
 def test_help_exits_zero_and_documents_every_section(refused):
