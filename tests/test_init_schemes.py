@@ -34,9 +34,9 @@ def debug_args(family: str):
     return make_model_args(family, "debug", VOCAB, SEQ)
 
 
-def build_and_init(family: str, opts: Init, seed: int = 0):
+def build_and_init(family: str, opts: Init, seed: int = 0, **overrides):
     """meta build -> to_empty -> init_weights, as training does (single process, unsharded)."""
-    args = debug_args(family)
+    args = make_model_args(family, "debug", VOCAB, SEQ, overrides)
     with torch.device("meta"):
         model = build_model(args)
     model.to_empty(device="cpu")
@@ -389,23 +389,12 @@ ALL_TARGETS = {"llama": ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "
                "gpt2": ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.up", "mlp.out")}
 
 
-def adapted_model(family: str, opts: Init, seed: int = 0):
-    """The debug model with rank-8 adapters on every projection, initialized (meta -> to_empty -> init)."""
-    args = make_model_args(family, "debug", VOCAB, SEQ, {"lora_rank": LORA_RANK, "lora_targets": ALL_TARGETS[family]})
-    with torch.device("meta"):
-        model = build_model(args)
-    model.to_empty(device="cpu")
-    initializer = WeightInitializer(opts, args, seed)
-    model.init_weights(initializer, buffer_device=torch.device("cpu"))
-    return model, initializer
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("a_init, b_init", [("kaiming_uniform", "zeros"), ("gaussian", "gaussian")])
 def test_adapter_std_is_the_formula_whatever_the_scheme(family, a_init, b_init):
     """A: U(+-1/sqrt(fan_in)) (std 1/sqrt(3 fan_in)) or N(0, 1/r); B: 0 or N(0, 1/r); base weights untouched."""
     opts = Init(scheme="mitchell", lora_a_init=a_init, lora_b_init=b_init)
-    model, initializer = adapted_model(family, opts)
+    model, initializer = build_and_init(family, opts, lora_rank=LORA_RANK, lora_targets=ALL_TARGETS[family])
     plain, _ = build_and_init(family, Init(scheme="mitchell"))
     fan_in = {"attn.out": D, "mlp.out": D_FF[family]}
     adapters = {n: p for n, p in model.named_parameters() if n.endswith((".lora_a", ".lora_b"))}
