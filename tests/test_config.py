@@ -46,6 +46,12 @@ def test_cli_parsing_of_types():
     assert flags == {"dry-run"}
 
 
+def test_cli_string_lists_accept_brackets_and_quotes():
+    for spelled in ("attn.q,mlp.out", "[attn.q, mlp.out]", '["attn.q", "mlp.out"]'):
+        cfg, _ = load_config(["--model.lora_targets", spelled])
+        assert cfg.model.lora_targets == ["attn.q", "mlp.out"], spelled
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--training.stepz", "3"], "unknown key training.stepz (command line); did you mean 'steps'?"),
     (["--trainin.steps", "3"], "unknown config section [trainin] (command line); did you mean 'training'?"),
@@ -57,6 +63,13 @@ def test_cli_parsing_of_types():
     (["--init.scale_all_projections", "maybe"], "init.scale_all_projections must be true or false; got 'maybe'"),
     (["--config", "/nonexistent/x.toml"], "config file not found: /nonexistent/x.toml"),
     (["positional"], "unexpected argument 'positional'"),
+    (["--model.lora_targets", "attn.q,attn.qq"], "model.lora_targets: 'attn.qq' is not a projection role; "
+                                                 "did you mean 'attn.q'?"),
+    (["--training.trainable", "lora"], "training.trainable = 'lora' but the model has no adapters; "
+                                       "set model.lora_rank > 0"),
+    (["--model.lora_rank", "-2"], "model.lora_rank must be >= 0 (0 = no adapters); got -2"),
+    (["--init.lora_b_init", "ones"], "init.lora_b_init = 'ones' is not allowed"),
+    (["--model.rope_scaling_factor", "0.5"], "model.rope_scaling_factor must be >= 1 (1 = no scaling); got 0.5"),
 ])
 def test_bad_inputs_give_one_line_errors(argv, message):
     with pytest.raises(ConfigError) as err:

@@ -187,6 +187,8 @@ def test_flavor_shapes_and_gpt2_param_count():
     ("gpt2", {"dim": 130}, "model.dim"),
     ("llama", {"n_kv_heads": 3}, "model.n_kv_heads"),
     ("llama", {"dim": 20, "n_heads": 4}, "head_dim"),
+    ("llama", {"rope_scaling_factor": 8.0, "rope_high_freq_factor": 1.0}, "model.rope_high_freq_factor = 1.0 must exceed"),
+    ("gpt2", {"lora_rank": 2, "lora_targets": ("mlp.gate",)}, "model.lora_targets includes 'mlp.gate'"),
 ])
 def test_bad_shapes_raise_one_line_value_error(family, overrides, culprit):
     with pytest.raises(ValueError) as err:
@@ -250,8 +252,3 @@ def test_adapters_sit_on_the_target_roles_only(family, targets, roles, added):
         plain = build_model(make_model_args(family, "debug", VOCAB, SEQ))
     assert sorted({role_of(n) for n, _ in model.named_parameters() if "lora" in n}) == roles
     assert count_params(model) - count_params(plain) == added
-
-
-def test_gpt2_has_no_gate_to_adapt():
-    with pytest.raises(ValueError, match="lora_targets includes 'mlp.gate', which the gpt2 family does not have"):
-        make_model_args("gpt2", "debug", VOCAB, SEQ, {"lora_rank": 2, "lora_targets": ("mlp.gate",)})
