@@ -89,7 +89,7 @@ class Model:
     """GPT-2: share the token embedding with the LM head (true/false)."""
 
 
-# Projection roles that can carry LoRA adapters (models.common.ADAPTABLE_ROLES; config stays torch-free).
+# Projection roles that can carry LoRA adapters (models.common.projection; config stays torch-free).
 ADAPTABLE_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
 
 SCHEME_NAMES = (

@@ -40,9 +40,8 @@ def make_model_args(family: str, flavor: str, vocab_size: int, max_seq_len: int,
         raise ValueError(f"model.n_heads = {args.n_heads} is not divisible by model.n_kv_heads = {args.n_kv_heads}")
     if family == "llama" and args.head_dim % 2:
         raise ValueError(f"llama head_dim = dim/n_heads = {args.head_dim} must be even for RoPE")
-    missing = [t for t in args.lora_targets if family == "gpt2" and t == "mlp.gate"]
-    if args.lora_rank > 0 and missing:
-        raise ValueError(f"model.lora_targets includes {missing[0]!r}, which the gpt2 family does not have "
+    if args.lora_rank > 0 and family == "gpt2" and "mlp.gate" in args.lora_targets:
+        raise ValueError("model.lora_targets includes 'mlp.gate', which the gpt2 family does not have "
                          "(its MLP is up/out); drop it from lora_targets")
     if args.rope_scaling_factor != 1.0 and args.rope_high_freq_factor <= args.rope_low_freq_factor:
         raise ValueError(f"model.rope_high_freq_factor = {args.rope_high_freq_factor} must exceed "

@@ -53,8 +53,6 @@ class ModelArgs:
         return self.dim // self.n_heads
 
 
-# Projections that can carry a LoRA adapter (roles of DESIGN.md §4).
-ADAPTABLE_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
 
 
