@@ -49,6 +49,7 @@ from init_schemes.apply import local_rows
 from models.common import canonical_name, is_adapter, role_of
 
 STEP_DIR = re.compile(r"step_(\d+)")
+HUB_PREFIX = "hf://"  # init.from_checkpoint = "hf://owner/name[@revision]": a Hugging Face hub model
 PARTIAL_DIR = re.compile(r"\.(tmp|del)_step_\d+")
 MODEL_KEY = "model"
 
@@ -353,13 +354,20 @@ class Checkpointer:
 def load_initial_weights(model: nn.Module, path: str | Path, env: DistEnv) -> dict:
     """Replace the scheme's initial weights by those of ``path`` where names match (``init.from_checkpoint``).
 
-    ``path`` is a ``step_<N>`` DCP directory (model weights only) or a ``.safetensors`` file / a
-    directory of them (Hugging Face GPT-2/Llama or initlab names, converted by hf_convert).
-    Tensors absent from the source keep the scheme's init; embedding/LM-head rows beyond the
-    source's vocabulary are set to the mean of its rows. Returns a report (also printed by rank 0):
+    ``path`` is a ``step_<N>`` DCP directory (model weights only), a ``.safetensors`` file / a
+    directory of them (Hugging Face GPT-2/Llama or initlab names, converted by hf_convert), or a
+    hub model ``hf://owner/name[@revision]``. Tensors absent from the source keep the scheme's
+    init; embedding/LM-head rows beyond the source's vocabulary are set to the mean of its rows.
+    Returns a report (also printed by rank 0):
     ``{"source", "format", "loaded", "kept_init", "resized", "unused"}``.
     """
-    source = Path(path)
+    if str(path).startswith(HUB_PREFIX):
+        if env.is_main:  # one download into the HF cache; the other ranks then find it there
+            hub_snapshot(str(path))
+        barrier()
+        source = hub_snapshot(str(path))
+    else:
+        source = Path(path)
     if not source.exists():
         raise FileNotFoundError(f"init.from_checkpoint = {str(path)!r} does not exist; give a step_<N> checkpoint "
                                 "directory, a .safetensors file or a Hugging Face model directory")
@@ -370,6 +378,20 @@ def load_initial_weights(model: nn.Module, path: str | Path, env: DistEnv) -> di
     if env.is_main:
         print(describe_initial_load(report), flush=True)
     return report
+
+
+def hub_snapshot(source: str) -> Path:
+    """The local directory of hub model ``hf://owner/name[@revision]``: its safetensors and config.json,
+    downloaded once into the Hugging Face cache (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` uses only the cache)."""
+    repo_id, _, revision = source.removeprefix(HUB_PREFIX).partition("@")
+    from huggingface_hub import snapshot_download  # imported here: only hub sources need it
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None,
+                                      allow_patterns=["*.safetensors", "config.json"]))
+    except Exception as err:
+        raise FileNotFoundError(f"init.from_checkpoint = {source!r}: cannot get {repo_id} from the Hugging Face hub "
+                                f"({_one_line(err)}); download it and give its local directory") from None
 
 
 def describe_initial_load(report: Mapping) -> str:

@@ -308,3 +308,33 @@ def test_from_checkpoint_rejects_a_config_the_model_does_not_match(tmp_path, mod
     with pytest.raises(ValueError, match=message):
         load_initial_weights(model, source, SimpleNamespace(is_main=False))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "nothing loaded before the error"
+
+
+def hub_cache(root: Path, repo_id: str, files: Path) -> Path:
+    """A Hugging Face hub cache holding ``repo_id`` at one commit (the layout huggingface_hub writes)."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / "0123456789abcdef"
+    shutil.copytree(files, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    return root
+
+
+def test_from_checkpoint_takes_a_hub_model_from_the_cache(tmp_path, monkeypatch):
+    """hf://owner/name resolves through huggingface_hub (offline here: the cache is the hub)."""
+    source, base = hf_dir(tmp_path, FAMILY_ARGS["llama"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache(tmp_path / "hub", "initlab-tests/tiny-llama", source)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model, _ = plain_model(FAMILY_ARGS["llama"])
+    quiet = SimpleNamespace(is_main=False)
+    report = load_initial_weights(model, "hf://initlab-tests/tiny-llama", quiet)
+    assert report["kept_init"] == [] and report["source"].endswith("snapshots/0123456789abcdef")
+    with torch.no_grad():
+        assert torch.equal(model(TOKENS), base(TOKENS))
+    with pytest.raises(FileNotFoundError, match=r"init.from_checkpoint = 'hf://initlab-tests/absent': cannot get "
+                                                r"initlab-tests/absent from the Hugging Face hub \("):
+        load_initial_weights(model, "hf://initlab-tests/absent", quiet)
