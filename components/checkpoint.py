@@ -417,6 +417,11 @@ def _load_dcp_weights(model: nn.Module, source: Path) -> dict:
     check_model_shapes({name: tuple(t.shape) for name, t in model_state.items()}, metadata, source,
                        allow_missing=True)
     saved = saved_model_shapes(metadata)
+    dropped_adapters = [name for name in saved if is_adapter(name) and name not in model_state]
+    if dropped_adapters:  # loading only the base weights would silently undo the fine-tuning
+        raise ValueError(f"{source} holds LoRA adapters the model lacks ({dropped_adapters[0]}, ...); merge them "
+                         f"with scripts/export.py and start from the export, or set model.lora_rank and lora_targets "
+                         "as in that run")
     present = {name: t for name, t in model_state.items() if name in saved}
     try:
         dcp.load({MODEL_KEY: present}, checkpoint_id=str(source))

@@ -462,6 +462,8 @@ def refused(single, out) -> dict:
         "bad_tokenizer": run_args(base / "bad_tokenizer", "r", *TINY, "--tokenizer.name", "/nonexistent.tiktoken"),
         "bad_data": run_args(base / "bad_data", "r", *TINY, "--data.dataset", str(out / "no_such_dataset")),
         "short_corpus": run_args(base / "short_corpus", "r", *TINY, "--data.dataset", str(short_corpus)),
+        "adapters_dropped": run_args(base / "adapters_dropped", "r", *TINY, "--init.from_checkpoint",
+                                     str(out / "lora" / "checkpoints" / f"step_{LORA_STEPS}")),
         "dry_run": run_args(base / "dry_run", "r", *TINY, "--model.ffn_dim", "256",
                             "--data.cache_dir", str(base / "dry_run_cache"), "--dry-run"),
         "dry_run_lora": run_args(base / "dry_run_lora", "r", *TINY, "--model.ffn_dim", "256", "--model.lora_rank", "4",
@@ -498,6 +500,7 @@ def test_resume_of_missing_run_dir_is_refused_and_creates_nothing(refused):
     ("bad_tokenizer", "/nonexistent.tiktoken"),
     ("bad_data", "no_such_dataset"),
     ("short_corpus", "fewer than one sequence"),
+    ("adapters_dropped", "holds LoRA adapters the model lacks (layers.0.attn.q.lora_a, ...); merge them"),
 ])
 def test_bad_input_gives_one_line_error_and_touches_nothing(case, culprit, refused):
     """Exit 2, one 'error:' line naming the culprit, and the (absent) output dir is still absent."""
