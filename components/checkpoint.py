@@ -23,7 +23,7 @@ import os
 import pickle
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -362,10 +362,10 @@ def load_initial_weights(model: nn.Module, path: str | Path, env: DistEnv) -> di
     ``{"source", "format", "loaded", "kept_init", "resized", "unused"}``.
     """
     if str(path).startswith(HUB_PREFIX):
-        if env.is_main:  # one download into the HF cache; the other ranks then find it there
+        if env.local_rank == 0:  # one download per node into its HF cache; its other ranks read that copy
             hub_snapshot(str(path))
         barrier()
-        source = hub_snapshot(str(path))
+        source = hub_snapshot(str(path), cached_only=True)
     else:
         source = Path(path)
     if not source.exists():
@@ -380,15 +380,17 @@ def load_initial_weights(model: nn.Module, path: str | Path, env: DistEnv) -> di
     return report
 
 
-def hub_snapshot(source: str) -> Path:
+def hub_snapshot(source: str, cached_only: bool = False) -> Path:
     """The local directory of hub model ``hf://owner/name[@revision]``: its safetensors and config.json,
-    downloaded once into the Hugging Face cache (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` uses only the cache)."""
+    downloaded into the Hugging Face cache (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` or ``cached_only`` reads
+    only the cache). Mistral-style ``consolidated*.safetensors`` duplicates are skipped."""
     repo_id, _, revision = source.removeprefix(HUB_PREFIX).partition("@")
     from huggingface_hub import snapshot_download  # imported here: only hub sources need it
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision or None,
-                                      allow_patterns=["*.safetensors", "config.json"]))
+        return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=cached_only,
+                                      allow_patterns=["*.safetensors", "config.json"],
+                                      ignore_patterns=["consolidated*"]))
     except Exception as err:
         raise FileNotFoundError(f"init.from_checkpoint = {source!r}: cannot get {repo_id} from the Hugging Face hub "
                                 f"({_one_line(err)}); download it and give its local directory") from None
@@ -417,11 +419,7 @@ def _load_dcp_weights(model: nn.Module, source: Path) -> dict:
     check_model_shapes({name: tuple(t.shape) for name, t in model_state.items()}, metadata, source,
                        allow_missing=True)
     saved = saved_model_shapes(metadata)
-    dropped_adapters = [name for name in saved if is_adapter(name) and name not in model_state]
-    if dropped_adapters:  # loading only the base weights would silently undo the fine-tuning
-        raise ValueError(f"{source} holds LoRA adapters the model lacks ({dropped_adapters[0]}, ...); merge them "
-                         f"with scripts/export.py and start from the export, or set model.lora_rank and lora_targets "
-                         "as in that run")
+    refuse_dropped_adapters(saved, model_state, source)
     present = {name: t for name, t in model_state.items() if name in saved}
     try:
         dcp.load({MODEL_KEY: present}, checkpoint_id=str(source))
@@ -431,6 +429,15 @@ def _load_dcp_weights(model: nn.Module, source: Path) -> dict:
     return {"source": str(source), "format": "dcp", "loaded": list(present),
             "kept_init": [name for name in model_state if name not in saved], "resized": {},
             "unused": [f"{MODEL_KEY}.{name}" for name in saved if name not in model_state]}
+
+
+def refuse_dropped_adapters(source_names: Iterable[str], model_names: Container[str], source: Path) -> None:
+    """A source with LoRA adapters the model lacks: loading its base weights alone would undo the fine-tuning."""
+    dropped = [name for name in source_names if is_adapter(name) and name not in model_names]
+    if dropped:
+        raise ValueError(f"{source} holds LoRA adapters the model lacks ({dropped[0]}, ...); merge them with "
+                         "scripts/export.py and start from the export, or set model.lora_rank and lora_targets "
+                         "as in that run")
 
 
 def _safetensors_files(source: Path) -> tuple[list[Path], dict]:
@@ -478,6 +485,8 @@ def _load_safetensors_weights(model: nn.Module, source: Path) -> dict:
                          "or choose another init.from_checkpoint")
     if config:
         hf_convert.check_hf_architecture(config, args, source)
+    if fmt == "initlab":
+        refuse_dropped_adapters(index, {canonical_name(n) for n, _ in model.named_parameters()}, source)
     report = {"source": str(source), "format": fmt, "loaded": [], "kept_init": [], "resized": {}, "unused": []}
     used: set[str] = set()
     for raw_name, param in model.named_parameters():

@@ -242,16 +242,38 @@ def _hf_rope_type(config: Mapping) -> str:
     return entries.get("rope_type", entries.get("type", "default"))  # older configs spell it "type"
 
 
+# HF config key -> (initlab model field, transformers' default when the key is absent).
+_HF_ARCHITECTURE_KEYS = {
+    "gpt2": {"n_head": ("n_heads", 12), "layer_norm_epsilon": ("norm_eps", 1e-5)},
+    "llama": {"num_attention_heads": ("n_heads", 32), "num_key_value_heads": ("n_kv_heads", None),
+              "rms_norm_eps": ("norm_eps", 1e-6)},
+}
+# HF config key -> (the values initlab's network computes, what else would differ): checked when present.
+_HF_SAME_NETWORK = {
+    "gpt2": {"activation_function": (("gelu_new", "gelu_pytorch_tanh"), "MLP activation"),
+             "scale_attn_weights": ((True,), "attention scaling"),
+             "scale_attn_by_inverse_layer_idx": ((False,), "attention scaling")},
+    "llama": {"hidden_act": (("silu", "swish"), "MLP activation"), "attention_bias": ((False,), "attention biases"),
+              "mlp_bias": ((False,), "MLP biases")},
+}
+
+
 def _hf_architecture(config: Mapping) -> dict[str, tuple[str, object]]:
-    """{initlab model field: (HF key, value)} for what tensor shapes cannot reveal: heads, norms, RoPE."""
-    keys = ({"n_heads": "n_head", "norm_eps": "layer_norm_epsilon"} if config.get("model_type") == "gpt2" else
-            {"n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "norm_eps": "rms_norm_eps"})
-    found = {field: (key, config[key]) for field, key in keys.items() if config.get(key) is not None}
-    if config.get("model_type") != "gpt2":
+    """{initlab model field: (HF key, value)} for what tensor shapes cannot reveal: heads, norms, RoPE.
+
+    Absent keys take transformers' defaults (e.g. rms_norm_eps 1e-6, rope_theta 10000), as loading would.
+    """
+    family = "gpt2" if config.get("model_type") == "gpt2" else "llama"
+    found = {}
+    for key, (field, default) in _HF_ARCHITECTURE_KEYS[family].items():
+        value = default if config.get(key) is None else config[key]
+        if key == "num_key_value_heads" and value is None:
+            value = config.get("num_attention_heads", 32)  # no GQA: as many KV heads as heads
+        found[field] = (key, value)
+    if family == "llama":
         rope = _hf_rope_entries(config)
         theta = rope.get("rope_theta", config.get("rope_theta"))
-        if theta is not None:
-            found["rope_theta"] = ("rope_theta", theta)
+        found["rope_theta"] = ("rope_theta", 10000.0 if theta is None else theta)
         scaled = _hf_rope_type(config) == "llama3"
         found["rope_scaling_factor"] = ("rope_scaling.factor", rope["factor"] if scaled else 1.0)
         if scaled:
@@ -273,6 +295,11 @@ def check_hf_architecture(config: Mapping, args: ModelArgs, source: object) -> N
     if rope_type not in ("default", "llama3"):
         raise ValueError(f"{source}: config.json uses RoPE type {rope_type!r}; initlab implements 'default' and "
                          "'llama3' only: convert the checkpoint or drop init.from_checkpoint")
+    family = "gpt2" if config.get("model_type") == "gpt2" else "llama"
+    for key, (supported, what) in _HF_SAME_NETWORK[family].items():
+        if key in config and config[key] not in supported:
+            raise ValueError(f"{source}: config.json has {key} = {config[key]!r} ({what}); initlab's {family} has "
+                             f"{key} = {supported[0]!r} only: choose another init.from_checkpoint")
     for field, (key, theirs) in _hf_architecture(config).items():
         ours = getattr(args, field)
         if not math.isclose(float(theirs), float(ours), rel_tol=1e-6):

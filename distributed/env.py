@@ -87,6 +87,7 @@ def init_distributed(device_type: str, replicate: int = 1, shard: int = -1,
 
 # How long a failing rank waits for its peers before tearing down alone.
 FAILED_TEARDOWN_WAIT_S = 10.0
+_sessions_opened = 0  # every rank opens the same sessions in the same order: a common store-key namespace
 
 
 @contextlib.contextmanager
@@ -102,26 +103,29 @@ def distributed_session(device_type: str, replicate: int = 1, shard: int = -1,
     through the rendezvous store instead, for at most ``FAILED_TEARDOWN_WAIT_S``; a rank whose peers
     do not come tears down alone and torchrun stops the rest.
     """
-    env = init_distributed(device_type, replicate, shard, timeout_s)
+    global _sessions_opened
+    _sessions_opened += 1
+    session = _sessions_opened
     try:
+        env = init_distributed(device_type, replicate, shard, timeout_s)
         yield env
     except BaseException:
         if dist.is_initialized():
-            _wait_for_failed_peers()
+            _wait_for_failed_peers(f"initlab/session_{session}")
             dist.destroy_process_group()
         raise
     dist.barrier()
     dist.destroy_process_group()
 
 
-def _wait_for_failed_peers() -> None:
-    store = dist.distributed_c10d._get_default_store()  # no collective: a peer may be stuck inside one
-    if store.add("initlab/failed_ranks", 1) == dist.get_world_size():
-        store.set("initlab/all_failed", "1")
+def _wait_for_failed_peers(namespace: str) -> None:
     try:
-        store.wait(["initlab/all_failed"], datetime.timedelta(seconds=FAILED_TEARDOWN_WAIT_S))
-    except RuntimeError:  # DistStoreError on timeout: some peer did not fail, torchrun will stop it
-        pass
+        store = dist.distributed_c10d._get_default_store()  # no collective: a peer may be stuck inside one
+        if store.add(f"{namespace}/failed_ranks", 1) == dist.get_world_size():
+            store.set(f"{namespace}/all_failed", "1")
+        store.wait([f"{namespace}/all_failed"], datetime.timedelta(seconds=FAILED_TEARDOWN_WAIT_S))
+    except RuntimeError:  # a timeout (some peer did not fail: torchrun stops it) or a store already gone
+        pass  # the error being raised is the one to report
 
 
 def barrier() -> None:

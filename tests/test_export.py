@@ -300,6 +300,12 @@ def test_from_checkpoint_reads_a_hub_style_llama32_config(tmp_path):
     ([*LLAMA32_ROPE, "--model.n_heads", "8", "--model.n_kv_heads", "4"], {},
      r"num_attention_heads = 4 but model.n_heads = 8; set --model.n_heads 4"),
     (LLAMA32_ROPE, {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, r"RoPE type 'yarn'"),
+    # Absent keys mean transformers' defaults: rope_theta 10000, rms_norm_eps 1e-6.
+    (LLAMA32_ROPE, {"rope_theta": None, "rope_parameters": None, "rope_scaling": None},
+     r"rope_theta = 10000.0 but model.rope_theta = 500000.0"),
+    (LLAMA32_ROPE, {"rms_norm_eps": None}, r"rms_norm_eps = 1e-06 but model.norm_eps = 1e-05"),
+    (LLAMA32_ROPE, {"attention_bias": True}, r"attention_bias = True \(attention biases\); initlab's llama has attention_bias = False only"),
+    (LLAMA32_ROPE, {"hidden_act": "gelu"}, r"hidden_act = 'gelu' \(MLP activation\)"),
 ])
 def test_from_checkpoint_rejects_a_config_the_model_does_not_match(tmp_path, model_argv, config_edits, message):
     source, _ = hf_dir(tmp_path, [*FAMILY_ARGS["llama"], *LLAMA32_ROPE], config_edits)
@@ -330,7 +336,7 @@ def test_from_checkpoint_takes_a_hub_model_from_the_cache(tmp_path, monkeypatch)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     model, _ = plain_model(FAMILY_ARGS["llama"])
-    quiet = SimpleNamespace(is_main=False)
+    quiet = SimpleNamespace(is_main=False, local_rank=0)
     report = load_initial_weights(model, "hf://initlab-tests/tiny-llama", quiet)
     assert report["kept_init"] == [] and report["source"].endswith("snapshots/0123456789abcdef")
     with torch.no_grad():
@@ -338,3 +344,28 @@ def test_from_checkpoint_takes_a_hub_model_from_the_cache(tmp_path, monkeypatch)
     with pytest.raises(FileNotFoundError, match=r"init.from_checkpoint = 'hf://initlab-tests/absent': cannot get "
                                                 r"initlab-tests/absent from the Hugging Face hub \("):
         load_initial_weights(model, "hf://initlab-tests/absent", quiet)
+
+
+def test_from_checkpoint_refuses_to_drop_adapters_of_an_initlab_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    adapted, _ = plain_model([*FAMILY_ARGS["gpt2"], "--model.lora_rank", "2", "--init.lora_b_init", "gaussian"])
+    save_file({canonical_name(k): v.contiguous() for k, v in adapted.state_dict().items()},
+              str(tmp_path / "adapted.safetensors"))
+    model, _ = plain_model(FAMILY_ARGS["gpt2"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"holds LoRA adapters the model lacks \(layers\.0\.attn\.q\.lora_a, \.\.\.\)"):
+        load_initial_weights(model, tmp_path / "adapted.safetensors", SimpleNamespace(is_main=False))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"activation_function": "relu"}, r"activation_function = 'relu' \(MLP activation\)"),
+    ({"scale_attn_by_inverse_layer_idx": True}, r"scale_attn_by_inverse_layer_idx = True \(attention scaling\)"),
+    ({"n_head": 8}, r"n_head = 8 but model.n_heads = 4; set --model.n_heads 8"),
+])
+def test_from_checkpoint_rejects_a_gpt2_config_with_another_network(tmp_path, edit, message):
+    source, _ = hf_dir(tmp_path, FAMILY_ARGS["gpt2"], edit)
+    model, _ = plain_model(FAMILY_ARGS["gpt2"])
+    with pytest.raises(ValueError, match=message):
+        load_initial_weights(model, source, SimpleNamespace(is_main=False))
