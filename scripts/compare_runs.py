@@ -218,6 +218,8 @@ def plot_final_layer_std(runs: list[RunData], path: Path, title: str) -> bool:
               "skipping final_layer_std.png", file=sys.stderr)
         return False
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     ncols = min(3, len(roles))
     nrows = math.ceil(len(roles) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.5 * nrows), squeeze=False)
@@ -228,12 +230,13 @@ def plot_final_layer_std(runs: list[RunData], path: Path, title: str) -> bool:
                 ax.plot(layers, [final[role][layer] for layer in layers], marker="o", markersize=3,
                         color=f"C{index % 10}", label=run.name)
         ax.set(title=role, xlabel="layer", ylabel="weight std")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(roles):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize="small")
     fig.suptitle(f"{title}: final per-layer weight std")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # keep 0.5 inch for the title
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
