@@ -291,11 +291,15 @@ def check_hf_architecture(config: Mapping, args: ModelArgs, source: object) -> N
     RoPE scaling gives tensors of the right shapes and silently wrong logits; the layer count and
     widths need no check here (new layers keep the scheme's init; shape mismatches are caught per tensor).
     """
+    model_type = config.get("model_type", args.family)
+    if model_type != args.family:  # e.g. qwen2 (q/k/v biases) or mistral (sliding windows) under "model.*" names
+        raise ValueError(f"{source}: config.json has model_type = {model_type!r} but the model is {args.family}; "
+                         "initlab loads Hugging Face gpt2 and llama checkpoints only")
     rope_type = _hf_rope_type(config)
     if rope_type not in ("default", "llama3"):
         raise ValueError(f"{source}: config.json uses RoPE type {rope_type!r}; initlab implements 'default' and "
                          "'llama3' only: convert the checkpoint or drop init.from_checkpoint")
-    family = "gpt2" if config.get("model_type") == "gpt2" else "llama"
+    family = args.family
     for key, (supported, what) in _HF_SAME_NETWORK[family].items():
         if key in config and config[key] not in supported:
             raise ValueError(f"{source}: config.json has {key} = {config[key]!r} ({what}); initlab's {family} has "

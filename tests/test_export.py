@@ -306,6 +306,7 @@ def test_from_checkpoint_reads_a_hub_style_llama32_config(tmp_path):
     (LLAMA32_ROPE, {"rms_norm_eps": None}, r"rms_norm_eps = 1e-06 but model.norm_eps = 1e-05"),
     (LLAMA32_ROPE, {"attention_bias": True}, r"attention_bias = True \(attention biases\); initlab's llama has attention_bias = False only"),
     (LLAMA32_ROPE, {"hidden_act": "gelu"}, r"hidden_act = 'gelu' \(MLP activation\)"),
+    (LLAMA32_ROPE, {"model_type": "qwen2"}, r"model_type = 'qwen2' but the model is llama; initlab loads"),
 ])
 def test_from_checkpoint_rejects_a_config_the_model_does_not_match(tmp_path, model_argv, config_edits, message):
     source, _ = hf_dir(tmp_path, [*FAMILY_ARGS["llama"], *LLAMA32_ROPE], config_edits)
