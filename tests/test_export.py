@@ -37,9 +37,15 @@ FAMILY_ARGS = {
 }
 
 
+# The trained runs: each family, plus a Llama with Llama 3 RoPE scaling and non-zero LoRA adapters
+# (all parameters trained), whose export must merge the adapters and carry the scaling.
+RUN_ARGS = {**FAMILY_ARGS, "llama_lora_rope": [*FAMILY_ARGS["llama"], *LLAMA32_ROPE, "--model.lora_rank", "4",
+                                               "--init.lora_b_init", "gaussian"]}
+
+
 def train_args(output_dir: Path, family: str) -> list[str]:
     """3 steps, one process, a checkpoint at the last step."""
-    return [*FAMILY_ARGS[family], "--model.flavor", "debug", "--tokenizer.max_vocab", "512", "--training.steps", "3",
+    return [*RUN_ARGS[family], "--model.flavor", "debug", "--tokenizer.max_vocab", "512", "--training.steps", "3",
             "--training.seq_len", "32", "--training.global_batch_size", "2", "--lr_scheduler.warmup_steps", "1",
             "--optimizer.lr", "0.01", "--job.output_dir", str(output_dir), "--job.run_name", family,
             "--checkpoint.enable", "true", "--checkpoint.interval", "3", "--metrics.log_freq", "3",
@@ -48,13 +54,13 @@ def train_args(output_dir: Path, family: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A trained 3-step run per family (one interpreter for both), each with checkpoints/step_3."""
+    """A trained 3-step run per RUN_ARGS entry (one interpreter for all), each with checkpoints/step_3."""
     out = tmp_path_factory.mktemp("runs")
-    proc = python(["tests/train_main_worker.py", json.dumps([{"argv": train_args(out, f)} for f in FAMILY_ARGS])])
+    proc = python(["tests/train_main_worker.py", json.dumps([{"argv": train_args(out, f)} for f in RUN_ARGS])])
     results = [json.loads(line.removeprefix("RESULT ")) for line in proc.stdout.splitlines()
                if line.startswith("RESULT ")]
-    assert [r["rc"] for r in results] == [0, 0], results
-    return {family: out / family for family in FAMILY_ARGS}
+    assert [r["rc"] for r in results] == [0] * len(RUN_ARGS), results
+    return {family: out / family for family in RUN_ARGS}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +95,7 @@ TOKENS = torch.randint(0, 500, (2, 16), generator=torch.Generator().manual_seed(
 
 
 # ------------------------------------------------------------------------------ export
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", list(RUN_ARGS))
 def test_exported_model_loads_in_transformers_with_equal_logits(runs, exports, family, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ours = initlab_model_from_checkpoint(runs[family])
