@@ -19,7 +19,8 @@ from models.common import ModelArgs, is_adapter
 
 SHAPE_FIELDS = ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "multiple_of", "ffn_dim_multiplier",
                 "norm_eps", "rope_theta", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
-                "rope_original_max_seq_len", "lora_rank", "lora_alpha", "lora_targets", "bias", "tie_embeddings")
+                "rope_original_max_seq_len", "lora_rank", "lora_alpha", "lora_targets", "lora_rank_stabilized", "bias",
+                "tie_embeddings")
 
 
 def model_args_from_config(cfg: Config, tokenizer_vocab: int) -> ModelArgs:

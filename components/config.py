@@ -83,6 +83,8 @@ class Model:
     """LoRA: the adapter output is scaled by lora_alpha / lora_rank (ratio numerator); omit = lora_rank (scale 1)."""
     lora_targets: list[str] = field(default_factory=lambda: ["attn.q", "attn.v"])
     """LoRA: projection roles that get adapters (attn.q/k/v/out, mlp.gate/up/out); default q and v as in the LoRA paper."""
+    lora_rank_stabilized: bool = False
+    """LoRA: scale the adapter output by lora_alpha / sqrt(lora_rank) (rsLoRA) instead of lora_alpha / lora_rank."""
     bias: bool | None = None
     """GPT-2: biases in linear layers and LayerNorms (true/false)."""
     tie_embeddings: bool | None = None

@@ -132,15 +132,14 @@ def _to_hf_layout(tensor: torch.Tensor, link: Link) -> torch.Tensor:
 
 
 def merge_adapters(state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
-    """State without LoRA matrices: each adapted weight W [out, in] becomes W + (alpha / r) B A."""
-    scale = (args.lora_rank if args.lora_alpha is None else args.lora_alpha) / max(args.lora_rank, 1)
+    """State without LoRA matrices: each adapted weight W [out, in] becomes W + s B A (s = args.lora_scale)."""
     merged = {name: tensor for name, tensor in state.items() if not is_adapter(name)}
     for name in state:
         if name.endswith(".lora_a"):
             base = name.removesuffix(".lora_a")
             a, b = state[name].double(), state[f"{base}.lora_b"].double()  # [r, in], [out, r]
             weight = merged[f"{base}.weight"]
-            merged[f"{base}.weight"] = (weight.double() + scale * (b @ a)).to(weight.dtype)
+            merged[f"{base}.weight"] = (weight.double() + args.lora_scale * (b @ a)).to(weight.dtype)
     return merged
 
 

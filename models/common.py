@@ -45,12 +45,20 @@ class ModelArgs:
     rope_original_max_seq_len: int = 8192
     # LoRA adapters on the projections named in lora_targets; rank 0 = none.
     lora_rank: int = 0
-    lora_alpha: float | None = None  # the adapter output is scaled by alpha / rank; None = rank (scale 1)
+    lora_alpha: float | None = None  # None = rank (alpha / rank = 1)
     lora_targets: tuple[str, ...] = ("attn.q", "attn.v")
+    lora_rank_stabilized: bool = False  # scale alpha / sqrt(rank) (rsLoRA) instead of alpha / rank
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def lora_scale(self) -> float:
+        """Factor on the adapter output: alpha / r (LoRA), or alpha / sqrt(r) (rsLoRA, Kalajdzievski 2023,
+        arXiv:2312.03732, which keeps the adapter's output variance from shrinking as r grows)."""
+        alpha = self.lora_rank if self.lora_alpha is None else self.lora_alpha
+        return alpha / (math.sqrt(self.lora_rank) if self.lora_rank_stabilized else self.lora_rank)
 
 
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
@@ -59,15 +67,16 @@ ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
 class LoRALinear(nn.Linear):
     """A linear layer plus a low-rank adapter (Hu et al. 2021, "LoRA", arXiv:2106.09685).
 
-    y = x W^T + b + (alpha / r) (x A^T) B^T, with A = ``lora_a`` [r, in] and B = ``lora_b`` [out, r].
-    Their roles are the projection's plus ``.lora_a`` / ``.lora_b`` (e.g. ``attn.q.lora_b``).
+    y = x W^T + b + s (x A^T) B^T, with A = ``lora_a`` [r, in], B = ``lora_b`` [out, r] and s =
+    ``ModelArgs.lora_scale``. Their roles are the projection's plus ``.lora_a`` / ``.lora_b``
+    (e.g. ``attn.q.lora_b``).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float):
+    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, scale: float):
         super().__init__(in_features, out_features, bias=bias)
         self.lora_a = nn.Parameter(torch.empty(rank, in_features))
         self.lora_b = nn.Parameter(torch.empty(out_features, rank))
-        self.lora_scale = alpha / rank
+        self.lora_scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low_rank = F.linear(x, self.lora_a)  # [..., r]
@@ -77,8 +86,7 @@ class LoRALinear(nn.Linear):
 def projection(role: str, in_features: int, out_features: int, bias: bool, args: ModelArgs) -> nn.Linear:
     """The linear layer of ``role``: a LoRALinear when the model has adapters on that role."""
     if args.lora_rank > 0 and role in args.lora_targets:
-        alpha = args.lora_rank if args.lora_alpha is None else args.lora_alpha
-        return LoRALinear(in_features, out_features, bias, args.lora_rank, alpha)
+        return LoRALinear(in_features, out_features, bias, args.lora_rank, args.lora_scale)
     return nn.Linear(in_features, out_features, bias=bias)
 
 

@@ -252,13 +252,16 @@ def hf_dir(tmp_path: Path, argv: list[str], config_edits: dict | None = None) ->
     return source, model
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_adapters_merge_into_the_exported_weights(family):
-    """Non-zero adapters (B ~ N(0, 1/r)) on q, v and mlp.out, alpha / r = 2: transformers' logits equal initlab's."""
+@pytest.mark.parametrize("family, rank_stabilized", [("llama", "false"), ("gpt2", "false"), ("llama", "true")])
+def test_adapters_merge_into_the_exported_weights(family, rank_stabilized):
+    """Non-zero adapters (B ~ N(0, 1/r)) on q, v and mlp.out, alpha / r = 2 (rsLoRA: alpha / sqrt(r) = 4):
+    transformers' logits equal initlab's."""
     import transformers
 
     model, args = plain_model([*FAMILY_ARGS[family], "--model.lora_rank", "4", "--model.lora_alpha", "8",
+                               "--model.lora_rank_stabilized", rank_stabilized,
                                "--model.lora_targets", "attn.q,attn.v,mlp.out", "--init.lora_b_init", "gaussian"])
+    assert args.lora_scale == (4.0 if rank_stabilized == "true" else 2.0)
     hf_state = hf_convert.to_hf({canonical_name(k): v for k, v in model.state_dict().items()}, args)
     assert not [name for name in hf_state if "lora" in name]
     theirs = transformers.AutoModelForCausalLM.from_config(

@@ -225,15 +225,26 @@ def test_lora_linear_is_the_merged_linear_and_zero_b_is_the_base():
     from models.common import LoRALinear
 
     torch.manual_seed(0)
-    layer = LoRALinear(24, 16, bias=True, rank=4, alpha=8.0)
+    layer = LoRALinear(24, 16, bias=True, rank=4, scale=2.0)
     torch.nn.init.normal_(layer.lora_a)
     torch.nn.init.normal_(layer.lora_b)
     x = torch.randn(3, 5, 24)  # [B, T, in]
-    merged = layer.weight + 2.0 * layer.lora_b @ layer.lora_a  # alpha / r = 2
+    merged = layer.weight + 2.0 * layer.lora_b @ layer.lora_a
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, merged, layer.bias), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         layer.lora_b.zero_()
     assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("rank, alpha, stabilized, scale", [
+    (8, None, False, 1.0), (16, 32.0, False, 2.0), (16, 16.0, True, 4.0), (4, None, True, 2.0),
+])
+def test_lora_scale_is_alpha_over_rank_or_its_square_root(rank, alpha, stabilized, scale):
+    args = make_model_args("llama", "debug", VOCAB, SEQ, {"lora_rank": rank, "lora_alpha": alpha,
+                                                          "lora_rank_stabilized": stabilized})
+    assert args.lora_scale == scale
+    with torch.device("meta"):
+        assert build_model(args).layers["0"].attn.q.lora_scale == scale
 
 
 # Debug shapes: llama d=128, 2 KV heads of 32 (v: 128 -> 64); gpt2 d=128, d_ff=512. A rank-2 adapter on
