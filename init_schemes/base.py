@@ -126,6 +126,9 @@ class Scheme:
     def spec(self, role: str, layer_id: int | None, args, opts: InitOptions) -> InitSpec:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+        fixed = norm_or_bias(role)
+        if fixed is not None:  # the same in every scheme: a scheme function sees weight roles only
+            return fixed
         spec = self.fn(role, layer_id, args, opts)
         if (opts.scale_all_projections and self.depth_factor is not None
                 and role in INPUT_PROJECTIONS and layer_id is not None):

@@ -1,7 +1,8 @@
 """The reference schemes of DESIGN.md §5. Each docstring gives the std of every role and its source.
 
 Notation: sigma0 = ``init.base_std`` (default 0.02), L = n_layers, l = 0-based layer index,
-d = model dim, d_ff = MLP hidden dim. Every scheme sets norm weights to 1 and biases to 0.
+d = model dim, d_ff = MLP hidden dim. Norm weights are 1 and biases 0 in every scheme (set by
+``Scheme.spec`` before a scheme function is asked, so the functions below see weight roles only).
 Schemes that divide their output projections by a depth factor register it, so that
 ``init.scale_all_projections = true`` (Lingua's original bug) divides q/k/v and mlp.gate/up by
 the same factor (``init_schemes.base.Scheme.spec``; cutoffs scale with the std).
@@ -17,7 +18,6 @@ from init_schemes.base import (
     base_std,
     constant,
     fans,
-    norm_or_bias,
     normal,
     register,
     trunc_normal,
@@ -41,9 +41,9 @@ def normal_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     """Base std everywhere ("base-std QKV"; BERT/GPT-style N(0, sigma0^2), sigma0 = init.base_std = 0.02).
 
     tok_embedding, pos_embedding, attn.q/k/v/out, mlp.gate/up/out, lm_head: N(0, sigma0).
-    norm: 1, bias: 0. No depth scaling.
+    No depth scaling.
     """
-    return norm_or_bias(role) or normal(base_std(opts))
+    return normal(base_std(opts))
 
 
 def _global_depth(layer_id: int | None, args, opts) -> float:
@@ -57,9 +57,6 @@ def scaled_output_scheme(role: str, layer_id: int | None, args, opts) -> InitSpe
     tok_embedding, pos_embedding, attn.q/k/v, mlp.gate/up, lm_head (untied): N(0, sigma0).
     attn.out, mlp.out (GPT-2's c_proj): N(0, sigma0 / sqrt(2L)). Plain (untruncated) normal.
     """
-    fixed = norm_or_bias(role)
-    if fixed is not None:
-        return fixed
     sigma0 = base_std(opts)
     if role in OUTPUT_ROLES:
         return normal(sigma0 / residual_depth(layer_id, args.n_layers, per_layer=False))
@@ -92,9 +89,6 @@ def depth_aware_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     With init.scale_all_projections, q/k/v/gate/up get sigma0 / f and cutoffs +-2/f (the same
     +-100 sigma as torchtitan's, i.e. the distribution scaled).
     """
-    fixed = norm_or_bias(role)
-    if fixed is not None:
-        return fixed
     sigma0 = base_std(opts)
     if role == "tok_embedding":
         return normal(1.0)
@@ -121,9 +115,6 @@ def mitchell_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     attn.out: 1/sqrt(2 d (l+1)); mlp.out: 1/sqrt(2 d_ff (l+1)).
     Every weight truncated at +-3 sigma.
     """
-    fixed = norm_or_bias(role)
-    if fixed is not None:
-        return fixed
     if role == "attn.out":
         return trunc_normal(1.0 / math.sqrt(2 * args.dim * (layer_id + 1)))
     if role == "mlp.out":
@@ -139,9 +130,6 @@ def full_megatron_scheme(role: str, layer_id: int | None, args, opts) -> InitSpe
     attn.out, mlp.out: sigma0 / sqrt(2L). lm_head: d^-0.5.
     Every weight truncated at +-3 sigma.
     """
-    fixed = norm_or_bias(role)
-    if fixed is not None:
-        return fixed
     sigma0 = base_std(opts)
     if role in OUTPUT_ROLES:
         return trunc_normal(sigma0 / residual_depth(layer_id, args.n_layers, per_layer=False))
@@ -179,9 +167,6 @@ def lingua_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     init.scale_all_projections reproduces Lingua before the fix (commit 575fb6e): q/k/v and
     mlp.gate/up become TN(b/f) at +-3b/f, and attn.out's cutoffs also return to +-3b/f.
     """
-    fixed = norm_or_bias(role)
-    if fixed is not None:
-        return fixed
     model_std = args.dim ** -0.5
     if role in (*EMBEDDING_ROLES, "lm_head"):
         return trunc_normal(model_std)
@@ -203,9 +188,6 @@ def xavier_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     fan_out = rows). init.xavier_distribution: normal N(0, std^2) or uniform U(-sqrt(3) std,
     sqrt(3) std) = U(-sqrt(6/(fan_in+fan_out)), +...). No depth scaling.
     """
-    fixed = norm_or_bias(role)
-    if fixed is not None:
-        return fixed
     fan_in, fan_out = fans(role, args)
     std = math.sqrt(2.0 / (fan_in + fan_out))
     return uniform(std) if opts.xavier_distribution == "uniform" else normal(std)
@@ -266,9 +248,6 @@ def kaiming_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     model's MLP activation: gelu for GPT-2, silu for Llama), by numerical integration; this gives
     relu 2, linear 1. The same gain is used for every role (as torch's kaiming_normal_ on each layer).
     """
-    fixed = norm_or_bias(role)
-    if fixed is not None:
-        return fixed
     fan_in, fan_out = fans(role, args)
     fan = fan_in if opts.kaiming_mode == "fan_in" else fan_out
     nonlinearity = args.activation if opts.kaiming_nonlinearity == "auto" else opts.kaiming_nonlinearity
@@ -281,7 +260,7 @@ def small_init_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
 
     tok_embedding, pos_embedding, attn.*, mlp.*, lm_head: sqrt(2 / (5 d)). Ignores sigma0.
     """
-    return norm_or_bias(role) or normal(math.sqrt(2.0 / (5 * args.dim)))
+    return normal(math.sqrt(2.0 / (5 * args.dim)))
 
 
 def wang_output_std(args) -> float:
@@ -302,9 +281,6 @@ def wang_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     attn.out, mlp.out: N(0, (2 / (L sqrt(d)))^2). Every other weight: N(0, sigma0^2).
     With init.scale_all_projections, q/k/v/gate/up also get 2 / (L sqrt(d)).
     """
-    fixed = norm_or_bias(role)
-    if fixed is not None:
-        return fixed
     return normal(wang_output_std(args) if role in OUTPUT_ROLES else base_std(opts))
 
 
@@ -315,9 +291,6 @@ def zero_output_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     attn.out, mlp.out, lm_head: 0. Every other weight: N(0, sigma0^2). With a tied head (GPT-2
     default) there is no separate lm_head tensor; the embedding keeps sigma0.
     """
-    fixed = norm_or_bias(role)
-    if fixed is not None:
-        return fixed
     if role in (*OUTPUT_ROLES, "lm_head"):
         return constant(0.0)
     return normal(base_std(opts))
@@ -326,4 +299,4 @@ def zero_output_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
 @register("zeros")
 def zeros_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     """Every weight 0 (norms 1, biases 0): the symmetry-failure demonstration (every unit of a layer gets the same gradient)."""
-    return norm_or_bias(role) or constant(0.0)
+    return constant(0.0)
