@@ -363,9 +363,10 @@ def load_initial_weights(model: nn.Module, path: str | Path, env: DistEnv) -> di
     """
     if str(path).startswith(HUB_PREFIX):
         if env.local_rank == 0:  # one download per node into its HF cache; its other ranks read that copy
-            hub_snapshot(str(path))
+            source = hub_snapshot(str(path))
         barrier()
-        source = hub_snapshot(str(path), cached_only=True)
+        if env.local_rank != 0:
+            source = hub_snapshot(str(path), cached_only=True)
     else:
         source = Path(path)
     if not source.exists():
