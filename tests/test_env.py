@@ -17,6 +17,10 @@ def reports(out) -> dict[int, dict]:
     return {r["rank"]: r for r in (json.loads(p.read_text()) for p in out.glob("rank_*.json"))}
 
 
+def threads_at_exit(out) -> dict[str, list[str]]:
+    return {p.stem: json.loads(p.read_text()) for p in out.glob("threads_*.json")}
+
+
 @pytest.mark.parametrize("world, replicate, shard, expected", [
     (8, 1, -1, (1, 8)), (8, 2, -1, (2, 4)), (4, 2, 2, (2, 2)), (1, 1, -1, (1, 1)),
 ])
@@ -41,8 +45,10 @@ def test_clean_session_tears_down_on_every_rank(tmp_path):
         torchrun([WORKER, str(out), "ok"], nproc=4, timeout=120)
         seen = reports(out)
         assert sorted(seen) == [0, 1, 2, 3]
-        assert all(r["world_sum"] == 4.0 and r["mesh"] == [4] and r["initialized_after"] is False
-                   for r in seen.values())
+        assert all(r["world_sum"] == 4.0 and r["mesh"] == [4] and r["full_sum"] == 128.0
+                   and r["initialized_after"] is False for r in seen.values())
+        # gloo's worker threads are joined before interpreter shutdown (DTensor caches emptied at exit).
+        assert threads_at_exit(out) == {f"threads_{rank}": ["python"] for rank in range(4)}
 
 
 def test_error_on_every_rank_exits_with_it_promptly(tmp_path):
@@ -53,6 +59,7 @@ def test_error_on_every_rank_exits_with_it_promptly(tmp_path):
     assert proc.returncode != 0 and sorted(seen) == [0, 1, 2, 3]
     assert all(r["error"] == f"rank {k} failed on purpose" and r["initialized_after"] is False
                for k, r in seen.items())
+    assert threads_at_exit(tmp_path) == {f"threads_{rank}": ["python"] for rank in range(4)}
     assert elapsed < 60, elapsed
 
 
