@@ -2,7 +2,7 @@
 
 argv: <out_dir> <ok | all_fail | one_fail>. Each rank writes ``<out_dir>/rank_<R>.json`` with what it
 saw after the session (or the error it raised), and at exit ``<out_dir>/threads_<R>.json``: the
-names of the threads still running once every other exit handler has run.
+names of the threads besides the main one still running once every other exit handler has run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from components.config import load_config
 
 
 def write_thread_names(path: str) -> None:
-    names = sorted(open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task"))
+    """Names of this process's threads other than the main one (whose task id is the pid)."""
+    names = sorted(open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")
+                   if int(task) != os.getpid())
     with open(path, "w") as f:
         json.dump(names, f)
 
