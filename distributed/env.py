@@ -139,7 +139,7 @@ def _release_process_groups() -> None:
     clears = [getattr(debug, "_clear_sharding_prop_cache", None),
               getattr(_redistribute, "clear_redistribute_planner_cache", None)]
     clears += [cached.cache_clear for cached in gc.get_objects()
-               if isinstance(cached, functools._lru_cache_wrapper)
+               if type(cached) is functools._lru_cache_wrapper  # not isinstance: it would poke deprecated objects
                and (getattr(cached, "__module__", None) or "").startswith("torch.distributed")]
     for clear in clears:
         if clear is not None:
