@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.checkpoint import load_initial_weights
 from components.config import Config
+from components.weights_import import load_initial_weights
 from distributed.env import DistEnv
 from distributed.parallelize import parallelize
 from init_schemes import WeightInitializer

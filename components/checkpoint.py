@@ -18,12 +18,11 @@ leaves the optimizer fresh. The seed checkpoint is never pruned.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
 import shutil
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.stateful import Stateful
 
-from components import hf_convert
 from components.config import Checkpoint as CheckpointConfig
 from distributed.env import DistEnv, barrier
-from init_schemes.apply import local_rows
-from models.common import canonical_name, is_adapter, role_of
 
 STEP_DIR = re.compile(r"step_(\d+)")
-HUB_PREFIX = "hf://"  # init.from_checkpoint = "hf://owner/name[@revision]": a Hugging Face hub model
 PARTIAL_DIR = re.compile(r"\.(tmp|del)_step_\d+")
 MODEL_KEY = "model"
 
@@ -348,169 +343,3 @@ class Checkpointer:
             for leftover in partial_dirs(self.folder):
                 shutil.rmtree(leftover)
         barrier()
-
-
-# ------------------------------------------------------------------------- initial weights
-def load_initial_weights(model: nn.Module, path: str | Path, env: DistEnv) -> dict:
-    """Replace the scheme's initial weights by those of ``path`` where names match (``init.from_checkpoint``).
-
-    ``path`` is a ``step_<N>`` DCP directory (model weights only), a ``.safetensors`` file / a
-    directory of them (Hugging Face GPT-2/Llama or initlab names, converted by hf_convert), or a
-    hub model ``hf://owner/name[@revision]``. Tensors absent from the source keep the scheme's
-    init; embedding/LM-head rows beyond the source's vocabulary are set to the mean of its rows.
-    Returns a report (also printed by rank 0):
-    ``{"source", "format", "loaded", "kept_init", "resized", "unused"}``.
-    """
-    if str(path).startswith(HUB_PREFIX):
-        if env.local_rank == 0:  # one download per node into its HF cache; its other ranks read that copy
-            source = hub_snapshot(str(path))
-        barrier()
-        if env.local_rank != 0:
-            source = hub_snapshot(str(path), cached_only=True)
-    else:
-        source = Path(path)
-    if not source.exists():
-        raise FileNotFoundError(f"init.from_checkpoint = {str(path)!r} does not exist; give a step_<N> checkpoint "
-                                "directory, a .safetensors file or a Hugging Face model directory")
-    if (source / ".metadata").is_file():
-        report = _load_dcp_weights(model, source)
-    else:
-        report = _load_safetensors_weights(model, source)
-    if env.is_main:
-        print(describe_initial_load(report), flush=True)
-    return report
-
-
-def hub_snapshot(source: str, cached_only: bool = False) -> Path:
-    """The local directory of hub model ``hf://owner/name[@revision]``: its safetensors and config.json,
-    downloaded into the Hugging Face cache (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` or ``cached_only`` reads
-    only the cache). Mistral-style ``consolidated*.safetensors`` duplicates are skipped."""
-    repo_id, _, revision = source.removeprefix(HUB_PREFIX).partition("@")
-    from huggingface_hub import snapshot_download  # imported here: only hub sources need it
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=cached_only,
-                                      allow_patterns=["*.safetensors", "config.json"],
-                                      ignore_patterns=["consolidated*"]))
-    except Exception as err:
-        raise FileNotFoundError(f"init.from_checkpoint = {source!r}: cannot get {repo_id} from the Hugging Face hub "
-                                f"({_one_line(err)}); download it and give its local directory") from None
-
-
-def describe_initial_load(report: Mapping) -> str:
-    """One line summarizing :func:`load_initial_weights`'s report."""
-    parts = [f"init.from_checkpoint: loaded {len(report['loaded'])} tensors from {report['source']} "
-             f"({report['format']})"]
-    if report["kept_init"]:
-        parts.append(f"kept the scheme's init for {len(report['kept_init'])}: {_first_names(report['kept_init'])}")
-    if report["resized"]:
-        parts.append("resized " + ", ".join(f"{k} ({v})" for k, v in report["resized"].items()))
-    if report["unused"]:
-        parts.append(f"{len(report['unused'])} source tensors unused: {_first_names(report['unused'])}")
-    return "; ".join(parts)
-
-
-def _first_names(names: list[str], shown: int = 8) -> str:
-    return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
-
-
-def _load_dcp_weights(model: nn.Module, source: Path) -> dict:
-    metadata = read_checkpoint_metadata(source)
-    model_state = get_model_state_dict(model)
-    check_model_shapes({name: tuple(t.shape) for name, t in model_state.items()}, metadata, source,
-                       allow_missing=True)
-    saved = saved_model_shapes(metadata)
-    refuse_dropped_adapters(saved, model_state, source)
-    present = {name: t for name, t in model_state.items() if name in saved}
-    try:
-        dcp.load({MODEL_KEY: present}, checkpoint_id=str(source))
-    except Exception as err:
-        raise CheckpointError(f"cannot load {source}: {_one_line(err)}") from None
-    set_model_state_dict(model, present, options=StateDictOptions(strict=False))
-    return {"source": str(source), "format": "dcp", "loaded": list(present),
-            "kept_init": [name for name in model_state if name not in saved], "resized": {},
-            "unused": [f"{MODEL_KEY}.{name}" for name in saved if name not in model_state]}
-
-
-def refuse_dropped_adapters(source_names: Iterable[str], model_names: Container[str], source: Path) -> None:
-    """A source with LoRA adapters the model lacks: loading its base weights alone would undo the fine-tuning."""
-    dropped = [name for name in source_names if is_adapter(name) and name not in model_names]
-    if dropped:
-        raise ValueError(f"{source} holds LoRA adapters the model lacks ({dropped[0]}, ...); merge them with "
-                         "scripts/export.py and start from the export, or set model.lora_rank and lora_targets "
-                         "as in that run")
-
-
-def _safetensors_files(source: Path) -> tuple[list[Path], dict]:
-    """(safetensors files, HF config dict or {}) of a file or directory."""
-    if source.is_file():
-        if source.suffix != ".safetensors":
-            raise ValueError(f"init.from_checkpoint = {source} is neither a .safetensors file nor a directory; "
-                             "export a run with scripts/export.py or point at a step_<N> checkpoint")
-        files, config_path = [source], source.parent / "config.json"
-    else:
-        files, config_path = sorted(source.glob("*.safetensors")), source / "config.json"
-        if not files:
-            raise FileNotFoundError(f"{source} holds neither a DCP checkpoint (.metadata) nor *.safetensors files; "
-                                    "point init.from_checkpoint at a step_<N> directory or an exported model")
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    return files, config
-
-
-def _fit_rows(tensor: torch.Tensor, shape: tuple[int, ...], name: str, source: Path) -> tuple[torch.Tensor, str]:
-    """``tensor`` made ``shape``: extra vocab rows = mean of the source rows; extra positions dropped."""
-    role, rows, want = role_of(name), tensor.shape[0], shape[0]
-    if tensor.dim() == len(shape) and tuple(tensor.shape[1:]) == shape[1:]:
-        if role in ("tok_embedding", "lm_head") and rows < want:
-            mean_row = tensor.float().mean(dim=0, keepdim=True).to(tensor.dtype)  # [1, d]
-            return torch.cat([tensor, mean_row.expand(want - rows, -1)]), f"rows {rows} -> {want}, new rows = mean"
-        if role == "pos_embedding" and rows > want:
-            return tensor[:want], f"positions {rows} -> {want}, first {want} kept"
-    raise ValueError(f"tensor {name} is {list(tensor.shape)} in {source} but {list(shape)} in the model; "
-                     "change the [model] shape to match the source or drop init.from_checkpoint")
-
-
-@torch.no_grad()
-def _load_safetensors_weights(model: nn.Module, source: Path) -> dict:
-    from safetensors import safe_open  # imported here: only this path needs it
-
-    args = model.args
-    files, config = _safetensors_files(source)
-    index: dict[str, tuple[Path, str]] = {}  # canonical HF name -> (file, name in the file)
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            index.update({canon: (file, stored) for canon, stored in hf_convert.normalize_hf_names(handle.keys()).items()})
-    fmt = hf_convert.detect_format(index)
-    if fmt not in ("initlab", args.family):
-        raise ValueError(f"{source} holds {fmt} tensors but the model is {args.family}; set model.name = {fmt} "
-                         "or choose another init.from_checkpoint")
-    if config:
-        hf_convert.check_hf_architecture(config, args, source)
-    if fmt == "initlab":
-        refuse_dropped_adapters(index, {canonical_name(n) for n, _ in model.named_parameters()}, source)
-    report = {"source": str(source), "format": fmt, "loaded": [], "kept_init": [], "resized": {}, "unused": []}
-    used: set[str] = set()
-    for raw_name, param in model.named_parameters():
-        name = canonical_name(raw_name)
-        if fmt != "initlab" and is_adapter(name):  # HF models have no adapters: they keep their init
-            report["kept_init"].append(name)
-            continue
-        link = hf_convert.Link(name) if fmt == "initlab" else hf_convert.link_for(name, args)
-        if link.hf_name not in index and role_of(name) == "lm_head" and hf_convert.hf_ties_embeddings(config):
-            link = hf_convert.Link("tok_embedding.weight") if fmt == "initlab" else \
-                hf_convert.link_for("tok_embedding.weight", args)  # a tied source: the head is the embedding
-        if link.hf_name not in index:
-            report["kept_init"].append(name)
-            continue
-        file, stored = index[link.hf_name]
-        with safe_open(str(file), framework="pt") as handle:
-            tensor = hf_convert.from_hf_tensor(handle.get_tensor(stored), link)
-        if tuple(tensor.shape) != tuple(param.shape):
-            tensor, note = _fit_rows(tensor, tuple(param.shape), name, source)
-            report["resized"][name] = note
-        local, first_row = local_rows(param)  # this rank's rows of a dim-0 shard (or the whole tensor)
-        local.copy_(tensor[first_row: first_row + local.shape[0]])
-        report["loaded"].append(name)
-        used.add(link.hf_name)
-    report["unused"] = [name for name in index if name not in used]
-    return report

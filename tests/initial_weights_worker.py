@@ -15,8 +15,8 @@ import sys
 import torch
 
 from components.build import build_model_and_init
-from components.checkpoint import load_initial_weights
 from components.config import load_config
+from components.weights_import import load_initial_weights
 from distributed.env import distributed_session
 from models.common import canonical_name
 

@@ -18,8 +18,8 @@ import torch.distributed.checkpoint as dcp
 
 from components import hf_convert
 from components.build import model_args_from_config
-from components.checkpoint import load_initial_weights
 from components.config import load_config
+from components.weights_import import load_initial_weights
 from init_schemes import WeightInitializer
 from models import build_model
 from models.common import canonical_name
