@@ -18,11 +18,12 @@ import pytest
 import torch
 
 from components.config import SCHEME_NAMES, Init
+from components.torchtitan_names import to_torchtitan
 from init_schemes import REGISTRY, WeightInitializer
 from init_schemes.base import INPUT_PROJECTIONS, ROLES, InitSpec
 from models import build_model, make_model_args
 from models.common import layer_of, role_of
-from tests.test_models import SEQ, VOCAB, hf_gpt2, torchtitan_llama, torchtitan_name
+from tests.test_models import SEQ, VOCAB, hf_gpt2, torchtitan_llama
 
 FAMILIES = ("gpt2", "llama")
 SIGMAS = 5.0
@@ -254,9 +255,9 @@ def test_depth_aware_equals_torchtitan_init(monkeypatch, depth_init):
     their_params = dict(theirs.named_parameters())
     with torch.device("meta"):
         our_names = [name for name, _ in build_model(args).named_parameters()]
-    assert sorted(torchtitan_name(n) for n in our_names) == sorted(their_params)
+    assert sorted(to_torchtitan(n) for n in our_names) == sorted(their_params)
     for name in our_names:
-        param = their_params[torchtitan_name(name)]
+        param = their_params[to_torchtitan(name)]
         spec = ours.spec(role_of(name), layer_of(name))
         if spec.dist == "constant":  # norms: torchtitan resets them to ones
             assert id(param) not in calls and torch.all(param == spec.value), name

@@ -7,39 +7,15 @@ Oracles: torchtitan 0.2.2's llama3 ``Transformer`` (fp32, <= 1e-5) and transform
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
 
+from components.torchtitan_names import to_torchtitan
 from models import build_model, make_model_args
 from models.common import count_params, precompute_rope
 
 VOCAB, SEQ = 512, 64
-
-# Our Llama parameter names -> torchtitan llama3's (regex on the module path).
-TORCHTITAN_NAMES = [
-    (r"^tok_embedding\.", "tok_embeddings."),
-    (r"\.attn\.q\.", ".attention.wq."),
-    (r"\.attn\.k\.", ".attention.wk."),
-    (r"\.attn\.v\.", ".attention.wv."),
-    (r"\.attn\.out\.", ".attention.wo."),
-    (r"\.attn_norm\.", ".attention_norm."),
-    (r"\.mlp\.gate\.", ".feed_forward.w1."),
-    (r"\.mlp\.up\.", ".feed_forward.w3."),
-    (r"\.mlp\.out\.", ".feed_forward.w2."),
-    (r"\.mlp_norm\.", ".ffn_norm."),
-    (r"^final_norm\.", "norm."),
-    (r"^lm_head\.", "output."),
-]
-
-
-def torchtitan_name(ours: str) -> str:
-    """e.g. 'layers.3.mlp.gate.weight' -> 'layers.3.feed_forward.w1.weight'."""
-    for pattern, replacement in TORCHTITAN_NAMES:
-        ours = re.sub(pattern, replacement, ours)
-    return ours
-
 
 def torchtitan_llama(args, depth_init: bool = True):
     """torchtitan's llama3 Transformer with our args' shapes and RoPE scaling."""
@@ -89,7 +65,7 @@ ROPE_SCALINGS = {
 def test_llama_logits_match_torchtitan(scaling):
     ours, args = random_model("llama", **ROPE_SCALINGS[scaling])
     theirs = torchtitan_llama(args)
-    state = {torchtitan_name(k): v for k, v in ours.state_dict().items()}
+    state = {to_torchtitan(k): v for k, v in ours.state_dict().items()}
     theirs.load_state_dict(state, strict=True)
     theirs.eval()
     tokens = torch.randint(0, VOCAB, (2, 48), generator=torch.Generator().manual_seed(1))
