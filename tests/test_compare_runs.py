@@ -100,10 +100,10 @@ def test_report_table_numbers_and_figures(two_runs, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == report.strip()
     lines = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if line.startswith("| ")}
     # Run A: params by formula (V=64, T=16, d=32, L=3) = 40,736 -> "40.7k"; tokens 40 x 4 x 16 = 2560.
-    assert lines["mitchell_bug"] == ("| mitchell_bug | mitchell + scale_all_projections | 40.7k | 2.56k | 2.8000 | "
+    assert lines["mitchell_bug"] == ("| mitchell_bug | 0 | mitchell + scale_all_projections | 40.7k | 2.56k | 2.8000 | "
                                      "2.9500 | 3.5000 | 3.1000 | 2.9000 | 5.15k | no |")
     # Run B: llama ffn = ceil64(int(2*4*32/3)) = 128; tokens 30 x 8 x 32; 75% of 50 steps -> nearest step 30.
-    assert lines["depth_flat"] == ("| depth_flat | depth_aware (base_std=0.01, depth_init=false) | 37k | 7.68k | "
+    assert lines["depth_flat"] == ("| depth_flat | 0 | depth_aware (base_std=0.01, depth_init=false) | 37k | 7.68k | "
                                    "nan | n/a | 4.0000 | 3.7000 | nan | 820 | yes: loss/train = nan at step 30 |")
     rows = read_rows(out / "summary.csv")
     assert int(rows["mitchell_bug"]["params"]) == gpt2_param_formula(64, 16, 32, 3) == 40736
@@ -205,3 +205,82 @@ def test_cli_error_exit_status(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (f"error: run directory {tmp_path / 'absent'} does not exist; "
                                    "pass a run directory written by train.py (outputs/<run_name>/)")
+
+
+# ----------------------------------------------------------------------------- seed groups
+def seeded_run(root: Path, name: str, scheme: str, seed: int, final_train: float, final_val: float) -> Path:
+    """A 3-step run of ``scheme`` and ``seed`` whose final train/val losses are planted."""
+    records = [{"step": 1, "loss/train": 4.0, "grad_norm": 1.0 + seed},
+               {"step": 20, "loss/train": 3.5 + 0.1 * seed, "loss/val": 3.9},
+               {"step": 40, "loss/train": final_train, "loss/val": final_val, "grad_norm": 0.5 + seed}]
+    return write_run(root, name, [*GPT2_RUN, "--init.scheme", scheme, "--job.seed", str(seed),
+                                  "--job.run_name", name], records)
+
+
+# Planted final (train, val) per seed. normal: train 3.0/3.2/3.1 (mean 3.1, s = 0.1); scaled_output
+# 2.5/2.8/2.6, so B - A = -0.5/-0.4/-0.5 (mean -0.4667, s = 0.05774); val differences +0.05/-0.15/+0.10
+# (mean 0, s = 0.1323).
+PLANTED = {"normal": [(3.0, 3.5), (3.2, 3.6), (3.1, 3.4)], "scaled_output": [(2.5, 3.55), (2.8, 3.45), (2.6, 3.5)]}
+
+
+@pytest.fixture
+def seed_family(tmp_path: Path) -> list[Path]:
+    family = tmp_path / "family"
+    paths = [seeded_run(family, f"{scheme}_seed{seed}", scheme, seed, *losses)
+             for scheme, per_seed in PLANTED.items() for seed, losses in enumerate(per_seed)]
+    return [*paths, seeded_run(family, "mitchell_seed0", "mitchell", 0, 2.0, 3.0)]
+
+
+def test_seed_groups_intervals_and_paired_verdicts(seed_family, tmp_path):
+    out = tmp_path / "report"
+    assert compare_runs.main([*map(str, reversed(seed_family)), "--out", str(out), "--metric", "grad_norm"]) == 0
+    report = (out / "report.md").read_text()
+    t2 = 4.302652729911275  # t(0.975, 2 dof), from any t table
+    half_a = t2 * 0.1 / math.sqrt(3)  # 0.24841
+    assert f"| normal | normal | 0,1,2 | 3.1000 ± {half_a:.4f} |" in report
+    # grad_norm's final values are 0.5, 1.5, 2.5 (s = 1): 1.5 ± t2/sqrt(3).
+    assert f"| 1.5 ± {t2 / math.sqrt(3):.4g} | 0/3 |" in report
+    assert "| mitchell | mitchell | 0 | 2.0000 | 3.0000 | 0.5 | 0/1 |" in report  # one seed: values alone
+    rows = {(r["a"], r["b"], r["quantity"]): r for r in csv.DictReader((out / "differences.csv").open())}
+    assert len(rows) == 3 * 3  # 3 pairs x (train, val, grad_norm)
+    train = rows[("mitchell", "scaled_output", "final train")]  # groups in order of first appearance (reversed)
+    assert train["shared_seeds"] == "1" and train["verdict"] == "no verdict (1 seed)"
+    pair = [k for k in rows if {k[0], k[1]} == {"normal", "scaled_output"} and k[2] == "final train"][0]
+    sign = 1 if pair[0] == "normal" else -1  # B - A
+    diff = rows[pair]
+    half_d = t2 * 0.05773502691896258 / math.sqrt(3)  # 0.14342
+    assert float(diff["mean_b_minus_a"]) == pytest.approx(sign * -7 / 15, abs=1e-12)
+    assert float(diff["ci95_half_width"]) == pytest.approx(half_d, rel=1e-9)
+    assert diff["shared_seeds"] == "3" and diff["verdict"] == "differs"
+    val = rows[(pair[0], pair[1], "final val")]
+    assert float(val["mean_b_minus_a"]) == pytest.approx(0.0, abs=1e-12) and val["verdict"] == "not resolved"
+    assert (out / "loss_curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_group_key_ignores_run_identity_only(seed_family):
+    runs = [load_run(path) for path in seed_family]
+    keys = [compare_runs.experiment_key(run) for run in runs]
+    assert keys[0] == keys[1] == keys[2] != keys[3] == keys[4] == keys[5] != keys[6]
+
+
+def test_repeated_config_and_seed_is_an_error(seed_family, tmp_path, capsys):
+    twin = seeded_run(tmp_path / "other", "normal_seed1", "normal", 1, 3.0, 3.0)
+    assert compare_runs.main([*map(str, seed_family), str(twin), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "have the same config and job.seed 1" in err and str(twin) in err
+
+
+def test_unknown_metric_is_an_error(seed_family, tmp_path, capsys):
+    assert compare_runs.main([*map(str, seed_family), "--metric", "grad_nrom", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --metric grad_nrom: no run logged it") and err.count("\n") == 1
+
+
+def test_group_curve_band_matches_interval(seed_family):
+    runs = [load_run(path) for path in seed_family[:3]]
+    [group] = compare_runs.group_runs(runs)
+    steps, intervals = compare_runs.group_curve(group, "loss/train")
+    assert steps == [1, 20, 40]
+    # step 20: 3.5, 3.6, 3.7 -> mean 3.6, s = 0.1
+    assert intervals[1].mean == pytest.approx(3.6) and intervals[1].half_width == pytest.approx(4.302652729911275 * 0.1 / math.sqrt(3))
+    assert intervals[0].half_width == 0.0  # every seed starts at 4.0
