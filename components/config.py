@@ -127,7 +127,7 @@ class Init:
     lora_b_init: Literal["zeros", "gaussian"] = "zeros"
     """LoRA B [out, r]: zeros (the adapted model starts as the base model; LoRA paper, PEFT) or gaussian N(0, 1/r)."""
     from_checkpoint: str = ""
-    """Start from saved weights ('' = none): a checkpoints/step_<N> DCP directory, a safetensors file / HF directory, or hf://owner/name[@revision] from the hub (matching tensors replace the scheme's; new vocab rows get the mean embedding)."""
+    """Start from saved weights ('' = none): a checkpoints/step_<N> DCP directory, a torchtitan llama3 DCP checkpoint, a safetensors file / HF directory, or hf://owner/name[@revision] from the hub (it must fill every tensor but LoRA adapters; new vocab rows get the mean embedding)."""
 
 
 @dataclass

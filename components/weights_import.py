@@ -6,12 +6,14 @@ files in initlab or Hugging Face names, or a hub model. Kept apart from the resu
 from __future__ import annotations
 
 import json
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
 from components import hf_convert
@@ -19,10 +21,9 @@ from components.checkpoint import (
     MODEL_KEY,
     CheckpointError,
     _one_line,
-    check_model_shapes,
     read_checkpoint_metadata,
-    saved_model_shapes,
 )
+from components.torchtitan_names import from_torchtitan, is_torchtitan_llama
 from distributed.env import DistEnv, barrier
 from init_schemes.apply import local_rows
 from models.common import canonical_name, is_adapter, role_of
@@ -31,12 +32,14 @@ HUB_PREFIX = "hf://"  # init.from_checkpoint = "hf://owner/name[@revision]": a H
 
 
 def load_initial_weights(model: nn.Module, path: str | Path, env: DistEnv) -> dict:
-    """Replace the scheme's initial weights by those of ``path`` where names match (``init.from_checkpoint``).
+    """Replace the scheme's initial weights by those of ``path`` (``init.from_checkpoint``).
 
-    ``path`` is a ``step_<N>`` DCP directory (model weights only), a ``.safetensors`` file / a
-    directory of them (Hugging Face GPT-2/Llama or initlab names, converted by hf_convert), or a
-    hub model ``hf://owner/name[@revision]``. Tensors absent from the source keep the scheme's
-    init; embedding/LM-head rows beyond the source's vocabulary are set to the mean of its rows.
+    ``path`` is a DCP directory (an initlab ``step_<N>``, or a torchtitan llama3 checkpoint read
+    through components/torchtitan_names.py), a ``.safetensors`` file / a directory of them (Hugging
+    Face GPT-2/Llama or initlab names, converted by hf_convert), or a hub model
+    ``hf://owner/name[@revision]``. The source must fill every tensor of the model but its LoRA
+    adapters (which keep their init), else CheckpointError names the missing ones; embedding/LM-head
+    rows beyond a safetensors source's vocabulary are set to the mean of its rows.
     Returns a report (also printed by rank 0):
     ``{"source", "format", "loaded", "kept_init", "resized", "unused"}``.
     """
@@ -94,21 +97,62 @@ def _first_names(names: list[str], shown: int = 8) -> str:
 
 
 def _load_dcp_weights(model: nn.Module, source: Path) -> dict:
+    """A DCP directory: initlab's (model tensors under 'model.') or torchtitan llama3's (top-level, its names)."""
     metadata = read_checkpoint_metadata(source)
-    model_state = get_model_state_dict(model)
-    check_model_shapes({name: tuple(t.shape) for name, t in model_state.items()}, metadata, source,
-                       allow_missing=True)
-    saved = saved_model_shapes(metadata)
-    refuse_dropped_adapters(saved, model_state, source)
-    present = {name: t for name, t in model_state.items() if name in saved}
+    model_state = get_model_state_dict(model)  # {canonical name: tensor or DTensor shard}
+    stored, fmt = _dcp_model_keys(metadata, model, source)  # {our name: key in the checkpoint}
+    if fmt == "dcp":
+        refuse_dropped_adapters(stored, model_state, source)
+    _refuse_missing([name for name in model_state if name not in stored and not is_adapter(name)], model_state,
+                    source)
+    shapes = {key: tuple(meta.size) if isinstance(meta, TensorStorageMetadata) else None
+              for key, meta in metadata.state_dict_metadata.items()}
+    for name, tensor in model_state.items():
+        if name in stored and shapes[stored[name]] != tuple(tensor.shape):
+            saved = "a non-tensor" if shapes[stored[name]] is None else list(shapes[stored[name]])
+            raise CheckpointError(f"{source} does not match the model: tensor {stored[name]} is {saved} in the "
+                                  f"checkpoint but {list(tensor.shape)} in the model; use the model config the "
+                                  "checkpoint was written with")
+    present = {name: tensor for name, tensor in model_state.items() if name in stored}
+    # DCP fills the tensors of this dict in place; its keys are the checkpoint's (nested dicts are dotted).
+    to_read = {MODEL_KEY: present} if fmt == "dcp" else {stored[name]: tensor for name, tensor in present.items()}
     try:
-        dcp.load({MODEL_KEY: present}, checkpoint_id=str(source))
+        dcp.load(to_read, checkpoint_id=str(source), no_dist=not dist.is_initialized())
     except Exception as err:
         raise CheckpointError(f"cannot load {source}: {_one_line(err)}") from None
     set_model_state_dict(model, present, options=StateDictOptions(strict=False))
-    return {"source": str(source), "format": "dcp", "loaded": list(present),
-            "kept_init": [name for name in model_state if name not in saved], "resized": {},
-            "unused": [f"{MODEL_KEY}.{name}" for name in saved if name not in model_state]}
+    used = set(stored.values())
+    return {"source": str(source), "format": fmt, "loaded": list(present),
+            "kept_init": [name for name in model_state if name not in stored], "resized": {},
+            "unused": [key for key in shapes if _is_model_key(key, fmt) and key not in used]}
+
+
+def _dcp_model_keys(metadata: Metadata, model: nn.Module, source: Path) -> tuple[dict[str, str], str]:
+    """({our canonical name: its key in the checkpoint}, format 'dcp' or 'torchtitan') of a DCP checkpoint."""
+    keys = list(metadata.state_dict_metadata)
+    if any(_is_model_key(key, "dcp") for key in keys):
+        prefix = MODEL_KEY + "."
+        return {key[len(prefix):]: key for key in keys if key.startswith(prefix)}, "dcp"
+    if is_torchtitan_llama(keys):
+        if model.args.family != "llama":
+            raise ValueError(f"{source} is a torchtitan llama3 checkpoint but the model is {model.args.family}; "
+                             "set model.name = llama or choose another init.from_checkpoint")
+        return {from_torchtitan(key): key for key in keys if _is_model_key(key, "torchtitan")}, "torchtitan"
+    raise CheckpointError(f"{source} holds no model tensors initlab knows (keys like {', '.join(keys[:3])}); "
+                          "give an initlab step_<N> checkpoint ('model.*' keys) or a torchtitan llama3 one")
+
+
+def _is_model_key(key: str, fmt: str) -> bool:
+    """Whether checkpoint key ``key`` is a model tensor in format ``fmt`` ('dcp' = initlab's, or 'torchtitan')."""
+    return key.startswith(MODEL_KEY + ".") if fmt == "dcp" else from_torchtitan(key) is not None
+
+
+def _refuse_missing(missing: list[str], model_names: Collection[str], source: Path) -> None:
+    """A partial source would leave some tensors at the scheme's init without saying so in the results."""
+    if missing:
+        raise CheckpointError(f"init.from_checkpoint = {source} lacks {len(missing)} of the model's "
+                              f"{len(model_names)} tensors ({_first_names(missing, 4)}); give a checkpoint of the "
+                              "same architecture (model.n_layers, model.name, ...) or drop init.from_checkpoint")
 
 
 def refuse_dropped_adapters(source_names: Iterable[str], model_names: Container[str], source: Path) -> None:
@@ -191,5 +235,7 @@ def _load_safetensors_weights(model: nn.Module, source: Path) -> dict:
         local.copy_(tensor[first_row: first_row + local.shape[0]])
         report["loaded"].append(name)
         used.add(link.hf_name)
+    _refuse_missing([name for name in report["kept_init"] if not is_adapter(name)], report["loaded"] +
+                    report["kept_init"], source)
     report["unused"] = [name for name in index if name not in used]
     return report
