@@ -169,6 +169,13 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(rotated).flatten(3).type_as(x)
 
 
+class Tap(nn.Module):
+    """Identity on its inputs: a named point where tools observe intermediate tensors with forward hooks."""
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tensors
+
+
 class Attention(nn.Module):
     """Causal multi-head attention with separate q/k/v/out projections, GQA and optional RoPE."""
 
@@ -180,6 +187,7 @@ class Attention(nn.Module):
         self.k = projection("attn.k", args.dim, args.n_kv_heads * self.head_dim, bias, args)
         self.v = projection("attn.v", args.dim, args.n_kv_heads * self.head_dim, bias, args)
         self.out = projection("attn.out", args.n_heads * self.head_dim, args.dim, bias, args)
+        self.logits_tap = Tap()  # sees (q, k) whose products SDPA scales into the attention logits
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         bsz, seqlen, _ = x.shape  # x: [B, T, d]
@@ -188,6 +196,7 @@ class Attention(nn.Module):
         v = self.v(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = self.logits_tap(q, k)
         # SDPA wants [B, H, T, hd]; enable_gqa broadcasts the n_kv_heads groups.
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
