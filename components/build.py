@@ -14,6 +14,7 @@ from components.weights_import import load_initial_weights
 from distributed.env import DistEnv
 from distributed.parallelize import parallelize
 from init_schemes import WeightInitializer
+from init_schemes.parametrization import Parametrization, base_shape_overrides, with_multipliers
 from models import build_model, make_model_args
 from models.common import ModelArgs, is_adapter
 
@@ -24,13 +25,29 @@ SHAPE_FIELDS = ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "multiple
 
 
 def model_args_from_config(cfg: Config, tokenizer_vocab: int) -> ModelArgs:
-    """The model shapes: flavor <- [model] overrides; vocab from the tokenizer unless set."""
+    """The model shapes: flavor <- [model] overrides; vocab from the tokenizer unless set; the
+    [parametrization]'s forward multipliers filled in."""
     overrides = {name: getattr(cfg.model, name) for name in SHAPE_FIELDS}
     vocab = cfg.model.vocab_size or tokenizer_vocab
     if vocab < tokenizer_vocab:
         raise ValueError(f"model.vocab_size = {vocab} is smaller than the tokenizer's {tokenizer_vocab} tokens; "
                          "omit model.vocab_size or raise it")
-    return make_model_args(cfg.model.name, cfg.model.flavor, vocab, cfg.training.seq_len, overrides)
+    args = make_model_args(cfg.model.name, cfg.model.flavor, vocab, cfg.training.seq_len, overrides)
+    return with_multipliers(args, base_model_args(cfg, args), cfg.parametrization)
+
+
+def base_model_args(cfg: Config, args: ModelArgs) -> ModelArgs:
+    """The shapes of the [parametrization]'s base (proxy) model; ``args`` itself under sp."""
+    base_overrides = base_shape_overrides(cfg.parametrization, args, cfg.model.ffn_dim)
+    if not base_overrides:
+        return args
+    overrides = {name: getattr(cfg.model, name) for name in SHAPE_FIELDS} | base_overrides
+    return make_model_args(cfg.model.name, cfg.model.flavor, args.vocab_size, args.max_seq_len, overrides)
+
+
+def parametrization_of(cfg: Config, args: ModelArgs) -> Parametrization:
+    """The [parametrization] bound to the model ``args`` (from :func:`model_args_from_config`)."""
+    return Parametrization(cfg.parametrization, args, base_model_args(cfg, args))
 
 
 def freeze_all_but_adapters(model: nn.Module) -> None:
@@ -48,7 +65,7 @@ def build_model_and_init(cfg: Config, tokenizer_vocab: int, env: DistEnv) -> tup
         freeze_all_but_adapters(model)
     parallelize(model, env, cfg.parallelism, cfg.training, cfg.compile, cfg.activation_checkpoint)
     model.to_empty(device=env.device)
-    initializer = WeightInitializer(cfg.init, args, cfg.job.seed)
+    initializer = WeightInitializer(cfg.init, args, cfg.job.seed, parametrization_of(cfg, args))
     model.init_weights(initializer, buffer_device=env.device)
     if cfg.init.from_checkpoint:  # replaces the scheme's tensors where the file has them
         load_initial_weights(model, cfg.init.from_checkpoint, env)

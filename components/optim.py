@@ -24,7 +24,8 @@ from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from components.config import Optimizer
-from models.common import role_of
+from init_schemes.parametrization import Parametrization, ParamRule
+from models.common import layer_of, role_of
 
 # Roles kept out of weight decay unless the named [optimizer] flag is true.
 NO_DECAY_FLAG_OF_ROLE = {
@@ -44,30 +45,42 @@ def is_decayed(name: str, cfg: Optimizer) -> bool:
     return flag is None or bool(getattr(cfg, flag))
 
 
-def param_groups(model: nn.Module, cfg: Optimizer) -> list[dict]:
-    """AdamW parameter groups: ``decay`` (weight_decay = cfg.weight_decay) and ``no_decay`` (0).
+def param_groups(model: nn.Module, cfg: Optimizer, parametrization: Parametrization | None = None) -> list[dict]:
+    """AdamW parameter groups: ``decay`` (weight_decay = cfg.weight_decay) and ``no_decay`` (0), split
+    further by the parametrization's per-tensor factors on lr, weight decay and eps.
 
-    Each group is ``{"name", "params", "weight_decay"}``, in ``model.named_parameters()`` order.
-    A tied tensor (GPT-2's embedding reused as the head) appears once, under its first name
-    (``tok_embedding``), so ``decay_embeddings`` decides it. Frozen parameters are left out. A
-    group with no parameters is omitted (torch's distributed state-dict helpers reject empty
-    groups), so there are one or two groups.
+    Each group is ``{"name", "params", "weight_decay"}`` (plus ``"lr"`` and ``"eps"`` when a factor is
+    not 1), parameters in ``model.named_parameters()`` order; groups whose factors are all 1 come
+    first, so group 0 runs at the peak lr the schedule reports. A tied tensor (GPT-2's embedding
+    reused as the head) appears once, under its first name (``tok_embedding``), so
+    ``decay_embeddings`` and the embedding's rule decide it. Frozen parameters are left out. Empty
+    groups are omitted (torch's distributed state-dict helpers reject them); under sp there are one or two.
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    groups: dict[tuple, dict] = {}
     seen: set[int] = set()
     for name, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        (decay if is_decayed(name, cfg) else no_decay).append(param)
+        decayed = is_decayed(name, cfg)
+        rule = parametrization.rule(role_of(name), layer_of(name)) if parametrization else ParamRule()
+        key = (not rule.is_identity, not decayed, rule.lr, rule.weight_decay if decayed else 0.0, rule.eps)
+        if key not in groups:
+            groups[key] = _new_group(decayed, rule, cfg)
+        groups[key]["params"].append(param)
     if not seen:
         raise ValueError(f"{type(model).__name__} has no trainable parameters; nothing for the optimizer to update")
-    groups = [
-        {"name": "decay", "params": decay, "weight_decay": cfg.weight_decay},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
+    return [groups[key] for key in sorted(groups, key=lambda k: k[:2])]  # stable: first appearance within a kind
+
+
+def _new_group(decayed: bool, rule: ParamRule, cfg: Optimizer) -> dict:
+    """An empty AdamW group for tensors with ``rule``'s factors (sp: just name, params, weight_decay)."""
+    group = {"name": "decay" if decayed else "no_decay", "params": [],
+             "weight_decay": cfg.weight_decay * rule.weight_decay if decayed else 0.0}
+    if not rule.is_identity:
+        group["name"] += f" lr*{rule.lr:.4g} wd*{rule.weight_decay if decayed else 0:.4g} eps*{rule.eps:.4g}"
+        group["lr"], group["eps"] = cfg.lr * rule.lr, cfg.eps * rule.eps
+    return group
 
 
 def kernel_flags(implementation: str, device: torch.device) -> dict[str, bool]:
@@ -83,15 +96,17 @@ def kernel_flags(implementation: str, device: torch.device) -> dict[str, bool]:
     return flags[implementation]
 
 
-def build_optimizer(model: nn.Module, cfg: Optimizer, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` at peak lr ``cfg.lr``, with the kernel chosen for ``device``.
+def build_optimizer(model: nn.Module, cfg: Optimizer, device: torch.device,
+                    parametrization: Parametrization | None = None) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` at peak lr ``cfg.lr`` (times each group's parametrization factor),
+    with the kernel chosen for ``device``.
 
     ``implementation = "auto"`` is fused on CUDA and foreach elsewhere; ``optimizer.defaults``
     records the choice. Works with FSDP2's DTensor parameters.
     """
     if cfg.name != "adamw":
         raise ValueError(f"optimizer.name = {cfg.name!r} is not supported; use adamw")
-    groups = param_groups(model, cfg)
+    groups = param_groups(model, cfg, parametrization)
     param_device = groups[0]["params"][0].device
     if param_device.type != device.type:
         raise ValueError(f"model parameters are on {param_device} but the optimizer was asked for {device}; "

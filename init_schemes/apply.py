@@ -18,6 +18,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from init_schemes.adapters import adapter_spec
 from init_schemes.base import InitSpec, get_scheme
+from init_schemes.parametrization import Parametrization
 from models.common import ADAPTER_SUFFIXES
 
 BLOCK_NUMEL = 1 << 20  # elements per generator block (4 MiB in float32)
@@ -89,18 +90,27 @@ def fill_(param: torch.Tensor, spec: InitSpec, seed: int, key: str) -> None:
 class WeightInitializer:
     """The ``init`` callable that models' ``init_weights`` use: scheme -> spec -> deterministic draw.
 
-    ``applied`` records the spec used for each parameter key (for reports and tests).
+    With a ``parametrization`` (init_schemes/parametrization.py) the scheme is asked on the base model's
+    shapes and the parametrization's factor rescales the result (μP: hidden matrices by
+    sqrt(base fan_in / fan_in)); under sp that is the scheme itself. ``applied`` records the spec
+    used for each parameter key (for reports and tests).
     """
 
-    def __init__(self, opts, args, seed: int):
+    def __init__(self, opts, args, seed: int, parametrization: Parametrization | None = None):
         self.scheme = get_scheme(opts.scheme)
         self.opts, self.args, self.seed = opts, args, seed
+        self.parametrization = parametrization
         self.applied: dict[str, tuple[str, int | None, InitSpec]] = {}
 
     def spec(self, role: str, layer_id: int | None) -> InitSpec:
         if role.endswith(ADAPTER_SUFFIXES):  # LoRA matrices: their own rule, whatever the scheme
             return adapter_spec(role, self.args, self.opts)
-        return self.scheme.spec(role, layer_id, self.args, self.opts)
+        p = self.parametrization
+        if p is None:
+            return self.scheme.spec(role, layer_id, self.args, self.opts)
+        spec = self.scheme.spec(role, p.scheme_layer(layer_id), p.base, self.opts)
+        factor = p.rule(role, layer_id).init
+        return spec if factor == 1.0 else spec.scaled(factor)
 
     def __call__(self, param: torch.Tensor, role: str, layer_id: int | None, key: str) -> None:
         spec = self.spec(role, layer_id)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import Attention, BlockBase, ModelArgs, TransformerBase, gelu_tanh, projection
+from models.common import Attention, BlockBase, ModelArgs, TransformerBase, gelu_tanh, projection, scaled
 
 FLAVORS: dict[str, dict] = {
     "debug": dict(n_layers=4, dim=128, n_heads=4),
@@ -30,15 +30,15 @@ class GeluMLP(nn.Module):
 class GPT2Block(BlockBase):
     def __init__(self, layer_id: int, args: ModelArgs):
         super().__init__()
-        self.layer_id = layer_id
+        self.layer_id, self.residual_multiplier = layer_id, args.residual_multiplier
         self.attn_norm = nn.LayerNorm(args.dim, eps=args.norm_eps, bias=args.bias)
         self.attn = Attention(args, bias=args.bias)
         self.mlp_norm = nn.LayerNorm(args.dim, eps=args.norm_eps, bias=args.bias)
         self.mlp = GeluMLP(args)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
-        h = x + self.attn(self.attn_norm(x), None)
-        return h + self.mlp(self.mlp_norm(h))
+        h = x + scaled(self.attn(self.attn_norm(x), None), self.residual_multiplier)
+        return h + scaled(self.mlp(self.mlp_norm(h)), self.residual_multiplier)
 
 
 class GPT2(TransformerBase):

@@ -6,7 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import Attention, BlockBase, ModelArgs, TransformerBase, ceil_to, precompute_rope, projection
+from models.common import (
+    Attention,
+    BlockBase,
+    ModelArgs,
+    TransformerBase,
+    ceil_to,
+    precompute_rope,
+    projection,
+    scaled,
+)
 
 # Field values of each named size; anything can be overridden from the [model] table.
 FLAVORS: dict[str, dict] = {
@@ -45,15 +54,15 @@ class SwiGLU(nn.Module):
 class LlamaBlock(BlockBase):
     def __init__(self, layer_id: int, args: ModelArgs):
         super().__init__()
-        self.layer_id = layer_id
+        self.layer_id, self.residual_multiplier = layer_id, args.residual_multiplier
         self.attn_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.attn = Attention(args, bias=False)
         self.mlp_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.mlp = SwiGLU(args)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
-        h = x + self.attn(self.attn_norm(x), rope)
-        return h + self.mlp(self.mlp_norm(h))
+        h = x + scaled(self.attn(self.attn_norm(x), rope), self.residual_multiplier)
+        return h + scaled(self.mlp(self.mlp_norm(h)), self.residual_multiplier)
 
 
 class Llama(TransformerBase):
