@@ -18,11 +18,17 @@ leaves the optimizer fresh. The seed checkpoint is never pruned.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import pickle
 import re
 import shutil
+import time
+import zlib
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -47,6 +54,7 @@ from distributed.env import DistEnv, barrier
 STEP_DIR = re.compile(r"step_(\d+)")
 PARTIAL_DIR = re.compile(r"\.(tmp|del)_step_\d+")
 MODEL_KEY = "model"
+MANIFEST = "checksums.json"  # {file name: CRC-32} of a complete checkpoint, written before its rename
 
 
 class CheckpointError(Exception):
@@ -169,7 +177,13 @@ class OptimizerState(Stateful):
         return get_optimizer_state_dict(self.model, self.optimizer, options=self.OPTIONS)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the moments and step counts; the hyperparameters (lr, betas, eps, weight decay) stay the ones
+        the optimizer was built with from the current config, so a changed value applies instead of being
+        silently replaced by the checkpoint's (train.py prints each change on resume)."""
+        hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         set_optimizer_state_dict(self.model, self.optimizer, state, options=self.OPTIONS)
+        for group, kept in zip(self.optimizer.param_groups, hyper):
+            group.update(kept)
 
 
 class PickledState(Stateful):
@@ -220,12 +234,103 @@ def adapt_states(states: Mapping[str, Any]) -> dict[str, Stateful]:
     return adapted
 
 
+# ----------------------------------------------------------------------------------- failures
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps: its causes, DCP's per-rank failures) is ENOSPC/EDQUOT."""
+    seen: set[int] = set()
+    stack = [err]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        stack += [current.__cause__, current.__context__, getattr(current, "exc", None)]
+        stack += [getattr(f, "exc", f) for f in (getattr(current, "failures", None) or {}).values()]
+    return "No space left on device" in str(err) or "Disk quota exceeded" in str(err)
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line for an exception raised by DCP (its CheckpointException is a BaseException) or the filesystem."""
+    if _disk_full(err):
+        return "disk full (No space left on device / quota exceeded)"
+    failures = getattr(err, "failures", None)
+    if failures:  # CheckpointException: {rank: WrappedException(exc, traceback)}
+        rank, failure = next(iter(failures.items()))
+        inner = getattr(failure, "exc", failure)
+        return f"rank {rank}: {type(inner).__name__}: {_one_line(inner)}"
+    return f"{type(err).__name__}: {_one_line(err)}"
+
+
+def newest_complete(folder: Path, below: int | None = None) -> str:
+    """'step_N' of the newest complete checkpoint (older than ``below`` if given), or a phrase saying none."""
+    steps = [s for s in complete_steps(folder) if below is None or s < below]
+    return f"{folder / f'step_{steps[-1]}'}" if steps else "none (no complete checkpoint)"
+
+
+# ---------------------------------------------------------------------------------- checksums
+def file_crc32(path: Path, chunk_bytes: int = 16 << 20) -> str:
+    """CRC-32 of a file as 8 hex digits (zlib: ~2.5 GB/s on one core; catches silent corruption, not tampering)."""
+    crc = 0
+    with path.open("rb") as f:
+        while block := f.read(chunk_bytes):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
+
+
+def own_files(folder: Path, rank: int) -> list[Path]:
+    """The files rank ``rank`` wrote into a DCP directory: its data files ``__<rank>_<n>.distcp``; rank 0 also
+    the ``.metadata`` (DCP's FileSystemWriter naming)."""
+    files = sorted(folder.glob(f"__{rank}_*.distcp"))
+    return files + ([folder / ".metadata"] if rank == 0 and (folder / ".metadata").is_file() else [])
+
+
+def verify_manifest(path: Path, rank: int, world_size: int) -> str | None:
+    """Check this rank's share (every world_size-th file) of ``path``'s manifest; the first bad file or None."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    for name in sorted(manifest)[rank::world_size]:
+        file = path / name
+        if not file.is_file():
+            return f"{name} (missing)"
+        if file_crc32(file) != manifest[name]:
+            return f"{name} (CRC-32 mismatch: its bytes changed after the save)"
+    return None
+
+
+def _pinned_stager(device: torch.device):
+    """DCP's stager for async saves, kept for the whole run: on CUDA it copies into pinned CPU buffers that it
+    reuses from one save to the next (the copy runs at PCIe speed, not pageable-memory speed); staging stays
+    synchronous, so no tensor changes while it is copied. None on a torch without DefaultStager."""
+    try:
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+    except ImportError:
+        return None
+    cuda = device.type == "cuda"
+    return DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=False,
+                                        use_non_blocking_copy=cuda))
+
+
 # ---------------------------------------------------------------------------------- checkpointer
+@dataclass
+class PendingSave:
+    """An asynchronous save in flight: ``future`` resolves to this rank's {file: crc32} once its files are written."""
+
+    step: int
+    future: Future
+    started: float  # time.perf_counter() when the save was issued
+
+
 class Checkpointer:
     """Saves ``states`` to ``folder/step_<N>`` and resumes from the newest complete one.
 
     ``states`` maps names to the model (nn.Module), the optimizer and Stateful objects; the
     model's entry must be named ``model`` (the seed checkpoint and exports read that key).
+    An asynchronous save (``async_mode = "async"``) blocks only while DCP stages the tensors into
+    CPU memory (pinned and reused across saves on CUDA); the files are written by a background
+    thread, and the save becomes ``step_<N>`` only after every rank's write finished
+    (:meth:`finalize_pending`, called by the trainer once the ranks agree, by the next save, or by
+    :meth:`close`). At most one save is in flight.
     """
 
     def __init__(self, folder: Path, cfg: CheckpointConfig, env: DistEnv, states: Mapping[str, Any]):
@@ -237,7 +342,10 @@ class Checkpointer:
         self.use_async = cfg.async_mode == "async"
         # The background save runs collectives while training runs its own: give it a separate (CPU) group.
         self.async_group = dist.new_group(backend="gloo") if self.use_async else None
-        self.pending: tuple[int, Any] | None = None  # (step, future) of an async save not yet finalized
+        self.stager = _pinned_stager(env.device) if self.use_async else None
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="initlab-ckpt") if self.use_async else None
+        self.pending: PendingSave | None = None
+        self.last_write_s = 0.0  # seconds from issuing the latest finalized save to its rename
 
     def due(self, step: int, total_steps: int) -> bool:
         """Whether ``step`` gets a checkpoint: every ``interval`` steps and at the last step, when enabled."""
@@ -251,9 +359,11 @@ class Checkpointer:
         rng = {f"rank_{rank}": blob for rank, blob in enumerate(ranks_rng)}
         return {**self.states, "rng": rng}  # identical keys on every rank, as DCP wants
 
-    def save(self, step: int) -> None:
-        """Write ``step_<step>`` atomically (asynchronously when configured); step 0 = model only."""
-        self._finish_pending()
+    def save(self, step: int, blocking: bool = False) -> float:
+        """Write ``step_<step>`` atomically (in the background when async and not ``blocking``); step 0 = model
+        only. Returns the seconds the caller was blocked."""
+        started = time.perf_counter()
+        self.finalize_pending()
         final, tmp = self.folder / f"step_{step}", self.folder / f".tmp_step_{step}"
         if final.exists():
             raise CheckpointError(f"checkpoint {final} already exists; refusing to overwrite it (move it away or "
@@ -265,56 +375,97 @@ class Checkpointer:
         barrier()
         state = self._states_to_save(step)
         try:
-            if self.use_async:
-                self.pending = (step, dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.async_group))
-                return
+            if self.use_async and not blocking:
+                upload = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.async_group,
+                                        async_stager=self.stager)
+                self.pending = PendingSave(step, self.writer.submit(self._wait_and_hash, upload, tmp), started)
+                return time.perf_counter() - started
             dcp.save(state, checkpoint_id=str(tmp))
-        except Exception as err:  # disk full, permissions, a dead peer: the checkpoint stays partial
-            raise CheckpointError(f"cannot write checkpoint {tmp}: {_one_line(err)}; the newest complete "
-                                  "checkpoint is unchanged") from None
-        self._finalize(step)
+            digests = self._hash_own_files(tmp)
+        except (Exception, CheckpointException) as err:  # DCP's CheckpointException is a BaseException
+            raise self._save_error(step, err) from None
+        self._finalize(step, digests, started)
+        return time.perf_counter() - started
 
-    def _finish_pending(self) -> None:
-        if self.pending is not None:
-            step, future = self.pending
-            self.pending = None
-            try:
-                future.result()  # the background write of every rank's part
-            except Exception as err:
-                raise CheckpointError(f"asynchronous save of step {step} failed: {_one_line(err)}; the newest "
-                                      "complete checkpoint is unchanged") from None
-            self._finalize(step)
+    def _save_error(self, step: int, err: BaseException) -> CheckpointError:
+        return CheckpointError(f"cannot write checkpoint {self.folder / f'.tmp_step_{step}'}: {describe_failure(err)}; "
+                               f"the newest complete checkpoint is {newest_complete(self.folder)} (unchanged)")
 
-    def _finalize(self, step: int) -> None:
-        """After every rank wrote its part: rename .tmp_step_N -> step_N (rank 0), then prune."""
-        barrier()
+    def _hash_own_files(self, tmp: Path) -> dict[str, str]:
+        if not self.cfg.verify_checksums:
+            return {}
+        return {file.name: file_crc32(file) for file in own_files(tmp, self.env.rank)}
+
+    def _wait_and_hash(self, upload: Future, tmp: Path) -> dict[str, str]:
+        """Background thread: wait for DCP's write of this rank's files, then checksum them."""
+        upload.result()
+        return self._hash_own_files(tmp)
+
+    def local_save_done(self) -> bool:
+        """Whether this rank has no save in flight (non-blocking; the ranks must agree before finalizing)."""
+        return self.pending is None or self.pending.future.done()
+
+    def finalize_pending(self) -> int | None:
+        """Wait for the save in flight (if any) on every rank and make it ``step_<N>``; returns N or None."""
+        if self.pending is None:
+            return None
+        pending, self.pending = self.pending, None
+        try:
+            digests = pending.future.result()
+        except (Exception, CheckpointException) as err:
+            raise self._save_error(pending.step, err) from None
+        self._finalize(pending.step, digests, pending.started)
+        return pending.step
+
+    def _finalize(self, step: int, digests: dict[str, str], started: float) -> None:
+        """After every rank wrote its part: the manifest, then rename .tmp_step_N -> step_N (rank 0), then prune."""
+        gathered: list[dict[str, str] | None] = [None] * self.env.world_size
+        dist.all_gather_object(gathered, digests)
         if self.env.is_main:
             tmp, final = self.folder / f".tmp_step_{step}", self.folder / f"step_{step}"
+            if self.cfg.verify_checksums:
+                manifest = {name: crc for part in gathered for name, crc in (part or {}).items()}
+                with (tmp / MANIFEST).open("w") as f:
+                    json.dump(manifest, f, indent=0, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
             _fsync_dir(tmp)
             tmp.rename(final)
             _fsync_dir(self.folder)
             prune_checkpoints(self.folder, self.cfg.keep_last)
         barrier()
+        self.last_write_s = time.perf_counter() - started
 
     def close(self) -> None:
-        """Wait for (and finalize) an async save still in flight."""
-        self._finish_pending()
+        """Wait for (and finalize) an async save still in flight, then free the staging memory and the thread."""
+        try:
+            self.finalize_pending()
+        finally:
+            if self.stager is not None:
+                self.stager.close()
+                self.stager = None
+            if self.writer is not None:
+                self.writer.shutdown(wait=True)
+                self.writer = None
 
     def load_for_resume(self) -> int:
         """Load the newest complete checkpoint into the states; returns its step.
 
-        Checks the checkpoint's files and the model's shapes before loading anything; on any
-        error raises CheckpointError and changes no file. Afterwards rank 0 removes partial saves.
+        Checks the checkpoint's files (sizes, and their CRC-32 manifest unless ``verify_checksums`` is
+        off) and the model's shapes before loading anything; on any error raises CheckpointError naming
+        the older checkpoint to fall back to, and changes no file. Afterwards rank 0 removes partial saves.
         """
         steps = complete_steps(self.folder)
         if not steps:
             partial = ", ".join(p.name for p in partial_dirs(self.folder))
             note = f" (only partial saves: {partial})" if partial else ""
             raise CheckpointError(f"--checkpoint.resume true but {self.folder} holds no complete checkpoint{note}; "
-                                  "start a new run instead (drop --checkpoint.resume, choose a new job.run_name)")
+                                  "start a new run instead (--checkpoint.resume auto, or a new job.run_name)")
         step = steps[-1]
         path = self.folder / f"step_{step}"
+        fallback = f"delete {path} to fall back to {newest_complete(self.folder, below=step)}"
         metadata = read_checkpoint_metadata(path)
+        self._verify_checksums(path, fallback)
         model_shapes = {name: tuple(t.shape) for name, t in get_model_state_dict(self.model).items()}
         check_model_shapes(model_shapes, metadata, path)
         wanted: dict[str, Any] = {MODEL_KEY: self.states[MODEL_KEY]} if step == 0 else dict(self.states)
@@ -328,14 +479,24 @@ class Checkpointer:
                              if key.startswith("rng.")}
         try:
             dcp.load(wanted, checkpoint_id=str(path))
-        except Exception as err:
-            raise CheckpointError(f"cannot load {path}: {_one_line(err)}; delete it to fall back to an older "
-                                  "checkpoint") from None
+        except (Exception, CheckpointException) as err:  # a corrupt pickle or tensor file surfaces here
+            raise CheckpointError(f"cannot load {path}: {describe_failure(err)}; {fallback}") from None
         own_rng = wanted.get("rng", {}).get(f"rank_{self.env.rank}")
         if own_rng:  # a rank that did not exist at save time (world size grew) keeps its fresh RNG
             set_rng_state(pickle.loads(own_rng), self.env.device)
         self._remove_partials()
         return step
+
+    def _verify_checksums(self, path: Path, fallback: str) -> None:
+        """Every rank checks its share of the manifest's files; one all_gather names the first bad file."""
+        if not self.cfg.verify_checksums or not (path / MANIFEST).is_file():
+            return  # a checkpoint written with verify_checksums = false (or before manifests existed)
+        problems: list[str | None] = [None] * self.env.world_size
+        dist.all_gather_object(problems, verify_manifest(path, self.env.rank, self.env.world_size))
+        bad = next((problem for problem in problems if problem), None)
+        if bad:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {bad}; {fallback} (or pass "
+                                  "--checkpoint.verify_checksums false to load it anyway)")
 
     def _remove_partials(self) -> None:
         barrier()

@@ -37,8 +37,9 @@ class Job:
     """Seed (integer) for weight init and data order; same seed => same run on any world size."""
     output_dir: str = "outputs"
     """Directory (path) under which run directories are created."""
-    run_name: str = "debug"
-    """Name of the run directory: <output_dir>/<run_name>/."""
+    run_name: str = ""
+    """Name of the run directory <output_dir>/<run_name>/; empty = <config file stem>_<UTC date-time>
+    (a new directory per launch). Give an explicit name to resume or requeue a run."""
     description: str = ""
     """Free text stored with the run (shown in the TensorBoard HParams tab)."""
 
@@ -149,6 +150,7 @@ class Parametrization:
     weight_decay_scaling: Literal["independent", "coupled"] = "independent"
     """mup/completep hidden matrices: independent = weight_decay x m_N so lr x weight_decay is width-free (MuAdam, CompleteP); coupled = unchanged."""
 
+
 @dataclass
 class Tokenizer:
     name: str = "cl100k_base"
@@ -189,6 +191,10 @@ class Training:
     """Device type; auto = cuda when available, else cpu (gloo)."""
     trainable: Literal["all", "lora"] = "all"
     """Parameters the optimizer updates: all, or only the LoRA adapters (the rest frozen; needs model.lora_rank > 0)."""
+    nonfinite_check: Literal["step", "log"] = "step"
+    """step: read the global grad norm every step before the optimizer step (one device sync), so a NaN/Inf stops
+    the run naming the first non-finite weight or gradient before the update spreads it; log: only on logging
+    steps (no sync, but the culprit is then looked up after NaN updates)."""
 
 
 @dataclass
@@ -238,17 +244,22 @@ class Parallelism:
 @dataclass
 class Checkpoint:
     enable: bool = False
-    """Write DCP checkpoints to <run_dir>/checkpoints/step_<N>/."""
+    """Write DCP checkpoints to <run_dir>/checkpoints/step_<N>/ (an explicit interval implies true)."""
     interval: int = 500
-    """Steps between checkpoints (steps)."""
+    """Steps between checkpoints (steps); setting it turns checkpoint.enable on unless that is set false."""
     keep_last: int = 0
     """Keep only the newest N complete checkpoints (0 = keep all)."""
-    resume: bool = False
-    """Continue from the newest complete checkpoint of an existing run directory."""
+    resume: Literal["auto", "true", "false"] = "auto"
+    """auto: continue the newest complete checkpoint of <run_dir> if there is one, else start there (requeue-safe);
+    true: require a checkpoint to continue; false: require a new (or empty) run directory."""
     create_seed_checkpoint: bool = False
     """Write the initialized weights as step 0 and exit (single process), for identical starts."""
     async_mode: Literal["disabled", "async"] = "disabled"
-    """Save asynchronously in a background thread (training continues while the files are written)."""
+    """async: the save blocks only while tensors are staged to (pinned) CPU memory; files are written in a
+    background thread while training continues (one save in flight at most)."""
+    verify_checksums: bool = True
+    """Write a CRC-32 manifest of the checkpoint files at save and verify it before a resume (costs one read
+    of the checkpoint per save and per resume; false skips both)."""
 
 
 @dataclass
@@ -330,6 +341,8 @@ def _coerce(where: str, value: Any, tp: Any, from_cli: bool) -> Any:
             return None
         return _coerce(where, value, inner, from_cli)
     if origin is Literal:
+        if isinstance(value, bool) and str(value).lower() in args:  # TOML true/false for a "true"/"false" literal
+            value = str(value).lower()
         if value not in args:
             raise ConfigError(f"{where} = {value!r} is not allowed; {_suggest(str(value), list(args))}")
         return value
@@ -446,6 +459,7 @@ def load_config(argv: list[str], flags: tuple[str, ...] = ()) -> tuple[Config, s
     """Resolve defaults <- TOML (with includes) <- CLI overrides, then validate."""
     config_path, overrides, present = parse_cli(argv, flags)
     cfg = Config()
+    explicit: dict[str, int] = {}  # "section.key" -> where it was set: 0 = TOML, 1 = command line
     if config_path is not None:
         data = _load_toml(Path(config_path))
         for section, table in data.items():
@@ -453,11 +467,21 @@ def load_config(argv: list[str], flags: tuple[str, ...] = ()) -> tuple[Config, s
                 raise ConfigError(f"{config_path}: top-level key '{section}' must be a [table]; {_suggest(section, list(SECTIONS))}")
             for key, value in table.items():
                 _apply(cfg, section, key, value, from_cli=False, origin=config_path)
+                explicit[f"{section}.{key}"] = 0
     for dotted, value in overrides:
         section, _, key = dotted.partition(".")
         _apply(cfg, section, key, value, from_cli=True, origin="command line")
+        explicit[dotted] = 1
+    _imply_checkpointing(cfg, explicit)
     validate(cfg)
     return cfg, present
+
+
+def _imply_checkpointing(cfg: Config, explicit: dict[str, int]) -> None:
+    """An explicit checkpoint.interval means "save": it turns checkpoint.enable on unless enable = false is given
+    at the same or a higher precedence (a TOML that says both, or --checkpoint.enable false on the command line)."""
+    if "checkpoint.interval" in explicit and explicit["checkpoint.interval"] > explicit.get("checkpoint.enable", -1):
+        cfg.checkpoint.enable = True
 
 
 def _require(ok: bool, message: str) -> None:

@@ -92,8 +92,15 @@ class WarmupDecayLR(LambdaLR):
         super().__init__(optimizer, lambda epoch: lr_factor(epoch + 1, cfg, total_steps))
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore ``last_epoch``/``base_lrs`` and set each group's lr for the next optimizer step."""
+        """Restore the step count (``last_epoch``) and set each group's lr for the next optimizer step.
+
+        The peak lrs (``base_lrs``) and the schedule's shape stay those of the current config, so a resume
+        with a changed optimizer.lr, [lr_scheduler] or training.steps applies it from the resumed step on
+        (train.py prints the change) instead of silently keeping the checkpoint's values.
+        """
+        peak_lrs = list(self.base_lrs)
         super().load_state_dict(state_dict)
+        self.base_lrs = peak_lrs
         for group, base_lr, factor in zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas):
             group["lr"] = base_lr * factor(self.last_epoch)
 

@@ -1,6 +1,7 @@
 """Run metrics (DESIGN.md §8): TensorBoard + ``metrics.jsonl`` logging, non-finite detection, MFU, memory.
 
-``MetricsLogger`` writes every logged step to ``<run_dir>/tb/`` (TensorBoard events, with a
+``MetricsLogger`` writes every logged step to ``<run_dir>/`` (TensorBoard events, so TensorBoard names the
+run after its directory, with a
 custom-scalars layout of one chart per role and one line per layer, and HParams for ablation
 families) and to ``<run_dir>/metrics.jsonl`` (one JSON object per step). Only rank 0 enables it.
 On resume, later steps are dropped from both so no step appears twice.
@@ -42,7 +43,7 @@ class MetricsLogger:
         if resume_step is None:
             if self.jsonl_path.exists() and self.jsonl_path.stat().st_size > 0:
                 raise ValueError(f"{self.jsonl_path} already holds metrics; resume the run "
-                                 "(--checkpoint.resume true) or choose a new job.run_name")
+                                 "(--checkpoint.resume auto) or choose a new job.run_name")
         else:
             if isinstance(resume_step, bool) or not isinstance(resume_step, int) or resume_step < 0:
                 raise ValueError(f"resume_step = {resume_step!r} must be a step number >= 0 (the checkpoint's step)")
@@ -51,7 +52,7 @@ class MetricsLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
         # purge_step writes a SessionLog.START at resume_step + 1: readers drop older events from that step on.
-        self._writer = SummaryWriter(log_dir=str(run_dir / "tb"),
+        self._writer = SummaryWriter(log_dir=str(run_dir),
                                      purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -95,7 +96,7 @@ class MetricsLogger:
         self._writer.flush()
 
     def log_hparams(self, hparams: dict, final_metrics: dict[str, float]) -> None:
-        """HParams-tab entry of this run (in its own tb/ dir): ``hparams`` (nested dicts flattened to
+        """HParams-tab entry of this run (in its run directory): ``hparams`` (nested dicts flattened to
         'section.key', values not str/bool/int/float stringified) and ``final_metrics`` as ``final/<name>``."""
         if not self.enabled:
             return

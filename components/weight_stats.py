@@ -14,6 +14,7 @@ costs 4x more on an H100). float64 is used for the packed tensor on every device
 both reduce it.
 
 Optional extras in the same reduction (``grad_stats=True``): per-tensor gradient sum of squares
+(logged as the norm and as the RMS = norm / sqrt(numel), which compares across roles and widths)
 and, after ``snapshot()``, the sum of squares of the update ``w_now - w_snapshot``.
 """
 
@@ -194,14 +195,16 @@ class WeightStats:
         sums = per_rank[..., M2 + 1:].sum(0)  # grad / update sums of squares
         outputs = [std_from_moments(moments)]
         if self.grad_stats:
-            outputs.append(sums[:, GRAD_SUMSQ - M2 - 1].sqrt())
+            grad_sumsq = sums[:, GRAD_SUMSQ - M2 - 1]
+            outputs += [grad_sumsq.sqrt(), (grad_sumsq / moments[:, 0]).sqrt()]
         if has_update:
             weight_sumsq = moments[:, 2] + moments[:, 0] * moments[:, 1] ** 2
             outputs.append(sums[:, -1].sqrt() / weight_sumsq.sqrt())
         host = torch.stack(outputs).tolist()  # the one device -> host transfer: [n_outputs][n_tensors]
-        return self._named(host[0], host[1] if self.grad_stats else None, host[-1] if has_update else None)
+        grads = (host[1], host[2]) if self.grad_stats else (None, None)
+        return self._named(host[0], *grads, host[-1] if has_update else None)
 
-    def _named(self, stds: list[float], grad_norms: list[float] | None,
+    def _named(self, stds: list[float], grad_norms: list[float] | None, grad_rms: list[float] | None,
                update_ratios: list[float] | None) -> dict[str, float]:
         """Metric names of DESIGN.md §8 for per-tensor values in ``self.tracked`` order."""
         values: dict[str, float] = {}
@@ -212,7 +215,7 @@ class WeightStats:
                 per_role.setdefault(t.role, []).append(stds[i])
         for role, role_stds in per_role.items():
             values[f"weight_std/{role}/mean_over_layers"] = math.fsum(role_stds) / len(role_stds)
-        for family, per_tensor in (("grad_norm", grad_norms), ("update_ratio", update_ratios)):
+        for family, per_tensor in (("grad_norm", grad_norms), ("grad_rms", grad_rms), ("update_ratio", update_ratios)):
             if per_tensor is not None:
                 values.update({f"{family}/{t.suffix}": v for t, v in zip(self.tracked, per_tensor)})
         return values

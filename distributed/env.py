@@ -160,3 +160,31 @@ def _wait_for_failed_peers(namespace: str) -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def any_and_all(flag_any: bool, flag_all: bool, group: dist.ProcessGroup | None) -> tuple[bool, bool]:
+    """(any rank's ``flag_any``, every rank's ``flag_all``) in one all-reduce over ``group``, a CPU (gloo) group,
+    so it never waits for the device stream; no collective in a world of one."""
+    if group is None or dist.get_world_size(group) == 1:
+        return flag_any, flag_all
+    flags = torch.tensor([int(flag_any), int(not flag_all)], dtype=torch.int32)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+    return bool(flags[0]), not bool(flags[1])
+
+
+def decided_by_rank0(decide, *errors: type[Exception]):
+    """``decide()`` on rank 0 only (it may read and write files), its result shared with every rank.
+
+    An exception of one of ``errors`` raised there is raised on every rank alike (same type and message),
+    so all ranks stop together instead of the others waiting in the next collective.
+    """
+    outcome = [None, None]
+    if dist.get_rank() == 0:
+        try:
+            outcome = [decide(), None]
+        except errors as err:
+            outcome = [None, err]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]

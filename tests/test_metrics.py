@@ -33,7 +33,7 @@ def read_jsonl(run_dir: Path) -> list[dict]:
 
 
 def read_tb(run_dir: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     accumulator.Reload()
     return accumulator
 
@@ -101,7 +101,7 @@ def test_hparams_are_written_to_the_runs_own_tb_dir(tmp_path):
     logger.log_hparams({"init": {"scheme": "mitchell", "base_std": 0.02, "depth_init": True},
                         "optimizer": {"betas": [0.9, 0.95]}, "steps": 100}, {"loss/train": 2.5, "loss/val": 2.75})
     logger.close()
-    assert [p.name for p in (tmp_path / "tb").iterdir() if p.is_dir()] == []  # no timestamped sub-run
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no timestamped sub-run
     accumulator = read_tb(tmp_path)
     content = accumulator.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
@@ -134,7 +134,7 @@ def test_resume_refuses_a_corrupt_middle_line_and_changes_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
         MetricsLogger(tmp_path, enabled=True, resume_step=1)
     assert path.read_text() == '{"step": 1}\nnot json\n{"step": 3}\n'
-    assert not (tmp_path / "tb").exists()
+    assert not list(tmp_path.glob("events.out.tfevents.*"))
 
 
 def test_existing_metrics_without_resume_are_refused_untouched(tmp_path):

@@ -129,7 +129,7 @@ def llama_metric_names() -> list[str]:
 
 
 def tensorboard(run_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     return events
 

@@ -1,0 +1,210 @@
+"""The run directory around the checkpoints: one writer at a time, requeue-safe starts, checked resumes.
+
+Layout of ``<output_dir>/<run_name>/``::
+
+    .lock                    flock()ed by rank 0 for the whole run; holds the holder's host, pid, job id, start
+    config.toml              the resolved config of the run's first start
+    config.resume_<N>.toml   the resolved config of each later start that resumed from step N
+    metrics.jsonl, events.*  metrics and TensorBoard events (components/metrics.py)
+    checkpoints/step_<N>/    DCP checkpoints (components/checkpoint.py)
+    finished.json            written once the run has trained all its steps
+    abandoned/<UTC time>/    files of an earlier attempt that died before its first checkpoint
+
+The lock is an advisory ``flock`` on ``.lock``: the kernel drops it when its holder exits, however it
+exits (kill -9 included), so a stale lock never blocks a restart; a live holder (e.g. ranks orphaned
+by a killed torchrun, still training) blocks a second job, which stops naming the holder. ``flock``
+works across the nodes of NFSv4 and of Lustre mounted with ``-o flock``; on a filesystem without
+it, give each job its own ``job.run_name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fcntl
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.checkpoint import complete_steps
+from components.config import Config, ConfigError, load_config, to_toml
+
+LOCK_FILE = ".lock"
+FINISHED_FILE = "finished.json"
+ABANDONED_DIR = "abandoned"
+# Entries of a run directory that are not an attempt's files.
+NOT_ATTEMPT_FILES = (LOCK_FILE, ABANDONED_DIR)
+
+# Settings that define what a run *is*: a resume that changes one of them is refused.
+IDENTITY_SECTIONS = ("model", "init", "tokenizer", "data", "parametrization")
+IDENTITY_KEYS = ("job.seed", "training.seq_len", "training.global_batch_size", "training.trainable")
+# Settings a resume may not change because the checkpoint cannot honour them.
+FROZEN_KEYS = ("checkpoint.create_seed_checkpoint",)
+# Settings that only say how this start behaves: not reported as changes.
+LAUNCH_KEYS = ("checkpoint.resume", "job.output_dir")
+
+
+def default_run_name(config_path: str | None, now: datetime.datetime | None = None) -> str:
+    """``<config stem>_<YYYYmmdd-HHMMSS>`` (UTC): a new directory per launch, sorted by time."""
+    stem = Path(config_path).stem if config_path else "run"
+    now = now or datetime.datetime.now(datetime.UTC)
+    return f"{stem}_{now:%Y%m%d-%H%M%S}"
+
+
+# ------------------------------------------------------------------------------------------- lock
+class RunDirLocked(ConfigError):
+    """Another live process holds the run directory."""
+
+
+class RunDirLock:
+    """An exclusive, kill-safe lock on a run directory, held by one process (rank 0) for the whole run."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "an unknown process"
+            os.close(fd)
+            raise RunDirLocked(f"run directory {self.path.parent} is in use by {holder}; wait for it to end, stop "
+                               "it, or choose another --job.run_name") from None
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID", ""),
+                  "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Unlock (the file stays: unlinking it could let two processes lock two different inodes)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+# ------------------------------------------------------------------------------------------ start
+@dataclass
+class RunStart:
+    """How this launch uses its run directory (decided by rank 0, then shared with every rank)."""
+
+    mode: str  # "fresh" | "resume" | "finished"
+    note: str = ""  # a line for the console (what was found, what was moved)
+    changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # resume: (key, old, new) applied
+
+
+def attempt_files(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.iterdir() if p.name not in NOT_ATTEMPT_FILES) if run_dir.is_dir() else []
+
+
+def plan_start(run_dir: Path, resume: str, total_steps: int) -> RunStart:
+    """Decide fresh / resume / finished for ``checkpoint.resume`` = auto | true | false (no file is touched).
+
+    auto resumes the newest complete checkpoint; without one, a directory holding only an attempt that
+    never saved is reused (its files are moved to ``abandoned/`` by :func:`set_aside_attempt`), and a run
+    that finished without checkpoints is refused. A run that already finished all ``total_steps`` is
+    "finished": the same command resubmitted does nothing.
+    """
+    checkpoints = complete_steps(run_dir / "checkpoints")
+    files = attempt_files(run_dir)
+    finished = _finished_steps(run_dir)
+    if resume == "false":
+        if files:
+            raise ConfigError(f"run directory {run_dir} already exists; use --checkpoint.resume auto to continue it, "
+                              "or choose another --job.run_name")
+        return RunStart("fresh")
+    if finished is not None and finished >= total_steps and checkpoints and checkpoints[-1] >= total_steps:
+        return RunStart("finished", f"run {run_dir} already trained all {finished} steps; nothing to do "
+                                    "(raise --training.steps to continue it)")
+    if checkpoints:
+        return RunStart("resume")
+    if resume == "true":
+        raise ConfigError(f"--checkpoint.resume true but {run_dir / 'checkpoints'} holds no complete checkpoint; "
+                          "use --checkpoint.resume auto to start there, or choose another --job.run_name")
+    if finished is not None:
+        raise ConfigError(f"run {run_dir} finished {finished} steps without a checkpoint to continue from; "
+                          "choose another --job.run_name")
+    if files:
+        return RunStart("fresh", f"{run_dir} holds no complete checkpoint (an earlier attempt stopped before its "
+                                 f"first save): its files move to {run_dir / ABANDONED_DIR}/ and the run starts over")
+    return RunStart("fresh")
+
+
+def set_aside_attempt(run_dir: Path) -> Path | None:
+    """Move an attempt's files (metrics, events, config, partial saves) to ``abandoned/<UTC time>/`` (rank 0)."""
+    files = attempt_files(run_dir)
+    if not files:
+        return None
+    target = run_dir / ABANDONED_DIR / datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-%f")
+    target.mkdir(parents=True)
+    for path in files:
+        path.rename(target / path.name)
+    return target
+
+
+def _finished_steps(run_dir: Path) -> int | None:
+    path = run_dir / FINISHED_FILE
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text())["steps"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path} is damaged ({type(err).__name__}); delete it and resubmit") from None
+
+
+def mark_finished(run_dir: Path, summary: dict[str, Any]) -> None:
+    tmp = run_dir / (FINISHED_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, run_dir / FINISHED_FILE)
+
+
+# ----------------------------------------------------------------------------------------- resume
+def _flat(cfg: Config) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, table in dataclasses.asdict(cfg).items()
+            for key, value in table.items()}
+
+
+def config_changes(run_dir: Path, cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(key, value the run was last started with, value now) for every setting that differs.
+
+    Compared with the newest of ``config.toml`` / ``config.resume_<N>.toml``. Raises ConfigError with a
+    one-line diff when an identity setting changed (model, init, parametrization, data, tokenizer, seed,
+    sequence length, global batch).
+    """
+    saved_path = latest_config(run_dir)
+    try:
+        saved, _ = load_config(["--config", str(saved_path)])
+    except ConfigError as err:
+        raise ConfigError(f"cannot compare with the run's {saved_path.name}: {err}") from None
+    before, now = _flat(saved), _flat(cfg)
+    changes = [(key, before[key], now[key]) for key in now
+               if key in before and before[key] != now[key] and key not in LAUNCH_KEYS]
+    refused = [c for c in changes if c[0].split(".")[0] in IDENTITY_SECTIONS or c[0] in IDENTITY_KEYS + FROZEN_KEYS]
+    if refused:
+        diff = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in refused)
+        raise ConfigError(f"cannot resume {run_dir} with a different experiment ({diff}); restore those settings "
+                          "or start a new run with another --job.run_name")
+    return changes
+
+
+def latest_config(run_dir: Path) -> Path:
+    resumes = sorted(run_dir.glob("config.resume_*.toml"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    path = resumes[-1] if resumes else run_dir / "config.toml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has checkpoints but no config.toml; it was not written by train.py")
+    return path
+
+
+def record_resume(run_dir: Path, step: int, cfg: Config) -> Path:
+    """``config.resume_<step>.toml``: the config this start resumed step ``step`` with (rank 0)."""
+    path = run_dir / f"config.resume_{step}.toml"
+    path.write_text(to_toml(cfg))
+    return path
