@@ -80,7 +80,9 @@ def run_case(argv: list[str], replicate: int) -> dict:
     expected = {}
     for t, w_before, w_after in zip(stats.tracked, before, after):
         expected[f"weight_std/{t.suffix}"] = w_after.std().item()
-        expected[f"grad_norm/{t.suffix}"] = t.param.grad.full_tensor().double().norm().item()
+        full_grad = t.param.grad.full_tensor().double()
+        expected[f"grad_norm/{t.suffix}"] = full_grad.norm().item()
+        expected[f"grad_rms/{t.suffix}"] = full_grad.square().mean().sqrt().item()
         expected[f"update_ratio/{t.suffix}"] = ((w_after - w_before).norm() / w_after.norm()).item()
     placements = [str(p) for p in stats.tracked[0].param.placements]
     return {"measured": measured, "expected": expected, "all_reduce_calls": counter["all_reduce"],

@@ -48,8 +48,9 @@ def test_every_metric_matches_full_tensor_reference(worlds, world, case):
     result = worlds[world][case]
     assert worlds[world]["world_size"] == world
     measured, expected = result["measured"], result["expected"]
-    # Per tensor: weight_std = full_tensor().std(), grad_norm = ||full grad||, update_ratio = ||dW|| / ||W||.
-    assert {k.split("/")[0] for k in expected} == {"weight_std", "grad_norm", "update_ratio"}
+    # Per tensor: weight_std = full_tensor().std(), grad_norm = ||full grad||, grad_rms = ||full grad|| / sqrt(numel),
+    # update_ratio = ||dW|| / ||W||.
+    assert {k.split("/")[0] for k in expected} == {"weight_std", "grad_norm", "grad_rms", "update_ratio"}
     errors = {name: relative_error(measured[name], value) for name, value in expected.items()}
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE, f"{worst}: {measured[worst]} vs {expected[worst]}"
@@ -66,7 +67,7 @@ def test_names_cover_every_layer_and_role(worlds, world, case):
     family = case.split("_")[0]
     blocks, outer = BLOCK_ROLES[family], OUTER_ROLES[case]
     per_layer = {f"{role}/layer_{layer:02d}" for role in blocks for layer in range(N_LAYERS)}
-    expected_names = ({f"{fam}/{s}" for fam in ("weight_std", "grad_norm", "update_ratio")
+    expected_names = ({f"{fam}/{s}" for fam in ("weight_std", "grad_norm", "grad_rms", "update_ratio")
                        for s in per_layer | set(outer)}
                       | {f"weight_std/{role}/mean_over_layers" for role in blocks})
     result = worlds[world][case]
@@ -132,7 +133,7 @@ def test_plain_model_needs_no_process_group():
     assert values["weight_std/attn.q/layer_03"] == pytest.approx(model.layers["3"].attn.q.weight.std().item(),
                                                                  rel=TOLERANCE)
     assert values["weight_std/lm_head"] == pytest.approx(model.lm_head.weight.std().item(), rel=TOLERANCE)
-    assert not any(name.startswith(("grad_norm", "update_ratio")) for name in values)
+    assert not any(name.startswith(("grad_norm", "grad_rms", "update_ratio")) for name in values)
 
 
 def test_snapshot_gives_update_ratio_once_and_missing_grads_count_zero():
