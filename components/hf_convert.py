@@ -205,7 +205,7 @@ def hf_config(args: ModelArgs) -> dict:
             "n_inner": args.ffn_dim, "activation_function": "gelu_new", "layer_norm_epsilon": args.norm_eps,
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "scale_attn_weights": True,
             "tie_word_embeddings": args.tie_embeddings, "dtype": "float32",
-            "bos_token_id": None, "eos_token_id": None,  # initlab's tokenizer is not part of the export
+            "bos_token_id": None, "eos_token_id": None,  # scripts/export.py sets the EOS id of the run's tokenizer
         }
     if args.family == "llama":
         return {

@@ -55,6 +55,16 @@ class TextTokenizer:
     def __repr__(self) -> str:
         return f"TextTokenizer({self.description}, n_vocab={self.n_vocab}, fingerprint={self.fingerprint})"
 
+    @property
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        """{BPE token bytes: rank = id} of the kept vocabulary (the EOS excluded)."""
+        return self._encoding._mergeable_ranks  # tiktoken has no public accessor (see _named_encoding)
+
+    @property
+    def split_pattern(self) -> str:
+        """The pre-tokenization regex."""
+        return self._encoding._pat_str
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special-token strings in it are encoded as plain text."""
         return self._encoding.encode_ordinary(text)

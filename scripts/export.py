@@ -7,8 +7,12 @@ Reads ``<run_dir>/config.toml`` (written by train.py) for the model shapes and t
 process (DCP gathers the shards of any world size), renames/re-lays them for transformers
 (components/hf_convert.py) and writes ``<run_dir>/export/`` (or ``--out``): GPT-2 runs load in
 ``GPT2LMHeadModel``, Llama runs in ``LlamaForCausalLM``, in float32. The vocabulary size comes
-from the checkpoint's embedding, so no tokenizer is needed. The files are written to a temporary
-directory renamed into place at the end; an existing non-empty output directory is never touched.
+from the checkpoint's embedding. The run's tokenizer (cl100k_base or its ``max_vocab`` slice, or a
+``.tiktoken`` file) is written as ``tokenizer.json`` + ``tokenizer_config.json``
+(components/hf_tokenizer.py: ``AutoTokenizer`` loads it, same ids as initlab's on ordinary text),
+its EOS id goes into ``config.json`` and ``generation_config.json``. The files (mode 0644) are
+written to a temporary directory renamed into place at the end; an existing non-empty output
+directory is never touched.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python scripts/export.py` from anywhere
@@ -34,7 +39,9 @@ from components.checkpoint import (  # noqa: E402
     read_checkpoint_metadata,
     saved_model_shapes,
 )
-from components.config import ConfigError, load_config  # noqa: E402
+from components.config import Config, ConfigError, load_config  # noqa: E402
+from components.hf_tokenizer import tokenizer_config, tokenizer_json  # noqa: E402
+from components.tokenizer import build_tokenizer  # noqa: E402
 from models import build_model  # noqa: E402
 from models.common import ModelArgs, canonical_name  # noqa: E402
 
@@ -63,14 +70,18 @@ def pick_checkpoint(run_dir: Path, step: int | None) -> Path:
     return run_dir / "checkpoints" / f"step_{step}"
 
 
-def model_args_of_run(run_dir: Path, vocab_size: int) -> ModelArgs:
-    """Model shapes from the run's resolved config, with the vocabulary read off the checkpoint."""
+def run_config(run_dir: Path) -> Config:
+    """The run's resolved config (the config.toml that train.py wrote)."""
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing; export needs the config.toml that train.py wrote "
                                 "into the run directory")
-    cfg, _ = load_config(["--config", str(config_path)])
-    return model_args_from_config(cfg, vocab_size)
+    return load_config(["--config", str(config_path)])[0]
+
+
+def model_args_of_run(run_dir: Path, vocab_size: int) -> ModelArgs:
+    """Model shapes from the run's resolved config, with the vocabulary read off the checkpoint."""
+    return model_args_from_config(run_config(run_dir), vocab_size)
 
 
 def load_model_state(checkpoint: Path, run_dir: Path) -> tuple[dict[str, torch.Tensor], ModelArgs]:
@@ -86,14 +97,31 @@ def load_model_state(checkpoint: Path, run_dir: Path) -> tuple[dict[str, torch.T
     state = {canonical_name(name): tensor for name, tensor in model.state_dict().items()}
     check_model_shapes({name: tuple(t.shape) for name, t in state.items()}, metadata, checkpoint)
     try:
-        dcp.load({MODEL_KEY: state}, checkpoint_id=str(checkpoint), no_dist=True)
+        with warnings.catch_warnings():  # one process reading a checkpoint of any world size is the intent
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+            dcp.load({MODEL_KEY: state}, checkpoint_id=str(checkpoint), no_dist=True)
     except Exception as err:
         raise CheckpointError(f"cannot read {checkpoint}: {' '.join(str(err).split())[:300]}") from None
     return state, args
 
 
-def write_export(hf_state: dict[str, torch.Tensor], config: dict, out: Path) -> None:
-    """Write model.safetensors + config.json into a temporary sibling, then rename it to ``out``."""
+def tokenizer_files(run_dir: Path, vocab_size: int, config: dict) -> dict[str, str]:
+    """{file name: text} of the run's tokenizer and generation config; sets ``config``'s EOS id."""
+    cfg = run_config(run_dir)
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    if tokenizer.n_vocab > vocab_size:
+        raise ValueError(f"the run's tokenizer ({tokenizer.description}) has {tokenizer.n_vocab} ids but the "
+                         f"checkpoint's embedding only {vocab_size} rows; export the run with its own config.toml")
+    config.update(eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.eos_id)
+    generation = {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.eos_id, "bos_token_id": None}
+    return {"tokenizer.json": tokenizer_json(tokenizer),
+            "tokenizer_config.json": json.dumps(tokenizer_config(tokenizer, cfg.training.seq_len), indent=2) + "\n",
+            "generation_config.json": json.dumps(generation, indent=2) + "\n"}
+
+
+def write_export(hf_state: dict[str, torch.Tensor], config: dict, texts: dict[str, str], out: Path) -> None:
+    """Write model.safetensors, config.json and ``texts`` ({file name: text}) into a temporary sibling,
+    then rename it to ``out``."""
     from safetensors.torch import save_file
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -104,6 +132,10 @@ def write_export(hf_state: dict[str, torch.Tensor], config: dict, out: Path) -> 
     tmp.mkdir(parents=True)
     save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name, text in texts.items():
+        (tmp / name).write_text(text)
+    for file in tmp.iterdir():  # safetensors writes 0600: others sharing the model must read it
+        file.chmod(0o644)
     if out.exists():
         out.rmdir()  # empty, checked above
     tmp.rename(out)
@@ -117,7 +149,8 @@ def export(run_dir: Path, step: int | None = None, out: Path | None = None) -> P
     config["initlab"] = {"run_dir": str(run_dir), "step": int(checkpoint.name.split("_")[1]),
                          "family": args.family}
     out = out or run_dir / "export"
-    write_export(hf_convert.to_hf(state, args), config, out)
+    texts = tokenizer_files(run_dir, args.vocab_size, config)
+    write_export(hf_convert.to_hf(state, args), config, texts, out)
     return out
 
 
@@ -128,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"exported {out}/model.safetensors and config.json")
+    print(f"exported {out}: model.safetensors, config.json, generation_config.json, tokenizer.json, "
+          "tokenizer_config.json")
     return 0
 
 

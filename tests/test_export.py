@@ -375,3 +375,61 @@ def test_from_checkpoint_rejects_a_gpt2_config_with_another_network(tmp_path, ed
     model, _ = plain_model(FAMILY_ARGS["gpt2"])
     with pytest.raises(ValueError, match=message):
         load_initial_weights(model, source, SimpleNamespace(is_main=False))
+
+
+# ------------------------------------------------------------------------------ tokenizer and generation
+SAMPLE_TEXT = ("Hello world! It's 2026; naïve café — 東京 🚀\n\n  indented\tcode = f(x)+1  # comment\r\n"
+               "The quick brown fox's 12345 jumps over 7 lazy dogs...   \n\n\n tail  ")
+
+
+def test_export_writes_readable_files_without_warnings(runs, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert export.main([str(runs["llama"]), "--out", str(tmp_path / "out")]) == 0
+    files = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "out").iterdir()}
+    assert files == dict.fromkeys(["model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                                   "tokenizer_config.json"], 0o644)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert config["eos_token_id"] == generation["eos_token_id"] == VOCAB - 1  # <|endoftext|> after 512 ranks
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_exported_tokenizer_and_model_generate_as_initlab(runs, exports, family, monkeypatch):
+    """AutoTokenizer gives initlab's ids; transformers' greedy generate() equals initlab's own argmax loop."""
+    import transformers
+
+    from components.tokenizer import build_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg, _ = load_config(["--config", str(runs[family] / "config.toml")])
+    ours_tok = build_tokenizer(cfg.tokenizer)
+    theirs_tok = transformers.AutoTokenizer.from_pretrained(str(exports[family]))
+    assert theirs_tok(SAMPLE_TEXT)["input_ids"] == ours_tok.encode(SAMPLE_TEXT)
+    assert theirs_tok.eos_token_id == ours_tok.eos_id and theirs_tok.decode(ours_tok.encode(SAMPLE_TEXT)) == SAMPLE_TEXT
+
+    prompt = theirs_tok("The quick brown", return_tensors="pt")
+    generated = hf_model(exports[family]).generate(**prompt, max_new_tokens=8, do_sample=False)
+    ours, tokens = initlab_model_from_checkpoint(runs[family]), prompt["input_ids"]
+    with torch.no_grad():
+        for _ in range(8):
+            tokens = torch.cat([tokens, ours(tokens)[:, -1:].argmax(dim=-1)], dim=1)
+    assert generated.tolist() == tokens.tolist()
+
+
+@pytest.mark.parametrize("max_vocab", [0, 4096])
+def test_tokenizer_json_ids_equal_tiktoken(tmp_path, max_vocab):
+    """Full cl100k_base and a slice: HF ``tokenizers`` ids = initlab's on text with digits, Unicode, whitespace."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from components.config import Tokenizer
+    from components.hf_tokenizer import tokenizer_json
+    from components.tokenizer import build_tokenizer
+
+    ours = build_tokenizer(Tokenizer(max_vocab=max_vocab))
+    theirs = HFTokenizer.from_str(tokenizer_json(ours))
+    text = SAMPLE_TEXT + Path("components/hf_convert.py").read_text()
+    assert theirs.encode(text).ids == ours.encode(text)
+    assert theirs.get_vocab_size() == ours.n_vocab and theirs.token_to_id("<|endoftext|>") == ours.eos_id
