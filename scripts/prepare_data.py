@@ -2,11 +2,16 @@
 
     python scripts/prepare_data.py --input PATH [PATH ...] --output DIR [options]
     python scripts/prepare_data.py --hf-dataset NAME [--hf-config C] [--hf-split S] --output DIR [options]
+    python scripts/prepare_data.py --html-docs PKG.deb|DIR [...] --output DIR [options]
 
 Inputs: a ``.txt`` file is one document; a ``.jsonl`` file holds one JSON object per line with its
 text in ``--text-field``; a ``.parquet`` file holds the text in column ``--text-field``; a directory
 stands for its .txt/.jsonl/.parquet files (recursively, in sorted order). A hub dataset is
 streamed with ``datasets.load_dataset(..., streaming=True)``, so nothing is downloaded whole.
+``--html-docs`` reads HTML documentation (Debian doc packages as downloaded by ``apt-get download``,
+or directories of .html files) and keeps the English prose of each page as one document, without
+code blocks, tables, navigation or repeated paragraphs (scripts/html_docs.py says exactly what is
+kept): the offline natural-language corpus of docs/ablation_llama_1b/README.md.
 Empty documents are skipped; each other document is followed by EOS, and goes to the validation
 split when the hash of its text falls below ``--val-fraction`` (duplicates share a split).
 
@@ -30,6 +35,7 @@ from tqdm import tqdm  # noqa: E402
 from components.config import Data, Tokenizer  # noqa: E402
 from components.data import DEFAULT_SHARD_TOKENS, ShardWriter, read_manifest, split_of  # noqa: E402
 from components.tokenizer import TextTokenizer, build_tokenizer  # noqa: E402
+from scripts import html_docs  # noqa: E402
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 _CHUNK_DOCUMENTS = 256  # documents per tiktoken thread-pool call
@@ -42,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PATH", help="local .txt/.jsonl/.parquet files or directories")
     source.add_argument("--hf-dataset", metavar="NAME", help="Hugging Face hub dataset, streamed through `datasets`")
+    source.add_argument("--html-docs", nargs="+", metavar="PATH",
+                        help="HTML documentation: Debian doc packages (.deb) or directories; each page's prose is a document")
     parser.add_argument("--hf-config", default=None, help="hub dataset configuration (subset) name")
     parser.add_argument("--hf-split", default="train", help="hub dataset split to read (default: train)")
     parser.add_argument("--output", required=True, metavar="DIR", help="new (or empty) directory for the shards")
@@ -56,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="fraction of documents held out for validation, in [0, 0.5)")
     parser.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
     parser.add_argument("--max-documents", type=int, default=0, help="stop after N non-empty documents (0 = all)")
+    parser.add_argument("--max-tokens", type=int, default=0,
+                        help="stop once N tokens (train + val, EOS included) are written; the document that "
+                             "reaches N is kept whole (0 = all)")
     return parser.parse_args(argv)
 
 
@@ -78,6 +89,18 @@ def input_files(paths: list[str]) -> list[Path]:
             raise ValueError(f"--input {name}: unsupported file type {path.suffix or '(none)'!r}; use .txt (one "
                              f"document), .jsonl (one JSON object per line) or .parquet")
     return files
+
+
+def html_doc_paths(paths: list[str]) -> list[Path]:
+    """The ``--html-docs`` paths, each an existing .deb file or directory (checked before any work)."""
+    checked = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if not (path.is_dir() or (path.is_file() and path.suffix == ".deb")):
+            raise FileNotFoundError(f"--html-docs {name} is not an existing .deb file or directory; download a "
+                                    f"Debian doc package with 'apt-get download python3.11-doc' and pass its path")
+        checked.append(path)
+    return checked
 
 
 def _text_of(record: object, field: str, where: str) -> str:
@@ -171,15 +194,24 @@ def _chunks(documents: Iterable[str], max_documents: int) -> Iterator[list[str]]
 
 
 def write_shards(output: Path, tokenizer: TextTokenizer, documents: Iterable[str], source: str,
-                 val_fraction: float, shard_tokens: int, max_documents: int = 0) -> dict:
-    """Tokenize ``documents`` into the shard directory ``output``; returns its manifest."""
+                 val_fraction: float, shard_tokens: int, max_documents: int = 0, max_tokens: int = 0) -> dict:
+    """Tokenize ``documents`` into the shard directory ``output``; returns its manifest.
+
+    At most ``max_documents`` documents (0 = all); none after the one that brings the written
+    tokens to ``max_tokens`` or more (0 = no limit).
+    """
     with ShardWriter(output, tokenizer, source, val_fraction, shard_tokens) as writer, \
             tqdm(desc="tokenizing", unit=" doc", file=sys.stderr) as progress:
         for chunk in _chunks(documents, max_documents):
             for text, ids in zip(chunk, tokenizer.encode_batch(chunk)):
                 writer.add_document(ids, split_of(text, val_fraction))
+                written = writer.tokens("train") + writer.tokens("val")
+                if max_tokens and written >= max_tokens:
+                    break
             progress.update(len(chunk))
-            progress.set_postfix(tokens=f"{writer.tokens('train') + writer.tokens('val'):,}", refresh=False)
+            progress.set_postfix(tokens=f"{written:,}", refresh=False)
+            if max_tokens and written >= max_tokens:
+                break
     return read_manifest(output)
 
 
@@ -189,21 +221,25 @@ def run(args: argparse.Namespace) -> None:
         raise FileExistsError(f"--output {output} exists and is not empty; nothing was written: pass a new directory")
     if not 0 <= args.val_fraction < 0.5:
         raise ValueError(f"--val-fraction must be in [0, 0.5); got {args.val_fraction}")
-    if args.shard_tokens < 1 or args.max_documents < 0:
-        raise ValueError(f"--shard-tokens must be >= 1 and --max-documents >= 0; got {args.shard_tokens} and "
-                         f"{args.max_documents}")
+    if args.shard_tokens < 1 or args.max_documents < 0 or args.max_tokens < 0:
+        raise ValueError(f"--shard-tokens must be >= 1, --max-documents and --max-tokens >= 0; got "
+                         f"{args.shard_tokens}, {args.max_documents} and {args.max_tokens}")
     tokenizer = build_tokenizer(Tokenizer(name=args.tokenizer_name, max_vocab=args.tokenizer_max_vocab,
                                           split_pattern=args.tokenizer_split_pattern))
     if args.input:
         files = input_files(args.input)
         documents = local_documents(files, args.text_field)
         source = f"{len(files)} local file(s): {', '.join(str(f) for f in files[:3])}{' ...' if len(files) > 3 else ''}"
+    elif args.html_docs:
+        packages = html_doc_paths(args.html_docs)
+        documents = html_docs.documents(packages)
+        source = f"prose of HTML documentation: {', '.join(p.name for p in packages)}"
     else:
         documents = hub_documents(args.hf_dataset, args.hf_config, args.hf_split, args.text_field)
         source = f"hub dataset {args.hf_dataset} (config {args.hf_config}, split {args.hf_split})"
     start = time.perf_counter()
     manifest = write_shards(output, tokenizer, documents, source, args.val_fraction, args.shard_tokens,
-                            args.max_documents)
+                            args.max_documents, args.max_tokens)
     elapsed = time.perf_counter() - start
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     tokens = train["tokens"] + val["tokens"]

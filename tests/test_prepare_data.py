@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 import types
 
@@ -14,7 +16,7 @@ from components.config import Data, Tokenizer
 from components.data import TokenDataset, ensure_dataset, read_manifest, split_of
 from components.tokenizer import build_tokenizer
 from scripts.prepare_data import main
-from tests.launch import python
+from tests.launch import REPO, python
 
 DOCUMENTS = [
     "The quick brown fox jumps over the lazy dog.\n",
@@ -172,3 +174,99 @@ def test_script_runs_from_the_command_line(tmp_path):
                  "body", "--val-fraction", "0", *TOKENIZER_ARGS], env={"OMP_NUM_THREADS": "1"})
     assert "tokens/s" in ok.stdout and "from 5 documents" in ok.stdout
     assert read_manifest(tmp_path / "out")["splits"]["train"]["documents"] == 5
+
+
+
+# --- --html-docs: real pages of Debian doc packages (tests/data/html_docs/README.md says which) ---
+
+HTML_DOCS = REPO / "tests" / "data" / "html_docs"
+# Prose blocks of the English content pages of HTML_DOCS, in sorted path order, counted by reading the
+# pages; the it_IT translation (a locale directory) and the German GnuCash page (too few English
+# function words) give no document.
+ENGLISH_PAGE_BLOCKS = {"linux-doc-6.1/devicetree/changesets.html": 6,
+                       "linux-doc-6.1/maintainer/modifying-patches.html": 5, "python3.11-doc/howto/cporting.html": 5}
+
+
+@pytest.fixture(scope="module")
+def full_tokenizer():
+    return build_tokenizer(Tokenizer(name="cl100k_base"))
+
+
+def _documents_of(output, tokenizer) -> list[str]:
+    """The documents of a shard directory (train then val), decoded."""
+    ids = []
+    for split in ("train", "val"):
+        dataset = TokenDataset(output, split)
+        ids += dataset.read(0, dataset.n_tokens).tolist()
+    text = tokenizer.decode(ids)
+    assert text.endswith("<|endoftext|>")
+    return text.split("<|endoftext|>")[:-1]
+
+
+def _html_docs_to_shards(tmp_path, inputs: list[str], *extra: str) -> tuple[int, object]:
+    output = tmp_path / "out"
+    return main(["--html-docs", *inputs, "--output", str(output), "--val-fraction", "0", *extra]), output
+
+
+def test_html_docs_keep_the_prose_of_real_pages(tmp_path, full_tokenizer):
+    code, output = _html_docs_to_shards(tmp_path, [str(HTML_DOCS)])
+    assert code == 0
+    documents = _documents_of(output, full_tokenizer)
+    assert [len(doc.split("\n\n")) for doc in documents] == list(ENGLISH_PAGE_BLOCKS.values())
+    changesets, patches, porting = documents
+    assert changesets.startswith("A Devicetree changeset is a method which allows one to apply changes in the "
+                                 "live tree in such a way that either the full set of changes will be applied")
+    assert "Special note to back-porters:" in patches and "Random J Developer" not in patches  # in its <pre>
+    assert porting.startswith("Porting Extension Modules to Python 3\n\nWe recommend the following resources")
+    everything = "\n".join(documents)
+    for dropped in ("Previous topic", "Report a Bug", "Show Source", "Copyright", "Sphinx", "Budget", "Abschnitt"):
+        assert dropped not in everything
+    train = read_manifest(output)["splits"]["train"]
+    assert train["documents"] == 3
+    assert train["tokens"] == sum(len(full_tokenizer.encode(doc)) + 1 for doc in documents)
+
+
+def test_html_docs_drop_paragraphs_seen_before_and_stop_at_max_tokens(tmp_path, full_tokenizer):
+    pages = tmp_path / "pages"
+    shutil.copytree(HTML_DOCS / "python3.11-doc", pages / "a")
+    shutil.copytree(HTML_DOCS / "python3.11-doc", pages / "b")  # the same page again: every block is a repeat
+    shutil.copytree(HTML_DOCS / "linux-doc-6.1" / "devicetree", pages / "c")
+    code, output = _html_docs_to_shards(tmp_path, [str(pages)])
+    assert code == 0
+    documents = _documents_of(output, full_tokenizer)
+    assert [len(doc.split("\n\n")) for doc in documents] == [5, 6]
+    first_length = len(full_tokenizer.encode(documents[0])) + 1
+    code, capped = _html_docs_to_shards(tmp_path / "capped", [str(pages)], "--max-tokens", str(first_length))
+    assert code == 0 and _documents_of(capped, full_tokenizer) == documents[:1]
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb to build the test package")
+def test_html_docs_read_a_deb_like_its_directory(tmp_path, full_tokenizer, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(HTML_DOCS, root / "usr" / "share" / "doc")
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "control").write_text("Package: initlab-test-doc\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: initlab <initlab@example.org>\nDescription: test pages\n")
+    xz_deb, zst_deb = tmp_path / "test_xz.deb", tmp_path / "test_zst.deb"
+    for compression, deb in (("xz", xz_deb), ("zstd", zst_deb)):
+        subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(root), str(deb)],
+                       check=True, capture_output=True)
+    code, output = _html_docs_to_shards(tmp_path / "from_dir", [str(HTML_DOCS)])
+    assert code == 0
+    code, from_deb = _html_docs_to_shards(tmp_path / "from_deb", [str(xz_deb)])
+    assert code == 0 and _documents_of(from_deb, full_tokenizer) == _documents_of(output, full_tokenizer)
+    assert main(["--html-docs", str(zst_deb), "--output", str(tmp_path / "zst")]) == 2
+    assert "data.tar.zst, which Python's tarfile cannot read; extract it with 'dpkg-deb -x" in _last_error_line(capsys)
+    assert not (tmp_path / "zst").exists()
+
+
+def test_html_docs_bad_paths_give_one_line_errors(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a package")
+    (tmp_path / "fake.deb").write_text("not an ar archive")
+    cases = [(str(tmp_path / "missing.deb"), "missing.deb is not an existing .deb file or directory"),
+             (str(tmp_path / "notes.txt"), "notes.txt is not an existing .deb file or directory"),
+             (str(tmp_path / "fake.deb"), "fake.deb is not a Debian package (no ar magic)")]
+    for path, message in cases:
+        assert main(["--html-docs", path, "--output", str(tmp_path / "out")]) == 2
+        assert message in _last_error_line(capsys)
+    assert not (tmp_path / "out").exists()
