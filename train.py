@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.checkpoint.stateful import Stateful
 
+from components.activation_stats import ActivationStats
 from components.build import build_model_and_init, freeze_all_but_adapters, model_args_from_config
 from components.checkpoint import Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, to_toml
@@ -84,17 +85,21 @@ class Trainer:
             self.model_args, count_params(self.model, exclude_embeddings=True), t.seq_len,
             count_params(self.model, exclude_embeddings=True, trainable_only=True))
         self.peak_flops = peak_flops(env.device)
-        self.weight_stats = WeightStats(self.model, grad_stats=cfg.metrics.log_grad_stats)
+        grad_stats = cfg.metrics.log_grad_stats or cfg.metrics.log_variance_stats
+        self.weight_stats = WeightStats(self.model, grad_stats=grad_stats)
+        self.activation_stats = ActivationStats(self.model, enabled=cfg.metrics.log_variance_stats)
         # Compiled, the fp32 upcast of the [tokens, vocab] logits fuses into the loss kernels.
         self.loss_fn = (torch.compile(next_token_loss) if compile_enabled(cfg.compile.enable, env.device)
                         else next_token_loss)
 
     # ---------------------------------------------------------------- steps
-    def forward_backward_step(self, tokens: torch.Tensor, is_last_micro: bool) -> torch.Tensor:
+    def forward_backward_step(self, tokens: torch.Tensor, is_last_micro: bool, measure: bool = False) -> torch.Tensor:
         """tokens [b, T+1] -> mean next-token loss of this microbatch / accum (detached), grads accumulated."""
         inputs, targets = tokens[:, :-1].to(self.env.device), tokens[:, 1:].to(self.env.device)
         self.model.set_requires_gradient_sync(is_last_micro)  # reduce-scatter once per optimizer step
-        loss = self.loss_fn(self.model(inputs), targets) / self.accum_steps
+        with self.activation_stats.capture(measure):  # this forward only: AC's recomputation is not measured
+            logits = self.model(inputs)
+        loss = self.loss_fn(logits, targets) / self.accum_steps
         loss.backward()
         return loss.detach()
 
@@ -105,9 +110,9 @@ class Trainer:
         for micro in range(self.accum_steps):
             start = rank_rows + micro * self.micro_batch
             tokens = self.train_batches.get(step, slice(start, start + self.micro_batch))
-            local_loss += self.forward_backward_step(tokens, micro == self.accum_steps - 1)
+            local_loss += self.forward_backward_step(tokens, micro == self.accum_steps - 1, logging and micro == 0)
         grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.training.max_norm)
-        if logging and self.cfg.metrics.log_grad_stats:
+        if logging and self.weight_stats.grad_stats:
             self.weight_stats.snapshot()
         self.step_lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a float: no sync)
         self.optimizer.step()
@@ -177,6 +182,7 @@ class Trainer:
             values["loss/val"] = self.validate()
         if self.cfg.metrics.log_weight_std:
             values.update(self.weight_stats.compute())
+        values.update(self.activation_stats.compute())
         logger.log(step, values)
         if env.is_main:
             val = f" val {values['loss/val']:.4f}" if "loss/val" in values else ""
@@ -270,7 +276,8 @@ def run(cfg: Config) -> dict:
             trainer.checkpointer.save(0)
             return {}
         logger = MetricsLogger(trainer.run_dir, env.is_main, resume_step=resumed)
-        logger.set_layout(trainer.weight_stats.roles_to_layers(), grad_stats=cfg.metrics.log_grad_stats)
+        logger.set_layout(trainer.weight_stats.roles_to_layers(), trainer.weight_stats.grad_stats,
+                          trainer.activation_stats.charts())
         if env.is_main:
             print(f"initlab: {cfg.model.name}/{cfg.model.flavor} {trainer.n_params:,} params, init "
                   f"{cfg.init.scheme}, {env.world_size} rank(s) on {env.device.type}, run dir {trainer.run_dir}",

@@ -17,12 +17,13 @@ What is measured (names as logged; NN = 0-based block index):
   fp32 temporary.
 
 Capture: forward hooks on modules inside the blocks (attention norm, branches, MLP pre-activation
-projection, the attention logits tap) and on the final norm. Each hook returns at once unless ``capture()`` is active; when active it
-stores a small tensor on its module (count, mean, M2 from one Welford pass; or the logit max).
-Under ``torch.compile`` (per-block, distributed/parallelize.py) Dynamo inlines the hooks and guards
-on the Python bool ``active``: non-logging steps run the graph without a single extra op, logging
-steps a second graph with the statistics as extra outputs; the module-attribute store is a
-replayed side effect, so every block shares both graphs (no graph break, two compiles in all).
+projection, the attention logits tap) and on the final norm. Each hook returns at once unless
+``capture()`` is active; when active it stores a small tensor on its module (count, mean, M2 from
+one Welford pass; or the logit max). Under ``torch.compile`` (per-block, distributed/parallelize.py)
+Dynamo inlines the hooks and guards on the Python bool ``active``: non-logging steps run the graph
+without a single extra op, logging steps a second graph with the statistics as extra outputs; the
+module-attribute store is a replayed side effect, so every block shares both graphs (no graph
+break; one extra compile, not one per block).
 
 Only the forward pass inside ``capture()`` is measured, so activation checkpointing's recomputation
 in backward (outside it) cannot count twice, and a store overwrites rather than adds. The trainer
@@ -43,6 +44,7 @@ from torch import nn
 from components.weight_stats import combine_moments, std_from_moments
 from models.common import canonical_name
 
+KINDS = ("residual", "attn_out", "mlp_out", "mlp_pre", "logit_max")  # the statistics, in chart order
 LOGIT_QUERIES = 64  # query positions sampled for attn_logit_max (all of them when the sequence is shorter)
 STAT_ATTR = "_activation_stat"  # where a hook leaves its result on its module
 
@@ -51,7 +53,7 @@ STAT_ATTR = "_activation_stat"  # where a hook leaves its result on its module
 class Probe:
     """One hooked module: ``kind`` names the statistic, ``layer`` its block (-1: the embedding)."""
 
-    kind: str  # "residual", "attn_out", "mlp_out", "mlp_pre" or "logit_max"
+    kind: str  # one of KINDS
     layer: int
     module: nn.Module
 
@@ -92,14 +94,15 @@ class ActivationStats:
 
     Usage on a logging step (all ranks): ``with stats.capture(): logits = model(x)``, backward as
     usual, then ``values = stats.compute()`` (collective when a process group is initialized).
+    Built with ``enabled=False`` it registers nothing, captures nothing and computes ``{}``.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, enabled: bool = True):
         args = model.args
         self.logit_scale = args.attn_scale if args.attn_scale is not None else args.head_dim ** -0.5
         self.branch_multiplier = abs(args.residual_multiplier)
         self.active = False
-        self.probes = find_probes(model)
+        self.probes = find_probes(model) if enabled else []
         hooks = {"residual": self._residual_hook, "logit_max": self._logit_hook}
         for probe in self.probes:  # one hook object per kind: every block shares its compiled graphs
             if probe.kind == "residual":
@@ -110,8 +113,13 @@ class ActivationStats:
         self.logit_probes = [p for p in self.probes if p.kind == "logit_max"]
 
     @contextmanager
-    def capture(self):
-        """Measure the forward passes run inside (the last one wins); clears older results first."""
+    def capture(self, measure: bool = True):
+        """Measure the forward passes run inside (the last one wins; older results are cleared).
+
+        A no-op unless ``measure`` (and the statistics are enabled)."""
+        if not (measure and self.probes):
+            yield
+            return
         for probe in self.probes:
             setattr(probe.module, STAT_ATTR, None)
         self.active = True
@@ -146,6 +154,8 @@ class ActivationStats:
     @torch.no_grad()
     def compute(self) -> dict[str, float]:
         """Metric name -> value after ONE all_reduce of per-rank slots over every rank (SUM = gather)."""
+        if not self.probes:
+            return {}
         local = self.local_statistics()
         if dist.is_available() and dist.is_initialized():
             per_rank = local.new_zeros(dist.get_world_size(), local.numel())
@@ -169,7 +179,7 @@ class ActivationStats:
     def charts(self) -> dict[str, list[str]]:
         """Chart title (the metric family) -> its tags in depth order: MetricsLogger.set_layout's extra charts."""
         charts: dict[str, list[str]] = {}
-        for probe in sorted(self.probes, key=lambda p: p.layer):
+        for probe in sorted(self.probes, key=lambda p: (KINDS.index(p.kind), p.layer)):
             charts.setdefault(probe.name.rsplit("/", 1)[0], []).append(probe.name)
         return charts
 

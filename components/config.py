@@ -273,7 +273,10 @@ class Metrics:
     log_weight_std: bool = True
     """Log weight_std/<role>/layer_<NN> for every layer and role (one packed all-reduce)."""
     log_grad_stats: bool = False
-    """Also log per-layer grad norm and update/weight ratio in the same reduction."""
+    """Also log per-layer grad norm, grad RMS and update/weight ratio in the same reduction."""
+    log_variance_stats: bool = False
+    """Variance dynamics on logging steps (implies log_grad_stats): act_rms/{residual,attn_out,mlp_out}, act_std/mlp_pre
+    and attn_logit_max per layer, from the first micro-batch's forward (docs/variance_dynamics.md)."""
 
 
 @dataclass

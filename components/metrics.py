@@ -27,7 +27,7 @@ from components.weight_stats import local_shard
 from models.common import canonical_name, layer_of, role_of
 
 # Families of per-layer metrics (weight_stats.WeightStats names) that get a custom-scalars category.
-LAYER_FAMILIES = ("weight_std", "grad_norm", "update_ratio")
+LAYER_FAMILIES = ("weight_std", "grad_norm", "grad_rms", "update_ratio")
 
 
 class MetricsLogger:
@@ -75,11 +75,14 @@ class MetricsLogger:
         self._writer.flush()
         self.last_step = step
 
-    def set_layout(self, roles_to_layers: dict[str, list[int]], grad_stats: bool = False) -> None:
+    def set_layout(self, roles_to_layers: dict[str, list[int]], grad_stats: bool = False,
+                   activation_charts: dict[str, list[str]] | None = None) -> None:
         """Custom-scalars layout: a loss chart, and per family one chart per role with a line per layer.
 
         ``roles_to_layers`` maps a role to its layers (empty for non-block roles, drawn as one line),
-        e.g. ``WeightStats.roles_to_layers()``; ``grad_stats`` adds the grad_norm/update_ratio categories.
+        e.g. ``WeightStats.roles_to_layers()``; ``grad_stats`` adds the grad_norm/grad_rms/update_ratio
+        categories; ``activation_charts`` (``ActivationStats.charts()``: statistic -> its tags in depth
+        order) adds an "activations" category with one chart per statistic and a line per layer.
         """
         if not self.enabled:
             return
@@ -92,6 +95,9 @@ class MetricsLogger:
                        or [_exact(f"{family}/{role}")]]
                 for role, layers in roles_to_layers.items()
             }
+        if activation_charts:
+            layout["activations"] = {statistic: ["Multiline", [_exact(tag) for tag in tags]]
+                                     for statistic, tags in activation_charts.items()}
         self._writer.add_custom_scalars(layout)
         self._writer.flush()
 

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from components.activation_stats import ActivationStats
 from components.metrics import MetricsLogger, first_nonfinite, mfu, peak_flops, peak_memory_gib
 from models import build_model, make_model_args
 
@@ -87,12 +88,30 @@ def test_custom_scalars_layout_has_a_chart_per_role_and_a_line_per_layer(tmp_pat
     (event,) = read_tb(tmp_path).Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
     charts = {c.title: {chart.title: list(chart.multiline.tag) for chart in c.chart} for c in layout.category}
-    assert list(charts) == ["loss", "weight_std", "grad_norm", "update_ratio"]
+    assert list(charts) == ["loss", "weight_std", "grad_norm", "grad_rms", "update_ratio"]
     assert charts["loss"] == {"loss": ["^loss/train$", "^loss/val$"]}
     assert charts["weight_std"]["attn.q"] == [r"^weight_std/attn\.q/layer_00$", r"^weight_std/attn\.q/layer_01$",
                                               r"^weight_std/attn\.q/layer_10$"]
     assert charts["update_ratio"]["tok_embedding"] == ["^update_ratio/tok_embedding$"]
     assert set(charts["grad_norm"]) == {"attn.q", "mlp.out", "tok_embedding"}
+    assert charts["grad_rms"]["mlp.out"] == [r"^grad_rms/mlp\.out/layer_00$", r"^grad_rms/mlp\.out/layer_01$",
+                                             r"^grad_rms/mlp\.out/layer_10$"]
+
+
+def test_custom_scalars_activation_charts_one_per_statistic_a_line_per_layer(tmp_path):
+    stats = ActivationStats(build_model(make_model_args("llama", "debug", 97, 16, {"n_layers": 2})))
+    logger = MetricsLogger(tmp_path, enabled=True)
+    logger.set_layout({"attn.q": [0, 1]}, activation_charts=stats.charts())
+    logger.close()
+    (event,) = read_tb(tmp_path).Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    charts = {c.title: {chart.title: list(chart.multiline.tag) for chart in c.chart} for c in layout.category}
+    assert list(charts) == ["loss", "weight_std", "activations"]
+    assert list(charts["activations"]) == ["act_rms/residual", "act_rms/attn_out", "act_rms/mlp_out",
+                                           "act_std/mlp_pre", "attn_logit_max"]
+    assert charts["activations"]["act_rms/residual"] == [
+        "^act_rms/residual/embedding$", "^act_rms/residual/layer_00$", "^act_rms/residual/layer_01$"]
+    assert charts["activations"]["attn_logit_max"] == ["^attn_logit_max/layer_00$", "^attn_logit_max/layer_01$"]
 
 
 def test_hparams_are_written_to_the_runs_own_tb_dir(tmp_path):
