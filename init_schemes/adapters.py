@@ -6,9 +6,10 @@ does, so a pretrained model (``init.from_checkpoint``) starts unchanged and only
 
 - A, ``init.lora_a_init = "kaiming_uniform"``: U(-1/sqrt(n), 1/sqrt(n)), std 1/sqrt(3n): torch's
   ``kaiming_uniform_(a=sqrt(5))`` as PEFT applies it to ``lora_A`` (its default).
-- A, ``"gaussian"``: N(0, 1/r) (PEFT ``init_lora_weights="gaussian"``; the LoRA paper, Hu et al.
+- A, ``"gaussian"``: N(0, (1/r)^2), i.e. std 1/r (PEFT ``init_lora_weights="gaussian"``:
+  ``nn.init.normal_(lora_A, std=1 / r)`` in peft/tuners/lora/layer.py; the LoRA paper, Hu et al.
   2021, arXiv:2106.09685, says "random Gaussian" without a std).
-- B, ``init.lora_b_init = "zeros"``: 0 (the LoRA paper, PEFT). ``"gaussian"``: N(0, 1/r), an
+- B, ``init.lora_b_init = "zeros"``: 0 (the LoRA paper, PEFT). ``"gaussian"``: std 1/r as for A, an
   ablation in which the adapted model no longer starts as the base model.
 """
 

@@ -1,4 +1,4 @@
-"""The reference schemes of DESIGN.md §5. Each docstring gives the std of every role and its source.
+"""The reference schemes of docs/design.md §5. Each docstring gives the std of every role and its source.
 
 Notation: sigma0 = ``init.base_std`` (default 0.02), L = n_layers, l = 0-based layer index,
 d = model dim, d_ff = MLP hidden dim. Norm weights are 1 and biases 0 in every scheme (set by
@@ -246,7 +246,15 @@ def kaiming_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     fan = fan_in or fan_out (init.kaiming_mode; fans from ``init_schemes.base.fans``).
     gain^2 = 1 / E[phi(z)^2] for z ~ N(0, 1) with phi = init.kaiming_nonlinearity ('auto' = the
     model's MLP activation: gelu for GPT-2, silu for Llama), by numerical integration; this gives
-    relu 2, linear 1. The same gain is used for every role (as torch's kaiming_normal_ on each layer).
+    relu 2, linear 1.
+
+    Scope of the gain: one gain for every weight, as a loop of ``torch.nn.init.kaiming_normal_(w,
+    nonlinearity=phi)`` over all Linear/Embedding weights would give. He et al.'s derivation puts the
+    gain only on a layer whose *input* came through phi (in a transformer: mlp.out, whose input is
+    phi(gate/up)); q/k/v, attn.out, mlp.gate/up, the embedding and the head read a normalized or
+    linear input, for which the derivation gives gain 1. So this scheme is the "one-gain fan-in
+    baseline" that ablations of Kaiming in LLMs usually run, not He et al.'s per-layer rule;
+    ``init.kaiming_nonlinearity = "linear"`` gives gain 1 (pure 1/sqrt(fan)) everywhere.
     """
     fan_in, fan_out = fans(role, args)
     fan = fan_in if opts.kaiming_mode == "fan_in" else fan_out
@@ -256,15 +264,16 @@ def kaiming_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
 
 @register("small_init")
 def small_init_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
-    """Nguyen & Salazar (2019) "small init" (GPT-NeoX ``small_init``): N(0, 2/(5d)) for every weight.
+    """Nguyen & Salazar (2019) "small init" (GPT-NeoX ``small_init_init_method``): N(0, 2/(5d)) for every weight.
 
-    tok_embedding, pos_embedding, attn.*, mlp.*, lm_head: sqrt(2 / (5 d)). Ignores sigma0.
+    tok_embedding, pos_embedding, attn.*, mlp.*, lm_head: std sqrt(2 / (5 d)). Ignores sigma0.
+    GPT-NeoX's own recipe pairs this with ``wang`` on the output projections; see ``wang_scheme``.
     """
     return normal(math.sqrt(2.0 / (5 * args.dim)))
 
 
 def wang_output_std(args) -> float:
-    """2 / (L sqrt(d)) (GPT-NeoX ``wang_init``)."""
+    """2 / (L sqrt(d)) (GPT-NeoX ``wang_init_method``, megatron/model/init_functions.py)."""
     return 2.0 / (args.n_layers * math.sqrt(args.dim))
 
 
@@ -276,20 +285,32 @@ def _wang_factor(layer_id: int | None, args, opts) -> float:
 
 @register("wang", depth_factor=_wang_factor)
 def wang_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
-    """Wang's init for output layers (GPT-NeoX ``wang_init``; Ben Wang's Mesh-Transformer-JAX).
+    """GPT-NeoX's ``wang_init_method`` on the output projections (EleutherAI/gpt-neox,
+    megatron/model/init_functions.py: ``std = 2 / n_layers / math.sqrt(dim)``); the name is NeoX's,
+    after Ben Wang, and this follows NeoX's function, not Mesh-Transformer-JAX's code.
 
     attn.out, mlp.out: N(0, (2 / (L sqrt(d)))^2). Every other weight: N(0, sigma0^2).
     With init.scale_all_projections, q/k/v/gate/up also get 2 / (L sqrt(d)).
+
+    NeoX's recipe (its configs: ``init_method = "small_init"``, ``output_layer_init_method =
+    "wang_init"``) gives every other weight, embeddings included, small_init's sqrt(2 / (5 d)):
+    ``--init.scheme wang --init.base_std <sqrt(2/(5d))>`` is exactly that pairing (d = 128:
+    0.0559017; d = 768: 0.0228218; d = 2048: 0.0139754).
     """
     return normal(wang_output_std(args) if role in OUTPUT_ROLES else base_std(opts))
 
 
 @register("zero_output")
 def zero_output_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
-    """Zero-initialized residual outputs and head (modded-nanogpt).
+    """Zero-initialized residual outputs and head, the idea of modded-nanogpt, on a normal base.
 
     attn.out, mlp.out, lm_head: 0. Every other weight: N(0, sigma0^2). With a tied head (GPT-2
     default) there is no separate lm_head tensor; the embedding keeps sigma0.
+
+    Only the zeros match modded-nanogpt (KellerJordan/modded-nanogpt, train_gpt.py: ``c_proj``
+    and ``lm_head`` zeroed). Its other weights are not N(0, sigma0^2): ``CastedLinear`` draws
+    U(-sqrt(3) s, sqrt(3) s) with s = 0.5 / sqrt(fan_in), and the embedding keeps
+    ``nn.Embedding``'s N(0, 1). This scheme isolates the zero outputs against ``normal``.
     """
     if role in (*OUTPUT_ROLES, "lm_head"):
         return constant(0.0)
