@@ -143,14 +143,40 @@ def merge_adapters(state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict[s
     return merged
 
 
+def fold_multipliers(state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """State whose plain forward equals the parametrized one (init_schemes/parametrization.py).
+
+    x * c through a linear map is the map with weight (and bias) * c, so: the embedding tables take
+    ``embedding_multiplier``; attn.out and mlp.out ``residual_multiplier``; attn.q ``attn_scale *
+    sqrt(d_head)`` (HF divides q.k by sqrt(d_head)); the logits ``logit_multiplier`` go into lm_head, or,
+    with a tied head (whose table already took the embedding multiplier e), into the final norm's weight
+    and bias as logit_multiplier / e. Tensors are scaled in float64. A state with every multiplier 1 is
+    returned as is.
+    """
+    attn = 1.0 if args.attn_scale is None else args.attn_scale * math.sqrt(args.head_dim)
+    tied_logits = args.logit_multiplier / args.embedding_multiplier
+    factors = {"tok_embedding": args.embedding_multiplier, "pos_embedding": args.embedding_multiplier,
+               "attn.out": args.residual_multiplier, "mlp.out": args.residual_multiplier, "attn.q": attn,
+               "lm_head": args.logit_multiplier, "final_norm": tied_logits if args.tie_embeddings else 1.0}
+    out = dict(state)
+    for name, tensor in state.items():
+        module = name.rsplit(".", 1)[0]
+        role = module.split(".", 2)[2] if module.startswith("layers.") else module
+        factor = factors.get(role, 1.0)
+        if factor != 1.0:
+            out[name] = (tensor.double() * factor).to(tensor.dtype)
+    return out
+
+
 def to_hf(state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
     """Full initlab state dict (canonical names) -> HF state dict (contiguous tensors, fused parts joined).
 
-    LoRA adapters are merged into their weights (HF's plain models have no adapter slots).
+    LoRA adapters are merged into their weights (HF's plain models have no adapter slots), then the
+    parametrization's forward multipliers are folded in (:func:`fold_multipliers`).
     """
     parts: dict[str, dict[int, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
-    for name, tensor in merge_adapters(state, args).items():
+    for name, tensor in fold_multipliers(merge_adapters(state, args), args).items():
         link = link_for(name, args)
         hf_tensor = _to_hf_layout(tensor.detach(), link)
         if link.part is None:
