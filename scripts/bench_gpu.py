@@ -99,12 +99,16 @@ def bench_one(model: str, compile_on: bool, args, env) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="gpt2_124m,llama_1b")
-    parser.add_argument("--compile", default="off,on")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--models", default="gpt2_124m,llama_1b",
+                        help=f"comma-separated models among {', '.join(MODEL_SETTINGS)} (default gpt2_124m,llama_1b)")
+    parser.add_argument("--compile", default="off,on", help="comma-separated torch.compile settings, off and/or on "
+                        "(default off,on)")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per setting (default 20)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before timing (default 5)")
+    parser.add_argument("--out", default="benchmarks/results", help="directory of <device>.json "
+                        "(default benchmarks/results)")
+    parser.add_argument("--profile", action="store_true", help="also write a torch.profiler summary per setting "
+                        "to <out>/profile_<model>_compile_<0|1>.txt")
     parser.add_argument("--quick", action="store_true", help="CPU dry run on the debug flavor")
     args = parser.parse_args(argv)
     if args.quick:

@@ -12,6 +12,7 @@ vocabulary is the config's ``model.vocab_size`` (no tokenizer is loaded: init co
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -95,26 +96,34 @@ def format_table(summaries: list[dict]) -> str:
     return "\n".join(out)
 
 
+def int_list(text: str) -> list[int]:
+    """'1,2' -> [1, 2], each >= 1 (an argparse type)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes integers >= 1, e.g. 1,2; got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"takes integers >= 1, e.g. 1,2; got {text!r}")
+    return values
+
+
+def positive_int(text: str) -> int:
+    """One integer >= 1 (an argparse type)."""
+    values = int_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"takes one integer >= 1; got {text!r}")
+    return values[0]
+
+
 def parse_orchestrator(argv: list[str]) -> tuple[list[int], int, list[str]]:
     """(--ranks list, --threads, remaining config overrides)."""
-    ranks, threads, rest = [1, 2], 1, []
-    i = 0
-    while i < len(argv):
-        if argv[i] in ("--ranks", "--threads") and i + 1 < len(argv):
-            try:
-                if argv[i] == "--ranks":
-                    ranks = [int(v) for v in argv[i + 1].split(",")]
-                else:
-                    threads = int(argv[i + 1])
-            except ValueError:
-                raise ValueError(f"{argv[i]} takes integers, e.g. --ranks 1,2 --threads 1; got {argv[i + 1]!r}") from None
-            i += 2
-        else:
-            rest.append(argv[i])
-            i += 1
-    if not ranks or min(ranks) < 1 or threads < 1:
-        raise ValueError(f"--ranks and --threads must be >= 1; got ranks {ranks}, threads {threads}")
-    return ranks, threads, rest
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], allow_abbrev=False,  # no prefix matching: --section.key passes through
+        epilog=f"Any other --section.key VALUE is a config override, as for train.py, on top of: {' '.join(DEFAULTS)}")
+    parser.add_argument("--ranks", type=int_list, default=[1, 2], help="comma-separated world sizes (default 1,2)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per rank (default 1)")
+    args, rest = parser.parse_known_args(argv)
+    return args.ranks, args.threads, rest
 
 
 def main(argv: list[str]) -> int:

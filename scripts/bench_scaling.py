@@ -45,12 +45,15 @@ def run_world(n: int, args, extra: list[str], scratch: Path) -> dict:
 def main(argv: list[str]) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="train_configs/llama_1b/depth_aware.toml")
-    parser.add_argument("--ranks", default="1,2,4,8")
-    parser.add_argument("--local-batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--out", default="benchmarks/results")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="Arguments after -- go to train.py as config overrides.")
+    parser.add_argument("--config", default="train_configs/llama_1b/depth_aware.toml",
+                        help="training config, relative to the repo (default train_configs/llama_1b/depth_aware.toml)")
+    parser.add_argument("--ranks", default="1,2,4,8", help="comma-separated world sizes (default 1,2,4,8)")
+    parser.add_argument("--local-batch", type=int, default=4, help="sequences per rank per step (default 4)")
+    parser.add_argument("--steps", type=int, default=30, help="training steps per world size (default 30)")
+    parser.add_argument("--out", default="benchmarks/results", help="directory of weak_scaling_<device>.json "
+                        "(default benchmarks/results)")
     parser.add_argument("--device-name", default=None, help="label of the result file (default: from torch)")
     args = parser.parse_args(argv)
     if not (REPO / args.config).is_file():

@@ -56,9 +56,10 @@ def bare_loop_seconds(trainer: Trainer, first_step: int, n: int) -> float:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="train_configs/debug.toml")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--config", default="train_configs/debug.toml",
+                        help="training config (default train_configs/debug.toml)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (default 3)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     cfg, _ = load_config(["--config", args.config, "--training.steps", str(args.warmup + 3 * args.steps + 10),
