@@ -56,6 +56,18 @@ def freeze_all_but_adapters(model: nn.Module) -> None:
         param.requires_grad_(is_adapter(name))
 
 
+def build_local_model(cfg: Config, vocab: int, device: str = "cpu") -> tuple[nn.Module, ModelArgs, WeightInitializer]:
+    """The [model] with its [init] and [parametrization] on one process, without FSDP or compile: for
+    scripts and tests that train small models in-process (coordinate checks, lr sweeps)."""
+    args = model_args_from_config(cfg, vocab)
+    with torch.device("meta"):
+        model = build_model(args)
+    model.to_empty(device=device)
+    initializer = WeightInitializer(cfg.init, args, cfg.job.seed, parametrization_of(cfg, args))
+    model.init_weights(initializer, buffer_device=torch.device(device))
+    return model, args, initializer
+
+
 def build_model_and_init(cfg: Config, tokenizer_vocab: int, env: DistEnv) -> tuple[nn.Module, ModelArgs, WeightInitializer]:
     """The model as training uses it, plus its shapes and the initializer (whose ``applied`` holds every spec)."""
     args = model_args_from_config(cfg, tokenizer_vocab)
@@ -70,4 +82,3 @@ def build_model_and_init(cfg: Config, tokenizer_vocab: int, env: DistEnv) -> tup
     if cfg.init.from_checkpoint:  # replaces the scheme's tensors where the file has them
         load_initial_weights(model, cfg.init.from_checkpoint, env)
     return model, args, initializer
-

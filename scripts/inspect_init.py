@@ -1,6 +1,6 @@
 """Show the measured std of every initialized weight next to its scheme's formula (DESIGN.md §10).
 
-    python scripts/inspect_init.py --config train_configs/debug.toml [--section.key VALUE ...] [--json]
+    python scripts/inspect_init.py --config train_configs/debug.toml [--section.key VALUE ...] [--json | --rules]
     torchrun --nproc_per_node=N scripts/inspect_init.py --config ... --json
 
 The model is built and initialized by the training code path (``components.build``): meta build,
@@ -10,7 +10,9 @@ a time, every rank taking part); rank 0 prints. ``--json`` prints a list with on
 parameter: name, role, layer, shape, std, expected_std, mean, absmax, sha256 (of the full
 tensor's float32 bytes, row-major), so digests from runs with different world sizes can be
 compared. ``expected_std`` is the std of the scheme's distribution, truncation included.
-Without ``--json`` a readable table is printed.
+Without ``--json`` a readable table is printed. ``--rules`` prints instead what the [parametrization]
+resolved for every tensor (init_schemes/parametrization.py): role, layer, init std, forward multiplier,
+AdamW lr, weight decay and eps (the values at the peak of the schedule).
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 
 from components.build import build_model_and_init, model_args_from_config  # noqa: E402
 from components.config import ConfigError, load_config  # noqa: E402
+from components.optim import is_decayed  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
 from init_schemes.base import InitSpec  # noqa: E402
 from models.common import canonical_name  # noqa: E402
 
-USAGE = "usage: inspect_init.py --config PATH [--section.key VALUE ...] [--json]"
+USAGE = "usage: inspect_init.py --config PATH [--section.key VALUE ...] [--json | --rules]"
 
 
 def sha256_hex(tensor: torch.Tensor) -> str:
@@ -89,8 +92,23 @@ def format_table(reports: list[dict], specs: dict[str, InitSpec]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
+def rules_table(cfg, initializer) -> str:
+    """Per tensor: what the parametrization resolved (the init std realized by the drawn distribution, or =constant)."""
+    header = ("parameter", "role", "layer", "init std", "fwd mult", "lr", "weight decay", "eps")
+    p, o = initializer.parametrization, cfg.optimizer
+    rows = []
+    for name, (role, layer, spec) in initializer.applied.items():
+        rule = p.rule(role, layer)
+        decay = o.weight_decay * rule.weight_decay if is_decayed(name, o) else 0.0
+        rows.append((name, role, "-" if layer is None else str(layer), describe_spec(spec) if spec.dist == "constant" else f"{spec.realized_std:.6g}",
+                     f"{p.forward_multiplier(role):.4g}", f"{o.lr * rule.lr:.4g}", f"{decay:.4g}", f"{o.eps * rule.eps:.3g}"))
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
 def run(argv: list[str]) -> int:
-    cfg, flags = load_config(argv, flags=("json", "help"))
+    cfg, flags = load_config(argv, flags=("json", "rules", "help"))
     if "help" in flags:
         print(USAGE)
         return 0
@@ -104,6 +122,13 @@ def run(argv: list[str]) -> int:
         return 0
     if "json" in flags:
         print(json.dumps(reports, indent=1))
+        return 0
+    if "rules" in flags:
+        a = args
+        print(f"# parametrization {cfg.parametrization.name}: embedding x{a.embedding_multiplier:g}, logits "
+              f"x{a.logit_multiplier:g}, attention scale {a.attn_scale or a.head_dim ** -0.5:.4g}, residual branches "
+              f"x{a.residual_multiplier:g}; init {cfg.init.scheme}")
+        print(rules_table(cfg, initializer))
         return 0
     print(f"# {args.family}/{cfg.model.flavor}: L={args.n_layers} d={args.dim} d_ff={args.ffn_dim} "
           f"vocab={args.vocab_size}; init {cfg.init.scheme}, seed {cfg.job.seed}, {env.world_size} rank(s)")

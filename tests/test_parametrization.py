@@ -174,6 +174,7 @@ def _without_multipliers(args):
     return replace(args, embedding_multiplier=1.0, logit_multiplier=1.0, attn_scale=None, residual_multiplier=1.0)
 
 
+@pytest.mark.multiprocess
 def test_mup_run_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
     """train.py under completep (constant lr after warmup, so a 2-step run is the start of a 3-step one): 2 steps
     + resume to 3 give the loss of 3 straight steps (the per-group lrs and eps survive the checkpoint); the export's
@@ -208,3 +209,16 @@ def _losses(run_dir: Path) -> dict[int, float]:
     """step -> train loss from the run's metrics.jsonl."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {row["step"]: row["loss/train"] for row in rows if "loss/train" in row}
+
+
+@pytest.mark.multiprocess
+def test_inspect_init_prints_the_resolved_rules():
+    """debug Llama (d = 128) under mup on a base width 64: hidden lr / 2, weight decay x 2, logits x 1/2."""
+    proc = python(["scripts/inspect_init.py", "--config", "train_configs/debug.toml", "--rules", "--tokenizer.max_vocab",
+                   "256", "--parametrization.name", "mup", "--parametrization.base_width", "64"])
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[3:]}
+    # parameter, role, layer, init std, fwd mult, lr, weight decay, eps
+    assert rows["layers.1.attn.v.weight"][3:] == ["0.0141421", "1", "0.0015", "0.2", "1e-08"]
+    assert rows["lm_head.weight"][3:] == ["0.02", "0.5", "0.003", "0.1", "1e-08"]
+    assert rows["final_norm.weight"][3:] == ["=1", "1", "0.003", "0", "1e-08"]
+    assert "attention scale 0.03125" in proc.stdout  # 1 / d_head, d_head = 32
