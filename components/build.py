@@ -82,3 +82,4 @@ def build_model_and_init(cfg: Config, tokenizer_vocab: int, env: DistEnv) -> tup
     if cfg.init.from_checkpoint:  # replaces the scheme's tensors where the file has them
         load_initial_weights(model, cfg.init.from_checkpoint, env)
     return model, args, initializer
+
