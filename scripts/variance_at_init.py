@@ -19,10 +19,12 @@ second moment after block l (E[h^2] of the embedding sum for q_{-1}) and m the r
     mlp_pre variance  p_l = d sigma_pre^2   (sigma_pre: mlp.up for GELU, mlp.gate for SwiGLU),
     GELU MLP          M_l = d_ff sigma_out^2 c_phi(p_l),
     SwiGLU            M_l = d_ff sigma_out^2 c_silu(p_l) d sigma_up^2,
-    attention         A_l = d sigma_out^2 kappa d sigma_v^2,  kappa = (1/T) sum_{s<T} 1/(s+1),
+    attention         A_l = d sigma_out^2 kappa_l d sigma_v^2,
 where c_phi(q) = E[phi(u)^2], u ~ N(0, q) (scripts/paper/variance_propagation.py; the paper's c_phi
-at q = 1) and kappa is the value path under uniform causal attention over independent tokens
-(logits ~0 at init; the q.k path is dropped). Backward, from the measured dL/dh after the last block
+at q = 1) and kappa_l = E_s[sum_t a_st^2] is the value path's averaging over independent tokens:
+a = causal softmax of i.i.d. N(0, s_l^2) logits with s_l^2 = scale^2 hd (d sigma_q^2)(d sigma_k^2)
+(Monte Carlo, ``attention_kappa``; (1/T) sum_{s<T} 1/(s+1) for uniform attention, s_l = 0).
+The q.k path's own contribution to the output is dropped. Backward, from the measured dL/dh after the last block
 down: each sublayer multiplies the gradient second moment by 1 + G / q (the norm's Jacobian divides
 by the RMS of its input), with G_mlp = m^2 d sigma_out^2 d_ff [sigma_pre^2 d_phi(p)] for GELU,
 m^2 d sigma_out^2 d_ff [sigma_gate^2 d_silu(p) d sigma_up^2 + sigma_up^2 c_silu(p)] for SwiGLU, and
@@ -144,10 +146,23 @@ def uniform_attention_kappa(seq_len: int) -> float:
     return math.fsum(1.0 / (s + 1) for s in range(seq_len)) / seq_len
 
 
+def attention_kappa(seq_len: int, logit_var: float, samples: int = 32) -> float:
+    """E over queries s < T of sum_t a_st^2, a = causal softmax of i.i.d. N(0, logit_var) logits.
+
+    Monte Carlo over ``samples`` [T, T] logit matrices (seed 0); exact for logit_var = 0.
+    """
+    if logit_var == 0:
+        return uniform_attention_kappa(seq_len)
+    logits = torch.randn(samples, seq_len, seq_len, generator=torch.Generator().manual_seed(0)) * math.sqrt(logit_var)
+    future = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)
+    weights = logits.masked_fill(future, -math.inf).softmax(-1)  # [samples, T queries, T keys]
+    return weights.double().square().sum(-1).mean().item()
+
+
 def predict(args, stds: dict[str, float], seq_len: int, top_grad_rms: float) -> dict[str, list[float]]:
     """The mean-field prediction of every quantity (formulas in the module docstring), in depth order."""
     d, ffn, m2 = args.dim, args.ffn_dim, args.residual_multiplier ** 2
-    kappa = uniform_attention_kappa(seq_len)
+    scale_sq_hd = (args.attn_scale ** 2 if args.attn_scale is not None else 1 / args.head_dim) * args.head_dim
     q = stds["tok_embedding.weight"] ** 2 + stds.get("pos_embedding.weight", 0.0) ** 2
     q *= args.embedding_multiplier ** 2
     out = {k: [] for k in QUANTITIES}
@@ -155,7 +170,8 @@ def predict(args, stds: dict[str, float], seq_len: int, top_grad_rms: float) -> 
     gains = []  # per block: (q before attn, G_attn, q before mlp, G_mlp)
     for layer in range(args.n_layers):
         std = {role: stds.get(f"layers.{layer}.{role}.weight", 0.0) for role in
-               ("attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")}
+               ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")}
+        kappa = attention_kappa(seq_len, scale_sq_hd * d * std["attn.q"] ** 2 * d * std["attn.k"] ** 2)
         attn = m2 * d * std["attn.out"] ** 2 * kappa * d * std["attn.v"] ** 2
         swiglu = args.activation == "silu"
         pre_var = d * std["mlp.gate" if swiglu else "mlp.up"] ** 2
