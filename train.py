@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from components.activation_stats import ActivationStats
 from components.build import build_model_and_init, freeze_all_but_adapters, model_args_from_config
 from components.checkpoint import Checkpointer, CheckpointError
-from components.config import Config, ConfigError, help_text, load_config, to_toml
+from components.config import Config, ConfigError, help_text, load_config, parse_cli, to_toml
 from components.data import TokenBatches, TokenDataset, ensure_dataset
 from components.lr_schedule import build_lr_scheduler
 from components.metrics import (
@@ -34,10 +34,22 @@ from components.metrics import (
     peak_memory_gib,
 )
 from components.optim import build_optimizer, clip_grad_norm_
+from components.preemption import INTERRUPTED_EXIT_CODE, RunStopped, StopRequests
+from components.run_dir import (
+    RunDirLock,
+    RunStart,
+    config_changes,
+    default_run_name,
+    mark_finished,
+    plan_start,
+    record_resume,
+    set_aside_attempt,
+)
 from components.tokenizer import build_tokenizer
 from components.weight_stats import WeightStats
-from distributed.env import DistEnv, barrier, distributed_session
+from distributed.env import DistEnv, any_and_all, barrier, decided_by_rank0, distributed_session
 from distributed.parallelize import compile_enabled
+from init_schemes.base import DEFAULT_BASE_STD
 from models import build_model
 from models.common import count_params, flops_per_token
 
@@ -57,8 +69,12 @@ class TrainState(Stateful):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, env: DistEnv):
-        self.cfg, self.env = cfg, env
+    def __init__(self, cfg: Config, env: DistEnv, stop: StopRequests):
+        self.cfg, self.env, self.stop = cfg, env, stop
+        # Host-side agreement at step boundaries (stop requests, background saves) on a CPU group: never a device sync.
+        self.control_group = dist.new_group(backend="gloo") if env.world_size > 1 else None
+        self.clock = StepClock()
+        self.extra_values: dict[str, float] = {}  # values of between-log events, logged with the next logging step
         self.run_dir = Path(cfg.job.output_dir) / cfg.job.run_name
         t = cfg.training
         self.local_batch, self.micro_batch, self.accum_steps = batch_split(
@@ -111,7 +127,9 @@ class Trainer:
             start = rank_rows + micro * self.micro_batch
             tokens = self.train_batches.get(step, slice(start, start + self.micro_batch))
             local_loss += self.forward_backward_step(tokens, micro == self.accum_steps - 1, logging and micro == 0)
-        grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.training.max_norm)
+        grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.training.max_norm)  # untouched if non-finite
+        if self.cfg.training.nonfinite_check == "step" and not torch.isfinite(grad_norm):  # sync: before the update
+            self.raise_nonfinite(step)
         if logging and self.weight_stats.grad_stats:
             self.weight_stats.snapshot()
         self.step_lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a float: no sync)
@@ -121,58 +139,93 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean next-token loss over ``metrics.val_batches`` fixed global validation batches."""
+        """Mean next-token loss over ``metrics.val_batches`` fixed global validation batches, each rank's rows
+        in micro-batches of the training size (the activations and logits of one training forward, no more)."""
         self.model.eval()
         total = torch.zeros((), device=self.env.device)
-        rows = slice(self.env.dp_rank * self.local_batch, (self.env.dp_rank + 1) * self.local_batch)
+        first_row = self.env.dp_rank * self.local_batch
         for i in range(self.cfg.metrics.val_batches):
-            tokens = self.val_batches.get(i, rows).to(self.env.device)
-            total += self.loss_fn(self.model(tokens[:, :-1]), tokens[:, 1:])
+            for start in range(first_row, first_row + self.local_batch, self.micro_batch):
+                tokens = self.val_batches.get(i, slice(start, start + self.micro_batch)).to(self.env.device)
+                total += self.loss_fn(self.model(tokens[:, :-1]), tokens[:, 1:])
         self.model.train()
-        return global_mean(total / self.cfg.metrics.val_batches)
+        return global_mean(total / (self.cfg.metrics.val_batches * self.accum_steps))
 
     # ---------------------------------------------------------------- loop
     def train(self, logger: MetricsLogger) -> dict:
+        """Steps ``state.step + 1 .. training.steps``; returns the last logged values.
+
+        At every step boundary the ranks agree, in one all-reduce over a CPU group, whether any was asked
+        to stop (:mod:`components.preemption`) and whether every rank's background save has finished; a
+        stop saves one checkpoint and raises RunStopped.
+        """
         cfg, t = self.cfg, self.cfg.training
         tokens_per_step = t.global_batch_size * t.seq_len
         # Device-side record of the first step whose loss or grad norm was non-finite (0 = none): no per-step sync.
         first_bad_step = torch.zeros((), dtype=torch.long, device=self.env.device)
-        last_log = (time.perf_counter(), self.state.step)
+        self.clock.start(self.state.step)
         final = {}
         for step in range(self.state.step + 1, t.steps + 1):
             validating = bool(cfg.metrics.val_freq) and step % cfg.metrics.val_freq == 0
             logging = step == 1 or step % cfg.metrics.log_freq == 0 or step == t.steps or validating
             loss, grad_norm = self.train_step(step, logging)
-            bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)  # a NaN grad poisons the weights
+            bad = ~torch.isfinite(loss) | ~torch.isfinite(grad_norm)
             first_bad_step = torch.where(bad & (first_bad_step == 0), step, first_bad_step)
             self.state.step, self.state.tokens_seen = step, self.state.tokens_seen + tokens_per_step
-            saving = self.checkpointer.due(step, t.steps)
-            if logging or saving:
+            stop, saves_done = any_and_all(self.stop.requested(), self.checkpointer.local_save_done(),
+                                           self.control_group)
+            if saves_done and self.checkpointer.pending is not None:
+                self.report_checkpoint(self.checkpointer.finalize_pending())
+            saving = self.checkpointer.due(step, t.steps) or (stop and cfg.checkpoint.enable)
+            if logging or saving or stop:
                 self.raise_if_nonfinite(first_bad_step)
-            if logging:
-                final = self.log_step(logger, step, loss, grad_norm, last_log)
-                last_log = (time.perf_counter(), step)
+            if logging or stop:
+                final = self.log_step(logger, step, loss, grad_norm)
             self.optimizer.zero_grad(set_to_none=True)
             if saving:
-                self.checkpointer.save(step)
+                self.save_checkpoint(logger, step, blocking=stop or step == t.steps)
+            if stop:
+                raise self.stopped(step, saved=saving)
         return final
+
+    def save_checkpoint(self, logger: MetricsLogger, step: int, blocking: bool) -> None:
+        blocked_s = self.checkpointer.save(step, blocking=blocking)
+        self.extra_values["checkpoint/blocked_s"] = blocked_s  # logged with the next logging step
+        if self.checkpointer.pending is None:
+            self.report_checkpoint(step, blocked_s)
+        elif self.env.is_main:
+            print(f"checkpoint step {step}: staged in {blocked_s:.2f} s, writing in the background", flush=True)
+        self.clock.exclude(blocked_s)
+
+    def report_checkpoint(self, step: int, blocked_s: float | None = None) -> None:
+        if self.env.is_main:
+            how = (f"saved in {blocked_s:.2f} s" if blocked_s is not None else
+                   f"written in the background in {self.checkpointer.last_write_s:.2f} s")
+            print(f"checkpoint step {step}: {how} -> {self.checkpointer.folder / f'step_{step}'}", flush=True)
+
+    def stopped(self, step: int, saved: bool) -> RunStopped:
+        where = (f"saved checkpoint step_{step}; the same command resumes it" if saved else
+                 "no checkpoint saved (checkpoint.enable = false)")
+        return RunStopped(f"stopped at step {step}/{self.cfg.training.steps} on {self.stop.reason}; {where}",
+                          self.stop.exit_code())
 
     def raise_if_nonfinite(self, first_bad_step: torch.Tensor) -> None:
         bad_step = int(global_max(first_bad_step))
         if bad_step:
-            culprit = first_nonfinite(self.model)
-            where = (f"first non-finite: {culprit}" if culprit else
-                     f"all values finite, the norm overflowed; largest gradient: {largest_gradient(self.model)}")
-            raise NonFiniteLossError(f"loss or gradient norm became non-finite at step {bad_step}; {where}; "
-                                     "lower optimizer.lr, raise lr_scheduler.warmup_steps or pick another init")
+            self.raise_nonfinite(bad_step)
 
-    def log_step(self, logger: MetricsLogger, step: int, loss: torch.Tensor, grad_norm: torch.Tensor,
-                 last_log: tuple[float, int]) -> dict:
+    def raise_nonfinite(self, bad_step: int) -> None:
+        culprit = first_nonfinite(self.model)
+        where = (f"first non-finite: {culprit}" if culprit else
+                 f"all values finite, the norm overflowed; largest gradient: {largest_gradient(self.model)}")
+        raise NonFiniteLossError(f"loss or gradient norm became non-finite at step {bad_step}; {where}; "
+                                 "lower optimizer.lr, raise lr_scheduler.warmup_steps or pick another init")
+
+    def log_step(self, logger: MetricsLogger, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> dict:
         t, env = self.cfg.training, self.env
         values = {"loss/train": global_mean(loss), "grad_norm": float(grad_norm),
                   "lr": self.step_lr}
-        elapsed = time.perf_counter() - last_log[0]
-        tokens_per_sec = (step - last_log[1]) * t.global_batch_size * t.seq_len / max(elapsed, 1e-9)
+        tokens_per_sec = self.clock.lap(step) * t.global_batch_size * t.seq_len
         values["throughput/tokens_per_sec"] = tokens_per_sec
         values["throughput/tokens_per_sec_per_device"] = tokens_per_sec / env.world_size
         if self.peak_flops:
@@ -183,12 +236,59 @@ class Trainer:
         if self.cfg.metrics.log_weight_std:
             values.update(self.weight_stats.compute())
         values.update(self.activation_stats.compute())
+        values.update(self.extra_values)
+        self.extra_values.clear()
         logger.log(step, values)
         if env.is_main:
-            val = f" val {values['loss/val']:.4f}" if "loss/val" in values else ""
-            print(f"step {step:>6} | loss {values['loss/train']:.4f}{val} | lr {values['lr']:.2e} | "
-                  f"grad_norm {values['grad_norm']:.3f} | {values['throughput/tokens_per_sec']:,.0f} tok/s", flush=True)
+            print(console_line(step, t.steps, values, self.clock), flush=True)
         return values
+
+
+def console_line(step: int, total: int, values: dict, clock: StepClock) -> str:
+    """``step 40/100 | loss 5.1234 val 5.2 | lr 1.0e-03 | gnorm 0.512 | 12,345 tok/s | MFU 45.1% | mem 3.2 GiB |
+    0:01:23 elapsed, ETA 0:02:05``"""
+    val = f" val {values['loss/val']:.4f}" if "loss/val" in values else ""
+    mfu_part = f" | MFU {100 * values['mfu']:.1f}%" if "mfu" in values else ""
+    return (f"step {step:>{len(str(total))}}/{total} | loss {values['loss/train']:.4f}{val} | lr {values['lr']:.2e} | "
+            f"gnorm {values['grad_norm']:.3f} | {values['throughput/tokens_per_sec']:,.0f} tok/s{mfu_part} | "
+            f"mem {values['memory/peak_gib']:.1f} GiB | {hms(clock.elapsed())} elapsed, "
+            f"ETA {hms(clock.eta(step, total))}")
+
+
+class StepClock:
+    """Wall time of the training loop: throughput between logging steps (checkpoint stalls left out, so
+    tokens/s is the training rate), elapsed time since this start, and the ETA at the recent rate."""
+
+    def __init__(self):
+        self.t0 = self.last_time = time.perf_counter()
+        self.first_step = self.last_step = 0
+        self.excluded = 0.0  # seconds since the last lap spent blocked in checkpoint saves
+        self.step_s = 0.0  # seconds per step over the latest lap
+
+    def start(self, step: int) -> None:
+        self.t0 = self.last_time = time.perf_counter()
+        self.first_step = self.last_step = step
+
+    def exclude(self, seconds: float) -> None:
+        self.excluded += seconds
+
+    def lap(self, step: int) -> float:
+        """Steps per second since the previous lap."""
+        now = time.perf_counter()
+        self.step_s = max(now - self.last_time - self.excluded, 1e-9) / max(step - self.last_step, 1)
+        self.last_time, self.last_step, self.excluded = now, step, 0.0
+        return 1.0 / self.step_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def eta(self, step: int, total: int) -> float:
+        return (total - step) * self.step_s
+
+
+def hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -222,27 +322,46 @@ def global_max(value: torch.Tensor) -> float:
     return value.item()
 
 
-def check_run_dir(cfg: Config) -> bool:
-    """Refuse to touch an existing run unless resuming (and to resume a missing one); True = fresh run."""
+def claim_run_dir(cfg: Config, lock: RunDirLock | None) -> RunStart:
+    """Lock the run directory (rank 0, for the whole run) and decide how this launch uses it.
+
+    Runs before anything expensive is built, so a second job on a locked directory, or a resume that
+    would change the experiment, stops at once (on every rank, with rank 0's one-line reason).
+    """
     run_dir = Path(cfg.job.output_dir) / cfg.job.run_name
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    barrier()  # every rank has looked before rank 0 may create anything
-    if exists and not cfg.checkpoint.resume:
-        raise ConfigError(f"run directory {run_dir} already exists; pass --checkpoint.resume true to continue it "
-                          "or choose another --job.run_name")
-    if cfg.checkpoint.resume and not exists:
-        raise ConfigError(f"--checkpoint.resume true but run directory {run_dir} does not exist; "
-                          "check --job.output_dir/--job.run_name or drop --checkpoint.resume")
-    return not exists
+
+    def decide() -> RunStart:
+        lock.acquire()
+        resume = "false" if cfg.checkpoint.create_seed_checkpoint else cfg.checkpoint.resume
+        start = plan_start(run_dir, resume, cfg.training.steps)
+        if start.mode == "resume":
+            start.changes = config_changes(run_dir, cfg)
+        return start
+
+    return decided_by_rank0(decide, ConfigError, OSError)
 
 
-def create_run_dir(cfg: Config, env: DistEnv) -> None:
-    """A fresh run's directory with its resolved config.toml (only once tokenizer, data and model built)."""
+def open_run_dir(cfg: Config, env: DistEnv, start: RunStart, trainer: Trainer) -> int | None:
+    """Fresh: set an abandoned attempt aside and write config.toml. Resume: load the newest checkpoint, record
+    this start's config and say what changed. Returns the resumed step (None when fresh)."""
+    run_dir = trainer.run_dir
+    if start.mode == "fresh":
+        if env.is_main:
+            if start.note:
+                print(f"initlab: {start.note}", flush=True)
+                set_aside_attempt(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.toml").write_text(to_toml(cfg))
+        barrier()
+        return None
+    step = trainer.checkpointer.load_for_resume()
     if env.is_main:
-        run_dir = Path(cfg.job.output_dir) / cfg.job.run_name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(to_toml(cfg))
-    barrier()
+        record_resume(run_dir, step, cfg)
+        print(f"initlab: resuming {run_dir} from step {step}/{cfg.training.steps} "
+              f"({trainer.checkpointer.folder / f'step_{step}'})", flush=True)
+        for key, old, new in start.changes:
+            print(f"initlab: resume changes {key}: {old!r} -> {new!r} (applies from step {step + 1})", flush=True)
+    return step
 
 
 def dry_run(cfg: Config) -> None:
@@ -264,44 +383,82 @@ def dry_run(cfg: Config) -> None:
     print(f"# training FLOPs/token: {flops_per_token(args, n_no_emb, cfg.training.seq_len, n_trainable):,}")
 
 
-def run(cfg: Config) -> dict:
-    with distributed_session(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
-                             cfg.parallelism.data_parallel_shard_degree) as env:
-        fresh = check_run_dir(cfg)
-        trainer = Trainer(cfg, env)
-        if fresh:
-            create_run_dir(cfg, env)
-        resumed = trainer.checkpointer.load_for_resume() if cfg.checkpoint.resume else None
-        if cfg.checkpoint.create_seed_checkpoint:
-            trainer.checkpointer.save(0)
-            return {}
-        logger = MetricsLogger(trainer.run_dir, env.is_main, resume_step=resumed)
-        logger.set_layout(trainer.weight_stats.roles_to_layers(), trainer.weight_stats.grad_stats,
-                          trainer.activation_stats.charts())
+def run(cfg: Config, config_path: str | None = None) -> dict:
+    """Train ``cfg`` in its run directory; returns the last logged values ({} when there was nothing to do)."""
+    stop = StopRequests(watch_parent="TORCHELASTIC_RUN_ID" in os.environ).install()
+    try:
+        with distributed_session(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
+                                 cfg.parallelism.data_parallel_shard_degree) as env:
+            cfg.job.run_name = decided_by_rank0(
+                lambda: cfg.job.run_name or default_run_name(cfg.job.output_dir, config_path))
+            lock = RunDirLock(Path(cfg.job.output_dir) / cfg.job.run_name) if env.is_main else None
+            try:
+                return train_in_run_dir(cfg, env, stop, lock)
+            finally:
+                if lock is not None:
+                    lock.release()
+    finally:
+        stop.uninstall()
+
+
+def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDirLock | None) -> dict:
+    start = claim_run_dir(cfg, lock)
+    if start.mode == "finished":
         if env.is_main:
-            print(f"initlab: {cfg.model.name}/{cfg.model.flavor} {trainer.n_params:,} params, init "
-                  f"{cfg.init.scheme}, {env.world_size} rank(s) on {env.device.type}, run dir {trainer.run_dir}",
-                  flush=True)
-        final = {}
-        try:
-            final = trainer.train(logger)
-        finally:
-            logger.log_hparams(hparams(cfg), {k: v for k, v in final.items() if k.startswith("loss/")})
-            logger.close()
+            print(f"initlab: {start.note}", flush=True)
+        return {}
+    trainer = Trainer(cfg, env, stop)
+    resumed = open_run_dir(cfg, env, start, trainer)
+    if cfg.checkpoint.create_seed_checkpoint:
+        trainer.checkpointer.save(0)
+        return {}
+    logger = MetricsLogger(trainer.run_dir, env.is_main, resume_step=resumed)
+    logger.set_layout(trainer.weight_stats.roles_to_layers(), trainer.weight_stats.grad_stats,
+                      trainer.activation_stats.charts())
+    if env.is_main:
+        print(f"initlab: {cfg.model.name}/{cfg.model.flavor} {trainer.n_params:,} params, init "
+              f"{cfg.init.scheme}, {env.world_size} rank(s) on {env.device.type}, run dir {trainer.run_dir}",
+              flush=True)
+    final = {}
+    try:
+        final = trainer.train(logger)
+    finally:
+        logger.log_hparams(hparams(cfg, resumed), {k: v for k, v in final.items() if k.startswith("loss/")})
+        logger.close()
         trainer.checkpointer.close()
-        return final
+    if env.is_main:
+        summary = run_summary(cfg, trainer, resumed, final)
+        mark_finished(trainer.run_dir, summary)
+        print(summary_line(summary), flush=True)
+    return final
 
 
-def hparams(cfg: Config) -> dict:
+def run_summary(cfg: Config, trainer: Trainer, resumed: int | None, final: dict) -> dict:
+    t = cfg.training
+    return {"steps": t.steps, "steps_this_start": t.steps - (resumed or 0), "tokens": trainer.state.tokens_seen,
+            "wall_s": round(trainer.clock.elapsed(), 1), "final": {k: v for k, v in final.items() if k.startswith("loss/")},
+            "run_dir": str(trainer.run_dir)}
+
+
+def summary_line(summary: dict) -> str:
+    losses = ", ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in summary["final"].items())
+    return (f"initlab: done: {summary['steps_this_start']} steps ({summary['steps']} in all), {summary['tokens']:,} "
+            f"tokens in {hms(summary['wall_s'])}; final loss {losses or 'n/a'}; run dir {summary['run_dir']}; "
+            f"tensorboard --logdir {Path(summary['run_dir']).parent}")
+
+
+def hparams(cfg: Config, resumed: int | None = None) -> dict:
+    """HParams of the run (numbers stay numbers): the unset base std is the schemes' default σ0."""
     return {"model": f"{cfg.model.name}/{cfg.model.flavor}", "scheme": cfg.init.scheme,
-            "parametrization": cfg.parametrization.name,
-            "base_std": cfg.init.base_std if cfg.init.base_std is not None else "default",
+            "parametrization": cfg.parametrization.name, "resumed_from": resumed or 0,
+            "base_std": cfg.init.base_std if cfg.init.base_std is not None else DEFAULT_BASE_STD,
             "scale_all_projections": cfg.init.scale_all_projections, "depth_init": cfg.init.depth_init,
             "scale_up_proj": cfg.init.scale_up_proj, "std_factor": cfg.init.std_factor,
             "lr": cfg.optimizer.lr, "seed": cfg.job.seed, "steps": cfg.training.steps}
 
 
 def main(argv: list[str]) -> int:
+    argv = ["--help" if arg == "-h" else arg for arg in argv]
     try:
         cfg, flags = load_config(argv, flags=("dry-run", "help"))
         if "help" in flags:
@@ -310,12 +467,23 @@ def main(argv: list[str]) -> int:
         if "dry-run" in flags:
             dry_run(cfg)
             return 0
-        run(cfg)
+        run(cfg, parse_cli(argv, flags=("dry-run", "help"))[0])
         return 0
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError, NonFiniteLossError) as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return 1 if isinstance(e, NonFiniteLossError) else 2
+    except RunStopped as e:
+        say(f"initlab: {e}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        say("initlab: interrupted (second Ctrl-C): stopped without saving")
+        return INTERRUPTED_EXIT_CODE
+
+
+def say(line: str) -> None:
+    """One line on stderr from rank 0 only (the other ranks hold the same line)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -235,8 +235,11 @@ def adapt_states(states: Mapping[str, Any]) -> dict[str, Stateful]:
 
 
 # ----------------------------------------------------------------------------------- failures
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota exceeded, file-size limit
+
+
 def _disk_full(err: BaseException) -> bool:
-    """Whether ``err`` (or what it wraps: its causes, DCP's per-rank failures) is ENOSPC/EDQUOT."""
+    """Whether ``err`` (or what it wraps: its causes, DCP's per-rank failures) is one of OUT_OF_SPACE."""
     seen: set[int] = set()
     stack = [err]
     while stack:
@@ -244,17 +247,17 @@ def _disk_full(err: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(current, OSError) and current.errno in OUT_OF_SPACE:
             return True
         stack += [current.__cause__, current.__context__, getattr(current, "exc", None)]
         stack += [getattr(f, "exc", f) for f in (getattr(current, "failures", None) or {}).values()]
-    return "No space left on device" in str(err) or "Disk quota exceeded" in str(err)
+    return any(os.strerror(code) in str(err) for code in OUT_OF_SPACE)
 
 
 def describe_failure(err: BaseException) -> str:
     """One line for an exception raised by DCP (its CheckpointException is a BaseException) or the filesystem."""
     if _disk_full(err):
-        return "disk full (No space left on device / quota exceeded)"
+        return "out of space: the disk is full or a quota / file-size limit was reached"
     failures = getattr(err, "failures", None)
     if failures:  # CheckpointException: {rank: WrappedException(exc, traceback)}
         rank, failure = next(iter(failures.items()))

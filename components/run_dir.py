@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.checkpoint import complete_steps
+from components.checkpoint import complete_steps, partial_dirs
 from components.config import Config, ConfigError, load_config, to_toml
 
 LOCK_FILE = ".lock"
@@ -41,17 +41,19 @@ NOT_ATTEMPT_FILES = (LOCK_FILE, ABANDONED_DIR)
 # Settings that define what a run *is*: a resume that changes one of them is refused.
 IDENTITY_SECTIONS = ("model", "init", "tokenizer", "data", "parametrization")
 IDENTITY_KEYS = ("job.seed", "training.seq_len", "training.global_batch_size", "training.trainable")
-# Settings a resume may not change because the checkpoint cannot honour them.
-FROZEN_KEYS = ("checkpoint.create_seed_checkpoint",)
 # Settings that only say how this start behaves: not reported as changes.
-LAUNCH_KEYS = ("checkpoint.resume", "job.output_dir")
+LAUNCH_KEYS = ("checkpoint.resume", "checkpoint.create_seed_checkpoint", "job.output_dir")
 
 
-def default_run_name(config_path: str | None, now: datetime.datetime | None = None) -> str:
-    """``<config stem>_<YYYYmmdd-HHMMSS>`` (UTC): a new directory per launch, sorted by time."""
+def default_run_name(output_dir: str, config_path: str | None, now: datetime.datetime | None = None) -> str:
+    """``<config stem>_<YYYYmmdd-HHMMSS>`` (UTC), a new directory per launch (``-2``, ``-3``... if that second is taken)."""
     stem = Path(config_path).stem if config_path else "run"
     now = now or datetime.datetime.now(datetime.UTC)
-    return f"{stem}_{now:%Y%m%d-%H%M%S}"
+    name = f"{stem}_{now:%Y%m%d-%H%M%S}"
+    suffix = 1
+    while (Path(output_dir) / (name if suffix == 1 else f"{name}-{suffix}")).exists():
+        suffix += 1
+    return name if suffix == 1 else f"{name}-{suffix}"
 
 
 # ------------------------------------------------------------------------------------------- lock
@@ -65,8 +67,10 @@ class RunDirLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
         self.fd: int | None = None
+        self.created_dir = False
 
     def acquire(self) -> None:
+        self.created_dir = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -83,12 +87,17 @@ class RunDirLock:
         self.fd = fd
 
     def release(self) -> None:
-        """Unlock (the file stays: unlinking it could let two processes lock two different inodes)."""
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        """Unlock. The file stays (unlinking a lock file lets two processes lock two different inodes), except
+        in a directory this lock created that holds nothing else: a launch that stopped at once leaves no trace."""
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)
+        if self.created_dir and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+            self.path.unlink()
+            self.path.parent.rmdir()
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
 
 # ------------------------------------------------------------------------------------------ start
@@ -127,8 +136,10 @@ def plan_start(run_dir: Path, resume: str, total_steps: int) -> RunStart:
     if checkpoints:
         return RunStart("resume")
     if resume == "true":
-        raise ConfigError(f"--checkpoint.resume true but {run_dir / 'checkpoints'} holds no complete checkpoint; "
-                          "use --checkpoint.resume auto to start there, or choose another --job.run_name")
+        partial = ", ".join(p.name for p in partial_dirs(run_dir / "checkpoints"))
+        raise ConfigError(f"--checkpoint.resume true but {run_dir / 'checkpoints'} holds no complete checkpoint"
+                          f"{f' (only partial saves: {partial})' if partial else ''}; use --checkpoint.resume auto "
+                          "to start there, or choose another --job.run_name")
     if finished is not None:
         raise ConfigError(f"run {run_dir} finished {finished} steps without a checkpoint to continue from; "
                           "choose another --job.run_name")
@@ -187,7 +198,7 @@ def config_changes(run_dir: Path, cfg: Config) -> list[tuple[str, Any, Any]]:
     before, now = _flat(saved), _flat(cfg)
     changes = [(key, before[key], now[key]) for key in now
                if key in before and before[key] != now[key] and key not in LAUNCH_KEYS]
-    refused = [c for c in changes if c[0].split(".")[0] in IDENTITY_SECTIONS or c[0] in IDENTITY_KEYS + FROZEN_KEYS]
+    refused = [c for c in changes if c[0].split(".")[0] in IDENTITY_SECTIONS or c[0] in IDENTITY_KEYS]
     if refused:
         diff = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in refused)
         raise ConfigError(f"cannot resume {run_dir} with a different experiment ({diff}); restore those settings "

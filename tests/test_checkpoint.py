@@ -32,7 +32,7 @@ from components.checkpoint import (
     read_checkpoint_metadata,
 )
 from components.config import Checkpoint as CheckpointConfig
-from tests.launch import REPO, python, torchrun
+from tests.launch import REPO, alive, children, python, torchrun
 
 STEPS, INTERVAL = 12, 4
 
@@ -73,26 +73,83 @@ def reference(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------ end to end
-def test_kill9_mid_run_then_resume_is_bitwise_exact(reference, tmp_path):
-    """kill -9 the whole 2-rank torchrun job after the step-4 checkpoint; resumed on 2 ranks, every loss is bitwise the reference's."""
-    run_dir, folder = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
+def start_torchrun(tmp_path: Path, run_name: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           *train_args(tmp_path, "killed")]
+           *train_args(tmp_path, run_name)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    job = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (folder / "step_4").is_dir() and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(job.pid, signal.SIGKILL)  # torchrun and both ranks, no chance to clean up
-    job.wait()
-    assert complete_steps(folder)[-1] < STEPS, "the job finished before it could be killed"
+    return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
+
+def freeze_ranks_after_checkpoint(job: subprocess.Popen, folder: Path, step: int = 4) -> list[int]:
+    """Wait for ``folder/step_<step>``, then SIGSTOP the job's ranks (so a signal lands before the run ends)."""
+    deadline = time.monotonic() + 300
+    while not (folder / f"step_{step}").is_dir() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ranks = children(job.pid)
+    assert len(ranks) == 2 and job.poll() is None, "the job ended before its checkpoint"
+    for pid in ranks:
+        os.kill(pid, signal.SIGSTOP)
+    return ranks
+
+
+def resume_is_bitwise_exact(reference: Path, run_dir: Path) -> None:
     torchrun(resume_args(run_dir), nproc=2)
     ref, resumed = logged_losses(reference), logged_losses(run_dir)
     assert [step for step, _ in resumed] == list(range(1, STEPS + 1))  # no duplicated or missing step
     assert resumed == ref  # every loss bitwise equal (JSON floats round-trip exactly)
+
+
+@pytest.mark.multiprocess
+def test_kill9_mid_run_then_resume_is_bitwise_exact(reference, tmp_path):
+    """kill -9 the whole 2-rank torchrun job (agent and ranks) after the step-4 checkpoint; resumed on 2 ranks,
+    every loss is bitwise the reference's."""
+    run_dir, folder = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
+    job = start_torchrun(tmp_path, "killed")
+    for pid in [*freeze_ranks_after_checkpoint(job, folder), job.pid]:
+        os.kill(pid, signal.SIGKILL)  # no chance to clean up
+    job.communicate()
+    assert complete_steps(folder)[-1] < STEPS
+    resume_is_bitwise_exact(reference, run_dir)
     assert complete_steps(folder) == [4, 8, 12] and partial_dirs(folder) == []
+
+
+@pytest.mark.multiprocess
+def test_sigterm_saves_one_checkpoint_at_a_step_boundary_and_resume_is_bitwise(reference, tmp_path):
+    """SIGTERM to torchrun (a scheduler's preemption): it forwards it, the ranks agree, save step N and stop."""
+    run_dir, folder = tmp_path / "preempted", tmp_path / "preempted" / "checkpoints"
+    job = start_torchrun(tmp_path, "preempted")
+    ranks = freeze_ranks_after_checkpoint(job, folder)
+    job.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the agent forwards SIGTERM to the frozen ranks: pending until they continue
+    for pid in ranks:
+        os.kill(pid, signal.SIGCONT)
+    _, stderr = job.communicate(timeout=120)
+    stopped = complete_steps(folder)[-1]
+    assert 4 < stopped < STEPS and partial_dirs(folder) == [], stderr[-3000:]
+    assert f"initlab: stopped at step {stopped}/{STEPS} on SIGTERM; saved checkpoint step_{stopped}" in stderr
+    assert [step for step, _ in logged_losses(run_dir)][-1] == stopped  # the stop step was logged and flushed
+    resume_is_bitwise_exact(reference, run_dir)
+
+
+@pytest.mark.multiprocess
+def test_kill9_of_the_launcher_stops_its_orphaned_ranks_which_save_and_free_the_lock(reference, tmp_path):
+    """kill -9 of torchrun alone: its ranks, re-parented, notice at the next step boundary, save and exit."""
+    run_dir, folder = tmp_path / "orphaned", tmp_path / "orphaned" / "checkpoints"
+    job = start_torchrun(tmp_path, "orphaned")
+    ranks = freeze_ranks_after_checkpoint(job, folder)
+    job.kill()
+    job.wait()
+    for pid in ranks:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 120
+    while any(alive(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in ranks)
+    job.communicate()  # the ranks held the agent's pipes open until they exited
+    stopped = complete_steps(folder)[-1]
+    assert 4 < stopped < STEPS and partial_dirs(folder) == []
+    resume_is_bitwise_exact(reference, run_dir)  # also proves the lock was released
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +198,7 @@ def one_process_runs(reference, tmp_path_factory) -> dict:
     return {"root": root, "results": dict(zip(cases, results)), "bad": bad, "before": before}
 
 
+@pytest.mark.multiprocess
 def test_resume_on_one_rank_reshards_a_two_rank_checkpoint(reference, one_process_runs):
     """2 -> 1 ranks: the 2-rank step-8 checkpoint resumes on one process; losses within 1e-3 relative."""
     run_dir = one_process_runs["root"] / "resharded"
@@ -152,6 +210,7 @@ def test_resume_on_one_rank_reshards_a_two_rank_checkpoint(reference, one_proces
         assert abs(loss - ref[step]) <= 1e-3 * abs(ref[step]), (step, loss, ref[step])
 
 
+@pytest.mark.multiprocess
 def test_save_killed_halfway_keeps_previous_checkpoint_and_is_cleaned_up(reference, one_process_runs):
     """The process died inside the step-8 save (1 rank); resume on 2 ranks (1 -> 2 reshard) from step 4."""
     run_dir = one_process_runs["root"] / "crashed"
@@ -169,6 +228,7 @@ def test_save_killed_halfway_keeps_previous_checkpoint_and_is_cleaned_up(referen
         assert abs(loss - ref[step]) <= 1e-3 * abs(ref[step]), (step, loss, ref[step])
 
 
+@pytest.mark.multiprocess
 def test_seed_checkpoint_holds_the_initial_weights_only_and_resumes_like_a_fresh_run(one_process_runs):
     """step_0 = model only; resuming from it gives a run bitwise equal to a fresh run with the same seed."""
     results, root = one_process_runs["results"], one_process_runs["root"]
@@ -180,6 +240,7 @@ def test_seed_checkpoint_holds_the_initial_weights_only_and_resumes_like_a_fresh
     assert seeded == fresh
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("case, message", [
     ("no_ckpt", "holds no complete checkpoint (only partial saves: .tmp_step_4)"),
     ("corrupt_data", "step_12/__1_0.distcp is truncated"),
@@ -275,6 +336,6 @@ def test_save_is_atomic_refuses_overwrite_and_reports_write_errors(tmp_path, mon
 
     monkeypatch.setattr(dcp, "save", disk_full)
     other = Checkpointer(tmp_path / "other", CheckpointConfig(), env, {"model": model})
-    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*\.tmp_step_0: .*No space left on device"):
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*\.tmp_step_0: out of space: the disk is full"):
         other.save(0)
     assert complete_steps(tmp_path / "other") == []  # never renamed: not a checkpoint
