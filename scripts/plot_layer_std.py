@@ -6,7 +6,10 @@
 From ``metrics.jsonl`` (DESIGN.md §8) it writes to DIR (default ``<run_dir>/plots``):
 ``std_heatmap.png`` (layer x step, colour = std, one panel per role) and ``std_lines.png`` (one
 line per layer coloured by depth; top row the std, bottom row the std relative to its first
-logged value, which shows how fast each depth grows).
+logged value, which shows how fast each depth grows). A run trained with
+``--metrics.log_variance_stats true`` also gets ``variance_heatmap.png``: layer x step, log colour,
+one panel per statistic (act_rms/residual, act_rms/attn_out, act_rms/mlp_out, act_std/mlp_pre,
+attn_logit_max) and per chosen role's grad_rms (docs/variance_dynamics.md).
 
 Sparsity (the paper's "weights become sparser after training"): the initial weights are re-created
 exactly as training drew them (same config, scheme and seed), the final ones are read from
@@ -50,7 +53,8 @@ from scripts.report_common import (  # noqa: E402
     std_roles,
 )
 
-OUTPUT_FILES = ["std_heatmap.png", "std_lines.png", "sparsity.csv", "sparsity.md"]
+OUTPUT_FILES = ["std_heatmap.png", "std_lines.png", "variance_heatmap.png", "sparsity.csv", "sparsity.md"]
+VARIANCE_FAMILIES = ("act_rms/residual", "act_rms/attn_out", "act_rms/mlp_out", "act_std/mlp_pre", "attn_logit_max")
 CSV_COLUMNS = ["role", "layer", "name", "numel", "std_init", "std_end", "eps_rel", "frac_below_eps_rel_init",
                "frac_below_eps_rel_end", "frac_below_eps_abs_init", "frac_below_eps_abs_end",
                "excess_kurtosis_init", "excess_kurtosis_end"]
@@ -87,6 +91,48 @@ def plot_heatmaps(run: RunData, roles: list[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def depth_matrix(records: list[dict], family: str) -> tuple[list[int], list[int], np.ndarray]:
+    """(steps [S], depths [D], values [D, S]) of '<family>/layer_NN' (and '<family>/embedding' as depth -1)."""
+    cells: dict[tuple[int, int], float] = {}
+    for record in records:
+        for key, value in record.items():
+            if key.startswith(f"{family}/") and (key.endswith("/embedding") or "/layer_" in key):
+                depth = -1 if key.endswith("/embedding") else int(key.rsplit("_", 1)[1])
+                cells[(depth, record["step"])] = math.nan if value is None else float(value)
+    steps = sorted({step for _, step in cells})
+    depths = sorted({depth for depth, _ in cells})
+    return steps, depths, np.array([[cells.get((d, s), math.nan) for s in steps] for d in depths])
+
+
+def plot_variance_heatmaps(run: RunData, roles: list[str], path: Path) -> bool:
+    """Layer x step heatmaps (log colour) of the variance statistics the run logged; False if it logged none."""
+    from matplotlib.colors import LogNorm
+
+    families = [f for f in (*VARIANCE_FAMILIES, *(f"grad_rms/{role}" for role in roles))
+                if depth_matrix(run.records, f)[0]]
+    if not families:
+        return False
+    plt = pyplot()
+    n_rows, n_cols = math.ceil(len(families) / 4), min(len(families), 4)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.6 * n_rows), squeeze=False)
+    for ax in axes.flat[len(families):]:
+        ax.set_visible(False)
+    for ax, family in zip(axes.flat, families):
+        steps, depths, values = depth_matrix(run.records, family)
+        positive = np.ma.masked_where(~(values > 0), values)  # NaN and 0 (a zero-init branch) left blank
+        norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.count() else None
+        mesh = ax.pcolormesh(step_edges(steps), np.arange(len(depths) + 1) - 0.5, positive, cmap="viridis",
+                             norm=norm, shading="flat")
+        ax.set(title=family, xlabel="step", ylabel="layer (-1 = embedding)")
+        ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+        fig.colorbar(mesh, ax=ax)
+    fig.suptitle(f"{run.name}: variance dynamics")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def plot_layer_lines(run: RunData, roles: list[str], path: Path) -> None:
@@ -300,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_heatmaps(run, roles, out_dir / "std_heatmap.png")
     plot_layer_lines(run, roles, out_dir / "std_lines.png")
     print(f"wrote std_heatmap.png and std_lines.png to {out_dir}", file=sys.stderr)
+    if plot_variance_heatmaps(run, roles, out_dir / "variance_heatmap.png"):
+        print(f"wrote variance_heatmap.png to {out_dir}", file=sys.stderr)
     try:
         print(write_sparsity(run, roles, args, out_dir))
     except NoCheckpointError as exc:

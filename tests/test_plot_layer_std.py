@@ -185,3 +185,21 @@ def test_bad_inputs_exit_2(run_dir, tmp_path, capsys):
     assert proc.stderr.strip() == (f"error: {run_dir / 'metrics.jsonl'} is missing; pass a run directory written "
                                    "by train.py (outputs/<run_name>/) that has logged at least one step")
     assert not (run_dir / "plots").exists()
+
+
+def test_variance_heatmap_rows_are_depths_with_the_embedding_first(tmp_path):
+    records = [{"step": 1, "act_rms/residual/embedding": 0.5, "act_rms/residual/layer_00": 1.0,
+                "act_rms/residual/layer_01": 2.0, "attn_logit_max/layer_00": 3.0},
+               {"step": 3, "act_rms/residual/embedding": 0.5, "act_rms/residual/layer_00": 1.5,
+                "act_rms/residual/layer_01": None}]
+    steps, depths, values = plot_layer_std.depth_matrix(records, "act_rms/residual")
+    assert steps == [1, 3] and depths == [-1, 0, 1]
+    np.testing.assert_array_equal(values, [[0.5, 0.5], [1.0, 1.5], [2.0, math.nan]])
+    steps, depths, values = plot_layer_std.depth_matrix(records, "attn_logit_max")
+    assert steps == [1] and depths == [0] and values.tolist() == [[3.0]]
+    run = plot_layer_std.RunData(path=tmp_path, name="r", config={}, records=records)
+    assert plot_layer_std.plot_variance_heatmaps(run, ["attn.q"], tmp_path / "v.png")
+    assert (tmp_path / "v.png").read_bytes()[:8] == PNG_MAGIC
+    empty = plot_layer_std.RunData(path=tmp_path, name="r", config={}, records=[{"step": 1}])
+    assert not plot_layer_std.plot_variance_heatmaps(empty, [], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
