@@ -1,0 +1,157 @@
+"""initlab's init schemes inside torchtitan 0.2.2's own trainer: a TrainSpec and an ``[initlab]`` config table.
+
+Pinned to torchtitan 0.2.2 (its llama3 ``Transformer``, ``TrainSpec`` and ``ConfigManager``). Run from
+the initlab repo root (so ``integrations`` imports), with torchtitan's usual command plus::
+
+    --experimental.custom_import integrations.torchtitan_ext      # registers the TrainSpec
+    --job.custom_config_module integrations.torchtitan_ext        # adds the [initlab] table
+    --model.name initlab_llama3 --initlab.scheme mitchell         # any initlab [init] option
+
+``initlab_llama3`` is torchtitan's ``llama3`` TrainSpec (same flavors, parallelize/pipeline functions,
+data, optimizer) whose model's ``init_weights`` draws every parameter the way initlab's trainer does:
+torchtitan's name is mapped to initlab's (components/torchtitan_names.py), whose role and layer pick
+the scheme's distribution, and init_schemes/apply.py draws it in fixed row blocks seeded by
+(seed, initlab name, block). The weights are therefore bitwise initlab's for the same scheme, options
+and seed, on any number of FSDP/HSDP ranks. Tensor parallelism shards some weights along dim 1
+(``wo``, ``w2``) or in strided blocks, which the block draw does not cover: such a placement is
+refused with a one-line error rather than drawn differently. docs/torchtitan.md has the details.
+"""
+
+# No ``from __future__ import annotations``: torchtitan's ConfigManager merges JobConfig below into its own
+# dataclass and resolves the field types in its module, where a string "InitlabSection" means nothing.
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torchtitan.models import llama3
+from torchtitan.models.llama3.model.args import TransformerModelArgs
+from torchtitan.models.llama3.model.model import Transformer
+from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
+
+from components.config import Config, ConfigError, Init, validate
+from components.torchtitan_names import from_torchtitan
+from init_schemes import WeightInitializer
+from models import make_model_args
+from models.common import ModelArgs, canonical_name, layer_of, role_of
+
+TRAIN_SPEC_NAME = "initlab_llama3"
+TORCHTITAN_VERSION = "0.2.2"
+
+
+@dataclass
+class InitlabSection(Init):
+    """initlab's ``[init]`` options (same names, types and defaults) plus the seed of the draw."""
+
+    seed: int | None = None
+    """Seed (integer) of the init draw, initlab's job.seed; omit to use torchtitan's debug.seed (0 when unset)."""
+
+
+@dataclass
+class JobConfig:
+    """Merged into torchtitan's JobConfig by ``--job.custom_config_module integrations.torchtitan_ext``."""
+
+    initlab: InitlabSection = field(default_factory=InitlabSection)
+
+
+def checked_section(section: InitlabSection) -> Init:
+    """The ``[initlab]`` options as an initlab ``Init``, validated by initlab's own rules (one-line errors)."""
+    options = Init(**{f.name: getattr(section, f.name) for f in dataclasses.fields(Init)})
+    if options.from_checkpoint:
+        raise ConfigError(f"initlab.from_checkpoint = {options.from_checkpoint!r} is not supported inside "
+                          "torchtitan; load weights with torchtitan's checkpoint.initial_load_path instead")
+    try:
+        validate(Config(init=options))
+    except ConfigError as error:
+        raise ConfigError(re.sub(r"\binit\.", "initlab.", str(error))) from None
+    return options
+
+
+def initlab_args(args: TransformerModelArgs) -> ModelArgs:
+    """initlab's Llama shapes for torchtitan's llama3 args (the schemes read widths, depth and vocab)."""
+    return make_model_args("llama", "debug", args.vocab_size, args.max_seq_len, {
+        "n_layers": args.n_layers, "dim": args.dim, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads,
+        "multiple_of": args.multiple_of, "ffn_dim_multiplier": args.ffn_dim_multiplier,
+        "norm_eps": args.norm_eps, "rope_theta": args.rope_theta})
+
+
+@dataclass
+class InitlabModelArgs(TransformerModelArgs):
+    """torchtitan's llama3 args plus the validated initlab options and seed, read from the job config."""
+
+    initlab: Init = field(default_factory=Init)
+    initlab_seed: int = 0
+
+    def update_from_config(self, job_config, **kwargs) -> None:
+        super().update_from_config(job_config, **kwargs)
+        section = getattr(job_config, "initlab", None)
+        if section is None:
+            raise ConfigError(f"model.name = {TRAIN_SPEC_NAME!r} needs the [initlab] table; add "
+                              "--job.custom_config_module integrations.torchtitan_ext")
+        self.initlab = checked_section(section)
+        self.initlab_seed = section.seed if section.seed is not None else (job_config.debug.seed or 0)
+
+
+def check_placements(name: str, param: torch.Tensor) -> None:
+    """One-line error unless ``param`` is plain or sharded only along dim 0 (FSDP2/HSDP) or replicated."""
+    if not isinstance(param, DTensor):
+        return
+    for placement in param.placements:
+        if not (type(placement) is Replicate or (type(placement) is Shard and placement.dim == 0)):
+            raise ConfigError(f"initlab init of {name}: placement {placement!r} (tensor parallelism) is not "
+                              "supported, only FSDP/HSDP's Shard(0) and Replicate; set "
+                              "parallelism.tensor_parallel_degree = 1")
+
+
+@torch.no_grad()
+def init_torchtitan_llama(model: nn.Module, options: Init, seed: int, args: ModelArgs) -> WeightInitializer:
+    """Fill every parameter of torchtitan's llama3 ``model`` (plain or FSDP2-sharded) as initlab would.
+
+    Returns the initializer, whose ``applied`` maps initlab names to (role, layer, spec).
+    """
+    initializer = WeightInitializer(options, args, seed)
+    for titan_name, param in model.named_parameters():
+        name = canonical_name(titan_name)
+        key = from_torchtitan(name)
+        if key is None:
+            raise ConfigError(f"torchtitan parameter {titan_name!r} has no initlab counterpart "
+                              "(components/torchtitan_names.py); the extension supports the llama3 Transformer only")
+        check_placements(titan_name, param)
+        initializer(param, role_of(key), layer_of(key), key)
+    return initializer
+
+
+class InitlabTransformer(Transformer):
+    """torchtitan's llama3 ``Transformer`` whose ``init_weights`` is initlab's scheme (buffers as torchtitan's)."""
+
+    def init_weights(self, buffer_device: torch.device | None = None) -> None:
+        buffer_device = buffer_device or self.freqs_cis.device
+        with torch.device(buffer_device):
+            self.freqs_cis = self._precompute_freqs_cis()  # as torchtitan's own init_weights (model.py)
+        args = self.model_args
+        init_torchtitan_llama(self, args.initlab, args.initlab_seed, initlab_args(args))
+
+
+def _flavors() -> dict[str, InitlabModelArgs]:
+    """torchtitan's llama3 flavors as InitlabModelArgs (field by field, so nested args stay objects)."""
+    return {name: InitlabModelArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
+            for name, args in llama3.llama3_args.items()}
+
+
+def train_spec() -> TrainSpec:
+    """torchtitan's llama3 TrainSpec with initlab's model init."""
+    base = llama3.get_train_spec()
+    return dataclasses.replace(base, model_cls=InitlabTransformer, model_args=_flavors())
+
+
+def register() -> None:
+    """Register ``initlab_llama3`` once (importing this module twice must not fail)."""
+    from torchtitan.protocols import train_spec as registry
+
+    if TRAIN_SPEC_NAME not in registry._extra_train_specs:  # torchtitan has no public "is registered"
+        register_train_spec(TRAIN_SPEC_NAME, train_spec())
+
+
+register()
