@@ -249,19 +249,24 @@ def _disk_full(err: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in OUT_OF_SPACE:
             return True
-        stack += [current.__cause__, current.__context__, getattr(current, "exc", None)]
-        stack += [getattr(f, "exc", f) for f in (getattr(current, "failures", None) or {}).values()]
+        stack += [current.__cause__, current.__context__, *_rank_failures(current).values()]
     return any(os.strerror(code) in str(err) for code in OUT_OF_SPACE)
+
+
+def _rank_failures(err: BaseException) -> dict[int, BaseException]:
+    """DCP's CheckpointException.failures: {rank: (exception, stack summary)} -> {rank: exception}."""
+    if not isinstance(err, CheckpointException):
+        return {}
+    return {rank: failure[0] if isinstance(failure, tuple) else failure for rank, failure in err.failures.items()}
 
 
 def describe_failure(err: BaseException) -> str:
     """One line for an exception raised by DCP (its CheckpointException is a BaseException) or the filesystem."""
     if _disk_full(err):
         return "out of space: the disk is full or a quota / file-size limit was reached"
-    failures = getattr(err, "failures", None)
-    if failures:  # CheckpointException: {rank: WrappedException(exc, traceback)}
-        rank, failure = next(iter(failures.items()))
-        inner = getattr(failure, "exc", failure)
+    failures = _rank_failures(err)
+    if failures:
+        rank, inner = next(iter(failures.items()))
         return f"rank {rank}: {type(inner).__name__}: {_one_line(inner)}"
     return f"{type(err).__name__}: {_one_line(err)}"
 

@@ -103,6 +103,7 @@ class WarmupDecayLR(LambdaLR):
         self.base_lrs = peak_lrs
         for group, base_lr, factor in zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas):
             group["lr"] = base_lr * factor(self.last_epoch)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # get_last_lr(): not the saved one
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: LRScheduler, total_steps: int) -> WarmupDecayLR:

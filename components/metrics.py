@@ -194,20 +194,24 @@ def _all_ranks_max(values: torch.Tensor) -> torch.Tensor:
 
 
 def first_nonfinite(model: nn.Module) -> str | None:
-    """First parameter (model order; its weight before its grad) holding a non-finite value on any rank.
+    """First tensor holding a non-finite value on any rank: every weight first (model order), then every grad.
 
-    Collective when a process group exists: local shards are checked and one all_reduce(MAX) of the
-    flags makes every rank return the same answer, e.g. 'layers.03 attn.q grad (layers.3.attn.q.weight)'.
+    A NaN weight makes every gradient NaN through the backward pass, so weights are the root cause when
+    any is bad; otherwise the first bad gradient in model order is named. Collective when a process group
+    exists: local shards are checked and one all_reduce(MAX) of the flags makes every rank return the same
+    answer, e.g. 'layers.03 attn.q grad (layers.3.attn.q.weight)'.
     """
+    named = _parameter_names(model)
     names, flags = [], []
-    for template, param in _parameter_names(model):
-        for kind, tensor in (("weight", param), ("grad", param.grad)):
+    for kind in ("weight", "grad"):
+        for template, param in named:
+            tensor = param if kind == "weight" else param.grad
             names.append(template.format(kind=kind))
             flags.append(~torch.isfinite(local_shard(tensor.detach())).all() if tensor is not None
                          else torch.zeros((), dtype=torch.bool, device=param.device))
     if not flags:
         return None
-    bad = _all_ranks_max(torch.stack(flags).to(torch.int32))  # [2 * n_params]: weight, grad per parameter
+    bad = _all_ranks_max(torch.stack(flags).to(torch.int32))  # [2 * n_params]: all weights, then all grads
     hits = bad.nonzero().flatten().tolist()
     return names[hits[0]] if hits else None
 

@@ -22,7 +22,7 @@ def inject_into_weight() -> None:
     def build_with_nan(*args, **kwargs):
         model, model_args, initializer = build(*args, **kwargs)
         with torch.no_grad():
-            local_shard(model.layers[1].attn.q.weight).view(-1)[0] = float("nan")
+            local_shard(dict(model.named_parameters())["layers.1.attn.q.weight"]).view(-1)[0] = float("nan")
         return model, model_args, initializer
 
     train.build_model_and_init = build_with_nan
