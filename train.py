@@ -69,8 +69,9 @@ class TrainState(Stateful):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, env: DistEnv, stop: StopRequests):
-        self.cfg, self.env, self.stop = cfg, env, stop
+    def __init__(self, cfg: Config, env: DistEnv, stop: StopRequests | None = None):
+        # Without installed handlers (a benchmark, a notebook) nothing ever requests a stop.
+        self.cfg, self.env, self.stop = cfg, env, stop or StopRequests(watch_parent=False)
         # Host-side agreement at step boundaries (stop requests, background saves) on a CPU group: never a device sync.
         self.control_group = dist.new_group(backend="gloo") if env.world_size > 1 else None
         self.clock = StepClock()
