@@ -192,6 +192,7 @@ def runs(tmp_path_factory) -> dict[str, list[dict[str, float]]]:
     return {name: logged(out / name) for name in ("one", "two", "ac")}
 
 
+@pytest.mark.multiprocess
 def test_trainer_logs_every_statistic_at_every_logging_step(runs):
     for record in runs["one"]:
         assert len([k for k in record if k.startswith(("act_", "attn_logit_max/"))]) == 1 + 5 * 2
@@ -199,6 +200,7 @@ def test_trainer_logs_every_statistic_at_every_logging_step(runs):
         assert all(math.isfinite(v) and v > 0 for v in record.values())
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("other", ["two", "ac"])
 def test_two_ranks_and_activation_checkpointing_match_one_plain_process(runs, other):
     for one, measured in zip(runs["one"], runs[other], strict=True):

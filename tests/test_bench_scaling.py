@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from tests.launch import python, torchrun
+
+pytestmark = pytest.mark.multiprocess  # every test here launches training processes
 
 TINY = ["--model.n_layers", "2", "--training.seq_len", "32", "--tokenizer.max_vocab", "512",
         "--model.vocab_size", "576", "--training.device", "cpu", "--compile.enable", "false"]

@@ -200,6 +200,7 @@ def test_bad_inputs_exit_2_with_one_line(two_runs, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing written for a bad input
 
 
+@pytest.mark.multiprocess
 def test_cli_error_exit_status(tmp_path):
     proc = python(["scripts/compare_runs.py", str(tmp_path / "absent"), "--out", str(tmp_path / "r")], check=False)
     assert proc.returncode == 2 and proc.stdout == ""

@@ -113,6 +113,7 @@ def test_every_shipped_config_loads():
         load_config(["--config", str(path)])
 
 
+@pytest.mark.multiprocess
 def test_train_py_bad_config_exits_nonzero_with_one_line(tmp_path):
     proc = python(["train.py", "--config", "train_configs/debug.toml", "--training.stepz", "3",
                    "--job.output_dir", str(tmp_path)], check=False)

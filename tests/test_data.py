@@ -99,6 +99,7 @@ def test_size_cap_keeps_a_sorted_prefix(small_stdlib):
         embedded_files(small_stdlib, max_bytes=10)
 
 
+@pytest.mark.multiprocess
 def test_damaged_cache_is_rebuilt_and_stale_temp_removed(tmp_path, small_stdlib, tokenizer):
     cfg = Data(cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
     path = ensure_dataset(cfg, tokenizer, stdlib=small_stdlib)
@@ -231,6 +232,7 @@ def test_writer_leaves_nothing_behind_on_failure(tmp_path, tokenizer):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.multiprocess
 def test_data_module_does_not_import_datasets():
     code = "import sys, components.data, components.tokenizer; print('datasets' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

@@ -36,6 +36,7 @@ def test_mesh_shape_errors_name_the_degrees(world, replicate, shard, culprit):
         mesh_shape(world, replicate, shard)
 
 
+@pytest.mark.multiprocess
 def test_clean_session_tears_down_on_every_rank(tmp_path):
     # gloo used to abort (SIGABRT) a rank that exited while a peer was still tearing down; repeated
     # launches make such a regression show up here rather than as a flaky test elsewhere.
@@ -51,6 +52,7 @@ def test_clean_session_tears_down_on_every_rank(tmp_path):
         assert threads_at_exit(out) == {f"threads_{rank}": [] for rank in range(4)}
 
 
+@pytest.mark.multiprocess
 def test_error_on_every_rank_exits_with_it_promptly(tmp_path):
     start = time.monotonic()
     proc = torchrun([WORKER, str(tmp_path), "all_fail"], nproc=4, timeout=120, check=False)
@@ -63,6 +65,7 @@ def test_error_on_every_rank_exits_with_it_promptly(tmp_path):
     assert elapsed < 60, elapsed
 
 
+@pytest.mark.multiprocess
 def test_error_on_one_rank_does_not_hang_the_job(tmp_path):
     # Ranks 0, 2, 3 wait in an all_reduce rank 1 never joins; rank 1 waits 2 s for its peers,
     # tears down alone, exits 3, and torchrun stops the others long before the 1800 s timeout.

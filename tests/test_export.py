@@ -95,6 +95,7 @@ TOKENS = torch.randint(0, 500, (2, 16), generator=torch.Generator().manual_seed(
 
 
 # ------------------------------------------------------------------------------ export
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("family", list(RUN_ARGS))
 def test_exported_model_loads_in_transformers_with_equal_logits(runs, exports, family, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -107,6 +108,7 @@ def test_exported_model_loads_in_transformers_with_equal_logits(runs, exports, f
     assert config["vocab_size"] == VOCAB and config["initlab"]["step"] == 3
 
 
+@pytest.mark.multiprocess
 def test_from_checkpoint_loads_dcp_and_hf_weights_into_a_sharded_model(runs, exports, tmp_path, monkeypatch):
     """2 ranks: a step_N DCP dir, an HF dir with a larger model vocab, an HF file."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -147,6 +149,7 @@ def test_from_checkpoint_loads_dcp_and_hf_weights_into_a_sharded_model(runs, exp
     assert (gpt2_job["logits"] - hf_logits["gpt2"]).abs().max().item() <= 1e-4
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("case", ["missing_run", "no_checkpoint", "missing_step", "out_not_empty"])
 def test_export_bad_input_is_one_line_error_and_writes_nothing(runs, tmp_path, capsys, case):
     run_dir = tmp_path / "run"
@@ -382,6 +385,7 @@ SAMPLE_TEXT = ("Hello world! It's 2026; naïve café — 東京 🚀\n\n  indent
                "The quick brown fox's 12345 jumps over 7 lazy dogs...   \n\n\n tail  ")
 
 
+@pytest.mark.multiprocess
 def test_export_writes_readable_files_without_warnings(runs, tmp_path):
     import warnings
 
@@ -396,6 +400,7 @@ def test_export_writes_readable_files_without_warnings(runs, tmp_path):
     assert config["eos_token_id"] == generation["eos_token_id"] == VOCAB - 1  # <|endoftext|> after 512 ranks
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_exported_tokenizer_and_model_generate_as_initlab(runs, exports, family, monkeypatch):
     """AutoTokenizer gives initlab's ids; transformers' greedy generate() equals initlab's own argmax loop."""

@@ -100,6 +100,7 @@ def sharded_runs(tmp_path_factory) -> dict[int, tuple[list[dict], list[dict]]]:
     return runs
 
 
+@pytest.mark.multiprocess
 def test_digests_are_identical_for_1_2_4_ranks(sharded_runs):
     reference = {r["name"]: r["sha256"] for r in sharded_runs[1][0]}
     assert len(reference) == 39  # llama debug: embedding, 4 x (2 norms + 7 weights), final norm, head
@@ -108,6 +109,7 @@ def test_digests_are_identical_for_1_2_4_ranks(sharded_runs):
         assert digests == reference, f"{world} ranks: {sorted(k for k in digests if digests[k] != reference.get(k))}"
 
 
+@pytest.mark.multiprocess
 def test_no_rank_allocates_a_full_copy_of_a_sharded_tensor(sharded_runs):
     checked = 0
     for world in (2, 4):
@@ -122,6 +124,7 @@ def test_no_rank_allocates_a_full_copy_of_a_sharded_tensor(sharded_runs):
     assert checked > 2 * 30  # the 2-D weights of every rank were exercised
 
 
+@pytest.mark.multiprocess
 def test_json_contract_and_expected_std_formula(sharded_runs):
     reports = sharded_runs[1][0]
     shrink = truncnorm(-3, 3).std()  # torchtitan's head: +-3 sigma
@@ -152,6 +155,7 @@ def load_script():
     return module
 
 
+@pytest.mark.multiprocess
 def test_plain_python_prints_the_table():
     """Without torchrun (a world of one), GPT-2 + scaled_output: one row per parameter, HF's formula."""
     proc = python(["scripts/inspect_init.py", "--config", CONFIG, *SMALL, "--model.name", "gpt2",
@@ -185,6 +189,7 @@ def test_bad_config_is_a_one_line_error(bad, culprit, capsys):
     assert out == "" and err.count("\n") == 1 and err.startswith("error: ") and culprit in err, err
 
 
+@pytest.mark.multiprocess
 def test_bad_config_exits_2_from_the_shell():
     proc = python(["scripts/inspect_init.py", "--config", CONFIG, "--init.scheme", "mitchel"], check=False)
     assert proc.returncode == 2 and proc.stdout == ""

@@ -243,12 +243,14 @@ def check_sharded_clip(result: dict) -> None:
     assert result["nonfinite_grads_unchanged"]
 
 
+@pytest.mark.multiprocess
 def test_clip_on_fsdp2_two_ranks_equals_unsharded_norm(tmp_path):
     result = run_worker(tmp_path, "gpt2", replicate=1, nproc=2)
     assert result["mesh_shape"] == [2] and result["placements"] == ["(Shard(dim=0),)"]
     check_sharded_clip(result)
 
 
+@pytest.mark.multiprocess
 def test_clip_on_hsdp_four_ranks_counts_replicas_once(tmp_path):
     result = run_worker(tmp_path, "llama", replicate=2, nproc=4)
     assert result["mesh_shape"] == [2, 2] and result["placements"] == ["(Replicate(), Shard(dim=0))"]

@@ -168,6 +168,7 @@ def test_layer_std_matrix_feeds_heatmap_edges():
     assert plot_layer_std.step_edges([5]).tolist() == [4.5, 5.5]
 
 
+@pytest.mark.multiprocess
 def test_bad_inputs_exit_2(run_dir, tmp_path, capsys):
     cases = {
         "--roles mlp.gate": ([str(run_dir), "--roles", "mlp.gate", "--out", str(tmp_path / "a")],

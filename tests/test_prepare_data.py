@@ -168,6 +168,7 @@ def test_shards_from_another_tokenizer_are_rejected_by_the_trainer_side(tmp_path
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.multiprocess
 def test_script_runs_from_the_command_line(tmp_path):
     inputs = _write_inputs(tmp_path / "in", "jsonl", DOCUMENTS)
     ok = python(["scripts/prepare_data.py", "--input", *inputs, "--output", str(tmp_path / "out"), "--text-field",
@@ -240,6 +241,7 @@ def test_html_docs_drop_paragraphs_seen_before_and_stop_at_max_tokens(tmp_path, 
     assert code == 0 and _documents_of(capped, full_tokenizer) == documents[:1]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb to build the test package")
 def test_html_docs_read_a_deb_like_its_directory(tmp_path, full_tokenizer, capsys):
     root = tmp_path / "root"

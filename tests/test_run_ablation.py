@@ -23,6 +23,7 @@ def final_train_loss(run_dir: Path) -> float:
     return [r["loss/train"] for r in records if "loss/train" in r][-1]
 
 
+@pytest.mark.multiprocess
 def test_family_x_seeds_runs_then_skips_and_compares(tmp_path):
     out = tmp_path / "family"
     argv = ["scripts/run_ablation.py", "--configs", "train_configs/debug.toml", "--seeds", "0,1",

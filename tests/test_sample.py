@@ -35,6 +35,7 @@ def greedy(loaded, prompt: str, n: int) -> list[int]:
     return sample.generate(model, tokenizer.encode(prompt), n, 0.0, 0, torch.Generator(), eos_id=-1)
 
 
+@pytest.mark.multiprocess
 def test_greedy_equals_transformers_generate_on_the_export(run_dir, loaded, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert export.main([str(run_dir), "--out", str(tmp_path / "hf")]) == 0
@@ -44,6 +45,7 @@ def test_greedy_equals_transformers_generate_on_the_export(run_dir, loaded, tmp_
     assert theirs[0, len(prompt):].tolist() == greedy(loaded, PROMPT, 12)
 
 
+@pytest.mark.multiprocess
 def test_cli_prints_the_greedy_continuation_from_a_run_or_a_step_dir(run_dir, loaded, capsys):
     expected = PROMPT + loaded[1].decode(greedy(loaded, PROMPT, 6))
     proc = python(["scripts/sample.py", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "6"])
@@ -52,6 +54,7 @@ def test_cli_prints_the_greedy_continuation_from_a_run_or_a_step_dir(run_dir, lo
     assert capsys.readouterr().out == expected + "\n"
 
 
+@pytest.mark.multiprocess
 def test_sampling_is_seeded_and_stays_in_the_top_k(loaded):
     model, tokenizer = loaded
     prompt = tokenizer.encode(PROMPT)
@@ -69,6 +72,7 @@ def test_sampling_is_seeded_and_stays_in_the_top_k(loaded):
     assert firsts == top3  # a hot softmax over the 3 kept logits: all 3 drawn, nothing else
 
 
+@pytest.mark.multiprocess
 def test_generation_stops_at_eos(loaded):
     first = greedy(loaded, PROMPT, 1)[0]
     model, tokenizer = loaded

@@ -256,6 +256,7 @@ def test_registered_flavor_has_initlabs_llama_1b_shape():
     assert tuple(titan.layers["0"].feed_forward.w1.weight.shape) == (8192, 2048)
 
 
+@pytest.mark.multiprocess
 def test_preflight_builds_tokenizer_data_and_model_on_cpu(assets, tmp_path):
     proc = python(["benchmarks/torchtitan/run_torchtitan.py", "--preflight-only", "--assets", str(assets)],
                   timeout=300, env={"OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")})

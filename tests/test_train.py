@@ -32,6 +32,8 @@ from components.tokenizer import build_tokenizer
 from init_schemes.base import truncation_shrink
 from tests.launch import python, torchrun
 
+pytestmark = pytest.mark.multiprocess  # every test here launches training processes
+
 # Tiny shapes on top of the debug config (d=128, 4 heads, 2 KV heads); 513 = 512 BPE ranks + EOS.
 DIM, N_LAYERS, N_HEADS, N_KV_HEADS, VOCAB, SEQ_LEN = 128, 2, 4, 2, 513, 32
 TINY = ["--config", "train_configs/debug.toml", "--model.n_layers", str(N_LAYERS), "--training.seq_len", str(SEQ_LEN),

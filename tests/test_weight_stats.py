@@ -43,6 +43,7 @@ def relative_error(measured: float, expected: float) -> float:
     return abs(measured - expected) / abs(expected)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("world,case", CASES)
 def test_every_metric_matches_full_tensor_reference(worlds, world, case):
     result = worlds[world][case]
@@ -56,12 +57,14 @@ def test_every_metric_matches_full_tensor_reference(worlds, world, case):
     assert errors[worst] <= TOLERANCE, f"{worst}: {measured[worst]} vs {expected[worst]}"
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("world,case", CASES)
 def test_exactly_one_all_reduce_per_compute(worlds, world, case):
     # The worker counts dist.all_reduce calls during compute() with full_tensor() made to raise.
     assert worlds[world][case]["all_reduce_calls"] == 1
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("world,case", CASES)
 def test_names_cover_every_layer_and_role(worlds, world, case):
     family = case.split("_")[0]
@@ -75,6 +78,7 @@ def test_names_cover_every_layer_and_role(worlds, world, case):
     assert result["roles_to_layers"] == {**{r: list(range(N_LAYERS)) for r in blocks}, **{r: [] for r in outer}}
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("world,case", CASES)
 def test_mean_over_layers_is_mean_of_layer_stds(worlds, world, case):
     measured, expected = worlds[world][case]["measured"], worlds[world][case]["expected"]
@@ -83,6 +87,7 @@ def test_mean_over_layers_is_mean_of_layer_stds(worlds, world, case):
         assert relative_error(measured[f"weight_std/{role}/mean_over_layers"], reference) <= TOLERANCE
 
 
+@pytest.mark.multiprocess
 def test_shard_group_follows_placements(worlds):
     # FSDP2 shards Shard(0); HSDP adds a Replicate() dim that must not be summed (grad norms would be x sqrt 2).
     assert worlds[2]["gpt2"]["placements"] == ["S(0)"]
@@ -90,6 +95,7 @@ def test_shard_group_follows_placements(worlds):
     assert "gpt2_hsdp" not in worlds[1]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("world", [1, 2])
 def test_first_nonfinite_agrees_across_ranks(worlds, world):
     # components.metrics.first_nonfinite under real process groups: a NaN in the LAST rank's grad shard.
