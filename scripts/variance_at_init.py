@@ -260,6 +260,19 @@ def plot(results: dict, n_layers: int, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def write_report(out: Path, shape: str, results: dict, n_layers: int) -> None:
+    """results.json, table.md and rms_vs_depth.png of the schemes measured so far."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"model": shape, "results": results}, indent=1))
+    lines = [f"# Variance at init: {shape}", "", "Median [min, max] over depth of measured / predicted:", "",
+             *summary_rows(results)]
+    for scheme, r in results.items():
+        lines += ["", f"## {scheme}: measured (measured / predicted)", "", *scheme_table(r["measured"], r["predicted"],
+                                                                                          n_layers)]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot(results, n_layers, shape, out / "rms_vs_depth.png")
+
+
 def run(argv: list[str]) -> int:
     config_argv, schemes, n_batches, out = split_own_options(argv)
     cfg, flags = load_config([*config_argv, "--compile.enable", "false"], flags=("help",))
@@ -270,7 +283,7 @@ def run(argv: list[str]) -> int:
     batches = real_batches(cfg, n_batches)
     vocab = build_tokenizer(cfg.tokenizer).n_vocab
     t = cfg.training
-    results, args = {}, None
+    results = {}
     for scheme in schemes:
         scheme_cfg = dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, scheme=scheme))
         measured, args, stds = measure(scheme_cfg, vocab, batches)
@@ -278,17 +291,9 @@ def run(argv: list[str]) -> int:
         results[scheme] = {"measured": measured, "predicted": predicted}
         print(f"{scheme}: residual RMS after the last block {measured['act_rms/residual'][-1]:.4g} "
               f"(predicted {predicted['act_rms/residual'][-1]:.4g})", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    shape = (f"{cfg.model.name}/{cfg.model.flavor} L={args.n_layers} d={args.dim} d_ff={args.ffn_dim} "
-             f"vocab={args.vocab_size}, {n_batches} batch(es) of {t.global_batch_size} x {t.seq_len} tokens")
-    (out / "results.json").write_text(json.dumps({"model": shape, "results": results}, indent=1))
-    lines = [f"# Variance at init: {shape}", "", "Median [min, max] over depth of measured / predicted:", "",
-             *summary_rows(results)]
-    for scheme, r in results.items():
-        lines += ["", f"## {scheme}: measured (measured / predicted)", "",
-                  *scheme_table(r["measured"], r["predicted"], args.n_layers)]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    plot(results, args.n_layers, shape, out / "rms_vs_depth.png")
+        shape = (f"{cfg.model.name}/{cfg.model.flavor} L={args.n_layers} d={args.dim} d_ff={args.ffn_dim} "
+                 f"vocab={args.vocab_size}, {n_batches} batch(es) of {t.global_batch_size} x {t.seq_len} tokens")
+        write_report(out, shape, results, args.n_layers)  # after every scheme: a cut-off run keeps its results
     print(f"wrote {out}/results.json, table.md, rms_vs_depth.png")
     return 0
 
