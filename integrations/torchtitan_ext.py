@@ -14,7 +14,9 @@ the scheme's distribution, and init_schemes/apply.py draws it in fixed row block
 (seed, initlab name, block). The weights are therefore bitwise initlab's for the same scheme, options
 and seed, on any number of FSDP/HSDP ranks. Tensor parallelism shards some weights along dim 1
 (``wo``, ``w2``) or in strided blocks, which the block draw does not cover: such a placement is
-refused with a one-line error rather than drawn differently. docs/torchtitan.md has the details.
+refused with a one-line error rather than drawn differently. On torchtitan's log steps the metrics
+also carry initlab's ``weight_std/<role>/layer_<NN>`` (components/weight_stats.py, the tags of
+initlab's trainer), so both trainers' runs line up in one TensorBoard. docs/torchtitan.md has the details.
 """
 
 # No ``from __future__ import annotations``: torchtitan's ConfigManager merges JobConfig below into its own
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
+from torchtitan.components.metrics import MetricsProcessor
 from torchtitan.models import llama3
 from torchtitan.models.llama3.model.args import TransformerModelArgs
 from torchtitan.models.llama3.model.model import Transformer
@@ -33,6 +36,7 @@ from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
 from components.config import Config, ConfigError, Init, validate
 from components.torchtitan_names import from_torchtitan
+from components.weight_stats import WeightStats
 from init_schemes import WeightInitializer
 from models import make_model_args
 from models.common import ModelArgs, canonical_name, layer_of, role_of
@@ -47,6 +51,8 @@ class InitlabSection(Init):
 
     seed: int | None = None
     """Seed (integer) of the init draw, initlab's job.seed; omit to use torchtitan's debug.seed (0 when unset)."""
+    log_weight_std: bool = True
+    """Log weight_std/<role>/layer_<NN> on torchtitan's log steps (initlab's tags; one packed all-reduce)."""
 
 
 @dataclass
@@ -134,6 +140,49 @@ class InitlabTransformer(Transformer):
         init_torchtitan_llama(self, args.initlab, args.initlab_seed, initlab_args(args))
 
 
+class InitlabNames:
+    """A view of torchtitan's llama3 whose ``named_parameters`` carry initlab's names (for WeightStats)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def named_parameters(self):
+        for titan_name, param in self.model.named_parameters():
+            name = from_torchtitan(canonical_name(titan_name))
+            if name is None:
+                raise ConfigError(f"torchtitan parameter {titan_name!r} has no initlab counterpart "
+                                  "(components/torchtitan_names.py); set initlab.log_weight_std = false")
+            yield name, param
+
+
+def torchtitan_weight_stats(model_parts: list[nn.Module]) -> WeightStats:
+    """initlab's WeightStats over torchtitan's model: the tags of initlab's trainer, one packed all-reduce."""
+    if len(model_parts) != 1:
+        raise ConfigError(f"initlab.log_weight_std needs one model part, got {len(model_parts)} (pipeline "
+                          "parallelism); set initlab.log_weight_std = false or parallelism.pipeline_parallel_degree = 1")
+    return WeightStats(InitlabNames(model_parts[0]))
+
+
+class InitlabMetricsProcessor(MetricsProcessor):
+    """torchtitan's metrics plus initlab's per-layer weight std on its log steps (all ranks call ``log``)."""
+
+    weight_stats: WeightStats | None = None
+
+    def log(self, step: int, global_avg_loss: float, global_max_loss: float, grad_norm: float,
+            extra_metrics: dict | None = None) -> None:
+        extra = dict(extra_metrics or {})
+        if self.job_config.initlab.log_weight_std:
+            if self.weight_stats is None:  # model_parts is set by the trainer after this object is built
+                self.weight_stats = torchtitan_weight_stats(self.model_parts)
+            extra.update(self.weight_stats.compute())
+        super().log(step, global_avg_loss, global_max_loss, grad_norm, extra)
+
+
+def build_metrics_processor(job_config, parallel_dims, model_args=None, tag: str | None = None) -> MetricsProcessor:
+    """torchtitan's build_metrics_processor, with initlab's weight statistics."""
+    return InitlabMetricsProcessor(job_config, parallel_dims, tag)
+
+
 def _flavors() -> dict[str, InitlabModelArgs]:
     """torchtitan's llama3 flavors as InitlabModelArgs (field by field, so nested args stay objects)."""
     return {name: InitlabModelArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
@@ -141,9 +190,10 @@ def _flavors() -> dict[str, InitlabModelArgs]:
 
 
 def train_spec() -> TrainSpec:
-    """torchtitan's llama3 TrainSpec with initlab's model init."""
+    """torchtitan's llama3 TrainSpec with initlab's model init and weight statistics."""
     base = llama3.get_train_spec()
-    return dataclasses.replace(base, model_cls=InitlabTransformer, model_args=_flavors())
+    return dataclasses.replace(base, model_cls=InitlabTransformer, model_args=_flavors(),
+                               build_metrics_processor_fn=build_metrics_processor)
 
 
 def register() -> None:

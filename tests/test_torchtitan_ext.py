@@ -11,6 +11,7 @@ import integrations.torchtitan_ext as ext
 from components.build import build_local_model
 from components.config import Config, ConfigError, Init, Job, Model, Training
 from components.torchtitan_names import from_torchtitan, to_torchtitan
+from components.weight_stats import WeightStats
 from models.common import layer_of, role_of
 from tests.launch import torchrun
 from tests.test_init_schemes import _record_calls, check_tensor
@@ -40,19 +41,26 @@ def build_on_meta(job_config):
         return spec.model_cls(args)
 
 
-def torchtitan_weights(extra: list[str]) -> dict[str, torch.Tensor]:
+def torchtitan_model(extra: list[str]) -> torch.nn.Module:
     model = build_on_meta(parse_job_config(extra))
     model.to_empty(device="cpu")
     with torch.no_grad():
         model.init_weights()
-    return dict(model.named_parameters())
+    return model
+
+
+def torchtitan_weights(extra: list[str]) -> dict[str, torch.Tensor]:
+    return dict(torchtitan_model(extra).named_parameters())
+
+
+def initlab_model(init: Init, seed: int) -> torch.nn.Module:
+    cfg = Config(job=Job(seed=seed), model=Model(flavor="debug", **DEBUGMODEL), init=init,
+                 training=Training(seq_len=SEQ))
+    return build_local_model(cfg, DEBUGMODEL["vocab_size"])[0]
 
 
 def initlab_weights(init: Init, seed: int) -> dict[str, torch.Tensor]:
-    cfg = Config(job=Job(seed=seed), model=Model(flavor="debug", **DEBUGMODEL), init=init,
-                 training=Training(seq_len=SEQ))
-    model, _, _ = build_local_model(cfg, DEBUGMODEL["vocab_size"])
-    return dict(model.named_parameters())
+    return dict(initlab_model(init, seed).named_parameters())
 
 
 @pytest.mark.parametrize(("flags", "init", "seed"), [
@@ -94,6 +102,14 @@ def test_depth_aware_through_the_extension_is_torchtitans_init_in_distribution(m
         check_tensor(titan_name, dict(model.named_parameters())[titan_name].detach(), spec)
 
 
+def test_weight_std_of_torchtitans_model_has_initlabs_tags_and_values():
+    titan = ext.torchtitan_weight_stats([torchtitan_model(["--initlab.scheme", "mitchell"])]).compute()
+    ours = WeightStats(initlab_model(Init(scheme="mitchell"), 0)).compute()
+    assert titan == ours  # same tensors, so the same numbers, under initlab's trainer's tags
+    assert len([tag for tag in ours if tag.startswith("weight_std/attn.q/layer_")]) == DEBUGMODEL["n_layers"]
+
+
+@pytest.mark.multiprocess
 def test_two_fsdp_ranks_draw_the_single_process_weights(tmp_path):
     flags = ["--initlab.scheme", "mitchell", "--initlab.seed", "5"]
     out = tmp_path / "sharded.pt"
@@ -104,6 +120,8 @@ def test_two_fsdp_ranks_draw_the_single_process_weights(tmp_path):
     assert sorted(result["state"]) == sorted(single)
     for name, tensor in result["state"].items():
         assert torch.equal(tensor, single[name]), name
+    single_stats = ext.torchtitan_weight_stats([torchtitan_model(flags)]).compute()
+    assert result["weight_std"] == pytest.approx(single_stats, rel=1e-6, abs=0)  # 2 shards merged; fp32 var_mean
     assert result["refusal"] == ("initlab init of layers.0.attention.wo.weight: placement Shard(dim=1) (tensor "
                                  "parallelism) is not supported, only FSDP/HSDP's Shard(0) and Replicate; set "
                                  "parallelism.tensor_parallel_degree = 1")

@@ -4,8 +4,8 @@ Usage: ``torchrun --nproc_per_node=N tests/torchtitan_ext_worker.py OUT.pt ARG .
 torchtitan command-line options. Every rank parses them with torchtitan's ConfigManager, builds the
 model through the registered TrainSpec on meta, shards each block and the root with FSDP2 over all
 ranks, then ``to_empty`` + ``init_weights`` (each rank draws its shards only). Rank 0 saves the full
-tensors (gathered for the comparison only) and the one-line error that a tensor-parallel placement
-(Shard(1), as TP gives ``wo``/``w2``) gets.
+tensors (gathered for the comparison only), the weight std of the shards (initlab's tags) and the
+one-line error that a tensor-parallel placement (Shard(1), as TP gives ``wo``/``w2``) gets.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Shard, distribute_tensor
 
 from distributed.env import distributed_session
-from integrations.torchtitan_ext import check_placements
+from integrations.torchtitan_ext import check_placements, torchtitan_weight_stats
 from tests.test_torchtitan_ext import build_on_meta, parse_job_config
 
 
@@ -30,6 +30,7 @@ def main(out_path: str, argv: list[str]) -> None:
         model.to_empty(device="cpu")
         with torch.no_grad():
             model.init_weights()
+        weight_std = torchtitan_weight_stats([model]).compute()  # collective: one packed all-reduce
         state = {name: p.full_tensor() for name, p in model.named_parameters()}
         try:
             check_placements("layers.0.attention.wo.weight", distribute_tensor(torch.zeros(4, 4), env.mesh, [Shard(1)]))
@@ -37,7 +38,8 @@ def main(out_path: str, argv: list[str]) -> None:
         except ValueError as error:
             refusal = str(error)
         if env.is_main:
-            torch.save({"state": state, "refusal": refusal, "world_size": env.world_size}, out_path)
+            torch.save({"state": state, "weight_std": weight_std, "refusal": refusal, "world_size": env.world_size},
+                       out_path)
 
 
 if __name__ == "__main__":
