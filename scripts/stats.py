@@ -111,3 +111,19 @@ def coefficient_of_variation(values: Sequence[float]) -> float:
         return math.nan
     mean = math.fsum(finite) / len(finite)
     return sample_std(finite) / abs(mean) if mean != 0 else math.nan
+
+
+def paired_variance_test(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Pitman-Morgan test of Var(x) = Var(y) for paired samples: (std(y) / std(x), two-sided p-value).
+
+    Var(x) = Var(y) iff Cov(x + y, x - y) = 0, so the test is that of zero Pearson correlation
+    between the pair sums and differences, t with n - 2 dof (Pitman 1939, Biometrika 31:9-12;
+    Morgan 1939, Biometrika 31:13-19); ``scipy.stats.pearsonr`` gives that p-value.
+    """
+    from scipy.stats import pearsonr
+
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError(f"the paired variance test needs two equally long samples of >= 3 (got {len(x)}, {len(y)})")
+    sums = [a + b for a, b in zip(x, y)]
+    diffs = [a - b for a, b in zip(x, y)]
+    return sample_std(y) / sample_std(x), float(pearsonr(sums, diffs).pvalue)

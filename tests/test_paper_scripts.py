@@ -111,6 +111,25 @@ def test_kaiming_keeps_the_forward_moment_while_small_and_large_sigma_vanish_and
             ratio = relu[scheme][f"{way}_ratio_measured"] / relu[scheme][f"{way}_ratio_predicted"]
             assert 1 / 3 < ratio < 3, (scheme, way, ratio)
     assert result["gelu"]["c"] == pytest.approx(0.4252, abs=1e-3)
+    kaiming = relu["kaiming"]  # per-seed ratios: geometric mean inside its interval and the seed range
+    for way in ("forward", "backward"):
+        assert kaiming[f"{way}_ratio_ci95_low"] < kaiming[f"{way}_ratio_geomean"] < kaiming[f"{way}_ratio_ci95_high"]
+        assert kaiming[f"{way}_ratio_seed_min"] <= kaiming[f"{way}_ratio_geomean"] <= kaiming[f"{way}_ratio_seed_max"]
+        assert 0 <= kaiming[f"{way}_seeds_within_10pct"] <= setup["seeds"]
+    assert "silu" in variance_propagation.FULL.activations and variance_propagation.FULL.seeds >= 5
+
+
+def test_per_seed_ratio_summary_by_hand():
+    forward = np.array([[1.0, 2.0], [1.0, 0.5], [1.0, 1.05], [1.0, 1.0]])  # [seeds, layers]: ratios 2, .5, 1.05, 1
+    backward = np.array([[3.0, 1.0]] * 4)  # b_0 / b_L = 3 for every seed
+    curves = variance_propagation.Curves("relu", "kaiming", 0.1, forward, backward, np.ones(2), np.ones(2))
+    row = curves.summary()
+    assert row["forward_ratio_measured"] == pytest.approx(4.55 / 4)  # ratio of the seed means
+    assert row["forward_ratio_geomean"] == pytest.approx(1.05 ** 0.25)  # exp(mean(ln 2, -ln 2, ln 1.05, 0))
+    assert (row["forward_ratio_seed_min"], row["forward_ratio_seed_max"]) == (0.5, 2.0)
+    assert row["forward_seeds_within_10pct"] == 2
+    assert row["backward_ratio_geomean"] == pytest.approx(3.0) and row["backward_seeds_within_10pct"] == 0
+    assert row["backward_ratio_ci95_low"] == pytest.approx(3.0) == row["backward_ratio_ci95_high"]
 
 
 def test_propagation_writes_csv_and_a_small_figure(quick_propagation):
@@ -151,8 +170,22 @@ def test_regime_criteria():
     assert mlp_std_sweep.classify({**base, "grad_norm_init": 200.0}, 10) == "exploding"
     assert mlp_std_sweep.classify({**base, "final_train_loss": 2.4}, 10) == "exploding"
     assert mlp_std_sweep.classify({**base, "final_train_loss": math.nan}, 10) == "exploding"
+    # Against the best sigma's accuracy: more than ACC_TOLERANCE (0.02) below it is "degraded".
+    assert mlp_std_sweep.classify(base, 10, best_accuracy=0.919) == "stable"
+    assert mlp_std_sweep.classify(base, 10, best_accuracy=0.921) == "degraded"
+    assert mlp_std_sweep.classify(base, 10, best_accuracy=0.94, tolerance=0.05) == "stable"
 
 
+def test_stable_band_follows_the_tolerance():
+    base = {"grad_norm_init": 1.0, "diverged_fraction": 0.0, "initial_train_loss": 2.3, "final_train_loss": 0.1}
+    accuracies = {1e-3: 0.5, 1e-2: 0.94, 3e-2: 0.975, 1e-1: 0.97, 3e-1: 0.95, 1.0: 0.8}
+    rows = [{**base, "sigma": sigma, "test_accuracy": acc} for sigma, acc in accuracies.items()]
+    assert mlp_std_sweep.stable_band(rows, 10, 0.01) == (3e-2, 1e-1)
+    assert mlp_std_sweep.stable_band(rows, 10, 0.02) == (3e-2, 1e-1)  # 0.95 is 0.025 below the best
+    assert mlp_std_sweep.stable_band(rows, 10, 0.05) == (1e-2, 3e-1)
+
+
+@pytest.mark.multiprocess
 def test_sweep_cli_reports_a_missing_mnist_path_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     # PYTHONPATH emptied: the script must run from the repo root as `python scripts/paper/...`
@@ -178,6 +211,18 @@ def test_kaiming_vs_xavier_quick_writes_both_methods(tmp_path):
         assert float(row["final_loss_var"]) == pytest.approx(float(row["final_loss_std"]) ** 2, rel=1e-4)
         assert float(row["final_loss_mean"]) < float(row["initial_loss_mean"])
     assert 0 < (tmp_path / "kaiming_vs_xavier.png").stat().st_size < MAX_FIGURE_BYTES
+    paired = {r["quantity"]: r for r in read_csv(tmp_path / "kaiming_vs_xavier_paired.csv")}
+    log_loss = paired["ln_final_loss"]
+    assert int(log_loss["seeds"]) == 5
+    # The paired mean is the difference of the two methods' means of ln(final loss), whatever the pairing.
+    assert float(log_loss["xavier_minus_kaiming"]) == pytest.approx(
+        float(log_loss["xavier_mean"]) - float(log_loss["kaiming_mean"]), abs=1e-9)
+    low, high = float(log_loss["ci95_low"]), float(log_loss["ci95_high"])
+    assert log_loss["verdict"] == ("differs" if low > 0 or high < 0 else "not resolved")
+    spread = paired["std_ln_final_loss (xavier / kaiming)"]
+    assert float(spread["xavier_minus_kaiming"]) == pytest.approx(
+        float(spread["xavier_mean"]) / float(spread["kaiming_mean"]), rel=1e-9)
+    assert 0 <= float(spread["p_value"]) <= 1
 
 
 def test_steps_to_threshold_and_loss_matrix():

@@ -55,3 +55,17 @@ def test_paired_verdict_agrees_with_scipy_ttest_rel(shift):
 def test_coefficient_of_variation():
     assert stats.coefficient_of_variation([2.0, 4.0]) == pytest.approx(math.sqrt(2) / 3)
     assert math.isnan(stats.coefficient_of_variation([1.0]))
+
+
+def test_paired_variance_test_against_hand_computed_correlation():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    y = [1.2, 1.9, 3.5, 3.6, 5.9]
+    ratio, p_value = stats.paired_variance_test(x, y)
+    assert ratio == pytest.approx(stats.sample_std(y) / stats.sample_std(x))
+    # Pitman-Morgan by hand: r = corr(x + y, x - y), t = r sqrt(n-2) / sqrt(1-r^2), two-sided t(3) p-value.
+    sums, diffs = [a + b for a, b in zip(x, y)], [a - b for a, b in zip(x, y)]
+    r = scipy_stats.pearsonr(sums, diffs).statistic
+    t = r * math.sqrt(3) / math.sqrt(1 - r * r)
+    assert p_value == pytest.approx(2 * scipy_stats.t.sf(abs(t), 3), rel=1e-9)
+    scaled = [3 * v for v in x]  # var 9x larger, perfectly correlated: detected
+    assert stats.paired_variance_test(x, scaled)[1] < 1e-6

@@ -2,7 +2,7 @@
 
 Setup: digits (scikit-learn, fixed split), MLP 64-128x7-10 (8 Linear layers, ReLU), biases 0, weights
 N(0, std^2) with std = sqrt(2 / fan_in) (Kaiming normal, fan-in, ReLU gain) or sqrt(2 / (fan_in + fan_out))
-(Xavier normal). Minibatch SGD, batch 64, momentum 0.9, fixed lr, 400 steps, seeds 0..7 (``--quick``:
+(Xavier normal). Minibatch SGD, batch 64, momentum 0.9, fixed lr, 400 steps, seeds 0..19 (``--quick``:
 60 steps, seeds 0..4, lr 0.01 only). Seed s gives both methods the same standard-normal draws (only
 the per-layer scale differs) and the same data order, so each seed is a paired comparison. The full
 run repeats everything at lr 0.01 and 0.05 because the answer depends on the step size.
@@ -10,11 +10,19 @@ run repeats everything at lr 0.01 and 0.05 because the answer depends on the ste
 Measured per (method, lr): train loss (on the 1347 training samples) every 10 steps, mean +/- std over
 seeds; steps to reach train loss <= LOSS_THRESHOLD (0.1), at that 10-step resolution; final loss mean,
 std, variance and median over seeds; test accuracy; weight-gradient norm at init; seeds that diverged
-(non-finite loss, or final loss > 10 ln 10).
+(non-finite loss, or final loss > 10 ln 10); seeds that end above the threshold (a late loss spike).
+
+Paired comparison per lr (``scripts/stats.py``), Xavier minus Kaiming over the seeds: steps to the
+threshold and ln(final loss), each with its 95 % t-interval and a verdict ("differs" iff the
+interval excludes 0). The spread claim compares std(ln final loss), which is about the coefficient
+of variation for small spreads and, unlike the variance of the loss itself, does not grow with the
+loss level (the two methods end at different means); its test is Pitman-Morgan's for paired
+samples (p < 0.05: "differs"). The CV of the final loss itself is reported beside it.
 
 Usage: python scripts/paper/kaiming_vs_xavier.py --out DIR [--quick] [--seeds N] [--overwrite]
-Writes DIR/kaiming_vs_xavier.csv (one row per method and lr), DIR/kaiming_vs_xavier_curves.csv (one row
-per method, lr and evaluated step) and DIR/kaiming_vs_xavier.png (loss curves, mean +/- std).
+Writes DIR/kaiming_vs_xavier.csv (one row per method and lr), DIR/kaiming_vs_xavier_paired.csv (one row
+per lr and compared quantity), DIR/kaiming_vs_xavier_curves.csv (one row per method, lr and evaluated
+step) and DIR/kaiming_vs_xavier.png (loss curves, mean +/- std).
 """
 
 from __future__ import annotations
@@ -47,6 +55,14 @@ from scripts.paper.common import (  # noqa: E402
     write_csv,
     xavier_std,
 )
+from scripts.stats import (  # noqa: E402
+    DIFFERS,
+    NOT_RESOLVED,
+    coefficient_of_variation,
+    mean_interval,
+    paired_difference,
+    paired_variance_test,
+)
 
 METHODS = {"kaiming": kaiming_std, "xavier": xavier_std}
 HIDDEN = (128,) * 7
@@ -61,7 +77,7 @@ class Plan:
     lrs: tuple[float, ...]
 
 
-FULL = Plan(steps=400, seeds=8, lrs=(0.01, 0.05))
+FULL = Plan(steps=400, seeds=20, lrs=(0.01, 0.05))
 QUICK = Plan(steps=60, seeds=5, lrs=(0.01,))
 
 
@@ -116,7 +132,34 @@ def summarize(method: str, lr: float, runs: list[RunResult], steps: int) -> dict
             "loss_std_mean_over_curve": float(np.nanmean(curve_std)),
             "test_accuracy_mean": float(accuracies.mean()), "test_accuracy_std": float(accuracies.std()),
             "grad_norm_init_mean": float(np.mean([r.grad_norm_init for r in runs])),
-            "diverged_fraction": float(np.mean([r.diverged for r in runs]))}
+            "diverged_fraction": float(np.mean([r.diverged for r in runs])),
+            "seeds_ending_above_threshold": int(np.sum(~(losses[:, -1] <= LOSS_THRESHOLD))),
+            "final_loss_cv": coefficient_of_variation(losses[:, -1].tolist()),
+            "final_log_loss_std": float(np.std(np.log(finite_final), ddof=1)) if finite_final.size > 1 else math.nan}
+
+
+def paired_rows(lr: float, kaiming: list[RunResult], xavier: list[RunResult], steps: int) -> list[dict]:
+    """Xavier - Kaiming per seed: steps to threshold, ln(final loss) and the spread of ln(final loss)."""
+    final = {name: loss_matrix(runs, steps)[:, -1] for name, runs in (("kaiming", kaiming), ("xavier", xavier))}
+    hits = {name: [steps_to_threshold(r) for r in runs] for name, runs in (("kaiming", kaiming), ("xavier", xavier))}
+    rows = []
+    for quantity, values in (("steps_to_threshold", hits),
+                             ("ln_final_loss", {k: np.log(v).tolist() for k, v in final.items()})):
+        per_seed = {k: {s: v for s, v in enumerate(vals) if math.isfinite(v)} for k, vals in values.items()}
+        interval, verdict = paired_difference(per_seed["kaiming"], per_seed["xavier"])
+        rows.append({"lr": lr, "quantity": quantity, "seeds": interval.n,
+                     "kaiming_mean": mean_interval(list(per_seed["kaiming"].values())).mean,
+                     "xavier_mean": mean_interval(list(per_seed["xavier"].values())).mean,
+                     "xavier_minus_kaiming": interval.mean, "ci95_low": interval.low, "ci95_high": interval.high,
+                     "p_value": math.nan, "verdict": verdict})
+    both = np.isfinite(final["kaiming"]) & np.isfinite(final["xavier"])
+    log_k, log_x = np.log(final["kaiming"][both]).tolist(), np.log(final["xavier"][both]).tolist()
+    ratio, p_value = paired_variance_test(log_k, log_x)
+    rows.append({"lr": lr, "quantity": "std_ln_final_loss (xavier / kaiming)", "seeds": len(log_k),
+                 "kaiming_mean": float(np.std(log_k, ddof=1)), "xavier_mean": float(np.std(log_x, ddof=1)),
+                 "xavier_minus_kaiming": ratio, "ci95_low": math.nan, "ci95_high": math.nan, "p_value": p_value,
+                 "verdict": DIFFERS if p_value < 0.05 else NOT_RESOLVED})
+    return rows
 
 
 def curve_rows(method: str, lr: float, runs: list[RunResult], steps: int) -> list[dict]:
@@ -170,6 +213,15 @@ def print_summary(summaries: list[dict]) -> None:
               f"{s['final_loss_var']:>10.2g} {s['test_accuracy_mean']:>7.4f} ± {s['test_accuracy_std']:.4f}")
 
 
+def print_paired(rows: list[dict]) -> None:
+    print("\npaired over seeds (xavier - kaiming; for the spread: the ratio xavier / kaiming and Pitman-Morgan p)")
+    for r in rows:
+        detail = (f"p = {r['p_value']:.3g}" if math.isfinite(r["p_value"])
+                  else f"95% [{r['ci95_low']:.4g}, {r['ci95_high']:.4g}]")
+        print(f"lr {r['lr']:<5g} {r['quantity']:<37} n={r['seeds']:<3} kaiming {r['kaiming_mean']:<9.4g} "
+              f"xavier {r['xavier_mean']:<9.4g} -> {r['xavier_minus_kaiming']:<9.4g} {detail}  {r['verdict']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for the two CSVs and the PNG")
@@ -180,20 +232,23 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.seeds:
         plan = Plan(plan.steps, args.seeds, plan.lrs)
-    paths = prepare_outputs(args.out, ["kaiming_vs_xavier.csv", "kaiming_vs_xavier_curves.csv",
-                                       "kaiming_vs_xavier.png"], args.overwrite)
+    paths = prepare_outputs(args.out, ["kaiming_vs_xavier.csv", "kaiming_vs_xavier_paired.csv",
+                                       "kaiming_vs_xavier_curves.csv", "kaiming_vs_xavier.png"], args.overwrite)
     data = load_digits_split()
-    summaries, curves, losses = [], [], {}
+    summaries, paired, curves, losses = [], [], [], {}
     for lr in plan.lrs:
+        runs = {method: train_method(method, lr, data, plan) for method in METHODS}
         for method in METHODS:
-            runs = train_method(method, lr, data, plan)
-            summaries.append(summarize(method, lr, runs, plan.steps))
-            curves.extend(curve_rows(method, lr, runs, plan.steps))
-            losses[(method, lr)] = loss_matrix(runs, plan.steps)
+            summaries.append(summarize(method, lr, runs[method], plan.steps))
+            curves.extend(curve_rows(method, lr, runs[method], plan.steps))
+            losses[(method, lr)] = loss_matrix(runs[method], plan.steps)
+        paired.extend(paired_rows(lr, runs["kaiming"], runs["xavier"], plan.steps))
     write_csv(paths[0], summaries)
-    write_csv(paths[1], curves)
-    plot_curves(losses, plan, paths[2])
+    write_csv(paths[1], paired)
+    write_csv(paths[2], curves)
+    plot_curves(losses, plan, paths[3])
     print_summary(summaries)
+    print_paired(paired)
     return 0
 
 
