@@ -1,4 +1,4 @@
-"""Run metrics (DESIGN.md §8): TensorBoard + ``metrics.jsonl`` logging, non-finite detection, MFU, memory.
+"""Run metrics (docs/design.md §8): TensorBoard + ``metrics.jsonl`` logging, non-finite detection, MFU, memory.
 
 ``MetricsLogger`` writes every logged step to ``<run_dir>/`` (TensorBoard events, so TensorBoard names the
 run after its directory, with a

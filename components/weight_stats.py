@@ -206,7 +206,7 @@ class WeightStats:
 
     def _named(self, stds: list[float], grad_norms: list[float] | None, grad_rms: list[float] | None,
                update_ratios: list[float] | None) -> dict[str, float]:
-        """Metric names of DESIGN.md §8 for per-tensor values in ``self.tracked`` order."""
+        """Metric names of docs/design.md §8 for per-tensor values in ``self.tracked`` order."""
         values: dict[str, float] = {}
         per_role: dict[str, list[float]] = {}
         for i, t in enumerate(self.tracked):

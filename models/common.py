@@ -1,6 +1,6 @@
 """Pieces shared by the GPT-2 and Llama families: args, attention, RoPE, roles.
 
-Both families name their submodules after the roles of DESIGN.md §4 (``attn.q``, ``attn.k``,
+Both families name their submodules after the roles of docs/design.md §4 (``attn.q``, ``attn.k``,
 ``attn.v``, ``attn.out``, ``mlp.gate``, ``mlp.up``, ``mlp.out``, ``tok_embedding``,
 ``pos_embedding``, ``lm_head``), so a parameter's role is read off its name and every role is
 its own tensor.
@@ -115,7 +115,7 @@ def canonical_name(fqn: str) -> str:
 
 
 def role_of(name: str) -> str:
-    """Role (DESIGN.md §4) of a parameter from its (canonical) name, e.g. 'layers.3.attn.q.weight' -> 'attn.q'."""
+    """Role (docs/design.md §4) of a parameter from its (canonical) name, e.g. 'layers.3.attn.q.weight' -> 'attn.q'."""
     name = canonical_name(name)
     if name.endswith(".bias"):
         return "bias"

@@ -1,4 +1,4 @@
-"""Show the measured std of every initialized weight next to its scheme's formula (DESIGN.md §10).
+"""Show the measured std of every initialized weight next to its scheme's formula (docs/design.md §10).
 
     python scripts/inspect_init.py --config train_configs/debug.toml [--section.key VALUE ...] [--json | --rules]
     torchrun --nproc_per_node=N scripts/inspect_init.py --config ... --json

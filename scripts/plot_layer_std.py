@@ -3,7 +3,7 @@
     python scripts/plot_layer_std.py <run_dir> [--roles attn.q,attn.k,attn.v] [--out DIR]
         [--rel-eps 0.1] [--abs-eps 1e-3] [--overwrite]
 
-From ``metrics.jsonl`` (DESIGN.md §8) it writes to DIR (default ``<run_dir>/plots``):
+From ``metrics.jsonl`` (docs/design.md §8) it writes to DIR (default ``<run_dir>/plots``):
 ``std_heatmap.png`` (layer x step, colour = std, one panel per role) and ``std_lines.png`` (one
 line per layer coloured by depth; top row the std, bottom row the std relative to its first
 logged value, which shows how fast each depth grows). A run trained with

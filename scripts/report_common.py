@@ -1,7 +1,7 @@
-"""Reading run directories (DESIGN.md §8-§9) for the report scripts: config, metrics, model shapes.
+"""Reading run directories (docs/design.md §8-§9) for the report scripts: config, metrics, model shapes.
 
 A run directory ``outputs/<run_name>/`` holds the resolved ``config.toml`` and ``metrics.jsonl``
-(one JSON object per logged step, keys of DESIGN.md §8). Records that share a step (e.g. a
+(one JSON object per logged step, keys of docs/design.md §8). Records that share a step (e.g. a
 validation line written apart from the training line) are merged, later keys winning, so every
 helper sees one record per step, sorted by step.
 """
@@ -26,7 +26,7 @@ from models import build_model
 from models.common import ModelArgs, count_params
 
 WEIGHT_STD_KEY = re.compile(r"^weight_std/(?P<role>[^/]+)/layer_(?P<layer>\d+)$")
-# Canonical order of the per-layer roles (DESIGN.md §4), for stable subplot and table order.
+# Canonical order of the per-layer roles (docs/design.md §4), for stable subplot and table order.
 LAYER_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
 
 
@@ -71,7 +71,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{number} is not valid JSON ({exc.msg}); fix or delete that line") from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             raise ValueError(f"{path}:{number} has no integer \"step\"; every line must be "
-                             "a JSON object with a step (DESIGN.md §8)")
+                             "a JSON object with a step (docs/design.md §8)")
         by_step.setdefault(record["step"], {}).update(record)
     return [by_step[step] for step in sorted(by_step)]
 
@@ -111,7 +111,7 @@ def metric_series(records: list[dict[str, Any]], key: str) -> tuple[list[int], l
 
 
 def order_roles(roles: set[str]) -> list[str]:
-    """Roles in canonical order (DESIGN.md §4), unknown ones last alphabetically."""
+    """Roles in canonical order (docs/design.md §4), unknown ones last alphabetically."""
     return [r for r in LAYER_ROLES if r in roles] + sorted(roles - set(LAYER_ROLES))
 
 

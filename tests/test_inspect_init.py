@@ -1,4 +1,4 @@
-"""scripts/inspect_init.py: the DESIGN.md §10 contract, world-size-invariant digests, no full copies.
+"""scripts/inspect_init.py: the docs/design.md §10 contract, world-size-invariant digests, no full copies.
 
 The multi-rank runs go through a small runner (written to tmp_path) that shrinks
 ``init_schemes.apply.BLOCK_NUMEL`` to 4096 elements -- so every 2-D debug weight spans many

@@ -30,7 +30,7 @@ def debug_cl100k():
 
 def test_offline_file_has_the_hash_tiktoken_expects():
     expected, _ = cl100k_reference()
-    assert expected.startswith("223921b7") and expected.endswith("65b2a7")  # DESIGN.md §7
+    assert expected.startswith("223921b7") and expected.endswith("65b2a7")  # docs/design.md §7
     assert hashlib.sha256(offline_cl100k_path().read_bytes()).hexdigest() == expected
 
 

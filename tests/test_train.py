@@ -346,7 +346,7 @@ def test_tensorboard_hparams_name_the_scheme_and_final_losses(single):
 
 # ------------------------------------------------------------------------------- 4. init std at step 1
 def mitchell_expected_std(role: str, layer: int | None) -> float:
-    """OLMo mitchell init std (DESIGN.md §5) times the +-3 sigma truncation shrink."""
+    """OLMo mitchell init std (docs/design.md §5) times the +-3 sigma truncation shrink."""
     shrink = truncation_shrink(-3.0, 3.0)
     if role == "attn.out":
         return shrink / math.sqrt(2 * DIM * (layer + 1))
