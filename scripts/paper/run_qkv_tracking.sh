@@ -10,8 +10,10 @@
 #   bash scripts/paper/run_qkv_tracking.sh cpu --docs
 #   bash scripts/paper/run_qkv_tracking.sh gpu --docs --training.steps 1000 --checkpoint.interval 1000
 # (the second on one H100; the TOML's 3000 steps did not fit the device time we had).
+# Both use the TOML's init.scheme = "normal" (0.02 everywhere), not GPT-2's scaled init; that variant is
+#   QKV_RUN_NAME=paper/gpt2_12l_qkv_cpu_scaled bash scripts/paper/run_qkv_tracking.sh cpu --init.scheme scaled_output
 #
-# cpu: the CPU overrides of the TOML's header comment, plus two changes that keep it inside minutes:
+# cpu: the CPU overrides listed in the TOML's header comment; the two that are not plain size cuts:
 #   --model.vocab_size 4160   the TOML pins 50304 rows (the full cl100k vocabulary padded); with the
 #                             4096-token tokenizer slice those rows are never used but cost ~3 s/step
 #                             on a CPU core (measured); 4160 = the 4097 tokens padded to a multiple of 64
