@@ -180,18 +180,18 @@ class Trainer:
             saving = self.checkpointer.due(step, t.steps) or (stop and cfg.checkpoint.enable)
             if logging or saving or stop:
                 self.raise_if_nonfinite(first_bad_step)
+            self.optimizer.zero_grad(set_to_none=True)
+            if saving:  # before the log line, which then carries this save's blocked time
+                self.save_checkpoint(step, blocking=stop or step == t.steps)
             if logging or stop:
                 final = self.log_step(logger, step, loss, grad_norm)
-            self.optimizer.zero_grad(set_to_none=True)
-            if saving:
-                self.save_checkpoint(logger, step, blocking=stop or step == t.steps)
             if stop:
                 raise self.stopped(step, saved=saving)
         return final
 
-    def save_checkpoint(self, logger: MetricsLogger, step: int, blocking: bool) -> None:
+    def save_checkpoint(self, step: int, blocking: bool) -> None:
         blocked_s = self.checkpointer.save(step, blocking=blocking)
-        self.extra_values["checkpoint/blocked_s"] = blocked_s  # logged with the next logging step
+        self.extra_values["checkpoint/blocked_s"] = blocked_s  # logged with this or the next logging step
         if self.checkpointer.pending is None:
             self.report_checkpoint(step, blocked_s)
         elif self.env.is_main:
