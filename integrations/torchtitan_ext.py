@@ -7,8 +7,8 @@ the initlab repo root (so ``integrations`` imports), with torchtitan's usual com
     --job.custom_config_module integrations.torchtitan_ext        # adds the [initlab] table
     --model.name initlab_llama3 --initlab.scheme mitchell         # any initlab [init] option
 
-``initlab_llama3`` is torchtitan's ``llama3`` TrainSpec (same flavors, parallelize/pipeline functions,
-data, optimizer) whose model's ``init_weights`` draws every parameter the way initlab's trainer does:
+``initlab_llama3`` is torchtitan's ``llama3`` TrainSpec (same flavors plus ``initlab_llama_1b``,
+parallelize/pipeline functions, data, optimizer) whose model's ``init_weights`` draws every parameter the way initlab's trainer does:
 torchtitan's name is mapped to initlab's (components/torchtitan_names.py), whose role and layer pick
 the scheme's distribution, and init_schemes/apply.py draws it in fixed row blocks seeded by
 (seed, initlab name, block). The weights are therefore bitwise initlab's for the same scheme, options
@@ -23,6 +23,7 @@ initlab's trainer), so both trainers' runs line up in one TensorBoard. docs/torc
 # dataclass and resolves the field types in its module, where a string "InitlabSection" means nothing.
 import dataclasses
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,7 @@ from torchtitan.models.llama3.model.args import TransformerModelArgs
 from torchtitan.models.llama3.model.model import Transformer
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
+from benchmarks.torchtitan.llama_1b_flavor import register as register_llama_1b_flavor
 from components.config import Config, ConfigError, Init, validate
 from components.torchtitan_names import from_torchtitan
 from components.weight_stats import WeightStats
@@ -183,23 +185,34 @@ def build_metrics_processor(job_config, parallel_dims, model_args=None, tag: str
     return InitlabMetricsProcessor(job_config, parallel_dims, tag)
 
 
-def _flavors() -> dict[str, InitlabModelArgs]:
-    """torchtitan's llama3 flavors as InitlabModelArgs (field by field, so nested args stay objects)."""
-    return {name: InitlabModelArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
-            for name, args in llama3.llama3_args.items()}
+class Flavors(Mapping):
+    """torchtitan's llama3 flavors, read at lookup time (so flavors registered later count), as fresh
+    InitlabModelArgs (field by field, so nested args stay objects and no lookup shares another's args)."""
+
+    def __getitem__(self, name: str) -> InitlabModelArgs:
+        args = llama3.llama3_args[name]
+        return InitlabModelArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(llama3.llama3_args)
+
+    def __len__(self) -> int:
+        return len(llama3.llama3_args)
 
 
 def train_spec() -> TrainSpec:
     """torchtitan's llama3 TrainSpec with initlab's model init and weight statistics."""
     base = llama3.get_train_spec()
-    return dataclasses.replace(base, model_cls=InitlabTransformer, model_args=_flavors(),
+    return dataclasses.replace(base, model_cls=InitlabTransformer, model_args=Flavors(),
                                build_metrics_processor_fn=build_metrics_processor)
 
 
 def register() -> None:
-    """Register ``initlab_llama3`` once (importing this module twice must not fail)."""
+    """Register ``initlab_llama3`` once (importing this module twice must not fail), and the
+    ``initlab_llama_1b`` flavor (initlab's llama_1b shape, benchmarks/torchtitan/llama_1b_flavor.py)."""
     from torchtitan.protocols import train_spec as registry
 
+    register_llama_1b_flavor()
     if TRAIN_SPEC_NAME not in registry._extra_train_specs:  # torchtitan has no public "is registered"
         register_train_spec(TRAIN_SPEC_NAME, train_spec())
 

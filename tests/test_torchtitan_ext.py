@@ -12,6 +12,7 @@ from components.build import build_local_model
 from components.config import Config, ConfigError, Init, Job, Model, Training
 from components.torchtitan_names import from_torchtitan, to_torchtitan
 from components.weight_stats import WeightStats
+from models import build_model, make_model_args
 from models.common import layer_of, role_of
 from tests.launch import torchrun
 from tests.test_init_schemes import _record_calls, check_tensor
@@ -21,12 +22,12 @@ DEBUGMODEL = dict(n_layers=6, dim=256, n_heads=16, n_kv_heads=16, multiple_of=25
 SEQ = 64
 
 
-def parse_job_config(extra: list[str]):
+def parse_job_config(extra: list[str], flavor: str = "debugmodel"):
     """torchtitan's JobConfig with the [initlab] table, as its trainer parses the command line."""
     from torchtitan.config import ConfigManager
 
     return ConfigManager().parse_args(["--job.custom_config_module", "integrations.torchtitan_ext", "--model.name",
-                                       ext.TRAIN_SPEC_NAME, "--model.flavor", "debugmodel", "--training.seq_len",
+                                       ext.TRAIN_SPEC_NAME, "--model.flavor", flavor, "--training.seq_len",
                                        str(SEQ), *extra])
 
 
@@ -100,6 +101,15 @@ def test_depth_aware_through_the_extension_is_torchtitans_init_in_distribution(m
         else:
             assert calls[id(param)] == (spec.dist, spec.std, spec.a, spec.b), titan_name
         check_tensor(titan_name, dict(model.named_parameters())[titan_name].detach(), spec)
+
+
+def test_the_spec_has_initlabs_llama_1b_shape():
+    titan = build_on_meta(parse_job_config([], flavor="initlab_llama_1b"))
+    with torch.device("meta"):
+        ours = build_model(make_model_args("llama", "llama_1b", 128256, SEQ))
+    shapes = {to_torchtitan(name): tuple(p.shape) for name, p in ours.named_parameters()}
+    assert {name: tuple(p.shape) for name, p in titan.named_parameters()} == shapes
+    assert sum(p.numel() for p in titan.parameters()) == 1_498_482_688
 
 
 def test_weight_std_of_torchtitans_model_has_initlabs_tags_and_values():
