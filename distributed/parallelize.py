@@ -32,6 +32,10 @@ def compile_enabled(enable: bool | None, device: torch.device) -> bool:
 
 def apply_compile(model: nn.Module) -> None:
     """Compile each block in place (one graph per block, reused across blocks of equal shape)."""
+    # Statistics hooks (components/activation_stats.py) store their results as forward side effects; under
+    # activation checkpointing Dynamo refuses those in a fullgraph unless the recomputation skips them, which
+    # is also what they need (recomputation must not measure twice).
+    torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     for block in model.layers.values():
         block.compile(fullgraph=True)
 
