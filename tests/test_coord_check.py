@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from scripts import coord_check
 
@@ -18,7 +19,13 @@ def width_slopes() -> dict:
     """Slopes at step 2 (after two AdamW steps at lr 1e-2), 2-block Llama, widths 32..256, base 32 (~10 s)."""
     opts = coord_check.parse_args(["--widths", "32,64,128,256", "--base-width", "32", "--seeds", "1",
                                    "--steps", "2", "--batch", "2"])
-    return {p: by_step[2] for p, by_step in coord_check.slopes(coord_check.run_scan(opts)).items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these matmuls are too small to split; on a shared CPU threads only contend
+    try:
+        rows = coord_check.run_scan(opts)
+    finally:
+        torch.set_num_threads(threads)
+    return {p: by_step[2] for p, by_step in coord_check.slopes(rows).items()}
 
 
 def hidden(slopes: dict[str, float]) -> dict[str, float]:
