@@ -62,13 +62,13 @@ def fixed_batch(seed: int, batch: int, seq_len: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, seq_len + 1), generator=torch.Generator().manual_seed(seed))
 
 
-def train_and_measure(cfg, steps: int, batch: int) -> list[dict[str, float]]:
+def train_and_measure(cfg, steps: int, batch: int, device: str = "cpu") -> list[dict[str, float]]:
     """Per step 0..steps: the activation statistics of that step's forward (step ``steps``: after the last update)."""
     torch.manual_seed(cfg.job.seed)
-    model, _, initializer = build_local_model(cfg, VOCAB)
+    model, _, initializer = build_local_model(cfg, VOCAB, device)
     stats = ActivationStats(model)
-    optimizer = build_optimizer(model, cfg.optimizer, torch.device("cpu"), initializer.parametrization)
-    tokens = fixed_batch(cfg.job.seed, batch, cfg.training.seq_len)
+    optimizer = build_optimizer(model, cfg.optimizer, torch.device(device), initializer.parametrization)
+    tokens = fixed_batch(cfg.job.seed, batch, cfg.training.seq_len).to(device)
     records = []
     for _ in range(steps + 1):
         with stats.capture():
@@ -111,7 +111,7 @@ def run_scan(opts: argparse.Namespace) -> list[dict]:
             for seed in range(opts.seeds):
                 cfg = model_config(opts.family, parametrization, width, depth, opts.base_width, opts.base_depth,
                                    opts.lr, seed, opts.extra)
-                for step, values in enumerate(train_and_measure(cfg, opts.steps, opts.batch)):
+                for step, values in enumerate(train_and_measure(cfg, opts.steps, opts.batch, opts.device)):
                     if opts.mode == "depth":
                         values = by_depth_summary(values)
                     rows += [{"parametrization": parametrization, "x": size, "seed": seed, "step": step,
@@ -188,6 +188,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4, help="sequences of 64 tokens per step")
     parser.add_argument("--lr", type=float, default=1e-2, help="AdamW peak lr at the base shape")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
     parser.add_argument("--out", type=Path, default=Path("outputs/coord_check"))
     parser.add_argument("extra", nargs="*", help="more --section.key value overrides for every model, after --")
     opts = parser.parse_args(argv)
