@@ -272,3 +272,18 @@ def test_html_docs_bad_paths_give_one_line_errors(tmp_path, capsys):
         assert main(["--html-docs", path, "--output", str(tmp_path / "out")]) == 2
         assert message in _last_error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_count_tokens_re_encodes_the_documents_with_another_vocabulary(tmp_path, full_tokenizer, capsys):
+    from scripts.count_tokens import main as count_main
+
+    code, output = _html_docs_to_shards(tmp_path, [str(HTML_DOCS)], "--tokenizer.max_vocab", "512")
+    assert code == 0
+    documents = _documents_of(output, build_tokenizer(Tokenizer(max_vocab=512)))
+    stored = read_manifest(output)["splits"]["train"]["tokens"]
+    full = sum(len(full_tokenizer.encode(doc)) + 1 for doc in documents)
+    assert full < stored  # 512 ranks cut words into more pieces than the full vocabulary does
+    assert count_main([str(output)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"total: {stored:,} as stored, {full:,} re-encoded"
+    assert count_main([str(output), "--shards-tokenizer.max_vocab", "0"]) == 2
+    assert "was tokenized with cl100k_base (first 512 ranks)" in _last_error_line(capsys)
