@@ -64,6 +64,7 @@ def initlab_weights(init: Init, seed: int) -> dict[str, torch.Tensor]:
     return dict(initlab_model(init, seed).named_parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("flags", "init", "seed"), [
     (["--initlab.scheme", "mitchell", "--initlab.seed", "3"], Init(scheme="mitchell"), 3),
     (["--initlab.scheme", "depth_aware", "--initlab.scale_all_projections"],
@@ -79,6 +80,7 @@ def test_extension_weights_are_initlabs_tensor_for_tensor(flags, init, seed):
         assert torch.equal(theirs[to_torchtitan(name)], param), name
 
 
+@pytest.mark.slow
 def test_depth_aware_through_the_extension_is_torchtitans_init_in_distribution(monkeypatch):
     import torchtitan.models.llama3.model.model as tt_model
 
@@ -103,6 +105,7 @@ def test_depth_aware_through_the_extension_is_torchtitans_init_in_distribution(m
         check_tensor(titan_name, dict(model.named_parameters())[titan_name].detach(), spec)
 
 
+@pytest.mark.slow
 def test_the_spec_has_initlabs_llama_1b_shape():
     titan = build_on_meta(parse_job_config([], flavor="initlab_llama_1b"))
     with torch.device("meta"):
@@ -112,6 +115,7 @@ def test_the_spec_has_initlabs_llama_1b_shape():
     assert sum(p.numel() for p in titan.parameters()) == 1_498_482_688
 
 
+@pytest.mark.slow
 def test_weight_std_of_torchtitans_model_has_initlabs_tags_and_values():
     titan = ext.torchtitan_weight_stats([torchtitan_model(["--initlab.scheme", "mitchell"])]).compute()
     ours = WeightStats(initlab_model(Init(scheme="mitchell"), 0)).compute()
