@@ -5,19 +5,20 @@
 
 Builds the Trainer of ``scripts/bench_gpu.py``'s setting for ``--model`` (one device, FSDP2 on a
 world of one) with ``metrics.log_variance_stats = true``, compiles both block graphs in the warmup
-(a non-logging and a logging step), then times ``--steps`` plain steps (``train_step(logging=False)``)
-and ``--steps`` logging steps (``train_step(logging=True)``: the first micro-batch's forward is
-measured and the weights are snapshotted for update ratios, then ``WeightStats.compute()`` and
-``ActivationStats.compute()``), each block with a device sync only at its ends. One logging call
-costs (logging block - plain block) / steps; its share of step time at log_freq f is
-cost / (f x plain step time). A direct A/B at log_freq 10 (``--steps`` steps, every 10th logged)
-checks the estimate. Writes ``<out>/variance_stats_<device>_<model>.json`` and prints it.
+(a non-logging and a logging step), then runs ``2 x --steps`` steps alternating a plain step
+(``train_step(logging=False)``) and a logging step (``train_step(logging=True)``: the first
+micro-batch's forward is measured and the weights are snapshotted for update ratios, then
+``WeightStats.compute()`` and ``ActivationStats.compute()``), each timed alone between device
+syncs. Alternating and taking medians keeps a drifting machine load out of the difference. One
+logging call costs median(logging) - median(plain); its share of step time at log_freq f is
+cost / (f x median(plain)). Writes ``<out>/variance_stats_<device>_<model>.json`` and prints it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,44 +37,44 @@ from train import Trainer  # noqa: E402
 LOG_FREQS = (1, 10, 100)
 
 
-def timed(trainer: Trainer, first_step: int, n: int, log_every: int) -> float:
-    """Seconds for n optimizer steps, every ``log_every``-th a logging step with both reductions (0 = none)."""
+def step_ms(trainer: Trainer, step: int, logging: bool) -> float:
+    """Wall ms of one optimizer step between device syncs; a logging step includes both reductions."""
     sync(trainer.env.device)
     start = time.perf_counter()
-    for step in range(first_step, first_step + n):
-        logging = bool(log_every) and step % log_every == 0
-        trainer.train_step(step, logging)
-        if logging:
-            trainer.weight_stats.compute()
-            trainer.activation_stats.compute()
-        trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.train_step(step, logging)
+    if logging:
+        trainer.weight_stats.compute()
+        trainer.activation_stats.compute()
+    trainer.optimizer.zero_grad(set_to_none=True)
     sync(trainer.env.device)
-    return time.perf_counter() - start
+    return 1e3 * (time.perf_counter() - start)
 
 
 def bench(args, env) -> dict:
     config, overrides = MODEL_SETTINGS[args.model]
-    cfg, _ = load_config(["--config", config, *overrides, "--training.steps", str(args.warmup + 4 * args.steps + 10),
+    cfg, _ = load_config(["--config", config, *overrides, "--training.steps", str(args.warmup + 2 * args.steps + 10),
                           "--compile.enable", str(args.compile == "on").lower(), "--checkpoint.enable", "false",
                           "--metrics.val_freq", "0", "--training.device", env.device.type,
                           "--metrics.log_variance_stats", "true",
                           "--parallelism.reshard_after_forward", str(env.world_size > 1).lower()])
     trainer = Trainer(cfg, env, StopRequests(watch_parent=False))
-    timed(trainer, 1, args.warmup, log_every=2)  # both compiled variants (plain and measuring) are built here
-    step = args.warmup + 1
-    plain = timed(trainer, step, args.steps, log_every=0)
-    logged = timed(trainer, step + args.steps, args.steps, log_every=1)
-    every_10 = timed(trainer, step + 2 * args.steps, args.steps, log_every=10)
-    step_s = plain / args.steps
-    call_s = (logged - plain) / args.steps
+    for step in range(1, args.warmup + 1):  # both compiled variants (plain and measuring) are built here
+        step_ms(trainer, step, logging=step % 2 == 0)
+    times = {False: [], True: []}
+    for step in range(args.warmup + 1, args.warmup + 1 + 2 * args.steps):
+        logging = step % 2 == 0
+        times[logging].append(step_ms(trainer, step, logging))
+    plain, logged = statistics.median(times[False]), statistics.median(times[True])
+    call = logged - plain
     return {
         "model": args.model, "compile": args.compile == "on", "device": env.device.type,
         "seq_len": cfg.training.seq_len, "batch_sequences": cfg.training.global_batch_size,
         "n_activation_statistics": len(trainer.activation_stats.probes),
         "n_weight_tensors": len(trainer.weight_stats.tracked),
-        "plain_step_ms": 1e3 * step_s, "logging_call_ms": 1e3 * call_s,
-        "overhead_pct_at_log_freq": {str(f): 100 * call_s / (f * step_s) for f in LOG_FREQS},
-        "ab_overhead_pct_at_log_freq_10": 100 * (every_10 - plain) / plain,
+        "plain_step_ms": plain, "logging_step_ms": logged, "logging_call_ms": call,
+        "overhead_pct_at_log_freq": {str(f): 100 * call / (f * plain) for f in LOG_FREQS},
+        "step_ms_spread": {"plain": [min(times[False]), max(times[False])],
+                           "logging": [min(times[True]), max(times[True])]},
     }
 
 
@@ -81,13 +82,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama_1b", choices=sorted(MODEL_SETTINGS))
     parser.add_argument("--compile", default="on", choices=("on", "off"))
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed block (default 20)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first, compiling both graphs (default 5)")
     parser.add_argument("--out", default="benchmarks/results", help="output directory (default benchmarks/results)")
     args = parser.parse_args(argv)
-    if args.steps < 10 or args.warmup < 2:
-        print(f"error: --steps {args.steps} must be >= 10 and --warmup {args.warmup} >= 2 (the A/B logs every "
-              "10th step; the warmup must run a logging step)", file=sys.stderr)
+    if args.steps < 3 or args.warmup < 2:
+        print(f"error: --steps {args.steps} must be >= 3 and --warmup {args.warmup} >= 2 (the warmup must run a "
+              "logging step)", file=sys.stderr)
         return 2
     with distributed_session("auto") as env:
         result = bench(args, env)
