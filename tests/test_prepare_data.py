@@ -287,3 +287,23 @@ def test_count_tokens_re_encodes_the_documents_with_another_vocabulary(tmp_path,
     assert capsys.readouterr().out.splitlines()[-1] == f"total: {stored:,} as stored, {full:,} re-encoded"
     assert count_main([str(output), "--shards-tokenizer.max_vocab", "0"]) == 2
     assert "was tokenized with cl100k_base (first 512 ranks)" in _last_error_line(capsys)
+
+
+@pytest.mark.parametrize(("path", "kept"), [
+    ("usr/share/doc/python3.11/html/library/os.html", True),
+    ("usr/share/doc/debian-handbook/html/en-US/sect.ldap-directory.html", True),
+    ("usr/share/doc/debian-handbook/html/de-DE/sect.ldap-directory.html", False),  # another locale
+    ("usr/share/doc/linux-doc-6.1/html/translations/zh_CN/index.html", False),
+    ("usr/share/doc/python3.11/html/_sources/library/os.rst.txt", False),  # not a page
+    ("usr/share/doc/python3.11/html/_static/basic.html", False),  # Sphinx's own files
+    ("usr/share/doc/python3.11/html/genindex-A.html", False),
+    ("usr/share/doc/python3.11/html/py-modindex.html", False),
+    ("usr/share/doc/openjdk-17-jre-headless/api/index-files/index-1.html", False),  # javadoc listings
+    ("usr/share/doc/openjdk-17-jre-headless/api/java.base/java/lang/class-use/String.html", False),
+    ("usr/share/doc/openjdk-17-jre-headless/api/java.base/java/lang/String.html", True),
+    ("usr/share/doc/openjdk-17-jre-headless/api/overview-tree.html", False),
+])
+def test_html_docs_skip_generated_and_translated_pages(path, kept):
+    from scripts.html_docs import is_content_page
+
+    assert is_content_page(path) is kept
