@@ -136,6 +136,8 @@ class Trainer:
         self.step_lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a float: no sync)
         self.optimizer.step()
         self.scheduler.step()
+        if logging and self.cfg.metrics.log_weight_std:  # here, as train() frees the grads before log_step
+            self.extra_values.update(self.weight_stats.compute())
         return local_loss, grad_norm
 
     @torch.no_grad()
@@ -234,8 +236,6 @@ class Trainer:
         values["memory/peak_gib"] = peak_memory_gib(env.device)
         if self.cfg.metrics.val_freq and (step % self.cfg.metrics.val_freq == 0 or step == t.steps):
             values["loss/val"] = self.validate()
-        if self.cfg.metrics.log_weight_std:
-            values.update(self.weight_stats.compute())
         values.update(self.activation_stats.compute())
         values.update(self.extra_values)
         self.extra_values.clear()

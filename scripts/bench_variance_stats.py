@@ -41,10 +41,10 @@ def step_ms(trainer: Trainer, step: int, logging: bool) -> float:
     """Wall ms of one optimizer step between device syncs; a logging step includes both reductions."""
     sync(trainer.env.device)
     start = time.perf_counter()
-    trainer.train_step(step, logging)
+    trainer.train_step(step, logging)  # a logging step ends in WeightStats.compute()
     if logging:
-        trainer.weight_stats.compute()
         trainer.activation_stats.compute()
+        trainer.extra_values.clear()
     trainer.optimizer.zero_grad(set_to_none=True)
     sync(trainer.env.device)
     return 1e3 * (time.perf_counter() - start)
