@@ -80,8 +80,9 @@ def bench(args, env) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="llama_1b", choices=sorted(MODEL_SETTINGS))
-    parser.add_argument("--compile", default="on", choices=("on", "off"))
+    parser.add_argument("--model", default="llama_1b", choices=sorted(MODEL_SETTINGS),
+                        help="model setting of scripts/bench_gpu.py (default llama_1b)")
+    parser.add_argument("--compile", default="on", choices=("on", "off"), help="torch.compile the blocks (default on)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first, compiling both graphs (default 5)")
     parser.add_argument("--out", default="benchmarks/results", help="output directory (default benchmarks/results)")
