@@ -135,6 +135,7 @@ def test_activation_checkpointing_recomputation_does_not_count_twice():
     assert len(calls) == 2  # the attention ran twice (forward + recomputation), its statistics once
 
 
+@pytest.mark.slow
 def test_compiled_blocks_match_eager_with_and_without_checkpointing():
     model = tiny_model("gpt2", n_layers=2, dim=32, n_heads=2)
     eager = measured_statistics(model, ActivationStats(model), batch())

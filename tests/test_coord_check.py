@@ -32,6 +32,7 @@ def hidden(slopes: dict[str, float]) -> dict[str, float]:
     return {metric: slope for metric, slope in slopes.items() if metric.startswith(HIDDEN)}
 
 
+@pytest.mark.slow
 def test_mup_coordinates_stay_flat_in_width(width_slopes):
     mup = hidden(width_slopes["mup"])
     assert len(mup) == 9 and all(abs(s) < MUP_FLAT for s in mup.values()), mup
@@ -39,6 +40,7 @@ def test_mup_coordinates_stay_flat_in_width(width_slopes):
     assert all(s <= 0 for m, s in width_slopes["mup"].items() if m.startswith("attn_logit_max")), width_slopes["mup"]
 
 
+@pytest.mark.slow
 def test_sp_coordinates_grow_with_width(width_slopes):
     sp = hidden(width_slopes["sp"])
     assert len(sp) == 9 and all(s > SP_GROWS for s in sp.values()), sp

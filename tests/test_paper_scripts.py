@@ -96,6 +96,7 @@ def quick_propagation(tmp_path_factory):
     return json.loads(stdout.getvalue()), out
 
 
+@pytest.mark.slow
 def test_kaiming_keeps_the_forward_moment_while_small_and_large_sigma_vanish_and_explode(quick_propagation):
     result, _ = quick_propagation
     setup = result["measured"]["setup"]
@@ -132,6 +133,7 @@ def test_per_seed_ratio_summary_by_hand():
     assert row["backward_ratio_ci95_low"] == pytest.approx(3.0) == row["backward_ratio_ci95_high"]
 
 
+@pytest.mark.slow
 def test_propagation_writes_csv_and_a_small_figure(quick_propagation):
     _, out = quick_propagation
     rows = read_csv(out / "variance_propagation.csv")
@@ -145,6 +147,7 @@ def test_propagation_writes_csv_and_a_small_figure(quick_propagation):
 
 
 # ----------------------------------------------------------------------------- sigma sweep
+@pytest.mark.slow
 def test_quick_sweep_has_25_sigmas_and_the_extreme_regimes(tmp_path):
     assert mlp_std_sweep.main(["--quick", "--out", str(tmp_path)]) == 0
     rows = read_csv(tmp_path / "sweep.csv")
@@ -198,6 +201,7 @@ def test_sweep_cli_reports_a_missing_mnist_path_and_writes_nothing(tmp_path):
 
 
 # ----------------------------------------------------------------------------- Kaiming vs Xavier
+@pytest.mark.slow
 def test_kaiming_vs_xavier_quick_writes_both_methods(tmp_path):
     assert kaiming_vs_xavier.main(["--quick", "--out", str(tmp_path)]) == 0
     summary = read_csv(tmp_path / "kaiming_vs_xavier.csv")
@@ -245,6 +249,7 @@ def test_kaiming_and_xavier_init_stds_match_their_formulas():
         assert all(float(m.bias.detach().abs().max()) == 0.0 for m in linears)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_flags_divergence():
     data = common.load_digits_split()
     assert (len(data.y_train), len(data.y_test), data.n_features, data.n_classes) == (1347, 450, 64, 10)
