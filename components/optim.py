@@ -2,7 +2,9 @@
 
 Weight decay is decided per parameter from its role (models.common.role_of): norm weights, biases
 (linear and LayerNorm biases alike) and the token/position embeddings can each be kept out of
-decay by the ``decay_*`` flags of the [optimizer] table; every other matrix is decayed.
+decay by the ``decay_*`` flags of the [optimizer] table; every other matrix is decayed. A
+[parametrization] (init_schemes/parametrization.py; μP, CompleteP) multiplies each tensor's lr, weight
+decay and eps by its factors, which splits the groups further.
 
 ``clip_grad_norm_`` computes the L2 norm over all gradients without gathering any full tensor:
 each rank sums the squares of its local shards, and the sums are all-reduced only over the mesh
