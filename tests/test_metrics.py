@@ -189,8 +189,11 @@ def test_first_nonfinite_names_layer_role_and_kind():
     with torch.no_grad():
         model.layers["3"].attn.k.weight[0, 7] = float("nan")
     assert first_nonfinite(model) == "layers.03 attn.k weight (layers.3.attn.k.weight)"
-    model.layers["1"].mlp_norm.bias.grad[0] = float("-inf")  # earlier in model order than layer 3
-    assert first_nonfinite(model) == "layers.01 bias grad (layers.1.mlp_norm.bias)"
+    model.layers["1"].mlp_norm.bias.grad[0] = float("-inf")  # earlier in model order than layer 3, but a grad:
+    assert first_nonfinite(model) == "layers.03 attn.k weight (layers.3.attn.k.weight)"  # a bad weight is the cause
+    with torch.no_grad():
+        model.layers["3"].attn.k.weight[0, 7] = 0.0
+    assert first_nonfinite(model) == "layers.01 bias grad (layers.1.mlp_norm.bias)"  # then grads in model order
 
 
 @pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
