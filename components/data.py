@@ -272,9 +272,15 @@ def _ensure_embedded(cfg: Data, tokenizer: TextTokenizer, root: Path, max_bytes:
             shutil.rmtree(target)
     total_bytes = sum(size for _, _, size in files)
     source = f"Python standard library: {len(files)} .py files, {total_bytes / 1e6:.1f} MB under {root}"
+    print(f"initlab: tokenizing the embedded corpus once ({source}) into {target}", file=sys.stderr, flush=True)
+    next_report = 0.25
     try:
         with ShardWriter(target, tokenizer, source, cfg.val_fraction) as writer:
             for start in range(0, len(files), _ENCODE_CHUNK):
+                if start / len(files) >= next_report:  # a line per quarter: readable in a job log, unlike \r bars
+                    print(f"initlab: tokenized {start:,}/{len(files):,} files ({start / len(files):.0%})",
+                          file=sys.stderr, flush=True)
+                    next_report += 0.25
                 chunk = files[start:start + _ENCODE_CHUNK]
                 texts = [path.read_text(encoding="utf-8", errors="replace") for _, path, _ in chunk]
                 for (rel, _, _), ids in zip(chunk, tokenizer.encode_batch(texts)):

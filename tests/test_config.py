@@ -120,3 +120,24 @@ def test_train_py_bad_config_exits_nonzero_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: unknown key training.stepz (command line); did you mean 'steps'?"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_explicit_checkpoint_interval_turns_saving_on_unless_enable_false_outranks_it(tmp_path):
+    assert load_config(["--checkpoint.interval", "50"])[0].checkpoint.enable  # CLI interval, default enable
+    toml = tmp_path / "off.toml"
+    toml.write_text("[checkpoint]\nenable = false\n")
+    assert load_config(["--config", str(toml), "--checkpoint.interval", "50"])[0].checkpoint.enable  # CLI > TOML
+    both = tmp_path / "both.toml"
+    both.write_text("[checkpoint]\nenable = false\ninterval = 50\n")
+    assert not load_config(["--config", str(both)])[0].checkpoint.enable  # the TOML says both: enable wins
+    assert not load_config(["--checkpoint.interval", "50", "--checkpoint.enable", "false"])[0].checkpoint.enable
+    assert not load_config([])[0].checkpoint.enable  # the default interval alone saves nothing
+
+
+def test_resume_accepts_toml_booleans_and_the_auto_mode(tmp_path):
+    toml = tmp_path / "r.toml"
+    toml.write_text("[checkpoint]\nresume = true\n")
+    assert load_config(["--config", str(toml)])[0].checkpoint.resume == "true"
+    assert load_config([])[0].checkpoint.resume == "auto"
+    with pytest.raises(ConfigError, match=r"checkpoint.resume = 'sometimes' is not allowed"):
+        load_config(["--checkpoint.resume", "sometimes"])
