@@ -218,6 +218,21 @@ def test_resume_applies_a_new_lr_and_length_and_refuses_corrupt_bytes(finished_r
     assert set(manifest) == {data_file, ".metadata"}
 
 
+def test_an_async_save_killed_mid_write_is_never_loaded_and_the_run_resumes_bitwise(finished_run, tmp_path):
+    """async_mode: the process dies in the background thread while step 8 is written (data files, no .metadata)."""
+    argv = train_args(tmp_path, "async", "--checkpoint.async_mode", "async")
+    doomed = tmp_path / "async" / "checkpoints" / ".tmp_step_8"
+    proc = python(["tests/train_main_worker.py", json.dumps([{"argv": argv, "crash_in_save_of": str(doomed)}])],
+                  check=False)
+    folder = tmp_path / "async" / "checkpoints"
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    assert complete_steps(folder) == [4] and partial_dirs(folder) == [doomed]
+    assert json.loads((folder / "step_4" / MANIFEST).read_text())  # the async save's checksums made it in
+    python(["train.py", *argv])  # the requeued job: resumes step 4, removes the partial save
+    assert complete_steps(folder) == [4, 8, 12] and partial_dirs(folder) == []
+    assert logged_losses(tmp_path / "async") == logged_losses(finished_run)  # async saves restore exactly
+
+
 # ---------------------------------------------------------------------------- failing saves
 @pytest.mark.multiprocess
 def test_a_save_beyond_the_file_size_quota_is_one_line_and_leaves_no_checkpoint(finished_run, tmp_path):
