@@ -62,6 +62,7 @@ def finished_run(tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------------------------ signals
 @pytest.mark.multiprocess
+@pytest.mark.multiprocess
 def test_sigterm_saves_exits_75_and_the_same_command_resumes_bitwise(finished_run, tmp_path):
     job = start_train(tmp_path, "run")
     _, stderr = signal_after_checkpoint(job, tmp_path / "run" / "checkpoints", signal.SIGTERM)
@@ -75,6 +76,7 @@ def test_sigterm_saves_exits_75_and_the_same_command_resumes_bitwise(finished_ru
 
 
 @pytest.mark.multiprocess
+@pytest.mark.multiprocess
 def test_ctrl_c_is_one_line_exit_130_and_a_checkpoint(tmp_path):
     job = start_train(tmp_path, "run")
     _, stderr = signal_after_checkpoint(job, tmp_path / "run" / "checkpoints", signal.SIGINT)
@@ -86,6 +88,7 @@ def test_ctrl_c_is_one_line_exit_130_and_a_checkpoint(tmp_path):
 
 
 # ------------------------------------------------------------------------------- lock, starts
+@pytest.mark.multiprocess
 @pytest.mark.multiprocess
 def test_a_live_lock_holder_stops_a_second_job_at_once_and_a_killed_one_does_not(tmp_path):
     run_dir = tmp_path / "run"
@@ -106,6 +109,7 @@ def test_a_live_lock_holder_stops_a_second_job_at_once_and_a_killed_one_does_not
     lock.release()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.multiprocess
 def test_a_run_killed_before_its_first_checkpoint_is_restarted_by_the_same_command(tmp_path):
     command = train_args(tmp_path, "run", "--checkpoint.interval", "100")  # the only save: the last step
@@ -184,6 +188,7 @@ def resume_argv(run_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.multiprocess
+@pytest.mark.multiprocess
 def test_resume_applies_a_new_lr_and_length_and_refuses_corrupt_bytes(finished_run, tmp_path):
     data_file = "__0_0.distcp"
     for name in ("longer", "bitflip", "bitflip_unchecked"):
@@ -218,6 +223,7 @@ def test_resume_applies_a_new_lr_and_length_and_refuses_corrupt_bytes(finished_r
     assert set(manifest) == {data_file, ".metadata"}
 
 
+@pytest.mark.multiprocess
 def test_an_async_save_killed_mid_write_is_never_loaded_and_the_run_resumes_bitwise(finished_run, tmp_path):
     """async_mode: the process dies in the background thread while step 8 is written (data files, no .metadata)."""
     argv = train_args(tmp_path, "async", "--checkpoint.async_mode", "async")
@@ -235,8 +241,9 @@ def test_an_async_save_killed_mid_write_is_never_loaded_and_the_run_resumes_bitw
 
 # ---------------------------------------------------------------------------- failing saves
 @pytest.mark.multiprocess
+@pytest.mark.multiprocess
 def test_a_save_beyond_the_file_size_quota_is_one_line_and_leaves_no_checkpoint(finished_run, tmp_path):
-    """RLIMIT_FSIZE = a real per-process file quota: DCP's write fails (EFBIG) inside its CheckpointException."""
+    """(``finished_run`` first builds the token cache, which the quota would stop.) RLIMIT_FSIZE = a real per-process file quota: DCP's write fails (EFBIG) inside its CheckpointException."""
     limit = 256 * 1024  # metrics and config fit; the ~2 MB checkpoint file does not
 
     def quota():
@@ -254,6 +261,7 @@ def test_a_save_beyond_the_file_size_quota_is_one_line_and_leaves_no_checkpoint(
 
 
 # ------------------------------------------------------------------------------ non-finite
+@pytest.mark.multiprocess
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("where, culprit", [
     ("weight", "non-finite at step 1; first non-finite: layers.01 attn.q weight (layers.1.attn.q.weight)"),
