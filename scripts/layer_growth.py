@@ -202,8 +202,8 @@ def write_csvs(groups: list[SeedGroup], roles: list[str], growth: dict, summary:
                     s = growth[group.name, role][run_seed(run)]
                     for i, layer in enumerate(s["layers"]):
                         writer.writerow([group.name, run.name, run_seed(run), role, layer, s["steps"][0],
-                                         s["steps"][-1], repr(s["std"][i, 0]), repr(s["std"][i, -1]),
-                                         repr(s["growth"][i, -1])])
+                                         s["steps"][-1], repr(float(s["std"][i, 0])), repr(float(s["std"][i, -1])),
+                                         repr(float(s["growth"][i, -1]))])
     for name, header, rows in (("growth_summary.csv", ["group", "role", "quantity"], summary),
                                ("depth_profile.csv", ["group", "statistic", "step", "layer"], profile)):
         with open(out_dir / name, "w", newline="") as f:
