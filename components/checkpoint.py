@@ -427,8 +427,10 @@ class Checkpointer:
 
     def _finalize(self, step: int, digests: dict[str, str], started: float) -> None:
         """After every rank wrote its part: the manifest, then rename .tmp_step_N -> step_N (rank 0), then prune."""
-        gathered: list[dict[str, str] | None] = [None] * self.env.world_size
-        dist.all_gather_object(gathered, digests)
+        gathered: list[dict[str, str] | None] = [digests]
+        if dist.is_initialized():  # (a seed checkpoint may be written by a process without a group)
+            gathered = [None] * self.env.world_size
+            dist.all_gather_object(gathered, digests)
         if self.env.is_main:
             tmp, final = self.folder / f".tmp_step_{step}", self.folder / f"step_{step}"
             if self.cfg.verify_checksums:

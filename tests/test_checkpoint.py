@@ -53,9 +53,10 @@ def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """{relative path: (size, mtime_ns)} of every file and directory under ``root``."""
+    """{relative path: (size, mtime_ns)} of every file and directory under ``root``, but the run-directory
+    locks: a refused launch may leave an empty ``.lock`` (components/run_dir.py), which holds no data."""
     return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
+            for p in sorted(root.rglob("*")) if p.name != ".lock"}
 
 
 def resume_args(run_dir: Path, *extra: str) -> list[str]:
@@ -171,7 +172,7 @@ def one_process_runs(reference, tmp_path_factory) -> dict:
         shutil.copy(reference / name, no_ckpt / name)
     corrupt_data, corrupt_meta, other_shape = root / "corrupt_data", root / "corrupt_meta", root / "other_shape"
     for copy in (corrupt_data, corrupt_meta, other_shape):
-        shutil.copytree(reference, copy)
+        shutil.copytree(reference, copy, ignore=shutil.ignore_patterns("finished.json"))  # as if still running
     data_file = corrupt_data / "checkpoints" / "step_12" / "__1_0.distcp"
     data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
     meta_file = corrupt_meta / "checkpoints" / "step_12" / ".metadata"
@@ -245,7 +246,7 @@ def test_seed_checkpoint_holds_the_initial_weights_only_and_resumes_like_a_fresh
     ("no_ckpt", "holds no complete checkpoint (only partial saves: .tmp_step_4)"),
     ("corrupt_data", "step_12/__1_0.distcp is truncated"),
     ("corrupt_meta", "step_12/.metadata is corrupt"),
-    ("other_shape", "tensor layers.0.mlp.gate.weight is [192, 64] in the checkpoint but [96, 64] in the model"),
+    ("other_shape", "with a different experiment (model.ffn_dim: None -> 96)"),  # refused before any load
 ])
 def test_bad_resume_input_is_one_line_error_and_changes_nothing(one_process_runs, case, message):
     result = one_process_runs["results"][case]
