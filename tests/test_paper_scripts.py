@@ -218,14 +218,15 @@ def test_kaiming_vs_xavier_quick_writes_both_methods(tmp_path):
     paired = {r["quantity"]: r for r in read_csv(tmp_path / "kaiming_vs_xavier_paired.csv")}
     log_loss = paired["ln_final_loss"]
     assert int(log_loss["seeds"]) == 5
-    # The paired mean is the difference of the two methods' means of ln(final loss), whatever the pairing.
+    # The paired mean is the difference of the two methods' means of ln(final loss), whatever the pairing
+    # (to the CSV's 6 significant digits).
     assert float(log_loss["xavier_minus_kaiming"]) == pytest.approx(
-        float(log_loss["xavier_mean"]) - float(log_loss["kaiming_mean"]), abs=1e-9)
+        float(log_loss["xavier_mean"]) - float(log_loss["kaiming_mean"]), abs=2e-5)
     low, high = float(log_loss["ci95_low"]), float(log_loss["ci95_high"])
     assert log_loss["verdict"] == ("differs" if low > 0 or high < 0 else "not resolved")
     spread = paired["std_ln_final_loss (xavier / kaiming)"]
     assert float(spread["xavier_minus_kaiming"]) == pytest.approx(
-        float(spread["xavier_mean"]) / float(spread["kaiming_mean"]), rel=1e-9)
+        float(spread["xavier_mean"]) / float(spread["kaiming_mean"]), rel=2e-5)
     assert 0 <= float(spread["p_value"]) <= 1
 
 
