@@ -174,22 +174,26 @@ def int_list(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("width", "depth"), default="width")
-    parser.add_argument("--family", choices=("llama", "gpt2"), default="llama")
+    parser.add_argument("--mode", choices=("width", "depth"), default="width",
+                        help="scan widths (μP check) or depths (CompleteP check)")
+    parser.add_argument("--family", choices=("llama", "gpt2"), default="llama", help="model family")
     parser.add_argument("--parametrizations", type=lambda s: s.split(","), default=None,
                         help="comma list (default: sp,mup for width; mup,completep for depth)")
-    parser.add_argument("--widths", type=int_list, default=[64, 128, 256, 512, 1024])
-    parser.add_argument("--depths", type=int_list, default=[2, 4, 8, 16, 32])
+    parser.add_argument("--widths", type=int_list, default=[64, 128, 256, 512, 1024],
+                        help="comma list of widths d (features) of the width scan")
+    parser.add_argument("--depths", type=int_list, default=[2, 4, 8, 16, 32],
+                        help="comma list of depths L (blocks) of the depth scan")
     parser.add_argument("--width", type=int, default=128, help="width of the depth scan (features)")
     parser.add_argument("--depth", type=int, default=2, help="depth of the width scan (blocks)")
-    parser.add_argument("--base-width", type=int, default=64)
-    parser.add_argument("--base-depth", type=int, default=2)
+    parser.add_argument("--base-width", type=int, default=64, help="parametrization.base_width (features)")
+    parser.add_argument("--base-depth", type=int, default=2, help="parametrization.base_depth (blocks)")
     parser.add_argument("--steps", type=int, default=4, help="AdamW steps (measured: steps 0..N)")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2, help="seeds averaged per point (count)")
     parser.add_argument("--batch", type=int, default=4, help="sequences of 64 tokens per step")
     parser.add_argument("--lr", type=float, default=1e-2, help="AdamW peak lr at the base shape")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/coord_check"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/coord_check"),
+                        help="directory for the CSV, slopes JSON and figure")
     parser.add_argument("extra", nargs="*", help="more --section.key value overrides for every model, after --")
     opts = parser.parse_args(argv)
     if opts.parametrizations is None:

@@ -155,8 +155,10 @@ def float_list(text: str) -> list[float]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("width", "depth"), default="width")
-    parser.add_argument("--config", type=Path, default=Path("train_configs/debug.toml"))
+    parser.add_argument("--mode", choices=("width", "depth"), default="width",
+                        help="sweep lr x width (μP) or lr x depth (CompleteP)")
+    parser.add_argument("--config", type=Path, default=Path("train_configs/debug.toml"),
+                        help="train.py config the swept models start from")
     parser.add_argument("--parametrizations", type=lambda s: s.split(","), default=None,
                         help="comma list (default: sp,mup for width; mup,completep for depth)")
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=None,
@@ -165,12 +167,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma list of optimizer.lr (default 2^-12 .. 2^-4)")
     parser.add_argument("--width", type=int, default=128, help="width of the depth sweep (features)")
     parser.add_argument("--depth", type=int, default=2, help="depth of the width sweep (blocks)")
-    parser.add_argument("--base-width", type=int, default=64)
-    parser.add_argument("--base-depth", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--val-batches", type=int, default=4)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("outputs/lr_transfer"))
+    parser.add_argument("--base-width", type=int, default=64, help="parametrization.base_width (features)")
+    parser.add_argument("--base-depth", type=int, default=2, help="parametrization.base_depth (blocks)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
+    parser.add_argument("--val-batches", type=int, default=4, help="validation batches for each final loss (count)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", type=Path, default=Path("outputs/lr_transfer"),
+                        help="directory for the CSV, optima JSON and figures")
     parser.add_argument("extra", nargs="*", help="more --section.key value overrides for every run, after --")
     opts = parser.parse_args(argv)
     if opts.parametrizations is None:
