@@ -332,6 +332,9 @@ def claim_run_dir(cfg: Config, lock: RunDirLock | None) -> RunStart:
     run_dir = Path(cfg.job.output_dir) / cfg.job.run_name
 
     def decide() -> RunStart:
+        if cfg.checkpoint.resume == "true" and not run_dir.is_dir():
+            raise ConfigError(f"--checkpoint.resume true but run directory {run_dir} does not exist; check "
+                              "--job.output_dir/--job.run_name, or use --checkpoint.resume auto to start it")
         lock.acquire()
         resume = "false" if cfg.checkpoint.create_seed_checkpoint else cfg.checkpoint.resume
         start = plan_start(run_dir, resume, cfg.training.steps)

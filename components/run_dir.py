@@ -67,10 +67,11 @@ class RunDirLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
         self.fd: int | None = None
-        self.created_dir = False
+        self.created_dirs: list[Path] = []
 
     def acquire(self) -> None:
-        self.created_dir = not self.path.parent.exists()
+        missing = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
+        self.created_dirs = missing  # deepest first: what release() may remove again
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -88,13 +89,17 @@ class RunDirLock:
 
     def release(self) -> None:
         """Unlock. The file stays (unlinking a lock file lets two processes lock two different inodes), except
-        in a directory this lock created that holds nothing else: a launch that stopped at once leaves no trace."""
+        in a directory this lock created that holds nothing else: a launch that stopped at once leaves no trace
+        (nor the output directories created for it)."""
         if self.fd is None:
             return
         os.ftruncate(self.fd, 0)
-        if self.created_dir and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+        if self.created_dirs and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
             self.path.unlink()
-            self.path.parent.rmdir()
+            for directory in self.created_dirs:  # the run dir, then the output dirs this lock made for it
+                if any(directory.iterdir()):
+                    break
+                directory.rmdir()
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None

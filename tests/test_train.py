@@ -119,6 +119,8 @@ def tree_state(root: Path) -> dict[str, tuple[int, str]]:
     """{relative path: (mtime_ns, sha256 of the contents or 'dir')} of everything under ``root``."""
     state = {}
     for path in sorted(root.rglob("*")):
+        if path.name == ".lock":  # the run-directory lock: touched by every launch, holds no data
+            continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
         state[str(path.relative_to(root))] = (path.stat().st_mtime_ns, digest)
     return state
@@ -458,7 +460,8 @@ def refused(single, out) -> dict:
     short_corpus = out / "short_corpus"
     make_short_corpus(short_corpus)
     cases = {
-        "rerun": run_args(out, "existing", *TINY, "--training.steps", "2"),
+        "rerun": run_args(out, "existing", *TINY, "--training.steps", "2", "--checkpoint.resume", "false"),
+        "rerun_auto": run_args(out, "existing", *TINY, "--training.steps", "2"),
         "resume_missing": run_args(base / "resume_missing", "r", *TINY, "--checkpoint.resume", "true"),
         "bad_key": run_args(base / "bad_key", "r", *TINY, "--training.stepz", "3"),
         "bad_tokenizer": run_args(base / "bad_tokenizer", "r", *TINY, "--tokenizer.name", "/nonexistent.tiktoken"),
@@ -476,7 +479,7 @@ def refused(single, out) -> dict:
     before = tree_state(out / "existing")
     results = run_in_one_process(cases, out / "_refused")
     runs = {name: as_run(result, base / name, "r") for name, result in results.items()}
-    runs["rerun"].run_dir = out / "existing"
+    runs["rerun"].run_dir = runs["rerun_auto"].run_dir = out / "existing"
     return {"runs": runs, "existing_before": before}
 
 
@@ -486,8 +489,16 @@ def test_rerun_into_existing_run_dir_is_refused_and_changes_nothing(refused, out
     line = one_line_error(run.stderr)
     assert "already exists" in line and "--checkpoint.resume" in line and str(out / "existing") in line
     before, after = refused["existing_before"], tree_state(out / "existing")
-    assert {"config.toml", "metrics.jsonl", "checkpoints/step_2"} <= set(before)
+    assert {"config.toml", "metrics.jsonl", "checkpoints/step_2", "finished.json"} <= set(before)
     assert after == before
+
+
+def test_rerun_of_a_finished_run_does_nothing(refused, out):
+    """The default resume = auto: the same command again finds the run complete and changes nothing."""
+    run = refused["runs"]["rerun_auto"]
+    assert run.rc == 0 and run.stderr == ""
+    assert f"run {out / 'existing'} already trained all 2 steps; nothing to do" in run.stdout
+    assert tree_state(out / "existing") == refused["existing_before"]
 
 
 def test_resume_of_missing_run_dir_is_refused_and_creates_nothing(refused):
