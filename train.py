@@ -209,7 +209,8 @@ class Trainer:
     def stopped(self, step: int, saved: bool) -> RunStopped:
         where = (f"saved checkpoint step_{step}; the same command resumes it" if saved else
                  "no checkpoint saved (checkpoint.enable = false)")
-        return RunStopped(f"stopped at step {step}/{self.cfg.training.steps} on {self.stop.reason}; {where}",
+        reason = self.stop.reason or "another rank's stop request"  # the ranks agreed; the signal may be elsewhere
+        return RunStopped(f"stopped at step {step}/{self.cfg.training.steps} on {reason}; {where}",
                           self.stop.exit_code())
 
     def raise_if_nonfinite(self, first_bad_step: torch.Tensor) -> None:
