@@ -123,9 +123,9 @@ def plan_start(run_dir: Path, resume: str, total_steps: int) -> RunStart:
     """Decide fresh / resume / finished for ``checkpoint.resume`` = auto | true | false (no file is touched).
 
     auto resumes the newest complete checkpoint; without one, a directory holding only an attempt that
-    never saved is reused (its files are moved to ``abandoned/`` by :func:`set_aside_attempt`), and a run
-    that finished without checkpoints is refused. A run that already finished all ``total_steps`` is
-    "finished": the same command resubmitted does nothing.
+    never saved is reused (its files are moved to ``abandoned/`` by :func:`set_aside_attempt`). A run that
+    already trained all ``total_steps`` is "finished": the same command resubmitted does nothing; asked for
+    more steps, it continues from its last checkpoint, or is refused if it kept none.
     """
     checkpoints = complete_steps(run_dir / "checkpoints")
     files = attempt_files(run_dir)
@@ -135,9 +135,9 @@ def plan_start(run_dir: Path, resume: str, total_steps: int) -> RunStart:
             raise ConfigError(f"run directory {run_dir} already exists; use --checkpoint.resume auto to continue it, "
                               "or choose another --job.run_name")
         return RunStart("fresh")
-    if finished is not None and finished >= total_steps and checkpoints and checkpoints[-1] >= total_steps:
-        return RunStart("finished", f"run {run_dir} already trained all {finished} steps; nothing to do "
-                                    "(raise --training.steps to continue it)")
+    if finished is not None and finished >= total_steps:
+        more = "raise --training.steps to continue it" if checkpoints else "it kept no checkpoint to continue from"
+        return RunStart("finished", f"run {run_dir} already trained all {finished} steps; nothing to do ({more})")
     if checkpoints:
         return RunStart("resume")
     if resume == "true":
@@ -146,8 +146,8 @@ def plan_start(run_dir: Path, resume: str, total_steps: int) -> RunStart:
                           f"{f' (only partial saves: {partial})' if partial else ''}; use --checkpoint.resume auto "
                           "to start there, or choose another --job.run_name")
     if finished is not None:
-        raise ConfigError(f"run {run_dir} finished {finished} steps without a checkpoint to continue from; "
-                          "choose another --job.run_name")
+        raise ConfigError(f"run {run_dir} finished {finished} steps without a checkpoint to continue from to "
+                          f"{total_steps}; choose another --job.run_name")
     if files:
         return RunStart("fresh", f"{run_dir} holds no complete checkpoint (an earlier attempt stopped before its "
                                  f"first save): its files move to {run_dir / ABANDONED_DIR}/ and the run starts over")

@@ -148,8 +148,9 @@ def test_plan_start_for_every_directory_state(tmp_path):
     assert plan_start(attempt, "auto", 8).mode == "finished"
     assert plan_start(attempt, "auto", 10).mode == "resume"  # more steps asked: continue the finished run
     shutil.rmtree(attempt / "checkpoints")
-    with pytest.raises(ConfigError, match="finished 8 steps without a checkpoint"):
-        plan_start(attempt, "auto", 8)
+    assert plan_start(attempt, "auto", 8).note.endswith("nothing to do (it kept no checkpoint to continue from)")
+    with pytest.raises(ConfigError, match="finished 8 steps without a checkpoint to continue from to 10"):
+        plan_start(attempt, "auto", 10)
 
 
 def test_default_run_names_are_new_directories(tmp_path):
