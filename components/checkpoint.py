@@ -1,4 +1,5 @@
-"""Sharded DCP checkpoints that are atomic, exact on resume and reshardable, plus initial-weight loading.
+"""Sharded DCP resume checkpoints: atomic, exact on resume, reshardable, checksummed, optionally asynchronous.
+(Initial weights from elsewhere, ``init.from_checkpoint``, are components/weights_import.py's.)
 
 Layout under ``<run_dir>/checkpoints/``:
 ``step_<N>/`` is a complete ``torch.distributed.checkpoint`` directory. A save writes into
@@ -13,7 +14,9 @@ Contents: the model and optimizer through ``get/set_model_state_dict`` and
 1 -> 2 ranks), every other Stateful object (LR schedule, data position, train state) pickled into
 one leaf each, and the torch CPU/CUDA RNG states of all ranks. ``step_0`` (the seed checkpoint,
 ``save(0)``) holds the model only, as in torchtitan; resuming from it restores the weights and
-leaves the optimizer fresh. The seed checkpoint is never pruned.
+leaves the optimizer fresh. The seed checkpoint is never pruned. Before the rename, rank 0 writes
+``checksums.json`` (CRC-32 of every file, each rank hashing its own); a resume verifies it. Every
+failure, DCP's ``CheckpointException`` (a BaseException) included, becomes one CheckpointError line.
 """
 
 from __future__ import annotations
@@ -272,7 +275,7 @@ def describe_failure(err: BaseException) -> str:
 
 
 def newest_complete(folder: Path, below: int | None = None) -> str:
-    """'step_N' of the newest complete checkpoint (older than ``below`` if given), or a phrase saying none."""
+    """Path of the newest complete checkpoint (older than ``below`` if given), or a phrase saying there is none."""
     steps = [s for s in complete_steps(folder) if below is None or s < below]
     return f"{folder / f'step_{steps[-1]}'}" if steps else "none (no complete checkpoint)"
 
