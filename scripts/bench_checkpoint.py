@@ -21,6 +21,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scripts.report_common import read_metrics  # noqa: E402
+
 VARIANTS = {  # name -> train.py overrides
     "sync_save": ["--checkpoint.async_mode", "disabled", "--training.nonfinite_check", "step"],
     "async_save": ["--checkpoint.async_mode", "async", "--training.nonfinite_check", "step"],
@@ -29,7 +33,7 @@ VARIANTS = {  # name -> train.py overrides
 
 
 def summarize(run_dir: Path) -> dict:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir / "metrics.jsonl")
     blocked = [r["checkpoint/blocked_s"] for r in records if r.get("checkpoint/blocked_s") is not None]
     steady = records[2:]  # after step 1 and the first interval
     rates, mfus = [r["throughput/tokens_per_sec"] for r in steady], [r["mfu"] for r in steady if "mfu" in r]
