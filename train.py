@@ -25,6 +25,7 @@ from components.config import Config, ConfigError, help_text, load_config, parse
 from components.data import TokenBatches, TokenDataset, ensure_dataset
 from components.lr_schedule import build_lr_scheduler
 from components.metrics import (
+    MFU_TAGS,
     MetricsLogger,
     NonFiniteLossError,
     first_nonfinite,
@@ -48,10 +49,10 @@ from components.run_dir import (
 from components.tokenizer import build_tokenizer
 from components.weight_stats import WeightStats
 from distributed.env import DistEnv, any_and_all, barrier, decided_by_rank0, distributed_session
-from distributed.parallelize import compile_enabled
+from distributed.parallelize import compile_enabled, reshards_after_forward, start_micro_batch
 from init_schemes.base import DEFAULT_BASE_STD
 from models import build_model
-from models.common import count_params, flops_per_token
+from models.common import FLOP_CONVENTIONS, count_params, flops_per_token
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Trainer:
         self.val_batches = (TokenBatches(TokenDataset(data_path, "val"), t.seq_len, t.global_batch_size,
                                          cfg.job.seed) if cfg.metrics.val_freq else None)
         self.model, self.model_args, self.initializer = build_model_and_init(cfg, self.tokenizer.n_vocab, env)
+        self.keep_gathered = not reshards_after_forward(cfg.parallelism, env)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, env.device, self.initializer.parametrization)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.lr_scheduler, t.steps)
         self.state = TrainState()
@@ -98,9 +100,9 @@ class Trainer:
             "model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.scheduler,
             "data": self.train_batches, "train": self.state})
         self.n_params = count_params(self.model)
-        self.flops_per_token = flops_per_token(
-            self.model_args, count_params(self.model, exclude_embeddings=True), t.seq_len,
-            count_params(self.model, exclude_embeddings=True, trainable_only=True))
+        # MFU under both conventions (models/common.py): "mfu" is torchtitan's; they differ for a tied head.
+        self.flops_per_token = {convention: flops_per_token(self.model, self.model_args, t.seq_len, convention)
+                                for convention in FLOP_CONVENTIONS}
         self.peak_flops = peak_flops(env.device)
         grad_stats = cfg.metrics.log_grad_stats or cfg.metrics.log_variance_stats
         self.weight_stats = WeightStats(self.model, grad_stats=grad_stats)
@@ -113,7 +115,7 @@ class Trainer:
     def forward_backward_step(self, tokens: torch.Tensor, is_last_micro: bool, measure: bool = False) -> torch.Tensor:
         """tokens [b, T+1] -> mean next-token loss of this microbatch / accum (detached), grads accumulated."""
         inputs, targets = tokens[:, :-1].to(self.env.device), tokens[:, 1:].to(self.env.device)
-        self.model.set_requires_gradient_sync(is_last_micro)  # reduce-scatter once per optimizer step
+        start_micro_batch(self.model, is_last_micro, self.keep_gathered)  # reduce-scatter once per step
         with self.activation_stats.capture(measure):  # this forward only: AC's recomputation is not measured
             logits = self.model(inputs)
         loss = self.loss_fn(logits, targets) / self.accum_steps
@@ -233,7 +235,8 @@ class Trainer:
         values["throughput/tokens_per_sec"] = tokens_per_sec
         values["throughput/tokens_per_sec_per_device"] = tokens_per_sec / env.world_size
         if self.peak_flops:
-            values["mfu"] = mfu(tokens_per_sec / env.world_size, self.flops_per_token, self.peak_flops)
+            for convention, flops in self.flops_per_token.items():
+                values[MFU_TAGS[convention]] = mfu(tokens_per_sec / env.world_size, flops, self.peak_flops)
         values["memory/peak_gib"] = peak_memory_gib(env.device)
         if self.cfg.metrics.val_freq and (step % self.cfg.metrics.val_freq == 0 or step == t.steps):
             values["loss/val"] = self.validate()
@@ -251,6 +254,8 @@ def console_line(step: int, total: int, values: dict, clock: StepClock) -> str:
     0:01:23 elapsed, ETA 0:02:05``"""
     val = f" val {values['loss/val']:.4f}" if "loss/val" in values else ""
     mfu_part = f" | MFU {100 * values['mfu']:.1f}%" if "mfu" in values else ""
+    if values.get("mfu_all_matmuls", values.get("mfu")) != values.get("mfu"):  # a tied head: say both
+        mfu_part += f" (all matmuls {100 * values['mfu_all_matmuls']:.1f}%)"
     return (f"step {step:>{len(str(total))}}/{total} | loss {values['loss/train']:.4f}{val} | lr {values['lr']:.2e} | "
             f"gnorm {values['grad_norm']:.3f} | {values['throughput/tokens_per_sec']:,.0f} tok/s{mfu_part} | "
             f"mem {values['memory/peak_gib']:.1f} GiB | {hms(clock.elapsed())} elapsed, "
@@ -379,13 +384,16 @@ def dry_run(cfg: Config) -> None:
         freeze_all_but_adapters(model)
     n_params, n_no_emb = count_params(model), count_params(model, exclude_embeddings=True)
     n_trainable = count_params(model, exclude_embeddings=True, trainable_only=True)
+    flops = {convention: flops_per_token(model, args, cfg.training.seq_len, convention)
+             for convention in FLOP_CONVENTIONS}
     print(to_toml(cfg))
     print(f"# model: {args.family} {cfg.model.flavor}: L={args.n_layers} d={args.dim} heads={args.n_heads}/"
           f"{args.n_kv_heads} d_ff={args.ffn_dim} vocab={args.vocab_size}")
     print(f"# parameters: {n_params:,} ({n_no_emb:,} without embeddings)")
     if n_trainable != n_no_emb:
         print(f"# trainable: {n_trainable:,} parameters without embeddings (the rest frozen)")
-    print(f"# training FLOPs/token: {flops_per_token(args, n_no_emb, cfg.training.seq_len, n_trainable):,}")
+    print(f"# training FLOPs/token: {flops['non_embedding']:,} (6 N_non-embedding + attention, torchtitan's MFU "
+          f"convention); {flops['all_matmuls']:,} counting every matmul (tied head included)")
 
 
 def run(cfg: Config, config_path: str | None = None) -> dict:

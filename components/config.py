@@ -237,8 +237,10 @@ class Parallelism:
     """FSDP shard group size (ranks); -1 = all ranks not used for replication."""
     data_parallel_replicate_degree: int = 1
     """HSDP replica groups (ranks); >1 gives replicate x shard."""
-    reshard_after_forward: bool = True
-    """FSDP2: free gathered parameters after forward (less memory, one more all-gather)."""
+    reshard_after_forward: bool | None = None
+    """FSDP2: free gathered parameters after forward (less memory, one more all-gather per micro-batch); false
+    also keeps them gathered between the micro-batches of a step. Omit for auto: false when each shard group
+    is one rank (nothing is freed by resharding there, only copies are added), true otherwise."""
 
 
 @dataclass

@@ -251,6 +251,10 @@ def peak_flops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key.lower() in name), None)
 
 
+# Logged tag of the MFU under each FLOP convention of models/common.py flops_per_token ("mfu" is torchtitan's).
+MFU_TAGS = {"non_embedding": "mfu", "all_matmuls": "mfu_all_matmuls"}
+
+
 def mfu(tokens_per_sec_per_device: float, flops_per_token: float, peak: float) -> float:
     """Model FLOPs utilisation: achieved FLOP/s per device over the device's peak (fraction, not %)."""
     if not peak > 0:

@@ -48,6 +48,13 @@ def mixed_precision(training, device: torch.device) -> MixedPrecisionPolicy:
                                 reduce_dtype=DTYPES[training.mixed_precision_reduce])
 
 
+def reshards_after_forward(parallelism, env: DistEnv) -> bool:
+    """``parallelism.reshard_after_forward``, auto (None) resolved: no resharding when a shard group is one rank."""
+    if parallelism.reshard_after_forward is not None:
+        return parallelism.reshard_after_forward
+    return env.mesh.size(env.mesh.ndim - 1) > 1  # the shard dimension is the last mesh dimension
+
+
 def apply_fsdp(model: nn.Module, env: DistEnv, mp: MixedPrecisionPolicy, reshard_after_forward: bool) -> None:
     """fully_shard each block, then the root; on a 2-D mesh this is HSDP (replicate x shard)."""
     blocks = list(model.layers.values())
@@ -58,10 +65,19 @@ def apply_fsdp(model: nn.Module, env: DistEnv, mp: MixedPrecisionPolicy, reshard
     fully_shard(model, mesh=env.mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
 
 
+def start_micro_batch(model: nn.Module, is_last: bool, keep_gathered: bool) -> None:
+    """FSDP2 before each micro-batch of a step: reduce-scatter the gradients only after the last; with
+    ``keep_gathered`` (no resharding after forward) also keep the gathered parameters until then, so the
+    step all-gathers once instead of once per micro-batch (they are resharded before the optimizer step)."""
+    model.set_requires_gradient_sync(is_last)
+    if keep_gathered:
+        model.set_reshard_after_backward(is_last)
+
+
 def parallelize(model: nn.Module, env: DistEnv, parallelism, training, compile_cfg, ac_cfg) -> nn.Module:
     """AC -> compile -> FSDP2, in place; returns the model."""
     apply_activation_checkpointing(model, ac_cfg.mode, ac_cfg.every_k)
     if compile_enabled(compile_cfg.enable, env.device):
         apply_compile(model)
-    apply_fsdp(model, env, mixed_precision(training, env.device), parallelism.reshard_after_forward)
+    apply_fsdp(model, env, mixed_precision(training, env.device), reshards_after_forward(parallelism, env))
     return model

@@ -271,15 +271,40 @@ def count_params(model: nn.Module, exclude_embeddings: bool = False, trainable_o
     return total
 
 
-def flops_per_token(args: ModelArgs, n_params_no_emb: int, seq_len: int, n_trainable_no_emb: int | None = None) -> int:
-    """Training FLOPs per token: 6N matmul FLOPs + 12 L H Q T (attention scores/values, forward and backward).
+FLOP_CONVENTIONS = ("non_embedding", "all_matmuls")
 
-    6N = 2N forward + 2N for the input gradients + 2N for the weight gradients; frozen tensors
-    (LoRA fine-tuning) skip the last, so with N_t trainable it is 4N + 2N_t.
+
+def flops_per_token(model: nn.Module, args: ModelArgs, seq_len: int, convention: str = "non_embedding") -> int:
+    """Training FLOPs per token of ``model`` (built on any device, ``meta`` too) under a named convention.
+
+    Both count 6 FLOPs per parameter (a matmul weight does 2 forward + 2 for the input gradient + 2 for
+    the weight gradient; a frozen tensor, as in LoRA fine-tuning, skips the last: 4; norm weights and
+    biases are counted alike, as torchtitan does, though they do no matmul) plus 12 L H Q T for attention
+    scores and values, forward and backward, causal masking ignored (PaLM, Chowdhery et al. 2022, App. B).
+    They differ only in a tied LM head (GPT-2), whose matmul uses the token embedding:
+
+    - ``non_embedding``: 6 N_non-embedding + 12 L H Q T, torchtitan's convention (torchtitan 0.2.2,
+      ``torchtitan/models/utils.py: get_dense_model_nparams_and_flops``): embedding tables are left out,
+      and with them the tied head's d x V matmul (GPT-2 124M: 38.6 M of its 124.5 M parameters).
+    - ``all_matmuls``: every matmul the step runs, the tied head's 6 V d included, as nanoGPT's
+      ``estimate_mfu`` counts it (model.py: its N keeps ``wte``, which is the head, and drops ``wpe``).
+
+    For untied models (Llama) the two are equal: the head is its own tensor.
     """
-    trainable = n_params_no_emb if n_trainable_no_emb is None else n_trainable_no_emb
-    matmuls = 4 * n_params_no_emb + 2 * trainable
-    return matmuls + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
+    if convention not in FLOP_CONVENTIONS:
+        raise ValueError(f"FLOP convention {convention!r} is unknown; use one of {', '.join(FLOP_CONVENTIONS)}")
+    matmul_flops = 0
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        role = role_of(name)
+        used_as_head = role == "tok_embedding" and args.tie_embeddings and convention == "all_matmuls"
+        if role in ("tok_embedding", "pos_embedding") and not used_as_head:
+            continue
+        matmul_flops += (6 if param.requires_grad else 4) * param.numel()
+    return matmul_flops + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
 
 
 ActivationFn = Callable[[torch.Tensor], torch.Tensor]

@@ -1,41 +1,80 @@
-"""Throughput, MFU, memory and weight-std logging cost of initlab's trainer on one GPU.
+"""Throughput and MFU of initlab's trainer on one GPU, one lever at a time.
 
-    python scripts/bench_gpu.py [--models gpt2_124m,llama_1b] [--compile on,off] [--steps 20]
-                                [--warmup 5] [--out benchmarks/results] [--profile]
+    python scripts/bench_gpu.py [--models gpt2_124m,llama_1b] [--variants before,keep_gathered,...]
+                                [--steps 10] [--warmup 5] [--profile current] [--out benchmarks/results]
+                                [--torchtitan-summary tt.json]
 
-For each model x compile setting it builds the real Trainer (FSDP2 on a world of one, bf16
-compute / fp32 reduce, flash SDPA), runs ``warmup`` steps, then times ``steps`` optimizer steps
-with a device sync only at the ends. Logging cost is measured twice: the synchronized time of one
-``WeightStats.compute()`` call (median of 10), and an A/B of ``steps`` steps with the std
-reduction every step against none. Results go to ``<out>/<device>.json``. On a CPU, ``--quick``
-runs the same code on the debug flavor (a dry run of the script, not a benchmark).
+Each model runs at its stated speed point (``MODEL_SETTINGS``: sequence length, micro-batch and
+accumulation steps of one optimizer step). Each variant (``VARIANTS``) is the code's defaults plus a
+few overrides, so a lever's effect is its variant against ``before`` (this round's starting point,
+the previous defaults) or ``current`` against both. For every model x variant it builds the real
+Trainer (FSDP2 on a world of one, bf16 compute / fp32 reduce, flash SDPA, compiled blocks), runs
+``warmup`` optimizer steps, then times ``steps`` with a device sync only at the ends, and appends one
+record to ``<out>/<device>.json``: the date, torch version, git commit, batch, compile, tokens/s and MFU
+under both FLOP conventions (models/common.py ``flops_per_token``: ``mfu`` = torchtitan's
+6 N_non-embedding + attention, ``mfu_all_matmuls`` = every matmul, the tied head included).
+``--torchtitan-summary`` appends the JSON of benchmarks/torchtitan/run_torchtitan.py to the same file,
+with the same fields, so both trainers of one lease sit side by side. ``--profile VARIANT`` also writes a
+torch.profiler summary of 3 steps of that variant to ``<out>/profiles/``. On a CPU, ``--quick`` runs the
+same code on the debug flavor (a dry run of the script, not a benchmark).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from components.config import load_config  # noqa: E402
+from components.metrics import MFU_TAGS  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
-from scripts.bench_common import std_call_ms, timed_steps  # noqa: E402
+from distributed.parallelize import compile_enabled  # noqa: E402
+from scripts.bench_common import timed_steps  # noqa: E402
 from train import Trainer  # noqa: E402
 
+# model -> (config, sequence length, sequences per micro-batch, micro-batches per optimizer step).
 MODEL_SETTINGS = {
-    # model -> (config file, overrides): one GPU, batch per step = one forward pass.
-    "gpt2_124m": ("train_configs/gpt2_124m/scaled_output.toml",
-                  ["--training.seq_len", "1024", "--training.global_batch_size", "32", "--training.local_batch_size", "0"]),
-    "llama_1b": ("train_configs/llama_1b/depth_aware.toml",
-                 ["--training.seq_len", "2048", "--training.global_batch_size", "4", "--training.local_batch_size", "0"]),
-    "debug": ("train_configs/debug.toml", ["--training.global_batch_size", "4"]),
+    # One GPU's share of the family's 8-GPU step: 512 x 1024 tokens / 8 = 64 sequences, as 4 x 16.
+    "gpt2_124m": ("train_configs/gpt2_124m/scaled_output.toml", 1024, 16, 4),
+    # The issue's speed point: 8 x 2048 tokens per micro-batch (fits an 80 GB H100), 2 per step.
+    "llama_1b": ("train_configs/llama_1b/depth_aware.toml", 2048, 8, 2),
+    "debug": ("train_configs/debug.toml", 128, 4, 2),
 }
-LOG_FREQS = (1, 10, 100)
+# variant -> (overrides, sequences per micro-batch or None for the model's); tokens per step stay fixed.
+RESHARD = ["--parallelism.reshard_after_forward", "true"]
+VARIANTS = {
+    "before": (RESHARD, None),  # the defaults this round started from
+    "keep_gathered": ([], None),  # auto: no resharding on a world of one, gathered once per step
+    "nonfinite_log": ([*RESHARD, "--training.nonfinite_check", "log"], None),
+    "micro_32": (RESHARD, 32),
+    "micro_64": (RESHARD, 64),
+    "current": ([], None),  # the code's and config's defaults as committed
+}
+
+
+def applies(model: str, variant: str) -> bool:
+    """Whether the variant's micro-batch divides the model's sequences per step (micro_64 does not fit debug)."""
+    _, _, model_micro, accum = MODEL_SETTINGS[model]
+    micro = VARIANTS[variant][1]
+    return micro is None or (model_micro * accum) % micro == 0
+
+
+def settings_argv(model: str, micro: int | None) -> tuple[str, list[str], int, int]:
+    """(config, overrides, micro, accumulation) for ``model`` with an optional micro-batch size."""
+    config, seq_len, model_micro, accum = MODEL_SETTINGS[model]
+    sequences = model_micro * accum
+    micro = micro or model_micro
+    return config, ["--training.seq_len", str(seq_len), "--training.global_batch_size", str(sequences),
+                    "--training.local_batch_size", str(micro)], micro, sequences // micro
 
 
 def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, steps: int = 3) -> None:
@@ -50,86 +89,129 @@ def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, ste
     lines = [f"{name}: wall {1e3 * wall / steps:.1f} ms/step, device kernels {device_ms:.1f} ms/step "
              f"(busy {100 * device_ms / (1e3 * wall / steps):.0f}%)"]
     if cuda:
-        lines.append(averages.table(sort_by="self_device_time_total", row_limit=25))
+        lines.append(averages.table(sort_by="self_device_time_total", row_limit=30))
     lines.append(averages.table(sort_by="self_cpu_time_total", row_limit=15))
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"profile_{name}.txt").write_text("\n".join(lines))
     print(lines[0], flush=True)
 
 
-def bench_one(model: str, compile_on: bool, args, env) -> dict:
-    config, overrides = MODEL_SETTINGS[model]
-    total = args.warmup + 3 * args.steps + 50
-    cfg, _ = load_config(["--config", config, *overrides, "--training.steps", str(total),
-                          "--compile.enable", str(compile_on).lower(), "--checkpoint.enable", "false",
-                          "--metrics.val_freq", "0", "--training.device", env.device.type,
-                          # One rank holds whole tensors: re-gathering them for backward would only copy.
-                          "--parallelism.reshard_after_forward", str(env.world_size > 1).lower()])
+def bench_one(model: str, variant: str, args, env, common: dict) -> dict:
+    overrides, micro = VARIANTS[variant]
+    config, batch, micro, accum = settings_argv(model, micro)
+    total = args.warmup + args.steps + 10
+    cfg, _ = load_config(["--config", config, *batch, "--training.steps", str(total), "--checkpoint.enable", "false",
+                          "--metrics.val_freq", "0", "--training.device", env.device.type, *overrides])
     trainer = Trainer(cfg, env)
     if env.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(env.device)
     timed_steps(trainer, 1, args.warmup)
-    step = args.warmup + 1
-    base_s = timed_steps(trainer, step, args.steps)
-    step += args.steps
-    with_std_s = timed_steps(trainer, step, args.steps, std_every=1)
-    step += args.steps
-    call_ms = std_call_ms(trainer)
-    step_s = base_s / args.steps
+    step_s = timed_steps(trainer, args.warmup + 1, args.steps) / args.steps
     tokens = cfg.training.global_batch_size * cfg.training.seq_len
-    tps = tokens / step_s
     result = {
-        "model": model, "compile": compile_on, "seq_len": cfg.training.seq_len,
-        "batch_sequences": cfg.training.global_batch_size, "params": trainer.n_params,
-        "flops_per_token": trainer.flops_per_token, "step_time_s": step_s,
-        "tokens_per_sec_per_device": tps,
-        "mfu": tps * trainer.flops_per_token / trainer.peak_flops if trainer.peak_flops else None,
-        "peak_memory_gib": (torch.cuda.max_memory_allocated(env.device) / 2**30
-                            if env.device.type == "cuda" else None),
-        "std_logging_ms_per_call": call_ms,
-        "std_logging_overhead_pct": {str(f): 100 * call_ms / 1e3 / (f * step_s) for f in LOG_FREQS},
-        "std_logging_ab_overhead_pct_at_freq_1": 100 * (with_std_s - base_s) / base_s,
+        **common, "trainer": "initlab", "model": model, "variant": variant, "overrides": overrides,
+        "compile": compile_enabled(cfg.compile.enable, env.device),
+        "seq_len": cfg.training.seq_len, "micro_batch_sequences": micro, "accumulation_steps": accum,
+        "tokens_per_step": tokens, "params": trainer.n_params,
+        "reshard_after_forward": not trainer.keep_gathered, "nonfinite_check": cfg.training.nonfinite_check,
+        "flops_per_token": trainer.flops_per_token, "step_time_s": step_s, "tokens_per_sec_per_device": tokens / step_s,
+        "peak_memory_gib": (torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None),
     }
-    if args.profile:
-        profile_summary(trainer, step, Path(args.out), f"{model}_compile_{int(compile_on)}")
+    for convention, flops in trainer.flops_per_token.items():
+        result[MFU_TAGS[convention]] = tokens / step_s * flops / trainer.peak_flops if trainer.peak_flops else None
+    if variant in args.profile:
+        profile_summary(trainer, args.warmup + args.steps + 1, Path(args.out) / "profiles", f"{model}_{variant}")
     del trainer
     if env.device.type == "cuda":
         torch.cuda.empty_cache()
     return result
 
 
-def main(argv: list[str]) -> int:
+def torchtitan_record(path: Path, common: dict) -> dict:
+    """run_torchtitan.py's summary with this file's fields (its MFU is torchtitan's non-embedding convention)."""
+    summary = json.loads(path.read_text())
+    if not summary.get("ok", True):
+        raise ValueError(f"{path}: the torchtitan run failed (ok = false); see its log")
+    return {**common, "trainer": "torchtitan 0.2.2", "model": "llama_1b", "variant": "torchtitan",
+            "compile": summary.get("compile"), "seq_len": summary.get("seq_len"),
+            "micro_batch_sequences": summary.get("local_batch_size"), "accumulation_steps": summary.get("grad_accum_steps"),
+            "tokens_per_step": summary.get("tokens_per_step_per_device"), "params": summary.get("num_params"),
+            "step_time_s": summary["step_time_s"], "tokens_per_sec_per_device": summary["tokens_per_sec_per_device"],
+            "mfu": summary["mfu"], "peak_memory_gib": summary.get("peak_memory_gib"),
+            "peak_memory_kind": "reserved", "source": str(path)}
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("INITLAB_COMMIT")  # the device machine's copy has no .git
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="gpt2_124m,llama_1b",
                         help=f"comma-separated models among {', '.join(MODEL_SETTINGS)} (default gpt2_124m,llama_1b)")
-    parser.add_argument("--compile", default="off,on", help="comma-separated torch.compile settings, off and/or on "
-                        "(default off,on)")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per setting (default 20)")
+    parser.add_argument("--variants", default="before,current",
+                        help=f"comma-separated variants among {', '.join(VARIANTS)} (default before,current)")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per variant (default 10)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before timing (default 5)")
     parser.add_argument("--out", default="benchmarks/results", help="directory of <device>.json "
                         "(default benchmarks/results)")
-    parser.add_argument("--profile", action="store_true", help="also write a torch.profiler summary per setting "
-                        "to <out>/profile_<model>_compile_<0|1>.txt")
+    parser.add_argument("--profile", default="", help="comma-separated variants to profile for 3 more steps")
+    parser.add_argument("--torchtitan-summary", type=Path, help="JSON of benchmarks/torchtitan/run_torchtitan.py "
+                        "from this lease, appended to <device>.json")
     parser.add_argument("--quick", action="store_true", help="CPU dry run on the debug flavor")
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.compile, args.steps, args.warmup = "debug", "off", 2, 1
-    unknown = set(args.models.split(",")) - set(MODEL_SETTINGS)
-    if unknown:
-        print(f"error: unknown --models {sorted(unknown)}; choose from {sorted(MODEL_SETTINGS)}", file=sys.stderr)
-        return 2
+        args.models, args.steps, args.warmup = "debug", 2, 1
+    args.profile = [v for v in args.profile.split(",") if v]
+    for option, chosen, known in (("--models", args.models.split(","), MODEL_SETTINGS),
+                                  ("--variants", args.variants.split(",") + args.profile, VARIANTS)):
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            parser.error(f"unknown {option} {unknown}; choose from {sorted(known)}")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     with distributed_session("auto") as env:
         device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
+        common = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                  "torch": torch.__version__, "device": device_name, "commit": git_commit()}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        record = {"device": device_name, "torch": torch.__version__, "results": []}
         path = out / f"{device_name.replace(' ', '_')}.json"
+        record = json.loads(path.read_text()) if path.exists() else {"device": device_name, "results": []}
+        new = [torchtitan_record(args.torchtitan_summary, common)] if args.torchtitan_summary else []
+        record["results"] += new
         for model in args.models.split(","):
-            for setting in args.compile.split(","):
-                record["results"].append(bench_one(model, setting == "on", args, env))
-                print(json.dumps(record["results"][-1]), flush=True)
+            for variant in args.variants.split(","):
+                if not applies(model, variant):
+                    print(f"{model}/{variant}: skipped (its micro-batch does not divide the step)", flush=True)
+                    continue
+                new.append(bench_one(model, variant, args, env, common))
+                record["results"].append(new[-1])
                 path.write_text(json.dumps(record, indent=2))  # after each entry: a cut-off run keeps its results
+                print(json.dumps(new[-1]), flush=True)
+        path.write_text(json.dumps(record, indent=2))
+        print(table(new))
     print(f"wrote {path}")
     return 0
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| trainer | model | variant | micro x accum | tokens/s | MFU (6N) | MFU (all matmuls) | peak GiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        mfus = [f"{100 * r[key]:.1f} %" if r.get(key) else "-" for key in ("mfu", "mfu_all_matmuls")]
+        memory = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") else "-"
+        lines.append(f"| {r['trainer']} | {r['model']} | {r['variant']} | {r['micro_batch_sequences']} x "
+                     f"{r['accumulation_steps']} | {r['tokens_per_sec_per_device']:,.0f} | {mfus[0]} | {mfus[1]} | "
+                     f"{memory} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ cost / (f x median(plain)). Writes ``<out>/variance_stats_<device>_<model>.json`
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import sys
@@ -31,7 +32,7 @@ from components.config import load_config  # noqa: E402
 from components.preemption import StopRequests  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
 from scripts.bench_common import sync  # noqa: E402
-from scripts.bench_gpu import MODEL_SETTINGS  # noqa: E402
+from scripts.bench_gpu import MODEL_SETTINGS, settings_argv  # noqa: E402
 from train import Trainer  # noqa: E402
 
 LOG_FREQS = (1, 10, 100)
@@ -51,12 +52,11 @@ def step_ms(trainer: Trainer, step: int, logging: bool) -> float:
 
 
 def bench(args, env) -> dict:
-    config, overrides = MODEL_SETTINGS[args.model]
-    cfg, _ = load_config(["--config", config, *overrides, "--training.steps", str(args.warmup + 2 * args.steps + 10),
+    config, batch, _, _ = settings_argv(args.model, None)
+    cfg, _ = load_config(["--config", config, *batch, "--training.steps", str(args.warmup + 2 * args.steps + 10),
                           "--compile.enable", str(args.compile == "on").lower(), "--checkpoint.enable", "false",
                           "--metrics.val_freq", "0", "--training.device", env.device.type,
-                          "--metrics.log_variance_stats", "true",
-                          "--parallelism.reshard_after_forward", str(env.world_size > 1).lower()])
+                          "--metrics.log_variance_stats", "true"])
     trainer = Trainer(cfg, env, StopRequests(watch_parent=False))
     for step in range(1, args.warmup + 1):  # both compiled variants (plain and measuring) are built here
         step_ms(trainer, step, logging=step % 2 == 0)
@@ -69,6 +69,7 @@ def bench(args, env) -> dict:
     return {
         "model": args.model, "compile": args.compile == "on", "device": env.device.type,
         "seq_len": cfg.training.seq_len, "batch_sequences": cfg.training.global_batch_size,
+        "micro_batch_sequences": trainer.micro_batch, "accumulation_steps": trainer.accum_steps,
         "n_activation_statistics": len(trainer.activation_stats.probes),
         "n_weight_tensors": len(trainer.weight_stats.tracked),
         "plain_step_ms": plain, "logging_step_ms": logged, "logging_call_ms": call,
@@ -97,7 +98,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"variance_stats_{device}_{args.model}.json"
-    path.write_text(json.dumps({"torch": torch.__version__, **result}, indent=2))
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    path.write_text(json.dumps({"torch": torch.__version__, "date": date, **result}, indent=2))
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return 0

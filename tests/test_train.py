@@ -151,7 +151,9 @@ def single_process_cases(out: Path) -> dict[str, list[str]]:
     extra = {
         "llama": EQUIVALENCE,
         "gpt2": [*EQUIVALENCE, "--model.name", "gpt2"],
-        "accumulation": [*EQUIVALENCE, "--training.local_batch_size", "1"],
+        "accumulation": [*EQUIVALENCE, "--training.local_batch_size", "1"],  # auto: gathered for all 4 micro-batches
+        "accumulation_resharded": [*EQUIVALENCE, "--training.local_batch_size", "1",
+                                   "--parallelism.reshard_after_forward", "true"],
         "ac_full": [*EQUIVALENCE, "--activation_checkpoint.mode", "full"],
         "ac_selective": [*EQUIVALENCE, "--activation_checkpoint.mode", "selective",
                          "--activation_checkpoint.every_k", "2"],
@@ -191,6 +193,13 @@ def two_rank_gpt2(out) -> Run:
 
 
 @pytest.fixture(scope="module")
+def two_rank_kept_gathered(out) -> Run:
+    """2 ranks, 2 micro-batches each, parameters gathered once per step and kept across micro-batches."""
+    return run_torchrun(out, "kept_gathered_2rank", 2, [*EQUIVALENCE, "--training.local_batch_size", "1",
+                                                         "--parallelism.reshard_after_forward", "false"])
+
+
+@pytest.fixture(scope="module")
 def hsdp(out) -> Run:
     return run_torchrun(out, "hsdp_4rank", 4, [*HSDP_REFERENCE, "--parallelism.data_parallel_replicate_degree", "2"])
 
@@ -220,6 +229,20 @@ def test_gradient_accumulation_matches_one_pass(single):
     for name in ("loss/train", "grad_norm"):
         assert_close_series(single["accumulation"].column(name), single["llama"].column(name),
                             REL_TOL_WORLD_SIZE, f"accumulation {name}")
+
+
+def test_parameters_kept_gathered_across_micro_batches(single, two_rank_kept_gathered):
+    """No resharding after forward keeps the gathered parameters for all micro-batches of a step (the auto
+    setting on one rank): bitwise the resharding run on one rank, and on 2 ranks x 2 micro-batches the
+    one-pass losses (1e-4), so no micro-batch or step ever computes with stale gathered weights."""
+    kept, resharded = single["accumulation"], single["accumulation_resharded"]
+    assert resharded.rc == 0, resharded.stderr
+    assert "reshard_after_forward = true" in (resharded.run_dir / "config.toml").read_text()
+    for name in ("loss/train", "grad_norm", "loss/val"):
+        assert kept.column(name) == resharded.column(name), name
+    for name in ("loss/train", "grad_norm", "loss/val"):
+        assert_close_series(two_rank_kept_gathered.column(name), single["llama"].column(name),
+                            REL_TOL_WORLD_SIZE, f"kept gathered, 2 ranks {name}")
 
 
 def test_hsdp_four_ranks_matches_one_process(single, hsdp):
