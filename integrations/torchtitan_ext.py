@@ -22,13 +22,16 @@ initlab's trainer), so both trainers' runs line up in one TensorBoard. docs/torc
 # No ``from __future__ import annotations``: torchtitan's ConfigManager merges JobConfig below into its own
 # dataclass and resolves the field types in its module, where a string "InitlabSection" means nothing.
 import dataclasses
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
+from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.components.metrics import MetricsProcessor
 from torchtitan.models import llama3
 from torchtitan.models.llama3.model.args import TransformerModelArgs
@@ -36,15 +39,21 @@ from torchtitan.models.llama3.model.model import Transformer
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
 from benchmarks.torchtitan.llama_1b_flavor import register as register_llama_1b_flavor
-from components.config import Config, ConfigError, Init, validate
+from components.config import Config, ConfigError, Data, Init, Tokenizer, validate
+from components.data import TokenBatches, TokenDataset, ensure_dataset, read_manifest
+from components.tokenizer import build_tokenizer
 from components.torchtitan_names import from_torchtitan
 from components.weight_stats import WeightStats
+from distributed.env import barrier
 from init_schemes import WeightInitializer
 from models import make_model_args
 from models.common import ModelArgs, canonical_name, layer_of, role_of
 
 TRAIN_SPEC_NAME = "initlab_llama3"
 TORCHTITAN_VERSION = "0.2.2"
+DEBUG_FLAVOR = "initlab_debug"
+"""initlab's llama "debug" shape (4 layers, d 128, 4 heads, 2 KV heads) with the 4097 ids of train_configs/debug.toml's
+tokenizer (cl100k's first 4096 tokens plus EOS): a torchtitan flavor small enough for a CPU, next to initlab's debug model."""
 
 
 @dataclass
@@ -55,6 +64,13 @@ class InitlabSection(Init):
     """Seed (integer) of the init draw, initlab's job.seed; omit to use torchtitan's debug.seed (0 when unset)."""
     log_weight_std: bool = True
     """Log weight_std/<role>/layer_<NN> on torchtitan's log steps (initlab's tags; one packed all-reduce)."""
+    dataset: str = ""
+    """initlab's token data instead of torchtitan's [training] dataset: "" = off (torchtitan's own data);
+    "embedded" = initlab's offline default corpus (initlab's default [tokenizer], cached in data_cache_dir);
+    or a directory written by initlab's scripts/prepare_data.py. Step k's batches are then bitwise initlab
+    train.py's for the same seed, training.seq_len and global batch (InitlabDataLoader)."""
+    data_cache_dir: str = ".cache/initlab"
+    """Directory (path) of initlab's token cache for dataset = "embedded" (initlab's data.cache_dir)."""
 
 
 @dataclass
@@ -99,7 +115,13 @@ class InitlabModelArgs(TransformerModelArgs):
             raise ConfigError(f"model.name = {TRAIN_SPEC_NAME!r} needs the [initlab] table; add "
                               "--job.custom_config_module integrations.torchtitan_ext")
         self.initlab = checked_section(section)
-        self.initlab_seed = section.seed if section.seed is not None else (job_config.debug.seed or 0)
+        self.initlab_seed = initlab_seed(job_config)
+
+
+def initlab_seed(job_config) -> int:
+    """initlab's job.seed inside torchtitan: initlab.seed, else torchtitan's debug.seed, else 0."""
+    section = job_config.initlab
+    return section.seed if section.seed is not None else (job_config.debug.seed or 0)
 
 
 def check_placements(name: str, param: torch.Tensor) -> None:
@@ -185,6 +207,108 @@ def build_metrics_processor(job_config, parallel_dims, model_args=None, tag: str
     return InitlabMetricsProcessor(job_config, parallel_dims, tag)
 
 
+class InitlabDataLoader(BaseDataLoader):
+    """torchtitan's dataloader protocol over initlab's (seed, step) -> global batch sampler (components/data.py).
+
+    torchtitan's trainer reads gradient_accumulation_steps = global / (local x dp) micro-batches per optimizer
+    step. Micro-batch m of step k (k from 1, as both trainers count) on dp rank r is rows
+    [r * global / dp + m * local, + local) of initlab's global batch k: the rows train.py's
+    ``Trainer.train_step`` gives that rank and micro-batch, so step k's tokens are bitwise initlab's.
+    Yields ``({"input": tokens[:, :-1]}, tokens[:, 1:])``, each [local, seq_len], as torchtitan's trainer expects.
+    """
+
+    def __init__(self, batches: TokenBatches, dp_rank: int, dp_world_size: int, local_batch_size: int):
+        per_rank = batches.global_batch_size // dp_world_size
+        self.batches, self.dp_rank, self.dp_world_size = batches, dp_rank, dp_world_size
+        self.local_batch_size, self.accum_steps = local_batch_size, per_rank // local_batch_size
+        self.first_row = dp_rank * per_rank
+        self.micro_batches_read = 0  # the state: torchtitan checkpoints after whole steps
+
+    def micro_batch(self, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Micro-batch ``index`` (0-based, over the whole run) of this rank."""
+        step, micro = divmod(index, self.accum_steps)
+        start = self.first_row + micro * self.local_batch_size
+        tokens = self.batches.get(step + 1, slice(start, start + self.local_batch_size))  # [local, seq_len + 1]
+        return {"input": tokens[:, :-1].contiguous()}, tokens[:, 1:].contiguous()
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        while True:  # endless: initlab's sampler starts a new epoch permutation when one runs out
+            index = self.micro_batches_read
+            self.micro_batches_read += 1  # before the yield: a checkpoint after this step counts it
+            yield self.micro_batch(index)
+
+    def state_dict(self) -> dict:
+        # Keyed by dp rank, as torchtitan's own dataloaders do (its checkpointer saves one state per rank).
+        return {f"dp_rank_{self.dp_rank}": {"micro_batches_read": self.micro_batches_read,
+                                            **self.batches.state_dict()}, "world_size": self.dp_world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:  # torchtitan passes {} when the checkpoint holds no dataloader state
+            return
+        if state.get("world_size") != self.dp_world_size:
+            raise ConfigError(f"the checkpoint's data loader ran on {state.get('world_size')} dp ranks, this run on "
+                              f"{self.dp_world_size}; resume with the same data-parallel degree")
+        mine = state[f"dp_rank_{self.dp_rank}"]
+        self.batches.load_state_dict(mine)  # one-line ValueError if seed, seq_len, batch or data changed
+        self.micro_batches_read = int(mine["micro_batches_read"])
+
+
+def initlab_token_dir(section: InitlabSection) -> Path:
+    """initlab's token-shard directory for ``initlab.dataset`` ("embedded" is built on first use, once per node)."""
+    data = Data(dataset=section.dataset, cache_dir=section.data_cache_dir)
+    if section.dataset == "embedded":
+        tokenizer = build_tokenizer(Tokenizer())  # initlab's default tokenizer, as train.py's default [tokenizer]
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            ensure_dataset(data, tokenizer)
+        barrier()
+        return ensure_dataset(data, tokenizer)
+    path = Path(section.dataset).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"initlab.dataset = {section.dataset!r} is not a directory; use \"embedded\" or a "
+                          "directory written by initlab's scripts/prepare_data.py --output DIR")
+    return path
+
+
+def check_initlab_data(job_config, token_dir: Path, dp_world_size: int) -> int:
+    """One-line ConfigError for a job that cannot read initlab's batches; returns the global batch (sequences)."""
+    t, args = job_config.training, llama3.llama3_args.get(job_config.model.flavor)
+    global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp_world_size
+    if global_batch % (t.local_batch_size * dp_world_size):
+        raise ConfigError(f"training.global_batch_size = {global_batch} is not a multiple of training.local_batch_size "
+                          f"{t.local_batch_size} x {dp_world_size} dp ranks; pick a multiple")
+    n_vocab = read_manifest(token_dir)["tokenizer"]["n_vocab"]
+    if args is not None and n_vocab > args.vocab_size:
+        raise ConfigError(f"initlab.dataset {token_dir} has {n_vocab} token ids but flavor {job_config.model.flavor!r} "
+                          f"embeds {args.vocab_size}; use a flavor with vocab_size >= {n_vocab}")
+    if args is not None and args.attn_type != "sdpa":
+        raise ConfigError(f"initlab.dataset needs attn_type 'sdpa' (flavor {job_config.model.flavor!r} has "
+                          f"{args.attn_type!r}, whose document masks need torchtitan's tokenizer); use an sdpa flavor")
+    if job_config.validation.enable:
+        raise ConfigError("initlab.dataset feeds training only (torchtitan's validator reads its own data with "
+                          "its tokenizer); set validation.enable = false")
+    return global_batch
+
+
+def build_dataloader(dp_world_size: int, dp_rank: int, tokenizer, job_config, **kwargs) -> BaseDataLoader:
+    """torchtitan's text dataloader, or with ``initlab.dataset`` set, initlab's batches (InitlabDataLoader)."""
+    section = job_config.initlab
+    if not section.dataset:
+        return llama3.get_train_spec().build_dataloader_fn(dp_world_size=dp_world_size, dp_rank=dp_rank,
+                                                           tokenizer=tokenizer, job_config=job_config, **kwargs)
+    token_dir = initlab_token_dir(section)
+    global_batch = check_initlab_data(job_config, token_dir, dp_world_size)
+    t = job_config.training
+    batches = TokenBatches(TokenDataset(token_dir, "train"), t.seq_len, global_batch, initlab_seed(job_config))
+    return InitlabDataLoader(batches, dp_rank, dp_world_size, t.local_batch_size)
+
+
+def build_tokenizer_fn(job_config):
+    """torchtitan's tokenizer, or none with ``initlab.dataset`` set (the batches are token ids already)."""
+    if getattr(job_config, "initlab", None) is not None and job_config.initlab.dataset:
+        return None
+    return llama3.get_train_spec().build_tokenizer_fn(job_config)
+
+
 class Flavors(Mapping):
     """torchtitan's llama3 flavors, read at lookup time (so flavors registered later count), as fresh
     InitlabModelArgs (field by field, so nested args stay objects and no lookup shares another's args)."""
@@ -204,15 +328,18 @@ def train_spec() -> TrainSpec:
     """torchtitan's llama3 TrainSpec with initlab's model init and weight statistics."""
     base = llama3.get_train_spec()
     return dataclasses.replace(base, model_cls=InitlabTransformer, model_args=Flavors(),
-                               build_metrics_processor_fn=build_metrics_processor)
+                               build_metrics_processor_fn=build_metrics_processor,
+                               build_dataloader_fn=build_dataloader, build_tokenizer_fn=build_tokenizer_fn)
 
 
 def register() -> None:
-    """Register ``initlab_llama3`` once (importing this module twice must not fail), and the
-    ``initlab_llama_1b`` flavor (initlab's llama_1b shape, benchmarks/torchtitan/llama_1b_flavor.py)."""
+    """Register ``initlab_llama3`` once (importing this module twice must not fail), and the flavors
+    ``initlab_llama_1b`` (initlab's llama_1b shape, benchmarks/torchtitan/llama_1b_flavor.py) and ``initlab_debug``."""
     from torchtitan.protocols import train_spec as registry
 
     register_llama_1b_flavor()
+    llama3.llama3_args.setdefault(DEBUG_FLAVOR, TransformerModelArgs(
+        dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=4097, multiple_of=64, rope_theta=10000))
     if TRAIN_SPEC_NAME not in registry._extra_train_specs:  # torchtitan has no public "is registered"
         register_train_spec(TRAIN_SPEC_NAME, train_spec())
 

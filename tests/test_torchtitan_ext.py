@@ -42,8 +42,8 @@ def build_on_meta(job_config):
         return spec.model_cls(args)
 
 
-def torchtitan_model(extra: list[str]) -> torch.nn.Module:
-    model = build_on_meta(parse_job_config(extra))
+def torchtitan_model(extra: list[str], flavor: str = "debugmodel") -> torch.nn.Module:
+    model = build_on_meta(parse_job_config(extra, flavor))
     model.to_empty(device="cpu")
     with torch.no_grad():
         model.init_weights()
@@ -161,3 +161,128 @@ def test_the_spec_without_the_initlab_table_is_a_one_line_error():
     with pytest.raises(ConfigError, match="^model.name = 'initlab_llama3' needs the \\[initlab\\] table; add "
                                           "--job.custom_config_module integrations.torchtitan_ext$"):
         build_on_meta(job_config)
+
+
+# ---------------------------------------------------------------- initlab's batches in torchtitan's trainer
+MAX_VOCAB = 4096  # train_configs/debug.toml's tokenizer.max_vocab: cl100k's first 4096 tokens, plus EOS
+DEBUG_VOCAB = MAX_VOCAB + 1  # the initlab_debug flavor's embedding rows
+
+
+@pytest.fixture(scope="module")
+def token_dir(tmp_path_factory) -> str:
+    """initlab's embedded corpus, first 300 kB of the stdlib, tokenized with debug.toml's 4096-token cl100k."""
+    from components.config import Data, Tokenizer
+    from components.data import ensure_dataset
+    from components.tokenizer import build_tokenizer
+
+    data = Data(dataset="embedded", cache_dir=str(tmp_path_factory.mktemp("cache")), val_fraction=0.0)
+    return str(ensure_dataset(data, build_tokenizer(Tokenizer(max_vocab=MAX_VOCAB)), max_bytes=300_000))
+
+
+def data_job_config(token_dir: str, local: int, global_: int, extra: tuple = ()):
+    return parse_job_config(["--initlab.dataset", token_dir, "--initlab.seed", "3", "--training.local_batch_size",
+                             str(local), "--training.global_batch_size", str(global_), *extra], flavor=ext.DEBUG_FLAVOR)
+
+
+def torchtitan_micro_batches(job_config, dp_rank: int, dp_world_size: int, count: int) -> list:
+    """The first ``count`` (input_dict, labels) the registered spec's dataloader gives torchtitan's trainer."""
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    spec = get_train_spec(ext.TRAIN_SPEC_NAME)
+    assert spec.build_tokenizer_fn(job_config) is None  # the batches are token ids already
+    loader = spec.build_dataloader_fn(dp_world_size=dp_world_size, dp_rank=dp_rank, tokenizer=None,
+                                      job_config=job_config)
+    batches = iter(loader)
+    return [next(batches) for _ in range(count)]
+
+
+def initlab_train_step_tokens(token_dir: str, dp_rank: int, dp_size: int, local: int, global_: int, steps: int):
+    """The token tensors [local, seq_len + 1] that train.py's Trainer.train_step reads, in order, for steps
+    1..steps as dp rank ``dp_rank`` of ``dp_size`` (a world of one whose env claims that rank: the rows are
+    chosen by train_step's own code; the forward/backward runs on the rows it read)."""
+    import train
+    from components.config import Compile, Data, Metrics, Tokenizer
+    from distributed.env import DistEnv, distributed_session
+
+    cfg = Config(job=Job(seed=3, run_name="unused"), model=Model(flavor="debug"), data=Data(dataset=token_dir),
+                 tokenizer=Tokenizer(max_vocab=MAX_VOCAB), metrics=Metrics(val_freq=0), compile=Compile(enable=False),
+                 training=Training(seq_len=SEQ, global_batch_size=global_, local_batch_size=local, device="cpu"))
+    with distributed_session("cpu") as env:
+        trainer = train.Trainer(cfg, env)
+        trainer.env = DistEnv(rank=dp_rank, world_size=dp_size, local_rank=0, device=env.device, mesh=env.mesh)
+        trainer.local_batch, trainer.micro_batch, trainer.accum_steps = train.batch_split(global_, dp_size, local)
+        read, get = [], trainer.train_batches.get
+        trainer.train_batches.get = lambda step, rows: read.append(get(step, rows)) or read[-1]
+        for step in range(1, steps + 1):
+            trainer.train_step(step, logging=False)
+    return read
+
+
+@pytest.mark.parametrize(("dp_size", "local", "global_"), [(1, 2, 8), (2, 2, 8)])
+def test_initlab_dataset_gives_torchtitan_initlabs_train_step_batches(token_dir, dp_size, local, global_):
+    accum = global_ // (local * dp_size)  # torchtitan's gradient_accumulation_steps
+    job_config = data_job_config(token_dir, local, global_)
+    for dp_rank in range(dp_size):
+        theirs = torchtitan_micro_batches(job_config, dp_rank, dp_size, 2 * accum)
+        ours = initlab_train_step_tokens(token_dir, dp_rank, dp_size, local, global_, steps=2)
+        assert len(ours) == len(theirs) == 2 * accum
+        for (inputs, labels), tokens in zip(theirs, ours):
+            assert list(inputs) == ["input"] and inputs["input"].shape == (local, SEQ)
+            assert torch.equal(inputs["input"], tokens[:, :-1]) and torch.equal(labels, tokens[:, 1:])
+    assert not torch.equal(theirs[0][1], theirs[accum][1])  # step 2 reads other windows than step 1
+
+
+def test_initlab_dataloader_resumes_after_the_checkpointed_micro_batches(token_dir):
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    job_config = data_job_config(token_dir, 2, 4)
+    build = get_train_spec(ext.TRAIN_SPEC_NAME).build_dataloader_fn
+    first = build(dp_world_size=1, dp_rank=0, tokenizer=None, job_config=job_config)
+    batches = iter(first)
+    straight = [next(batches) for _ in range(5)]
+    state = first.state_dict()
+    assert state["dp_rank_0"]["micro_batches_read"] == 5 and state["world_size"] == 1
+    resumed = build(dp_world_size=1, dp_rank=0, tokenizer=None, job_config=job_config)
+    resumed.load_state_dict(state)
+    inputs, labels = next(iter(resumed))
+    assert torch.equal(inputs["input"], first.micro_batch(5)[0]["input"]) and torch.equal(labels, next(batches)[1])
+    other_seed = build(dp_world_size=1, dp_rank=0, tokenizer=None,
+                       job_config=data_job_config(token_dir, 2, 4, ("--initlab.seed", "4")))
+    with pytest.raises(ValueError, match="^data loader state of the checkpoint does not match this run \\(seed 3 -> 4\\)"):
+        other_seed.load_state_dict(state)
+    assert not torch.equal(straight[0][1], next(iter(other_seed))[1])
+
+
+@pytest.mark.parametrize(("flags", "flavor", "message"), [
+    ([], "debugmodel", "initlab.dataset {dir} has 4097 token ids but flavor 'debugmodel' embeds 2048; use a flavor "
+                       "with vocab_size >= 4097"),
+    (["--validation.enable"], ext.DEBUG_FLAVOR, "initlab.dataset feeds training only (torchtitan's validator reads "
+                                                "its own data with its tokenizer); set validation.enable = false"),
+    (["--training.global_batch_size", "6"], ext.DEBUG_FLAVOR, "training.global_batch_size = 6 is not a multiple of "
+                                                              "training.local_batch_size 4 x 1 dp ranks; pick a multiple"),
+])
+def test_initlab_dataset_misfits_are_one_line_errors(token_dir, flags, flavor, message):
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    job_config = parse_job_config(["--initlab.dataset", token_dir, "--training.local_batch_size", "4", *flags], flavor)
+    with pytest.raises(ConfigError) as caught:
+        get_train_spec(ext.TRAIN_SPEC_NAME).build_dataloader_fn(dp_world_size=1, dp_rank=0, tokenizer=None,
+                                                                job_config=job_config)
+    assert str(caught.value) == message.format(dir=token_dir)
+
+
+def test_torchtitan_and_initlab_models_compute_the_same_loss(token_dir):
+    """The premise of the GPU comparison: same weights (the extension) and same RoPE (torchtitan's default Llama 3
+    scaling, factor 8, set in initlab) give the same logits, so equal batches give equal step-1 losses."""
+    import train
+
+    titan = torchtitan_model(["--initlab.scheme", "depth_aware", "--initlab.seed", "3"], ext.DEBUG_FLAVOR)
+    cfg = Config(job=Job(seed=3), model=Model(flavor="debug", vocab_size=DEBUG_VOCAB, rope_scaling_factor=8.0),
+                 init=Init(scheme="depth_aware"), training=Training(seq_len=SEQ))
+    ours = build_local_model(cfg, DEBUG_VOCAB)[0]
+    inputs, labels = torchtitan_micro_batches(data_job_config(token_dir, 2, 2), 0, 1, 1)[0]
+    with torch.no_grad():
+        theirs_logits, our_logits = titan(inputs["input"]), ours(inputs["input"])
+    assert (theirs_logits - our_logits).abs().max() < 1e-4  # fp32, different kernels for attention and RoPE
+    assert train.next_token_loss(theirs_logits, labels).item() == pytest.approx(
+        train.next_token_loss(our_logits, labels).item(), rel=1e-6)
