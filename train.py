@@ -131,16 +131,32 @@ class Trainer:
             tokens = self.train_batches.get(step, slice(start, start + self.micro_batch))
             local_loss += self.forward_backward_step(tokens, micro == self.accum_steps - 1, logging and micro == 0)
         grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.training.max_norm)  # untouched if non-finite
-        if self.cfg.training.nonfinite_check == "step" and not torch.isfinite(grad_norm):  # sync: before the update
+        checked = self.cfg.training.nonfinite_check == "step"
+        if checked and not self.guard_update(grad_norm):  # sync before the update: the kernel cannot skip it
             self.raise_nonfinite(step)
         if logging and self.weight_stats.grad_stats:
             self.weight_stats.snapshot()
         self.step_lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a float: no sync)
         self.optimizer.step()
+        if checked and self.optimizer.defaults["fused"] and not torch.isfinite(grad_norm):  # sync, the update queued
+            self.raise_nonfinite(step)
         self.scheduler.step()
         if logging and self.cfg.metrics.log_weight_std:  # here, as train() frees the grads before log_step
             self.extra_values.update(self.weight_stats.compute())
         return local_loss, grad_norm
+
+    def guard_update(self, grad_norm: torch.Tensor) -> bool:
+        """Make the coming optimizer step a no-op on device if ``grad_norm`` is not finite; False when it must be
+        checked on the host first instead (non-fused kernels), and is not finite.
+
+        Fused AdamW reads ``found_inf`` (the flag torch's GradScaler sets) and then leaves weights, moments and
+        step counts as they were, so the host reads the flag only after the update is queued and the device
+        never waits for it; the weights stay finite and the gradients stay in place for naming the culprit.
+        """
+        if self.optimizer.defaults["fused"]:
+            self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+            return True
+        return bool(torch.isfinite(grad_norm))
 
     @torch.no_grad()
     def validate(self) -> float:

@@ -43,29 +43,37 @@ from train import Trainer  # noqa: E402
 
 # model -> (config, sequence length, sequences per micro-batch, micro-batches per optimizer step).
 MODEL_SETTINGS = {
-    # One GPU's share of the family's 8-GPU step: 512 x 1024 tokens / 8 = 64 sequences, as 4 x 16.
-    "gpt2_124m": ("train_configs/gpt2_124m/scaled_output.toml", 1024, 16, 4),
+    # One GPU's share of the family's 8-GPU step: 512 x 1024 tokens / 8 = 64 sequences in one micro-batch.
+    "gpt2_124m": ("train_configs/gpt2_124m/scaled_output.toml", 1024, 64, 1),
     # The issue's speed point: 8 x 2048 tokens per micro-batch (fits an 80 GB H100), 2 per step.
     "llama_1b": ("train_configs/llama_1b/depth_aware.toml", 2048, 8, 2),
     "debug": ("train_configs/debug.toml", 128, 4, 2),
 }
-# variant -> (overrides, sequences per micro-batch or None for the model's); tokens per step stay fixed.
+# variant -> (overrides, sequences per micro-batch: None for the model's, or per model); tokens per step stay
+# fixed. "before" is where this round started: gathered weights freed after each forward and re-gathered for
+# backward and for every micro-batch, GPT-2 in micro-batches of 16.
 RESHARD = ["--parallelism.reshard_after_forward", "true"]
 VARIANTS = {
-    "before": (RESHARD, None),  # the defaults this round started from
-    "keep_gathered": ([], None),  # auto: no resharding on a world of one, gathered once per step
-    "nonfinite_log": ([*RESHARD, "--training.nonfinite_check", "log"], None),
-    "micro_32": (RESHARD, 32),
-    "micro_64": (RESHARD, 64),
-    "current": ([], None),  # the code's and config's defaults as committed
+    "before": (RESHARD, {"gpt2_124m": 16}),
+    "keep_gathered": ([], {"gpt2_124m": 16}),  # auto: no resharding on a world of one, gathered once per step
+    "nonfinite_log": ([*RESHARD, "--training.nonfinite_check", "log"], {"gpt2_124m": 16}),
+    "micro_32": (RESHARD, {"gpt2_124m": 32}),
+    "micro_64": (RESHARD, {"gpt2_124m": 64}),
+    "current": ([], None),  # the code's defaults at the model's setting
+    "current_nonfinite_log": (["--training.nonfinite_check", "log"], None),
 }
+
+
+def variant_micro(model: str, variant: str) -> int:
+    """Sequences per micro-batch of ``variant`` for ``model``."""
+    micro = VARIANTS[variant][1]
+    return (micro or {}).get(model, MODEL_SETTINGS[model][2])
 
 
 def applies(model: str, variant: str) -> bool:
     """Whether the variant's micro-batch divides the model's sequences per step (micro_64 does not fit debug)."""
-    _, _, model_micro, accum = MODEL_SETTINGS[model]
-    micro = VARIANTS[variant][1]
-    return micro is None or (model_micro * accum) % micro == 0
+    _, _, micro, accum = MODEL_SETTINGS[model]
+    return (micro * accum) % variant_micro(model, variant) == 0
 
 
 def settings_argv(model: str, micro: int | None) -> tuple[str, list[str], int, int]:
@@ -97,8 +105,8 @@ def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, ste
 
 
 def bench_one(model: str, variant: str, args, env, common: dict) -> dict:
-    overrides, micro = VARIANTS[variant]
-    config, batch, micro, accum = settings_argv(model, micro)
+    overrides = VARIANTS[variant][0]
+    config, batch, micro, accum = settings_argv(model, variant_micro(model, variant))
     total = args.warmup + args.steps + 10
     cfg, _ = load_config(["--config", config, *batch, "--training.steps", str(total), "--checkpoint.enable", "false",
                           "--metrics.val_freq", "0", "--training.device", env.device.type, *overrides])
@@ -142,11 +150,13 @@ def torchtitan_record(path: Path, common: dict) -> dict:
 
 
 def git_commit() -> str | None:
+    if os.environ.get("INITLAB_COMMIT"):  # the device machine's copy: its .git (if any) is not this tree's
+        return os.environ["INITLAB_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("INITLAB_COMMIT")  # the device machine's copy has no .git
+        return None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -268,7 +268,11 @@ def test_a_save_beyond_the_file_size_quota_is_one_line_and_leaves_no_checkpoint(
     ("weight", "non-finite at step 1; first non-finite: layers.01 attn.q weight (layers.1.attn.q.weight)"),
     ("grad", "non-finite at step 3; first non-finite: layers.00 mlp.out grad (layers.0.mlp.out.weight)"),
 ])
-def test_a_nan_is_caught_before_the_update_and_names_its_layer(tmp_path, where, culprit):
-    proc = python(["tests/nonfinite_worker.py", where, json.dumps(train_args(tmp_path, where))], check=False)
+@pytest.mark.parametrize("implementation", ["foreach", "fused"])
+def test_a_nan_is_caught_before_the_update_and_names_its_layer(tmp_path, where, culprit, implementation):
+    """foreach: the host checks the norm before the update; fused: the kernel skips the update on device
+    (found_inf) and the host checks after queueing it. Either way the culprit is the planted NaN."""
+    argv = train_args(tmp_path, where, "--optimizer.implementation", implementation)
+    proc = python(["tests/nonfinite_worker.py", where, json.dumps(argv)], check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: loss or gradient norm became " + culprit), proc.stderr[-2000:]
