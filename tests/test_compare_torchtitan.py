@@ -1,0 +1,90 @@
+"""scripts/compare_torchtitan.py on a real short initlab run (train.py on CPU) and torchtitan-style TensorBoard events.
+
+torchtitan 0.2.2's trainer cannot run on a CPU (its Trainer.__init__ calls torch.cuda.set_device), so the
+torchtitan side is written with the real ``torch.utils.tensorboard.SummaryWriter`` exactly as torchtitan's
+TensorBoardLogger writes (``add_scalar(tag, value, step)`` under ``<dump_folder>/tb/<YYYYmmdd-HHMM>/``): the
+initlab run's own values under torchtitan's loss tag and initlab's weight_std tags, with known changes that
+the script must find.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from scripts.compare_torchtitan import INITLAB_LOSS, TORCHTITAN_LOSS, main
+from scripts.report_common import load_run
+from tests.launch import python
+
+STEPS = 4
+LOSS_SHIFT = 0.004  # added to every torchtitan loss
+STD_SCALE = 1.001  # every torchtitan weight std
+OUTLIER = ("weight_std/mlp.out/layer_01", 3, 1.03)  # (tag, step, factor): the largest relative difference
+
+
+@pytest.fixture(scope="module")
+def initlab_run(tmp_path_factory):
+    """A 4-step llama debug run of train.py (2 layers, seq 32), every step logged."""
+    base = tmp_path_factory.mktemp("runs")
+    python(["train.py", "--config", "train_configs/debug.toml", "--model.n_layers", "2", "--training.seq_len", "32",
+            "--training.global_batch_size", "4", "--tokenizer.max_vocab", "512", "--training.steps", str(STEPS),
+            "--metrics.log_freq", "1", "--metrics.val_freq", "0", "--data.cache_dir", str(base / "cache"),
+            "--job.output_dir", str(base), "--job.run_name", "initlab", "--training.device", "cpu"],
+           env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    return base / "initlab"
+
+
+def write_torchtitan_events(folder, records: list[dict], skip_step1: bool = False) -> None:
+    writer = SummaryWriter(str(folder))
+    for record in records:
+        step = record["step"]
+        if not (skip_step1 and step == 1):
+            writer.add_scalar(TORCHTITAN_LOSS, record[INITLAB_LOSS] + LOSS_SHIFT, step)
+        for tag, value in record.items():
+            if tag.startswith("weight_std/"):
+                factor = OUTLIER[2] if (tag, step) == OUTLIER[:2] else STD_SCALE
+                writer.add_scalar(tag, value * factor, step)
+    writer.add_scalar("weight_std/only_torchtitan", 1.0, 1)
+    writer.close()
+
+
+def test_comparison_finds_the_loss_shift_and_the_largest_std_difference(initlab_run, tmp_path):
+    records = load_run(initlab_run).records
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    write_torchtitan_events(tmp_path / "tt" / "tb" / "20261129-0800", records)
+    out = tmp_path / "report"
+    assert main(["--torchtitan", str(tmp_path / "tt" / "tb"), "--initlab", str(initlab_run), "--out", str(out),
+                 "--steps", "2", "4", "50"]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    step1 = result["step1_loss"]
+    assert step1["initlab"] == records[0][INITLAB_LOSS]
+    assert step1["torchtitan"] == pytest.approx(records[0][INITLAB_LOSS] + LOSS_SHIFT, rel=1e-7)  # float32 events
+    assert step1["abs_diff"] == pytest.approx(LOSS_SHIFT, rel=1e-3)
+    assert sorted(result["loss_at"]) == ["2", "4"]  # step 50 was not run
+    assert result["loss_curve"]["steps"] == list(range(1, STEPS + 1))
+    worst = result["weight_std"]["max"]
+    assert (worst["tag"], worst["step"]) == OUTLIER[:2] and worst["rel_diff"] == pytest.approx(0.03, rel=1e-4)
+    assert result["weight_std"]["max_per_role"]["attn.q"] == pytest.approx(STD_SCALE - 1, rel=1e-3)
+    assert result["weight_std"]["tags_compared"] == len([t for t in records[0] if t.startswith("weight_std/")])
+    assert result["weight_std"]["only_torchtitan"] == ["weight_std/only_torchtitan"]
+    assert result["within_tolerance"] == {"step1_loss": True, "weight_std": False}  # defaults 0.01, 0.01
+    assert "| 1 | " in (out / "compare.md").read_text() and (out / "weight_std.png").stat().st_size > 10_000
+
+
+def test_bad_inputs_are_one_line_errors(initlab_run, tmp_path, capsys):
+    records = load_run(initlab_run).records
+    write_torchtitan_events(tmp_path / "two" / "a", records)
+    write_torchtitan_events(tmp_path / "two" / "b", records)
+    write_torchtitan_events(tmp_path / "no_step1", records, skip_step1=True)
+    cases = {
+        tmp_path / "two": "error: --torchtitan {p} holds the events of 2 runs ({p}/a, ...); pass one run's folder",
+        tmp_path / "no_step1": "error: the torchtitan run has no loss_metrics/global_avg_loss at step 1; log step 1 "
+                               "(metrics.log_freq = 1) and pass the run's own folder",
+        tmp_path / "missing": "error: --torchtitan {p} does not exist; pass torchtitan's <dump_folder>/tb folder",
+    }
+    for folder, message in cases.items():
+        assert main(["--torchtitan", str(folder), "--initlab", str(initlab_run), "--out", str(tmp_path / "o")]) == 2
+        assert capsys.readouterr().err == message.format(p=folder) + "\n"
+    assert not (tmp_path / "o").exists()
