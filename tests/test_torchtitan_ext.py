@@ -4,6 +4,8 @@ init_weights (call for call, for depth_aware); sharded draws on 2 FSDP2 ranks; o
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -286,3 +288,56 @@ def test_torchtitan_and_initlab_models_compute_the_same_loss(token_dir):
     assert (theirs_logits - our_logits).abs().max() < 1e-4  # fp32, different kernels for attention and RoPE
     assert train.next_token_loss(theirs_logits, labels).item() == pytest.approx(
         train.next_token_loss(our_logits, labels).item(), rel=1e-6)
+
+
+def test_the_gpu_comparison_configs_match_hyperparameter_for_hyperparameter():
+    """benchmarks/torchtitan/compare_{torchtitan,initlab}.toml: same shape, RoPE, init, seed, data, batch, AdamW, clip,
+    and the same lr at every one of the 50 optimizer steps (torchtitan's scheduler against initlab's)."""
+    from torchtitan.components.lr_scheduler import build_lr_schedulers
+    from torchtitan.config import ConfigManager
+    from torchtitan.models.llama3.model.model import precompute_freqs_cis
+
+    from components.build import model_args_from_config
+    from components.config import load_config
+    from components.lr_schedule import build_lr_scheduler
+    from components.optim import param_groups
+    from models.common import precompute_rope
+
+    titan = ConfigManager().parse_args(["--job.config_file", "benchmarks/torchtitan/compare_torchtitan.toml"])
+    ours = load_config(["--config", "benchmarks/torchtitan/compare_initlab.toml"])[0]
+    t, o, s = titan.training, ours.training, titan.initlab
+    assert (t.steps, t.seq_len, t.global_batch_size, t.local_batch_size, t.max_norm) == (
+        o.steps, o.seq_len, o.global_batch_size, o.local_batch_size, o.max_norm)
+    assert (s.scheme, s.seed, s.dataset, s.data_cache_dir) == (
+        ours.init.scheme, ours.job.seed, ours.data.dataset, ours.data.cache_dir)
+    assert ext.checked_section(s) == ours.init  # every init option, defaults included
+    opt = titan.optimizer
+    assert (opt.name, opt.lr, [opt.beta1, opt.beta2], opt.eps, opt.weight_decay, opt.implementation) == (
+        "AdamW", ours.optimizer.lr, ours.optimizer.betas, ours.optimizer.eps, ours.optimizer.weight_decay, "fused")
+    assert (titan.metrics.log_freq, ours.metrics.log_freq, titan.compile.enable, ours.compile.enable) == (1, 1, False, False)
+
+    titan_args = ext.Flavors()[titan.model.flavor]
+    titan_args.update_from_config(titan)
+    args = model_args_from_config(ours, 100_000)  # vocab_size is set in the TOML
+    assert ext.initlab_args(titan_args) == dataclasses.replace(args, rope_scaling_factor=1.0)  # shapes
+    assert torch.allclose(precompute_freqs_cis(args.head_dim, t.seq_len, titan_args.rope_theta,
+                                               titan_args.rope_scaling_args), precompute_rope(args), atol=1e-6)
+    with torch.device("meta"):
+        model = build_model(args)
+    groups = param_groups(model, ours.optimizer)  # torchtitan's AdamW: one group, weight decay on everything
+    assert [(g["name"], g["weight_decay"], len(g["params"])) for g in groups] == [
+        ("decay", opt.weight_decay, len(list(model.parameters())))]
+
+    def lrs(scheduler, optimizer) -> list[float]:
+        used = []
+        for _ in range(t.steps):
+            used.append(optimizer.param_groups[0]["lr"])  # the lr the step's optimizer.step() uses
+            optimizer.step()
+            scheduler.step()
+        return used
+
+    theirs_opt, ours_opt = (torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=opt.lr) for _ in range(2))
+    theirs = lrs(build_lr_schedulers([theirs_opt], titan.lr_scheduler, t.steps), theirs_opt)
+    ours_lrs = lrs(build_lr_scheduler(ours_opt, ours.lr_scheduler, o.steps), ours_opt)
+    assert theirs == pytest.approx(ours_lrs, rel=1e-12, abs=0)
+    assert ours_lrs[:6] == pytest.approx([opt.lr * k / 5 for k in (1, 2, 3, 4, 5)] + [opt.lr], rel=1e-12)
