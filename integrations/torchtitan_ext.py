@@ -41,6 +41,7 @@ from torchtitan.models.llama3.model.model import Transformer
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
 from benchmarks.torchtitan.llama_1b_flavor import register as register_llama_1b_flavor
+from components.activation_stats import STAT_ATTR, ActivationStats, logit_max
 from components.config import Config, ConfigError, Data, Init, Tokenizer, validate
 from components.data import TokenBatches, TokenDataset, ensure_dataset, read_manifest
 from components.tokenizer import build_tokenizer
@@ -66,6 +67,9 @@ class InitlabSection(Init):
     """Seed (integer) of the init draw, initlab's job.seed; omit to use torchtitan's debug.seed (0 when unset)."""
     log_weight_std: bool = True
     """Log weight_std/<role>/layer_<NN> on torchtitan's log steps (initlab's tags; one packed all-reduce)."""
+    log_activation_stats: bool = False
+    """Log initlab's act_rms/act_std/attn_logit_max of the first micro-batch of each log step (initlab's
+    metrics.log_variance_stats; components/activation_stats.py), same tags, one packed all-reduce."""
     dataset: str = ""
     """initlab's token data instead of torchtitan's [training] dataset: "" = off (torchtitan's own data);
     "embedded" = initlab's offline default corpus (initlab's default [tokenizer], cached in data_cache_dir);
@@ -189,10 +193,115 @@ def torchtitan_weight_stats(model_parts: list[nn.Module]) -> WeightStats:
     return WeightStats(InitlabNames(model_parts[0]))
 
 
+INNER_ATTENTION = re.compile(r"layers\.(\d+)\.attention\.inner_attention")
+
+
+def initlab_module_names(model: nn.Module) -> dict[str, nn.Module]:
+    """torchtitan's llama3 modules under initlab's module names, through the parameter name map.
+
+    A module with parameters is named by the longest common path of its parameters' initlab modules
+    (``layers.0.attention`` holds attn.q/k/v/out -> ``layers.0.attn``; ``layers.0.feed_forward.w1`` ->
+    ``layers.0.mlp.gate``); torchtitan's ``inner_attention``, which receives q and k after RoPE, stands
+    for initlab's ``attn.logits_tap``. Compile/AC wrapper prefixes are dropped, the outermost module kept.
+    """
+    named: dict[str, nn.Module] = {}
+    for fqn, module in model.named_modules():
+        titan = canonical_name(fqn)
+        if tap := INNER_ATTENTION.fullmatch(titan):
+            named.setdefault(f"layers.{tap.group(1)}.attn.logits_tap", module)
+            continue
+        names = [from_torchtitan(canonical_name(f"{fqn}.{local}" if fqn else local))
+                 for local, _ in module.named_parameters()]
+        if not names or None in names:
+            continue
+        paths = [name.split(".")[:-1] for name in names]  # the parameters' initlab modules
+        length = next((i for i, parts in enumerate(zip(*paths)) if len(set(parts)) > 1), min(map(len, paths)))
+        if length:
+            named.setdefault(".".join(paths[0][:length]), module)
+    return named
+
+
+class InitlabModules:
+    """torchtitan's llama3 as initlab's ActivationStats reads a model: initlab's args, module names, layers."""
+
+    def __init__(self, model: nn.Module):
+        self.args, self.layers = initlab_args(model.model_args), model.layers
+        self._named = initlab_module_names(model)
+
+    def named_modules(self):
+        return iter(self._named.items())
+
+
+class TorchtitanActivationStats(ActivationStats):
+    """initlab's ActivationStats on torchtitan's llama3 (sdpa attention): the probes of initlab's Llama found
+    through the name map; the attention logits read from ``inner_attention``'s q, k [B, H, T, hd] inputs.
+
+    Measures the first training forward of each of torchtitan's log steps: a pre-hook on the model counts
+    training forwards (``accum_steps`` per optimizer step, steps from 1) and switches the hooks on for
+    micro-batch 0 of a step that ``should_log``; ``InitlabMetricsProcessor.log`` resynchronizes the count.
+    """
+
+    def __init__(self, model: nn.Module, accum_steps: int, should_log):
+        super().__init__(InitlabModules(model))
+        self.accum_steps, self.should_log = accum_steps, should_log
+        self.forwards, self.measured_step = 0, 0
+        model.register_forward_pre_hook(self._before_forward)
+        model.register_forward_hook(self._after_forward)
+
+    def _before_forward(self, model: nn.Module, args: tuple) -> None:
+        if not model.training:  # validation or generation: not a training micro-batch
+            return
+        step, micro = divmod(self.forwards, self.accum_steps)
+        self.forwards += 1
+        if micro == 0 and self.should_log(step + 1):
+            for probe in self.probes:
+                setattr(probe.module, STAT_ATTR, None)
+            self.active, self.measured_step = True, step + 1
+
+    def _after_forward(self, model: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.active = False
+
+    def _logit_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if self.active:  # inner_attention(q [B, H, T, hd], k [B, H_kv, T, hd], v, ...)
+            setattr(module, STAT_ATTR, logit_max(args[0].transpose(1, 2), args[1].transpose(1, 2), self.logit_scale))
+
+    def values_for(self, step: int) -> dict[str, float]:
+        """The statistics of ``step``'s measured forward ({} when it was not measured: the first log step after
+        a checkpoint resume), counting the next forward as step + 1's first."""
+        values = self.compute() if self.measured_step == step else {}
+        self.forwards = step * self.accum_steps
+        return values
+
+
+def gradient_accumulation_steps(job_config, parallel_dims) -> int:
+    """torchtitan's trainer's count: global batch / (local batch x data-parallel degree)."""
+    t, dp = job_config.training, parallel_dims.dp_replicate * parallel_dims.dp_shard
+    global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp
+    return global_batch // (t.local_batch_size * dp)
+
+
 class InitlabMetricsProcessor(MetricsProcessor):
-    """torchtitan's metrics plus initlab's per-layer weight std on its log steps (all ranks call ``log``)."""
+    """torchtitan's metrics plus initlab's per-layer weight std (and, with ``initlab.log_activation_stats``,
+    activation statistics) on its log steps (all ranks call ``log``)."""
 
     weight_stats: WeightStats | None = None
+    activation_stats: TorchtitanActivationStats | None = None
+
+    @property
+    def model_parts(self) -> list[nn.Module] | None:
+        return self._model_parts
+
+    @model_parts.setter
+    def model_parts(self, parts: list[nn.Module] | None) -> None:
+        # The trainer sets model_parts after parallelize (compile is lazy) and before the first forward:
+        # the hooks must be in place by then for step 1 to be measured.
+        self._model_parts = parts
+        if parts is not None and self.job_config.initlab.log_activation_stats:
+            if len(parts) != 1:
+                raise ConfigError(f"initlab.log_activation_stats needs one model part, got {len(parts)} (pipeline "
+                                  "parallelism); set it false or parallelism.pipeline_parallel_degree = 1")
+            self.activation_stats = TorchtitanActivationStats(
+                parts[0], gradient_accumulation_steps(self.job_config, self.parallel_dims), self.should_log)
 
     def log(self, step: int, global_avg_loss: float, global_max_loss: float, grad_norm: float,
             extra_metrics: dict | None = None) -> None:
@@ -201,6 +310,8 @@ class InitlabMetricsProcessor(MetricsProcessor):
             if self.weight_stats is None:  # model_parts is set by the trainer after this object is built
                 self.weight_stats = torchtitan_weight_stats(self.model_parts)
             extra.update(self.weight_stats.compute())
+        if self.activation_stats is not None:
+            extra.update(self.activation_stats.values_for(step))
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra)
 
 

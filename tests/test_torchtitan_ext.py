@@ -341,3 +341,60 @@ def test_the_gpu_comparison_configs_match_hyperparameter_for_hyperparameter():
     ours_lrs = lrs(build_lr_scheduler(ours_opt, ours.lr_scheduler, o.steps), ours_opt)
     assert theirs == pytest.approx(ours_lrs, rel=1e-12, abs=0)
     assert ours_lrs[:6] == pytest.approx([opt.lr * k / 5 for k in (1, 2, 3, 4, 5)] + [opt.lr], rel=1e-12)
+
+
+def test_activation_stats_through_torchtitan_are_initlabs_on_its_log_steps(token_dir):
+    """TorchtitanActivationStats on torchtitan's llama3, driven as its trainer drives the model (2 micro-batches a
+    step, log steps 1, 2, 4), against initlab's ActivationStats on initlab's Llama with the same weights and batch."""
+    from components.activation_stats import ActivationStats
+
+    titan = torchtitan_model(["--initlab.scheme", "depth_aware", "--initlab.seed", "3"], ext.DEBUG_FLAVOR)
+    cfg = Config(job=Job(seed=3), model=Model(flavor="debug", vocab_size=DEBUG_VOCAB, rope_scaling_factor=8.0),
+                 init=Init(scheme="depth_aware"), training=Training(seq_len=SEQ))
+    ours = build_local_model(cfg, DEBUG_VOCAB)[0]
+    oracle = ActivationStats(ours)
+    stats = ext.TorchtitanActivationStats(titan, accum_steps=2, should_log=lambda step: step == 1 or step % 2 == 0)
+    batches = torchtitan_micro_batches(data_job_config(token_dir, 2, 4), 0, 1, 8)  # steps 1-4, 2 micro-batches each
+    for step in (1, 2, 3, 4):
+        for inputs, _labels in batches[2 * step - 2: 2 * step]:
+            titan(inputs["input"]).sum().backward()  # no optimizer step: the weights stay initlab's
+        values = stats.values_for(step)
+        if step == 3:
+            assert values == {}  # not a log step: nothing measured
+            continue
+        with oracle.capture(), torch.no_grad():
+            ours(batches[2 * step - 2][0]["input"])  # the step's first micro-batch
+        expected = oracle.compute()
+        assert sorted(values) == sorted(expected) and len(expected) == 4 * 5 + 1  # residual incl. embedding
+        for tag, value in expected.items():
+            assert values[tag] == pytest.approx(value, rel=1e-4), tag  # fp32, different attention/RoPE kernels
+    titan.eval()
+    titan(batches[0][0]["input"])  # eval forwards (validation) are not counted
+    assert stats.forwards == 8
+
+
+def test_activation_stats_after_a_resume_start_at_the_second_log_step(token_dir):
+    titan = torchtitan_model(["--initlab.scheme", "mitchell"], ext.DEBUG_FLAVOR)
+    stats = ext.TorchtitanActivationStats(titan, accum_steps=1, should_log=lambda step: step == 1 or step % 2 == 0)
+    inputs = torchtitan_micro_batches(data_job_config(token_dir, 2, 2), 0, 1, 1)[0][0]["input"]
+    with torch.no_grad():
+        titan(inputs)  # the trainer's step 5 after resuming from step 4: counted as step 1
+        assert stats.values_for(5) == {}  # 5 is not a log step anyway; the count is resynchronized
+        titan(inputs)  # step 6
+    assert stats.measured_step == 6 and len(stats.values_for(6)) == 21
+
+
+def test_the_metrics_processor_hooks_the_model_when_the_trainer_hands_it_over():
+    from torchtitan.distributed import ParallelDims
+
+    processor = object.__new__(ext.InitlabMetricsProcessor)  # its __init__ reads CUDA device properties
+    processor.job_config = parse_job_config(["--initlab.log_activation_stats", "--training.local_batch_size", "2",
+                                             "--training.global_batch_size", "8"], ext.DEBUG_FLAVOR)
+    processor.parallel_dims = ParallelDims(dp_replicate=1, dp_shard=2, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=2)
+    processor.model_parts = None  # as MetricsProcessor.__init__ sets it
+    assert processor.activation_stats is None
+    processor.model_parts = [torchtitan_model(["--initlab.scheme", "mitchell"], ext.DEBUG_FLAVOR)]
+    assert processor.activation_stats.accum_steps == 2  # torchtitan's: 8 / (2 rows x 2 dp ranks)
+    assert len(processor.activation_stats.probes) == 4 * 5 + 1
+    with pytest.raises(ConfigError, match="^initlab.log_activation_stats needs one model part, got 2 "):
+        processor.model_parts = [torch.nn.Linear(1, 1)] * 2
