@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.checkpoint.stateful import Stateful
 
 from components.activation_stats import ActivationStats
@@ -23,6 +22,7 @@ from components.build import build_model_and_init, freeze_all_but_adapters, mode
 from components.checkpoint import Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, parse_cli, to_toml
 from components.data import TokenBatches, TokenDataset, ensure_dataset
+from components.loss import build_next_token_loss, next_token_loss  # noqa: F401 (next_token_loss: train's API)
 from components.lr_schedule import build_lr_scheduler
 from components.metrics import (
     MFU_TAGS,
@@ -107,9 +107,8 @@ class Trainer:
         grad_stats = cfg.metrics.log_grad_stats or cfg.metrics.log_variance_stats
         self.weight_stats = WeightStats(self.model, grad_stats=grad_stats)
         self.activation_stats = ActivationStats(self.model, enabled=cfg.metrics.log_variance_stats)
-        # Compiled, the fp32 upcast of the [tokens, vocab] logits fuses into the loss kernels.
-        self.loss_fn = (torch.compile(next_token_loss) if compile_enabled(cfg.compile.enable, env.device)
-                        else next_token_loss)
+        # Compiled, the fp32 upcast of the [tokens, vocab] logits fuses into the loss kernels (components/loss.py).
+        self.loss_fn = build_next_token_loss(compile_enabled(cfg.compile.enable, env.device))
 
     # ---------------------------------------------------------------- steps
     def forward_backward_step(self, tokens: torch.Tensor, is_last_micro: bool, measure: bool = False) -> torch.Tensor:
@@ -312,11 +311,6 @@ class StepClock:
 def hms(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits [b, T, vocab] (any dtype, computed in float32) against targets [b, T]."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 def batch_split(global_batch: int, dp_size: int, local_batch: int) -> tuple[int, int, int]:

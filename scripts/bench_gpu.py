@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from distributed.parallelize import compile_enabled  # noqa: E402
 from scripts.bench_common import timed_steps  # noqa: E402
 from train import Trainer  # noqa: E402
 
+RESULT_PREFIX = "bench_gpu result: "
 # model -> (config, sequence length, sequences per micro-batch, micro-batches per optimizer step).
 MODEL_SETTINGS = {
     # One GPU's share of the family's 8-GPU step: 512 x 1024 tokens / 8 = 64 sequences in one micro-batch.
@@ -49,25 +51,35 @@ MODEL_SETTINGS = {
     "llama_1b": ("train_configs/llama_1b/depth_aware.toml", 2048, 8, 2),
     "debug": ("train_configs/debug.toml", 128, 4, 2),
 }
-# variant -> (overrides, sequences per micro-batch: None for the model's, or per model); tokens per step stay
-# fixed. "before" is where this round started: gathered weights freed after each forward and re-gathered for
+@dataclass(frozen=True)
+class Variant:
+    """Overrides of the code's defaults: config flags, sequences per micro-batch per model (tokens per step stay
+    fixed; absent = the model's), environment variables of the process."""
+
+    overrides: tuple[str, ...] = ()
+    micro: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+
+
+RESHARD = ("--parallelism.reshard_after_forward", "true")
+GPT2_MICRO_16 = {"gpt2_124m": 16}
+# "before" is where this round started: gathered weights freed after each forward and re-gathered for
 # backward and for every micro-batch, GPT-2 in micro-batches of 16.
-RESHARD = ["--parallelism.reshard_after_forward", "true"]
 VARIANTS = {
-    "before": (RESHARD, {"gpt2_124m": 16}),
-    "keep_gathered": ([], {"gpt2_124m": 16}),  # auto: no resharding on a world of one, gathered once per step
-    "nonfinite_log": ([*RESHARD, "--training.nonfinite_check", "log"], {"gpt2_124m": 16}),
-    "micro_32": (RESHARD, {"gpt2_124m": 32}),
-    "micro_64": (RESHARD, {"gpt2_124m": 64}),
-    "current": ([], None),  # the code's defaults at the model's setting
-    "current_nonfinite_log": (["--training.nonfinite_check", "log"], None),
+    "before": Variant(RESHARD, GPT2_MICRO_16),
+    "keep_gathered": Variant((), GPT2_MICRO_16),  # auto: no resharding on a world of one, gathered once per step
+    "nonfinite_log": Variant((*RESHARD, "--training.nonfinite_check", "log"), GPT2_MICRO_16),
+    "micro_32": Variant(RESHARD, {"gpt2_124m": 32}),
+    "micro_64": Variant(RESHARD, {"gpt2_124m": 64}),
+    "current": Variant(),  # the code's defaults at the model's setting
+    "current_nonfinite_log": Variant(("--training.nonfinite_check", "log")),
+    "current_expandable_segments": Variant(env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
 }
 
 
 def variant_micro(model: str, variant: str) -> int:
     """Sequences per micro-batch of ``variant`` for ``model``."""
-    micro = VARIANTS[variant][1]
-    return (micro or {}).get(model, MODEL_SETTINGS[model][2])
+    return VARIANTS[variant].micro.get(model, MODEL_SETTINGS[model][2])
 
 
 def applies(model: str, variant: str) -> bool:
@@ -90,7 +102,7 @@ def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, ste
     from torch.profiler import ProfilerActivity, profile
     cuda = trainer.env.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         wall = timed_steps(trainer, first_step, steps)
     averages = prof.key_averages()
     device_ms = sum(e.self_device_time_total for e in averages) / 1e3 / steps if cuda else float("nan")
@@ -99,13 +111,17 @@ def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, ste
     if cuda:
         lines.append(averages.table(sort_by="self_device_time_total", row_limit=30))
     lines.append(averages.table(sort_by="self_cpu_time_total", row_limit=15))
+    if cuda:  # which tensors the eager ops run on (names the copies and elementwise kernels outside the graphs)
+        by_shape = prof.key_averages(group_by_input_shape=True)
+        lines.append(by_shape.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=40,
+                                    max_shapes_column_width=120))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"profile_{name}.txt").write_text("\n".join(lines))
     print(lines[0], flush=True)
 
 
 def bench_one(model: str, variant: str, args, env, common: dict) -> dict:
-    overrides = VARIANTS[variant][0]
+    overrides = list(VARIANTS[variant].overrides)
     config, batch, micro, accum = settings_argv(model, variant_micro(model, variant))
     total = args.warmup + args.steps + 10
     cfg, _ = load_config(["--config", config, *batch, "--training.steps", str(total), "--checkpoint.enable", "false",
@@ -118,6 +134,7 @@ def bench_one(model: str, variant: str, args, env, common: dict) -> dict:
     tokens = cfg.training.global_batch_size * cfg.training.seq_len
     result = {
         **common, "trainer": "initlab", "model": model, "variant": variant, "overrides": overrides,
+        "env": VARIANTS[variant].env,
         "compile": compile_enabled(cfg.compile.enable, env.device),
         "seq_len": cfg.training.seq_len, "micro_batch_sequences": micro, "accumulation_steps": accum,
         "tokens_per_step": tokens, "params": trainer.n_params,
@@ -173,6 +190,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--torchtitan-summary", type=Path, help="JSON of benchmarks/torchtitan/run_torchtitan.py "
                         "from this lease, appended to <device>.json")
     parser.add_argument("--quick", action="store_true", help="CPU dry run on the debug flavor")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # MODEL:VARIANT, measured in this process
+    parser.add_argument("--common", help=argparse.SUPPRESS)  # the record fields of the parent (JSON)
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.steps, args.warmup = "debug", 2, 1
@@ -185,29 +204,48 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def measure_in_child(model: str, variant: str, args, common: dict) -> dict:
+    """bench_one in a fresh process with the variant's environment: no compiled graph, allocator state or
+    recompilation count carries over from one variant to the next (an in-process rerun of an identical
+    setting measured 11 % slower)."""
+    argv = [sys.executable, __file__, "--child", f"{model}:{variant}", "--steps", str(args.steps), "--warmup",
+            str(args.warmup), "--out", args.out, "--profile", ",".join(args.profile), "--common", json.dumps(common)]
+    proc = subprocess.run(argv, env={**os.environ, **VARIANTS[variant].env}, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{model}/{variant} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def run_child(args) -> int:
+    model, variant = args.child.split(":")
+    with distributed_session("auto") as env:
+        print(RESULT_PREFIX + json.dumps(bench_one(model, variant, args, env, json.loads(args.common))), flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    with distributed_session("auto") as env:
-        device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
-        common = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                  "torch": torch.__version__, "device": device_name, "commit": git_commit()}
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{device_name.replace(' ', '_')}.json"
-        record = json.loads(path.read_text()) if path.exists() else {"device": device_name, "results": []}
-        new = [torchtitan_record(args.torchtitan_summary, common)] if args.torchtitan_summary else []
-        record["results"] += new
-        for model in args.models.split(","):
-            for variant in args.variants.split(","):
-                if not applies(model, variant):
-                    print(f"{model}/{variant}: skipped (its micro-batch does not divide the step)", flush=True)
-                    continue
-                new.append(bench_one(model, variant, args, env, common))
-                record["results"].append(new[-1])
-                path.write_text(json.dumps(record, indent=2))  # after each entry: a cut-off run keeps its results
-                print(json.dumps(new[-1]), flush=True)
-        path.write_text(json.dumps(record, indent=2))
-        print(table(new))
+    if args.child:
+        return run_child(args)
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    common = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+              "torch": torch.__version__, "device": device_name, "commit": git_commit()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{device_name.replace(' ', '_')}.json"
+    record = json.loads(path.read_text()) if path.exists() else {"device": device_name, "results": []}
+    new = [torchtitan_record(args.torchtitan_summary, common)] if args.torchtitan_summary else []
+    for model in args.models.split(","):
+        for variant in args.variants.split(","):
+            if not applies(model, variant):
+                print(f"{model}/{variant}: skipped (its micro-batch does not divide the step)", flush=True)
+                continue
+            new.append(measure_in_child(model, variant, args, common))
+            print(json.dumps(new[-1]), flush=True)
+            path.write_text(json.dumps({**record, "results": record["results"] + new}, indent=2))  # kept if cut off
+    path.write_text(json.dumps({**record, "results": record["results"] + new}, indent=2))
+    print(table(new))
     print(f"wrote {path}")
     return 0
 
