@@ -10,7 +10,9 @@ the initlab run's ``metrics.jsonl`` (``loss/train``, ``weight_std/...``). Writes
 * ``compare.json``: both step-1 losses and their |difference|, the losses at ``--steps`` (10, 25, 50),
   both loss curves, the largest relative weight-std difference |titan - initlab| / initlab over every
   weight_std tag both runs log and every step both log it (with its tag and step, and per role), the
-  tags only one run has, the tolerances and whether both are met;
+  tags only one run has, the tolerances and whether both are met, and, when both runs log them, the
+  same for the activation statistics (initlab's act_rms/act_std/attn_logit_max tags) at step 1 and
+  over all steps (reported, no tolerance);
 * ``compare.md``: the same as a short table (also printed);
 * ``weight_std.png``: the loss curves, and a few weight-std curves of both trainers on one axis
   (torchtitan solid, initlab dashed, one colour per tag).
@@ -38,6 +40,7 @@ from scripts.report_common import INPUT_ERRORS, error_exit, load_run, prepare_ou
 TORCHTITAN_LOSS = "loss_metrics/global_avg_loss"  # torchtitan 0.2.2 MetricsProcessor.log
 INITLAB_LOSS = "loss/train"
 WEIGHT_STD = re.compile(r"^weight_std/(?P<role>[^/]+)(/(?P<which>layer_\d+|mean_over_layers))?$")
+ACTIVATION = re.compile(r"^(act_rms|act_std|attn_logit_max)/")  # components/activation_stats.py
 OUTPUT_FILES = ["compare.json", "compare.md", "weight_std.png"]
 DEFAULT_LOSS_ATOL = 0.01
 DEFAULT_STD_RTOL = 0.01
@@ -91,25 +94,41 @@ def loss_values(titan: Series, initlab: Series) -> tuple[dict[int, float], dict[
     return titan[TORCHTITAN_LOSS], initlab[INITLAB_LOSS]
 
 
+def largest_difference(titan: Series, initlab: Series, tags: list[str], group, steps: set[int] | None = None) -> dict:
+    """Largest relative difference over ``tags`` and the steps both runs log them (only ``steps`` if given):
+    ``{"max": {rel_diff, tag, step, torchtitan, initlab}, "max_per_group": {group(tag): rel_diff}}``."""
+    worst, per_group = {"rel_diff": -1.0}, {}
+    for tag in tags:
+        for step in sorted(titan[tag].keys() & initlab[tag].keys() & (steps or titan[tag].keys())):
+            diff = relative_difference(titan[tag][step], initlab[tag][step])
+            per_group[group(tag)] = max(per_group.get(group(tag), 0.0), diff)
+            if diff > worst["rel_diff"]:
+                worst = {"rel_diff": diff, "tag": tag, "step": step, "torchtitan": titan[tag][step],
+                         "initlab": initlab[tag][step]}
+    return {"max": worst, "max_per_group": per_group}
+
+
 def weight_std_differences(titan: Series, initlab: Series) -> dict:
     """Largest relative weight-std difference over the tags and steps both runs log, overall and per role."""
     tags = sorted(tag for tag in titan.keys() & initlab.keys() if WEIGHT_STD.match(tag))
     if not tags:
         raise ValueError("the runs share no weight_std tag; log them in both (initlab.log_weight_std = true in "
                          "torchtitan's [initlab] table, metrics.log_weight_std = true in initlab's)")
-    worst = {"rel_diff": -1.0}
-    per_role: dict[str, float] = {}
-    for tag in tags:
-        for step in sorted(titan[tag].keys() & initlab[tag].keys()):
-            diff = relative_difference(titan[tag][step], initlab[tag][step])
-            role = WEIGHT_STD.match(tag)["role"]
-            per_role[role] = max(per_role.get(role, 0.0), diff)
-            if diff > worst["rel_diff"]:
-                worst = {"rel_diff": diff, "tag": tag, "step": step, "torchtitan": titan[tag][step],
-                         "initlab": initlab[tag][step]}
-    return {"max": worst, "max_per_role": per_role, "tags_compared": len(tags),
+    largest = largest_difference(titan, initlab, tags, lambda tag: WEIGHT_STD.match(tag)["role"])
+    return {"max": largest["max"], "max_per_role": largest["max_per_group"], "tags_compared": len(tags),
             "only_torchtitan": sorted(t for t in titan if WEIGHT_STD.match(t) and t not in initlab),
             "only_initlab": sorted(t for t in initlab if WEIGHT_STD.match(t) and t not in titan)}
+
+
+def activation_differences(titan: Series, initlab: Series) -> dict | None:
+    """Largest relative difference of the activation statistics both runs log (act_rms/..., act_std/...,
+    attn_logit_max/...), at step 1 and over all steps, per family; None when they share none."""
+    tags = sorted(tag for tag in titan.keys() & initlab.keys() if ACTIVATION.match(tag))
+    if not tags:
+        return None
+    family = lambda tag: tag.rsplit("/", 1)[0]  # noqa: E731 - e.g. act_rms/residual
+    return {"tags_compared": len(tags), "step1": largest_difference(titan, initlab, tags, family, {1}),
+            "all_steps": largest_difference(titan, initlab, tags, family)}
 
 
 def compare(titan: Series, initlab: Series, steps: list[int], loss_atol: float, std_rtol: float) -> dict:
@@ -125,6 +144,7 @@ def compare(titan: Series, initlab: Series, steps: list[int], loss_atol: float, 
         "loss_curve": {"steps": shared_steps, "torchtitan": [titan_loss[s] for s in shared_steps],
                        "initlab": [initlab_loss[s] for s in shared_steps]},
         "weight_std": weight_std,
+        "activations": activation_differences(titan, initlab),
         "tolerance": {"step1_loss_atol": loss_atol, "weight_std_rtol": std_rtol},
         "within_tolerance": {"step1_loss": step1_diff <= loss_atol,
                              "weight_std": weight_std["max"]["rel_diff"] <= std_rtol},
@@ -147,6 +167,11 @@ def markdown(result: dict, titan_path: Path, initlab_path: Path) -> str:
               f"{'met' if ok['weight_std'] else 'NOT met'}).",
               "Largest per role: " + ", ".join(f"{role} {diff:.1e}" for role, diff in
                                                sorted(result["weight_std"]["max_per_role"].items())) + "."]
+    if result["activations"]:
+        for when, key in (("at step 1", "step1"), ("over all steps", "all_steps")):
+            worst = result["activations"][key]["max"]
+            lines.append(f"Activation statistics ({result['activations']['tags_compared']} tags) {when}: largest relative "
+                         f"difference {worst['rel_diff']:.2e} ({worst['tag']}, step {worst['step']}; no tolerance).")
     return "\n".join(lines) + "\n"
 
 

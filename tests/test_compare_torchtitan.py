@@ -22,6 +22,8 @@ STEPS = 4
 LOSS_SHIFT = 0.004  # added to every torchtitan loss
 STD_SCALE = 1.001  # every torchtitan weight std
 OUTLIER = ("weight_std/mlp.out/layer_01", 3, 1.03)  # (tag, step, factor): the largest relative difference
+ACT_SCALE = 1.002  # every torchtitan activation statistic
+ACT_OUTLIER = ("act_rms/residual/layer_00", 2, 0.9)  # after step 1: only the all-steps maximum sees it
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,8 @@ def initlab_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     python(["train.py", "--config", "train_configs/debug.toml", "--model.n_layers", "2", "--training.seq_len", "32",
             "--training.global_batch_size", "4", "--tokenizer.max_vocab", "512", "--training.steps", str(STEPS),
-            "--metrics.log_freq", "1", "--metrics.val_freq", "0", "--data.cache_dir", str(base / "cache"),
+            "--metrics.log_freq", "1", "--metrics.val_freq", "0", "--metrics.log_variance_stats", "true",
+            "--data.cache_dir", str(base / "cache"),
             "--job.output_dir", str(base), "--job.run_name", "initlab", "--training.device", "cpu"],
            env={"OMP_NUM_THREADS": "1"}, timeout=300)
     return base / "initlab"
@@ -46,6 +49,8 @@ def write_torchtitan_events(folder, records: list[dict], skip_step1: bool = Fals
             if tag.startswith("weight_std/"):
                 factor = OUTLIER[2] if (tag, step) == OUTLIER[:2] else STD_SCALE
                 writer.add_scalar(tag, value * factor, step)
+            elif tag.startswith(("act_rms/", "act_std/", "attn_logit_max/")):
+                writer.add_scalar(tag, value * (ACT_SCALE if (tag, step) != ACT_OUTLIER[:2] else ACT_OUTLIER[2]), step)
     writer.add_scalar("weight_std/only_torchtitan", 1.0, 1)
     writer.close()
 
@@ -70,6 +75,12 @@ def test_comparison_finds_the_loss_shift_and_the_largest_std_difference(initlab_
     assert result["weight_std"]["tags_compared"] == len([t for t in records[0] if t.startswith("weight_std/")])
     assert result["weight_std"]["only_torchtitan"] == ["weight_std/only_torchtitan"]
     assert result["within_tolerance"] == {"step1_loss": True, "weight_std": False}  # defaults 0.01, 0.01
+    activations = result["activations"]
+    assert activations["tags_compared"] == len([t for t in records[0] if t.startswith(("act_", "attn_logit"))]) == 11
+    assert activations["step1"]["max"]["rel_diff"] == pytest.approx(ACT_SCALE - 1, rel=1e-3)
+    assert activations["step1"]["max"]["step"] == 1
+    assert (activations["all_steps"]["max"]["tag"], activations["all_steps"]["max"]["step"]) == ACT_OUTLIER[:2]
+    assert activations["all_steps"]["max"]["rel_diff"] == pytest.approx(0.1, rel=1e-4)
     assert "| 1 | " in (out / "compare.md").read_text() and (out / "weight_std.png").stat().st_size > 10_000
 
 

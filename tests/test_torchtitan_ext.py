@@ -315,6 +315,7 @@ def test_the_gpu_comparison_configs_match_hyperparameter_for_hyperparameter():
     assert (opt.name, opt.lr, [opt.beta1, opt.beta2], opt.eps, opt.weight_decay, opt.implementation) == (
         "AdamW", ours.optimizer.lr, ours.optimizer.betas, ours.optimizer.eps, ours.optimizer.weight_decay, "fused")
     assert (titan.metrics.log_freq, ours.metrics.log_freq, titan.compile.enable, ours.compile.enable) == (1, 1, False, False)
+    assert (s.log_weight_std, s.log_activation_stats) == (ours.metrics.log_weight_std, ours.metrics.log_variance_stats)
 
     titan_args = ext.Flavors()[titan.model.flavor]
     titan_args.update_from_config(titan)
