@@ -1,10 +1,11 @@
-"""scripts/compare_torchtitan.py on a real short initlab run (train.py on CPU) and torchtitan-style TensorBoard events.
+"""scripts/compare_torchtitan.py: on a real short initlab run (train.py on CPU) against torchtitan-style
+TensorBoard events with known changes, and end to end against torchtitan's own trainer on a CPU.
 
-torchtitan 0.2.2's trainer cannot run on a CPU (its Trainer.__init__ calls torch.cuda.set_device), so the
-torchtitan side is written with the real ``torch.utils.tensorboard.SummaryWriter`` exactly as torchtitan's
-TensorBoardLogger writes (``add_scalar(tag, value, step)`` under ``<dump_folder>/tb/<YYYYmmdd-HHMM>/``): the
-initlab run's own values under torchtitan's loss tag and initlab's weight_std tags, with known changes that
-the script must find.
+The first tests write the torchtitan side with the real ``torch.utils.tensorboard.SummaryWriter`` as
+torchtitan's TensorBoardLogger writes (``add_scalar(tag, value, step)`` under ``<dump_folder>/tb/<time>/``):
+the initlab run's own values under torchtitan's loss tag and initlab's metric tags, changed by known
+amounts that the script must find. The last runs torchtitan 0.2.2's trainer itself (tests/torchtitan_cpu_trainer.py:
+three CUDA-only calls replaced) with the extension and initlab's batches, and initlab's train.py, in fp32.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from scripts.compare_torchtitan import INITLAB_LOSS, TORCHTITAN_LOSS, main
 from scripts.report_common import load_run
-from tests.launch import python
+from tests.launch import python, torchrun
 
 STEPS = 4
 LOSS_SHIFT = 0.004  # added to every torchtitan loss
@@ -24,6 +25,9 @@ STD_SCALE = 1.001  # every torchtitan weight std
 OUTLIER = ("weight_std/mlp.out/layer_01", 3, 1.03)  # (tag, step, factor): the largest relative difference
 ACT_SCALE = 1.002  # every torchtitan activation statistic
 ACT_OUTLIER = ("act_rms/residual/layer_00", 2, 0.9)  # after step 1: only the all-steps maximum sees it
+
+
+pytestmark = pytest.mark.multiprocess  # every test runs train.py (and the last torchtitan's trainer) in processes
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +103,35 @@ def test_bad_inputs_are_one_line_errors(initlab_run, tmp_path, capsys):
         assert main(["--torchtitan", str(folder), "--initlab", str(initlab_run), "--out", str(tmp_path / "o")]) == 2
         assert capsys.readouterr().err == message.format(p=folder) + "\n"
     assert not (tmp_path / "o").exists()
+
+
+def test_torchtitans_trainer_with_the_extension_and_train_py_agree_in_fp32(tmp_path):
+    """Same shape (initlab_debug / initlab's debug Llama), init, seed, batches, AdamW, clipping and lr schedule as the
+    GPU comparison (its two TOMLs, shrunk): in fp32 on a CPU the two trainers agree to float32 rounding."""
+    from components.config import Data, Tokenizer
+    from components.data import ensure_dataset
+    from components.tokenizer import build_tokenizer
+
+    data = Data(dataset="embedded", cache_dir=str(tmp_path / "cache"), val_fraction=0.0)
+    token_dir = str(ensure_dataset(data, build_tokenizer(Tokenizer(max_vocab=4096)), max_bytes=300_000))
+    # 2 warm-up steps of 4: torchtitan shortens a warm-up longer than the run to the run, initlab does not.
+    shared = {"training.seq_len": 64, "training.local_batch_size": 2, "training.global_batch_size": 4,
+              "training.steps": 4, "lr_scheduler.warmup_steps": 2}
+    torchrun(["tests/torchtitan_cpu_trainer.py", "--job.config_file", "benchmarks/torchtitan/compare_torchtitan.toml",
+              "--job.dump_folder", str(tmp_path / "torchtitan"), "--model.flavor", "initlab_debug",
+              "--initlab.dataset", token_dir, *[f"--{k}={v}" for k, v in shared.items()],
+              "--training.mixed_precision_param", "float32", "--optimizer.implementation", "foreach"], nproc=1, timeout=300)
+    python(["train.py", "--config", "benchmarks/torchtitan/compare_initlab.toml", "--job.output_dir", str(tmp_path),
+            "--model.flavor", "debug", "--model.vocab_size", "4097", "--tokenizer.max_vocab", "4096",
+            "--data.dataset", token_dir, *[f"--{k}={v}" for k, v in shared.items()],
+            "--training.device", "cpu", "--optimizer.implementation", "foreach"], env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    out = tmp_path / "report"
+    assert main(["--torchtitan", str(tmp_path / "torchtitan" / "tb"), "--initlab", str(tmp_path / "initlab"),
+                 "--out", str(out), "--steps", "2", "3", "4"]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert result["loss_curve"]["steps"] == [1, 2, 3, 4]
+    for titan_loss, initlab_loss in zip(result["loss_curve"]["torchtitan"], result["loss_curve"]["initlab"]):
+        assert titan_loss == pytest.approx(initlab_loss, rel=1e-6)  # float32 events; 4 steps of AdamW
+    assert result["weight_std"]["tags_compared"] == 37 and result["weight_std"]["max"]["rel_diff"] < 1e-6
+    assert result["weight_std"]["only_torchtitan"] == result["weight_std"]["only_initlab"] == []
+    assert result["activations"]["tags_compared"] == 21 and result["activations"]["all_steps"]["max"]["rel_diff"] < 1e-5

@@ -220,6 +220,7 @@ def initlab_train_step_tokens(token_dir: str, dp_rank: int, dp_size: int, local:
     return read
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dp_size", "local", "global_"), [(1, 2, 8), (2, 2, 8)])
 def test_initlab_dataset_gives_torchtitan_initlabs_train_step_batches(token_dir, dp_size, local, global_):
     accum = global_ // (local * dp_size)  # torchtitan's gradient_accumulation_steps
