@@ -21,7 +21,7 @@ from components.activation_stats import ActivationStats
 from components.build import build_model_and_init, freeze_all_but_adapters, model_args_from_config
 from components.checkpoint import Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, parse_cli, to_toml
-from components.data import TokenBatches, TokenDataset, ensure_dataset
+from components.data import TokenBatches, TokenDataset, batch_to_device, ensure_dataset
 from components.loss import build_next_token_loss, next_token_loss  # noqa: F401 (next_token_loss: train's API)
 from components.lr_schedule import build_lr_scheduler
 from components.metrics import (
@@ -113,7 +113,8 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def forward_backward_step(self, tokens: torch.Tensor, is_last_micro: bool, measure: bool = False) -> torch.Tensor:
         """tokens [b, T+1] -> mean next-token loss of this microbatch / accum (detached), grads accumulated."""
-        inputs, targets = tokens[:, :-1].to(self.env.device), tokens[:, 1:].to(self.env.device)
+        tokens = batch_to_device(tokens, self.env.device)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
         start_micro_batch(self.model, is_last_micro, self.keep_gathered)  # reduce-scatter once per step
         with self.activation_stats.capture(measure):  # this forward only: AC's recomputation is not measured
             logits = self.model(inputs)
@@ -166,7 +167,7 @@ class Trainer:
         first_row = self.env.dp_rank * self.local_batch
         for i in range(self.cfg.metrics.val_batches):
             for start in range(first_row, first_row + self.local_batch, self.micro_batch):
-                tokens = self.val_batches.get(i, slice(start, start + self.micro_batch)).to(self.env.device)
+                tokens = batch_to_device(self.val_batches.get(i, slice(start, start + self.micro_batch)), self.env.device)
                 total += self.loss_fn(self.model(tokens[:, :-1]), tokens[:, 1:])
         self.model.train()
         return global_mean(total / (self.cfg.metrics.val_batches * self.accum_steps))
