@@ -273,11 +273,15 @@ class TorchtitanActivationStats(ActivationStats):
         return values
 
 
+def global_batch_size(training, dp_world_size: int) -> int:
+    """torchtitan's global batch (sequences): training.global_batch_size, or local x dp when it is unset (-1)."""
+    return training.global_batch_size if training.global_batch_size > 0 else training.local_batch_size * dp_world_size
+
+
 def gradient_accumulation_steps(job_config, parallel_dims) -> int:
     """torchtitan's trainer's count: global batch / (local batch x data-parallel degree)."""
-    t, dp = job_config.training, parallel_dims.dp_replicate * parallel_dims.dp_shard
-    global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp
-    return global_batch // (t.local_batch_size * dp)
+    dp = parallel_dims.dp_replicate * parallel_dims.dp_shard
+    return global_batch_size(job_config.training, dp) // (job_config.training.local_batch_size * dp)
 
 
 class InitlabMetricsProcessor(MetricsProcessor):
@@ -385,7 +389,7 @@ def initlab_token_dir(section: InitlabSection) -> Path:
 def check_initlab_data(job_config, token_dir: Path, dp_world_size: int) -> int:
     """One-line ConfigError for a job that cannot read initlab's batches; returns the global batch (sequences)."""
     t, args = job_config.training, llama3.llama3_args.get(job_config.model.flavor)
-    global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp_world_size
+    global_batch = global_batch_size(t, dp_world_size)
     if global_batch % (t.local_batch_size * dp_world_size):
         raise ConfigError(f"training.global_batch_size = {global_batch} is not a multiple of training.local_batch_size "
                           f"{t.local_batch_size} x {dp_world_size} dp ranks; pick a multiple")
