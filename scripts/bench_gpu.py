@@ -74,6 +74,7 @@ VARIANTS = {
     "current": Variant(),  # the code's defaults at the model's setting
     "current_nonfinite_log": Variant(("--training.nonfinite_check", "log")),
     "current_expandable_segments": Variant(env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+    "micro_16_llama": Variant(micro={"llama_1b": 16}),  # llama_1b in one 16 x 2048 micro-batch (needs > 80 GB)
 }
 
 
@@ -102,7 +103,7 @@ def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, ste
     from torch.profiler import ProfilerActivity, profile
     cuda = trainer.env.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, record_shapes=True) as prof:
+    with profile(activities=activities, record_shapes=True, with_stack=True) as prof:
         wall = timed_steps(trainer, first_step, steps)
     averages = prof.key_averages()
     device_ms = sum(e.self_device_time_total for e in averages) / 1e3 / steps if cuda else float("nan")
@@ -115,6 +116,8 @@ def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, ste
         by_shape = prof.key_averages(group_by_input_shape=True)
         lines.append(by_shape.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=40,
                                     max_shapes_column_width=120))
+        by_stack = prof.key_averages(group_by_stack_n=5)  # and from which Python lines
+        lines.append(by_stack.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=40))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"profile_{name}.txt").write_text("\n".join(lines))
     print(lines[0], flush=True)
