@@ -22,6 +22,7 @@ from components.build import build_model_and_init, freeze_all_but_adapters, mode
 from components.checkpoint import Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, parse_cli, to_toml
 from components.data import TokenBatches, TokenDataset, batch_to_device, ensure_dataset
+from components.host_gc import ScheduledGC
 from components.loss import build_next_token_loss, next_token_loss  # noqa: F401 (next_token_loss: train's API)
 from components.lr_schedule import build_lr_scheduler
 from components.metrics import (
@@ -180,11 +181,16 @@ class Trainer:
         to stop (:mod:`components.preemption`) and whether every rank's background save has finished; a
         stop saves one checkpoint and raises RunStopped.
         """
-        cfg, t = self.cfg, self.cfg.training
-        tokens_per_step = t.global_batch_size * t.seq_len
         # Device-side record of the first step whose loss or grad norm was non-finite (0 = none): no per-step sync.
         first_bad_step = torch.zeros((), dtype=torch.long, device=self.env.device)
         self.clock.start(self.state.step)
+        with ScheduledGC(self.cfg.training.gc_freq) as collector:
+            return self.run_steps(logger, first_bad_step, collector)
+
+    def run_steps(self, logger: MetricsLogger, first_bad_step: torch.Tensor, collector: ScheduledGC) -> dict:
+        """The loop of :meth:`train` from ``state.step + 1``; returns the last logged values."""
+        cfg, t = self.cfg, self.cfg.training
+        tokens_per_step = t.global_batch_size * t.seq_len
         final = {}
         for step in range(self.state.step + 1, t.steps + 1):
             validating = bool(cfg.metrics.val_freq) and step % cfg.metrics.val_freq == 0
@@ -207,6 +213,7 @@ class Trainer:
                 final = self.log_step(logger, step, loss, grad_norm)
             if stop:
                 raise self.stopped(step, saved=saving)
+            collector.step(step)
         return final
 
     def save_checkpoint(self, step: int, blocking: bool) -> None:

@@ -191,6 +191,9 @@ class Training:
     """Device type; auto = cuda when available, else cpu (gloo)."""
     trainable: Literal["all", "lora"] = "all"
     """Parameters the optimizer updates: all, or only the LoRA adapters (the rest frozen; needs model.lora_rank > 0)."""
+    gc_freq: int = 50
+    """Python garbage collection every N steps at a step boundary instead of automatically (steps; 0 = Python's
+    automatic collection, which can stall the host mid-step); as torchtitan's training.gc_freq."""
     nonfinite_check: Literal["step", "log"] = "step"
     """step: read the global grad norm every step before the optimizer step (one device sync), so a NaN/Inf stops
     the run naming the first non-finite weight or gradient before the update spreads it; log: only on logging
@@ -502,6 +505,7 @@ def validate(cfg: Config) -> None:
     _require(t.global_batch_size >= 1, f"training.global_batch_size must be >= 1; got {t.global_batch_size}")
     _require(t.local_batch_size >= 0, f"training.local_batch_size must be >= 0; got {t.local_batch_size}")
     _require(t.max_norm >= 0, f"training.max_norm must be >= 0 (0 disables clipping); got {t.max_norm}")
+    _require(t.gc_freq >= 0, f"training.gc_freq must be >= 0 steps (0 = Python's automatic collection); got {t.gc_freq}")
     _require(o.lr > 0, f"optimizer.lr must be > 0; got {o.lr}")
     _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
              f"optimizer.betas must be two numbers in [0, 1); got {o.betas}")

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from components.host_gc import ScheduledGC
 from train import Trainer
 
 
@@ -19,11 +20,13 @@ def timed_steps(trainer: Trainer, first_step: int, n: int, std_every: int = 0) -
     """Seconds for n optimizer steps (std reduction every ``std_every`` steps; 0 = never)."""
     sync(trainer.env.device)
     start = time.perf_counter()
-    for step in range(first_step, first_step + n):
-        trainer.train_step(step, logging=False)
-        if std_every and step % std_every == 0:
-            trainer.weight_stats.compute()
-        trainer.optimizer.zero_grad(set_to_none=True)
+    with ScheduledGC(trainer.cfg.training.gc_freq) as collector:  # as Trainer.train does
+        for step in range(first_step, first_step + n):
+            trainer.train_step(step, logging=False)
+            if std_every and step % std_every == 0:
+                trainer.weight_stats.compute()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            collector.step(step)
     sync(trainer.env.device)
     return time.perf_counter() - start
 
