@@ -191,9 +191,10 @@ class Training:
     """Device type; auto = cuda when available, else cpu (gloo)."""
     trainable: Literal["all", "lora"] = "all"
     """Parameters the optimizer updates: all, or only the LoRA adapters (the rest frozen; needs model.lora_rank > 0)."""
-    gc_freq: int = 50
+    gc_freq: int = 0
     """Python garbage collection every N steps at a step boundary instead of automatically (steps; 0 = Python's
-    automatic collection, which can stall the host mid-step); as torchtitan's training.gc_freq."""
+    automatic collection); as torchtitan's training.gc_freq. Its speed effect is not yet measured
+    (docs/performance.md)."""
     nonfinite_check: Literal["step", "log"] = "step"
     """step: read the global grad norm every step before the optimizer step (one device sync), so a NaN/Inf stops
     the run naming the first non-finite weight or gradient before the update spreads it; log: only on logging

@@ -73,7 +73,7 @@ VARIANTS = {
     "micro_64": Variant(RESHARD, {"gpt2_124m": 64}),
     "current": Variant(),  # the code's defaults at the model's setting
     "current_nonfinite_log": Variant(("--training.nonfinite_check", "log")),
-    "current_gc_auto": Variant(("--training.gc_freq", "0")),  # Python's automatic garbage collection
+    "current_gc_scheduled": Variant(("--training.gc_freq", "50")),  # torchtitan's default schedule
     "current_expandable_segments": Variant(env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
     "micro_16_llama": Variant(micro={"llama_1b": 16}),  # llama_1b in one 16 x 2048 micro-batch (needs > 80 GB)
 }
