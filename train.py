@@ -23,7 +23,7 @@ from components.checkpoint import Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, parse_cli, to_toml
 from components.data import TokenBatches, TokenDataset, batch_to_device, ensure_dataset
 from components.host_gc import ScheduledGC
-from components.loss import build_next_token_loss, next_token_loss  # noqa: F401 (next_token_loss: train's API)
+from components.loss import build_next_token_loss
 from components.lr_schedule import build_lr_scheduler
 from components.metrics import (
     MFU_TAGS,

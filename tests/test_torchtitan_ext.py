@@ -277,7 +277,7 @@ def test_initlab_dataset_misfits_are_one_line_errors(token_dir, flags, flavor, m
 def test_torchtitan_and_initlab_models_compute_the_same_loss(token_dir):
     """The premise of the GPU comparison: same weights (the extension) and same RoPE (torchtitan's default Llama 3
     scaling, factor 8, set in initlab) give the same logits, so equal batches give equal step-1 losses."""
-    import train
+    from components.loss import next_token_loss
 
     titan = torchtitan_model(["--initlab.scheme", "depth_aware", "--initlab.seed", "3"], ext.DEBUG_FLAVOR)
     cfg = Config(job=Job(seed=3), model=Model(flavor="debug", vocab_size=DEBUG_VOCAB, rope_scaling_factor=8.0),
@@ -287,8 +287,8 @@ def test_torchtitan_and_initlab_models_compute_the_same_loss(token_dir):
     with torch.no_grad():
         theirs_logits, our_logits = titan(inputs["input"]), ours(inputs["input"])
     assert (theirs_logits - our_logits).abs().max() < 1e-4  # fp32, different kernels for attention and RoPE
-    assert train.next_token_loss(theirs_logits, labels).item() == pytest.approx(
-        train.next_token_loss(our_logits, labels).item(), rel=1e-6)
+    assert next_token_loss(theirs_logits, labels).item() == pytest.approx(
+        next_token_loss(our_logits, labels).item(), rel=1e-6)
 
 
 def test_the_gpu_comparison_configs_match_hyperparameter_for_hyperparameter():

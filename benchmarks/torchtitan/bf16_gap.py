@@ -29,10 +29,10 @@ if str(REPO) not in sys.path:
 
 from torch.distributed.fsdp import MixedPrecisionPolicy  # noqa: E402
 
-import train  # noqa: E402
 from components.build import build_local_model  # noqa: E402
 from components.config import Compile, Config, Data, Init, Job, Model, Tokenizer, Training  # noqa: E402
 from components.data import TokenBatches, TokenDataset, ensure_dataset  # noqa: E402
+from components.loss import next_token_loss  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
 from distributed.parallelize import apply_fsdp  # noqa: E402
@@ -87,11 +87,11 @@ def measure(args: argparse.Namespace) -> dict:
             tokens = data.get(step, slice(None))
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                titan_bf16 = train.next_token_loss(titan(inputs), targets).item()
-            row = {"step": step, "torchtitan_fp32": train.next_token_loss(titan(inputs), targets).item(),
-                   "initlab_fp32": train.next_token_loss(reference(inputs), targets).item(),
+                titan_bf16 = next_token_loss(titan(inputs), targets).item()
+            row = {"step": step, "torchtitan_fp32": next_token_loss(titan(inputs), targets).item(),
+                   "initlab_fp32": next_token_loss(reference(inputs), targets).item(),
                    "torchtitan_autocast_bf16": titan_bf16,
-                   "initlab_fsdp_bf16": train.next_token_loss(sharded(inputs), targets).item()}
+                   "initlab_fsdp_bf16": next_token_loss(sharded(inputs), targets).item()}
             row["abs_gap_bf16"] = abs(row["torchtitan_autocast_bf16"] - row["initlab_fsdp_bf16"])
             rows.append(row)
     return {"dim": args.dim, "layers": args.layers, "seq_len": args.seq_len, "batch": args.batch, "scheme": SCHEME,
