@@ -196,9 +196,10 @@ class Training:
     automatic collection); as torchtitan's training.gc_freq. Its speed effect is not yet measured
     (docs/performance.md)."""
     nonfinite_check: Literal["step", "log"] = "step"
-    """step: read the global grad norm every step before the optimizer step (one device sync), so a NaN/Inf stops
-    the run naming the first non-finite weight or gradient before the update spreads it; log: only on logging
-    steps (no sync, but the culprit is then looked up after NaN updates)."""
+    """step: read the global grad norm every step (one host sync; fused AdamW skips a non-finite update on device,
+    other kernels are checked before it), so a NaN/Inf stops the run naming the first non-finite weight or
+    gradient before an update spreads it; log: only on logging steps (no sync, but the culprit is then looked
+    up after NaN updates)."""
 
 
 @dataclass
