@@ -132,32 +132,25 @@ class Trainer:
             tokens = self.train_batches.get(step, slice(start, start + self.micro_batch))
             local_loss += self.forward_backward_step(tokens, micro == self.accum_steps - 1, logging and micro == 0)
         grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.training.max_norm)  # untouched if non-finite
-        checked = self.cfg.training.nonfinite_check == "step"
-        if checked and not self.guard_update(grad_norm):  # sync before the update: the kernel cannot skip it
+        guarded = self.cfg.training.nonfinite_check == "step"
+        # Fused AdamW skips the update on device when found_inf (the flag torch's GradScaler sets) is 1, leaving
+        # weights, moments and step counts as they were: the host then reads the norm once the update is
+        # queued. Other kernels would apply it, so the host reads the norm first.
+        skipped_on_device = guarded and self.optimizer.defaults["fused"]
+        if skipped_on_device:
+            self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+        elif guarded and not torch.isfinite(grad_norm):
             self.raise_nonfinite(step)
         if logging and self.weight_stats.grad_stats:
             self.weight_stats.snapshot()
         self.step_lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a float: no sync)
         self.optimizer.step()
-        if checked and self.optimizer.defaults["fused"] and not torch.isfinite(grad_norm):  # sync, the update queued
+        if skipped_on_device and not torch.isfinite(grad_norm):  # weights finite, gradients in place: name them
             self.raise_nonfinite(step)
         self.scheduler.step()
         if logging and self.cfg.metrics.log_weight_std:  # here, as train() frees the grads before log_step
             self.extra_values.update(self.weight_stats.compute())
         return local_loss, grad_norm
-
-    def guard_update(self, grad_norm: torch.Tensor) -> bool:
-        """Make the coming optimizer step a no-op on device if ``grad_norm`` is not finite; False when it must be
-        checked on the host first instead (non-fused kernels), and is not finite.
-
-        Fused AdamW reads ``found_inf`` (the flag torch's GradScaler sets) and then leaves weights, moments and
-        step counts as they were, so the host reads the flag only after the update is queued and the device
-        never waits for it; the weights stay finite and the gradients stay in place for naming the culprit.
-        """
-        if self.optimizer.defaults["fused"]:
-            self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
-            return True
-        return bool(torch.isfinite(grad_norm))
 
     @torch.no_grad()
     def validate(self) -> float:
