@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.loss import build_next_token_loss, next_token_loss
+from components.loss import build_next_token_loss, fused_next_token_loss, next_token_loss
 
 BATCH, SEQ, VOCAB = 3, 7, 50
 
@@ -28,7 +28,7 @@ def reference(logits: torch.Tensor, targets: torch.Tensor, scale: float) -> tupl
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_loss_and_gradient_equal_torch_cross_entropy(dtype, tol, compiled):
-    loss_fn = build_next_token_loss(compile=compiled) if compiled else next_token_loss
+    loss_fn = fused_next_token_loss(compile=compiled)
     logits, targets = logits_and_targets(dtype)
     scale = 0.25  # a micro-batch's 1/accumulation: the gradient carries the incoming scale
     loss = loss_fn(logits, targets)
@@ -41,7 +41,15 @@ def test_loss_and_gradient_equal_torch_cross_entropy(dtype, tol, compiled):
 
 def test_gradient_rows_sum_to_zero_and_target_entries_are_negative():
     logits, targets = logits_and_targets(torch.float32, seed=1)
-    next_token_loss(logits, targets).backward()
+    fused_next_token_loss(compile=False)(logits, targets).backward()
     grad = logits.grad.flatten(0, 1)
     torch.testing.assert_close(grad.sum(-1), torch.zeros(BATCH * SEQ), atol=1e-7, rtol=0)
     assert (grad.gather(-1, targets.flatten().unsqueeze(-1)) < 0).all()
+
+
+def test_the_trainer_compiles_the_fused_loss_and_uses_torch_eagerly():
+    logits, targets = logits_and_targets(torch.float32, seed=2)
+    assert build_next_token_loss(compile=False) is next_token_loss
+    eager, compiled = next_token_loss(logits, targets), build_next_token_loss(compile=True)(logits, targets)
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-6)
+    assert eager.item() == pytest.approx(F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item(), rel=0)
