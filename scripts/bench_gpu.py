@@ -75,7 +75,7 @@ VARIANTS = {
     "current_nonfinite_log": Variant(("--training.nonfinite_check", "log")),
     "current_gc_scheduled": Variant(("--training.gc_freq", "50")),  # torchtitan's default schedule
     "current_expandable_segments": Variant(env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
-    "micro_16_llama": Variant(micro={"llama_1b": 16}),  # llama_1b in one 16 x 2048 micro-batch (needs > 80 GB)
+    "micro_16_llama": Variant(micro={"llama_1b": 16}),  # llama_1b in one 16 x 2048 micro-batch (73 GiB)
 }
 
 
