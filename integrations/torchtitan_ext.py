@@ -24,6 +24,8 @@ are bitwise initlab train.py's), for step-for-step comparisons. docs/torchtitan.
 # No ``from __future__ import annotations``: torchtitan's ConfigManager merges JobConfig below into its own
 # dataclass and resolves the field types in its module, where a string "InitlabSection" means nothing.
 import dataclasses
+import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -34,7 +36,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torchtitan.components.dataloader import BaseDataLoader
-from torchtitan.components.metrics import MetricsProcessor
+from torchtitan.components.metrics import BaseLogger, MetricsProcessor, _get_metrics_rank
 from torchtitan.models import llama3
 from torchtitan.models.llama3.model.args import TransformerModelArgs
 from torchtitan.models.llama3.model.model import Transformer
@@ -42,8 +44,25 @@ from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
 from benchmarks.torchtitan.llama_1b_flavor import register as register_llama_1b_flavor
 from components.activation_stats import STAT_ATTR, ActivationStats, logit_max
-from components.config import Config, ConfigError, Data, Init, Tokenizer, validate
+from components.config import (
+    Checkpoint,
+    Compile,
+    Config,
+    ConfigError,
+    Data,
+    Init,
+    Job,
+    LRScheduler,
+    Metrics,
+    Model,
+    Optimizer,
+    Tokenizer,
+    Training,
+    to_toml,
+    validate,
+)
 from components.data import TokenBatches, TokenDataset, ensure_dataset, read_manifest
+from components.metrics import truncate_jsonl
 from components.tokenizer import build_tokenizer
 from components.torchtitan_names import from_torchtitan
 from components.weight_stats import WeightStats
@@ -51,6 +70,7 @@ from distributed.env import barrier
 from init_schemes import WeightInitializer
 from models import make_model_args
 from models.common import ModelArgs, canonical_name, layer_of, role_of
+from scripts.report_common import TORCHTITAN_TABLE
 
 TRAIN_SPEC_NAME = "initlab_llama3"
 TORCHTITAN_VERSION = "0.2.2"
@@ -77,6 +97,10 @@ class InitlabSection(Init):
     train.py's for the same seed, training.seq_len and global batch (InitlabDataLoader)."""
     data_cache_dir: str = ".cache/initlab"
     """Directory (path) of initlab's token cache for dataset = "embedded" (initlab's data.cache_dir)."""
+    run_dir: str = "initlab_run"
+    """initlab run directory (path; relative = under job.dump_folder; "" = off) that torchtitan's metrics rank fills
+    with metrics.jsonl under initlab's metric names on every log step and a config.toml in initlab's schema plus a
+    [torchtitan] table, so scripts/compare_runs.py reads this run next to train.py's (InitlabRunLogger)."""
 
 
 @dataclass
@@ -319,9 +343,152 @@ class InitlabMetricsProcessor(MetricsProcessor):
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra)
 
 
+# ---------------------------------------------------------------- the run as an initlab run directory
+SAME_METRICS = {"loss_metrics/global_avg_loss": "loss/train", "validation_metrics/loss": "loss/val",
+                "grad_norm": "grad_norm", "lr": "lr"}
+"""torchtitan's name -> initlab's (docs/design.md §8) of the metrics that mean the same."""
+INITLAB_FAMILIES = ("weight_std/", "act_rms/", "act_std/", "attn_logit_max/")
+"""Prefixes of the tags the extension logs under initlab's names already."""
+
+
+def initlab_metrics(metrics: Mapping, world_size: int) -> dict[str, float]:
+    """The metrics torchtitan logs at one step under initlab's names (the others are left out).
+
+    torchtitan's ``throughput(tps)`` is the metrics rank's tokens / (seconds x non-data-parallel ranks): initlab's
+    per-device tokens/s; times the world size it is the global tokens/s (every dp rank reads as many tokens).
+    """
+    values = {SAME_METRICS[name]: float(value) for name, value in metrics.items() if name in SAME_METRICS}
+    values |= {name: float(value) for name, value in metrics.items() if name.startswith(INITLAB_FAMILIES)}
+    if "throughput(tps)" in metrics:
+        values["throughput/tokens_per_sec_per_device"] = float(metrics["throughput(tps)"])
+        values["throughput/tokens_per_sec"] = float(metrics["throughput(tps)"]) * world_size
+    return values
+
+
+class InitlabRunLogger(BaseLogger):
+    """torchtitan's metric logger that also appends each logged step, under initlab's names, to ``metrics.jsonl``.
+
+    One JSON object per call (non-finite values as null, as train.py writes them); a validation record shares its
+    step with the training record, and readers merge them. The first record of a process, at step s, drops the
+    file's records from s on: after a checkpoint resume no log step lies between the checkpoint and s, and a new
+    run in the same folder starts at s = 1.
+    """
+
+    def __init__(self, inner: BaseLogger, run_dir: Path, world_size: int):
+        self.inner, self.path, self.world_size = inner, run_dir / "metrics.jsonl", world_size
+        self.file = None
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.inner.log(metrics, step)
+        if self.file is None:
+            truncate_jsonl(self.path, step - 1)
+            self.file = self.path.open("a", encoding="utf-8")
+        values = initlab_metrics(metrics, self.world_size)
+        record = {"step": step, **{name: value if math.isfinite(value) else None for name, value in values.items()}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.inner.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def initlab_lr_scheduler(schedule, steps: int) -> LRScheduler:
+    """initlab's name for torchtitan's lr schedule: warm-up (torchtitan shortens it to the run), then constant
+    (no decay steps), linear or cosine (decay_ratio unset), or wsd (linear decay over the last decay_ratio).
+    A schedule initlab lacks (sqrt, a WSD with cosine decay) keeps initlab's default decay; the [torchtitan]
+    table records torchtitan's own fields either way."""
+    total = schedule.total_steps or steps
+    mapped = LRScheduler(warmup_steps=min(schedule.warmup_steps, total), min_lr_ratio=schedule.min_lr_factor)
+    if schedule.decay_ratio is not None and round(total * schedule.decay_ratio) == 0:
+        mapped.decay_type = "constant"
+    elif schedule.decay_ratio is None and schedule.decay_type in ("linear", "cosine"):
+        mapped.decay_type = schedule.decay_type
+    elif schedule.decay_ratio is not None and schedule.decay_type == "linear":
+        mapped.decay_type, mapped.decay_ratio = "wsd", schedule.decay_ratio
+    return mapped
+
+
+def initlab_model_table(args: TransformerModelArgs) -> Model:
+    """torchtitan's llama3 shape as initlab's [model] table (every shape field set, so the flavor adds nothing)."""
+    rope = args.rope_scaling_args
+    return Model(name="llama", flavor="debug", n_layers=args.n_layers, dim=args.dim, n_heads=args.n_heads,
+                 n_kv_heads=args.n_kv_heads or args.n_heads, multiple_of=args.multiple_of,
+                 ffn_dim_multiplier=args.ffn_dim_multiplier, vocab_size=args.vocab_size, norm_eps=args.norm_eps,
+                 rope_theta=float(args.rope_theta), rope_scaling_factor=float(rope.scaling_factor),
+                 rope_low_freq_factor=float(rope.low_freq_factor), rope_high_freq_factor=float(rope.high_freq_factor),
+                 rope_original_max_seq_len=rope.original_max_position_embeddings)
+
+
+def initlab_run_config(job_config, args: TransformerModelArgs, dp_world_size: int, run_dir: Path) -> Config:
+    """The torchtitan run in initlab's schema, as far as it maps (validated by initlab's rules)."""
+    t, opt, section = job_config.training, job_config.optimizer, job_config.initlab
+    if opt.name != "AdamW":
+        raise ConfigError(f"initlab.run_dir describes AdamW runs (initlab's only optimizer), not optimizer.name = "
+                          f"{opt.name!r}; set initlab.run_dir = \"\" or optimizer.name = \"AdamW\"")
+    cfg = Config(
+        job=Job(seed=initlab_seed(job_config), output_dir=str(run_dir.parent), run_name=run_dir.name,
+                description=job_config.job.description),
+        model=initlab_model_table(args), init=checked_section(section),
+        data=Data(dataset=section.dataset or f"torchtitan:{t.dataset}", cache_dir=section.data_cache_dir),
+        training=Training(steps=t.steps, seq_len=t.seq_len, global_batch_size=global_batch_size(t, dp_world_size),
+                          local_batch_size=t.local_batch_size, max_norm=float(t.max_norm), gc_freq=t.gc_freq,
+                          mixed_precision_param=t.mixed_precision_param,
+                          mixed_precision_reduce=t.mixed_precision_reduce),
+        # torchtitan's AdamW is one parameter group: weight decay on every tensor
+        optimizer=Optimizer(lr=opt.lr, betas=[opt.beta1, opt.beta2], eps=opt.eps, weight_decay=opt.weight_decay,
+                            decay_norms=True, decay_biases=True, decay_embeddings=True,
+                            implementation=opt.implementation),
+        lr_scheduler=initlab_lr_scheduler(job_config.lr_scheduler, t.steps),
+        metrics=Metrics(log_freq=job_config.metrics.log_freq, log_weight_std=section.log_weight_std,
+                        log_variance_stats=section.log_activation_stats,
+                        val_freq=job_config.validation.freq if job_config.validation.enable else 0),
+        checkpoint=Checkpoint(enable=job_config.checkpoint.enable, interval=job_config.checkpoint.interval),
+        compile=Compile(enable=job_config.compile.enable))
+    validate(cfg)
+    return cfg
+
+
+def torchtitan_table(job_config) -> dict:
+    """The [torchtitan] table: marks the run as torchtitan's and records what initlab's tables cannot say. No
+    paths, so two seeds of one torchtitan config form one compare_runs group (and never one with train.py's)."""
+    schedule = job_config.lr_scheduler
+    table = {"version": TORCHTITAN_VERSION, "train_spec": TRAIN_SPEC_NAME, "flavor": job_config.model.flavor,
+             "lr_decay_type": schedule.decay_type, "lr_decay_ratio": schedule.decay_ratio,
+             "lr_min_factor": schedule.min_lr_factor, "lr_total_steps": schedule.total_steps,
+             "dataset": None if job_config.initlab.dataset else job_config.training.dataset}
+    return {key: value for key, value in table.items() if value is not None}
+
+
+def run_config_toml(cfg: Config, trainer: dict) -> str:
+    """initlab's config.toml text of ``cfg`` followed by the [torchtitan] table."""
+    lines = [f"[{TORCHTITAN_TABLE}]", *(f"{key} = {json.dumps(value)}" for key, value in trainer.items())]
+    return to_toml(cfg) + "\n".join(lines) + "\n"
+
+
+def initlab_run_dir(job_config) -> Path | None:
+    """``initlab.run_dir`` resolved under job.dump_folder (None when off)."""
+    run_dir = job_config.initlab.run_dir
+    return Path(job_config.job.dump_folder, run_dir) if run_dir else None
+
+
 def build_metrics_processor(job_config, parallel_dims, model_args=None, tag: str | None = None) -> MetricsProcessor:
-    """torchtitan's build_metrics_processor, with initlab's weight statistics."""
-    return InitlabMetricsProcessor(job_config, parallel_dims, tag)
+    """torchtitan's build_metrics_processor, with initlab's weight statistics and, on torchtitan's metrics rank,
+    ``initlab.run_dir`` (config.toml written now, metrics.jsonl on every log step)."""
+    processor = InitlabMetricsProcessor(job_config, parallel_dims, tag)
+    run_dir = initlab_run_dir(job_config)
+    if run_dir is None or model_args is None:
+        return processor
+    dp = parallel_dims.dp_replicate * parallel_dims.dp_shard
+    cfg = initlab_run_config(job_config, model_args, dp, run_dir)  # on every rank: a ConfigError stops them all
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    if rank != _get_metrics_rank(parallel_dims, job_config):
+        return processor
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(run_config_toml(cfg, torchtitan_table(job_config)))
+    processor.logger = InitlabRunLogger(processor.logger, run_dir, parallel_dims.world_size)
+    return processor
 
 
 class InitlabDataLoader(BaseDataLoader):

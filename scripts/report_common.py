@@ -148,9 +148,24 @@ def final_layer_std(records: list[dict[str, Any]]) -> dict[str, dict[int, float]
     return final
 
 
+TORCHTITAN_TABLE = "torchtitan"
+"""config.toml table of a torchtitan run (integrations/torchtitan_ext.py, ``initlab.run_dir``): not an initlab option,
+so the config system does not read it; in ``RunData.config`` it sets the run apart from train.py's runs."""
+
+
 def load_run_config(run: RunData) -> config_mod.Config:
-    """The run's config.toml through the config system (validated, defaults filled in)."""
-    return config_mod.load_config(["--config", str(run.path / "config.toml")])[0]
+    """The run's config.toml through the config system (validated, defaults filled in; a [torchtitan] table left out)."""
+    path = run.path / "config.toml"
+    if TORCHTITAN_TABLE not in run.config:
+        return config_mod.load_config(["--config", str(path)])[0]
+    cfg = config_mod.Config()  # the extension writes plain tables (no base include), each checked as load_config does
+    for section, table in run.config.items():
+        if section == TORCHTITAN_TABLE:
+            continue
+        for key, value in table.items():
+            config_mod._apply(cfg, section, key, value, from_cli=False, origin=str(path))
+    config_mod.validate(cfg)
+    return cfg
 
 
 def model_vocab(cfg: config_mod.Config) -> int:
