@@ -16,7 +16,9 @@ and seed, on any number of FSDP/HSDP ranks. Tensor parallelism shards some weigh
 (``wo``, ``w2``) or in strided blocks, which the block draw does not cover: such a placement is
 refused with a one-line error rather than drawn differently. On torchtitan's log steps the metrics
 also carry initlab's ``weight_std/<role>/layer_<NN>`` (components/weight_stats.py, the tags of
-initlab's trainer), so both trainers' runs line up in one TensorBoard. With ``[initlab] dataset`` set,
+initlab's trainer), so both trainers' runs line up in one TensorBoard; ``[initlab] run_dir`` (on by default) also
+writes them as an initlab run directory (metrics.jsonl + config.toml) that scripts/compare_runs.py reports next to
+train.py's runs (InitlabRunLogger, initlab_run_config). With ``[initlab] dataset`` set,
 torchtitan's trainer reads initlab's batches instead of its own data (InitlabDataLoader: step k's tokens
 are bitwise initlab train.py's), for step-for-step comparisons. docs/torchtitan.md has the details.
 """

@@ -157,3 +157,15 @@ def test_a_run_directory_of_another_optimizer_is_a_one_line_error(tmp_path):
         ext.initlab_run_config(job_config, llama3.llama3_args["debugmodel"], 1, tmp_path / "run")
     assert str(caught.value) == ("initlab.run_dir describes AdamW runs (initlab's only optimizer), not optimizer.name = "
                                  "'Adam'; set initlab.run_dir = \"\" or optimizer.name = \"AdamW\"")
+
+
+def test_a_torchtitan_run_config_is_checked_as_load_config_checks_it_but_its_table(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss/train": 2.5}\n')
+    table = '[torchtitan]\nversion = "0.2.2"\nflavor = "debugmodel"\n'
+    (tmp_path / "config.toml").write_text(f'[job]\nseed = 4\n[model]\nn_layers = 3\n{table}')
+    cfg = load_run_config(load_run(tmp_path))
+    assert (cfg.job.seed, cfg.model.n_layers, cfg.model.dim) == (4, 3, None)
+    (tmp_path / "config.toml").write_text(f"[model]\nn_layer = 3\n{table}")
+    with pytest.raises(ext.ConfigError, match=f"^unknown key model.n_layer \\({tmp_path / 'config.toml'}\\); "
+                                              "did you mean 'n_layers'\\?$"):
+        load_run_config(load_run(tmp_path))
