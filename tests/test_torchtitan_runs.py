@@ -127,6 +127,8 @@ def test_a_restarted_run_drops_the_records_from_its_first_step_on(tmp_path):
         first.log({"loss_metrics/global_avg_loss": 10.0 - step, "throughput(tps)": 5.0, "tflops": 1.0}, step)
     first.log({"validation_metrics/loss": 9.5, "grad_norm": float("nan")}, 4)
     first.close()
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last == {"step": 4, "loss/val": 9.5, "grad_norm": None}  # validation's own record; NaN as null
     resumed = ext.InitlabRunLogger(BaseLogger(), tmp_path, world_size=2)  # resumed from a checkpoint at step 2
     resumed.log({"loss_metrics/global_avg_loss": 6.5, "weight_std/attn.q/layer_00": 0.02}, 3)
     resumed.close()
