@@ -406,11 +406,10 @@ class TokenBatches:
 
 
 def batch_to_device(tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The batch on ``device`` without waiting for the device: a blocking copy from pageable memory makes
-    torch synchronize the stream (the host waits for every queued kernel, and the GPU then idles while the
-    host queues the next forward); a non-blocking copy from pinned memory is queued like a kernel, and
-    torch's pinned-memory cache keeps the buffer until the copy has run. On CPU the tensor is returned as is."""
+    """The batch on ``device`` without waiting for the device: after a blocking copy torch synchronizes the
+    stream (the host waits for every queued kernel); a non-blocking copy from pinned memory is queued like a
+    kernel, and torch's pinned-memory cache keeps the buffer until the copy has run. On CPU the tensor is
+    returned as is."""
     if device.type != "cuda":
         return tokens
     return tokens.pin_memory().to(device, non_blocking=True)
-
