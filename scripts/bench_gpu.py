@@ -150,9 +150,6 @@ def bench_one(model: str, variant: str, args, env, common: dict) -> dict:
         result[MFU_TAGS[convention]] = tokens / step_s * flops / trainer.peak_flops if trainer.peak_flops else None
     if variant in args.profile:
         profile_summary(trainer, args.warmup + args.steps + 1, Path(args.out) / "profiles", f"{model}_{variant}")
-    del trainer
-    if env.device.type == "cuda":
-        torch.cuda.empty_cache()
     return result
 
 
