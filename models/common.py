@@ -163,10 +163,16 @@ def llama3_scaled_freqs(freqs: torch.Tensor, args: ModelArgs) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs of features: x [B, T, H, hd], rope [T, hd/2] complex -> [B, T, H, hd]."""
-    x_complex = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    rotated = x_complex * rope.view(1, x.shape[1], 1, x_complex.shape[-1])
-    return torch.view_as_real(rotated).flatten(3).type_as(x)
+    """Rotate pairs of features: x [B, T, H, hd], rope [T, hd/2, 2] = (cos, sin) of t·θ_j -> [B, T, H, hd].
+
+    Llama's complex product (a + ib)(cos + i sin) written in real arithmetic, float32 as in the reference:
+    compiled blocks fuse it, where complex tensors fall back to eager kernels (four per block and
+    micro-batch, forward and backward).
+    """
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # [B, T, H, hd/2, 2]
+    a, b = pairs[..., 0], pairs[..., 1]
+    cos, sin = (rope[..., i].view(1, x.shape[1], 1, -1) for i in (0, 1))  # each [1, T, 1, hd/2]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(3).type_as(x)
 
 
 class Tap(nn.Module):
@@ -227,6 +233,7 @@ class TransformerBase(nn.Module):
         return self.lm_head(h)
 
     def rope_for(self, seqlen: int) -> torch.Tensor | None:
+        """The rotations of the first ``seqlen`` positions for :func:`apply_rope` ([T, hd/2, 2]), None without RoPE."""
         return None
 
     def reset_buffers(self, buffer_device: torch.device | None) -> None:

@@ -86,4 +86,4 @@ class Llama(TransformerBase):
         return self.tok_embedding(tokens)
 
     def rope_for(self, seqlen: int) -> torch.Tensor:
-        return self.rope[:seqlen]
+        return torch.view_as_real(self.rope[:seqlen])  # a real view of the complex buffer: [T, hd/2, 2]
