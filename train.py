@@ -53,7 +53,7 @@ from distributed.env import DistEnv, any_and_all, barrier, decided_by_rank0, dis
 from distributed.parallelize import compile_enabled, reshards_after_forward, start_micro_batch
 from init_schemes.base import DEFAULT_BASE_STD
 from models import build_model
-from models.common import FLOP_CONVENTIONS, count_params, flops_per_token
+from models.common import count_params, flops_per_token_by_convention
 
 
 @dataclass
@@ -102,8 +102,7 @@ class Trainer:
             "data": self.train_batches, "train": self.state})
         self.n_params = count_params(self.model)
         # MFU under both conventions (models/common.py): "mfu" is torchtitan's; they differ for a tied head.
-        self.flops_per_token = {convention: flops_per_token(self.model, self.model_args, t.seq_len, convention)
-                                for convention in FLOP_CONVENTIONS}
+        self.flops_per_token = flops_per_token_by_convention(self.model, self.model_args, t.seq_len)
         self.peak_flops = peak_flops(env.device)
         grad_stats = cfg.metrics.log_grad_stats or cfg.metrics.log_variance_stats
         self.weight_stats = WeightStats(self.model, grad_stats=grad_stats)
@@ -395,8 +394,7 @@ def dry_run(cfg: Config) -> None:
         freeze_all_but_adapters(model)
     n_params, n_no_emb = count_params(model), count_params(model, exclude_embeddings=True)
     n_trainable = count_params(model, exclude_embeddings=True, trainable_only=True)
-    flops = {convention: flops_per_token(model, args, cfg.training.seq_len, convention)
-             for convention in FLOP_CONVENTIONS}
+    flops = flops_per_token_by_convention(model, args, cfg.training.seq_len)
     print(to_toml(cfg))
     print(f"# model: {args.family} {cfg.model.flavor}: L={args.n_layers} d={args.dim} heads={args.n_heads}/"
           f"{args.n_kv_heads} d_ff={args.ffn_dim} vocab={args.vocab_size}")

@@ -314,6 +314,11 @@ def flops_per_token(model: nn.Module, args: ModelArgs, seq_len: int, convention:
     return matmul_flops + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
 
 
+def flops_per_token_by_convention(model: nn.Module, args: ModelArgs, seq_len: int) -> dict[str, int]:
+    """:func:`flops_per_token` under every convention of ``FLOP_CONVENTIONS``, by name."""
+    return {convention: flops_per_token(model, args, seq_len, convention) for convention in FLOP_CONVENTIONS}
+
+
 ActivationFn = Callable[[torch.Tensor], torch.Tensor]
 
 

@@ -196,6 +196,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.steps, args.warmup = "debug", 2, 1
+    if args.steps < 1 or args.warmup < 1:
+        parser.error(f"--steps {args.steps} and --warmup {args.warmup} must both be >= 1 (the warm-up compiles)")
     args.profile = [v for v in args.profile.split(",") if v]
     for option, chosen, known in (("--models", args.models.split(","), MODEL_SETTINGS),
                                   ("--variants", args.variants.split(",") + args.profile, VARIANTS)):
@@ -203,6 +205,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if unknown:
             parser.error(f"unknown {option} {unknown}; choose from {sorted(known)}")
     return args
+
+
+class BenchError(RuntimeError):
+    """A variant's process failed (its last error line is the message)."""
 
 
 def measure_in_child(model: str, variant: str, args, common: dict) -> dict:
@@ -214,7 +220,9 @@ def measure_in_child(model: str, variant: str, args, common: dict) -> dict:
     proc = subprocess.run(argv, env={**os.environ, **VARIANTS[variant].env}, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode or not lines:
-        raise RuntimeError(f"{model}/{variant} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"{model}/{variant} failed (exit {proc.returncode}): {last}; run it alone with "
+                         f"--models {model} --variants {variant} to see its whole output")
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
@@ -229,6 +237,15 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.child:
         return run_child(args)
+    try:
+        return measure_all(args)
+    except BenchError as error:  # the records measured before it are already written
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def measure_all(args) -> int:
+    """Every model x variant, each in its own process; appends the records to <out>/<device>.json."""
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     common = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "torch": torch.__version__, "device": device_name, "commit": git_commit()}

@@ -26,3 +26,14 @@ def test_each_variant_is_one_record_with_its_batch_and_provenance(tmp_path):
         assert record["mfu"] is None and record["mfu_all_matmuls"] is None  # no peak FLOP/s on a CPU
     assert [r["reshard_after_forward"] for r in records] == [True, False]  # before: forced; current: auto on 1 rank
     assert "| initlab | debug | current | 4 x 2 |" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "fastest"], "unknown --variants ['fastest']"),
+    (["--models", "gpt3"], "unknown --models ['gpt3']"),
+    (["--steps", "0"], "--steps 0 and --warmup 5 must both be >= 1"),
+])
+def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, argv, message):
+    proc = python(["scripts/bench_gpu.py", "--out", str(tmp_path / "out"), *argv], check=False)
+    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
