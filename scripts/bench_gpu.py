@@ -119,9 +119,40 @@ def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, ste
                                     max_shapes_column_width=120))
         by_stack = prof.key_averages(group_by_stack_n=5)  # and from which Python lines
         lines.append(by_stack.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=40))
+        lines.append(idle_gap_report(prof.events(), steps))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"profile_{name}.txt").write_text("\n".join(lines))
     print(lines[0], flush=True)
+
+
+def idle_gap_report(events, steps: int, top: int = 15, min_us: float = 20.0) -> str:
+    """Where the device waited: the union of all kernel and copy intervals (every stream) against the profiled
+    window, and the ``top`` longest gaps of at least ``min_us`` between them, each with the kernel it ended on
+    and the host ops that launched that kernel (outermost first, from the profiler's correlation ids)."""
+    from torch.autograd import DeviceType
+    device = sorted((e for e in events if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    if not device:
+        return "no device events"
+    launcher = {e.id: e for e in events if e.device_type == DeviceType.CPU}
+    gaps, busy_end, busy = [], device[0].time_range.start, 0.0
+    for event in device:
+        start, end = event.time_range.start, event.time_range.end
+        if start - busy_end >= min_us:
+            gaps.append((start - busy_end, event))
+        busy += max(0.0, end - max(start, busy_end))
+        busy_end = max(busy_end, end)
+    window = busy_end - device[0].time_range.start
+    lines = [f"device idle: {(window - busy) / 1e3 / steps:.1f} ms/step of {window / 1e3 / steps:.1f} "
+             f"({len(gaps)} gaps >= {min_us:.0f} us: {sum(g for g, _ in gaps) / 1e3 / steps:.1f} ms/step); "
+             f"longest {top}:", "| gap us | next kernel | launched by (outermost first) |", "|---|---|---|"]
+    for gap, event in sorted(gaps, key=lambda g: -g[0])[:top]:
+        chain, op = [], launcher.get(event.linked_correlation_id)
+        while op is not None:
+            chain.append(op.name)
+            op = op.cpu_parent
+        names = chain[::-1] if len(chain) <= 4 else [*chain[:-4:-1], "...", chain[0]]  # outermost 3 ... innermost
+        lines.append(f"| {gap:.0f} | {event.name[:60]} | {' > '.join(names) or '?'} |")
+    return "\n".join(lines)
 
 
 def bench_one(model: str, variant: str, args, env, common: dict) -> dict:

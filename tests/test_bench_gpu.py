@@ -37,3 +37,33 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, argv, mes
     proc = python(["scripts/bench_gpu.py", "--out", str(tmp_path / "out"), *argv], check=False)
     assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_idle_gap_report_finds_the_waits_between_overlapping_kernels_and_names_their_launchers():
+    """Kernels on two streams overlap (their union is the busy time); gaps are measured from the end of
+    everything before, and each names the host ops that launched the kernel after it."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from scripts.bench_gpu import idle_gap_report
+
+    def op(id_, name, parent=None):
+        return SimpleNamespace(id=id_, name=name, cpu_parent=parent, device_type=DeviceType.CPU)
+
+    def kernel(name, start, end, launched_by):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
+                               linked_correlation_id=launched_by, device_type=DeviceType.CUDA)
+
+    step = op(1, "train_step")
+    fsdp = op(2, "FSDP::pre_forward", step)
+    cast = op(3, "aten::_to_copy", fsdp)
+    events = [step, fsdp, cast, op(4, "aten::mm"),
+              kernel("mm_a", 0, 100, 4), kernel("copy_b", 50, 130, 4),  # overlapping: busy 0..130
+              kernel("cast_c", 180, 200, 3),                              # 50 us gap, launched under FSDP
+              kernel("tiny_d", 210, 220, 4)]                              # 10 us: below min_us
+    report = idle_gap_report(events, steps=1, min_us=20)
+    assert report.splitlines()[0].startswith("device idle: 0.1 ms/step of 0.2 (1 gaps >= 20 us: 0.1 ms/step)")
+    assert "| 50 | cast_c | train_step > FSDP::pre_forward > aten::_to_copy |" in report
+    assert "tiny_d" not in report
+    assert idle_gap_report([step], steps=1) == "no device events"

@@ -200,6 +200,14 @@ def two_rank_kept_gathered(out) -> Run:
 
 
 @pytest.fixture(scope="module")
+def replicated(out) -> Run:
+    """2 replicas of a one-rank shard group (FSDP2's reduce-scatter without its copy, then the all-reduce), with
+    2 accumulated micro-batches per rank."""
+    return run_torchrun(out, "replicate_2rank", 2, [*HSDP_REFERENCE, "--parallelism.data_parallel_replicate_degree",
+                                                    "2", "--training.local_batch_size", "1"])
+
+
+@pytest.fixture(scope="module")
 def hsdp(out) -> Run:
     return run_torchrun(out, "hsdp_4rank", 4, [*HSDP_REFERENCE, "--parallelism.data_parallel_replicate_degree", "2"])
 
@@ -254,6 +262,17 @@ def test_hsdp_four_ranks_matches_one_process(single, hsdp):
     assert sorted(reference.column("loss/train")) == [1, 2, 3, 4]
     for name in ("loss/train", "grad_norm", "weight_std/attn.q/layer_01"):
         assert_close_series(hsdp.column(name), reference.column(name), REL_TOL_WORLD_SIZE, f"hsdp {name}")
+
+
+def test_replicas_of_one_rank_shard_groups_match_one_process(single, replicated):
+    """2 replicas x 1 shard: the sharded gradients are views of the packed reduce-scatter input
+    (distributed/parallelize.py: OneRankReduceScatter), all-reduced in place; losses and grad norms of 4 steps
+    are the 1-process ones (1e-4)."""
+    reference = single["hsdp_reference"]
+    assert replicated.rc == 0, replicated.stderr
+    assert "data_parallel_replicate_degree = 2" in (replicated.run_dir / "config.toml").read_text()
+    for name in ("loss/train", "grad_norm", "weight_std/attn.q/layer_01"):
+        assert_close_series(replicated.column(name), reference.column(name), REL_TOL_WORLD_SIZE, f"replicated {name}")
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])
