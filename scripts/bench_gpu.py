@@ -100,16 +100,17 @@ def settings_argv(model: str, micro: int | None) -> tuple[str, list[str], int, i
 
 
 def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, steps: int = 3) -> None:
-    """torch.profiler over a few steps: kernel time vs wall time, top ops by device and by host time."""
+    """torch.profiler over a few steps: device busy and idle time vs wall time, top ops by device and host time."""
     from torch.profiler import ProfilerActivity, profile
     cuda = trainer.env.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, record_shapes=True, with_stack=True) as prof:
         wall = timed_steps(trainer, first_step, steps)
     averages = prof.key_averages()
-    device_ms = sum(e.self_device_time_total for e in averages) / 1e3 / steps if cuda else float("nan")
-    lines = [f"{name}: wall {1e3 * wall / steps:.1f} ms/step, device kernels {device_ms:.1f} ms/step "
-             f"(busy {100 * device_ms / (1e3 * wall / steps):.0f}%)"]
+    # Busy = the union of kernel and copy intervals (idle_gap_report); a sum of self device times would count
+    # the device-side annotation ranges (compiled graphs, FSDP phases) on top of the kernels inside them.
+    gaps = idle_gap_report(prof.events(), steps) if cuda else "no device events"
+    lines = [f"{name}: wall {1e3 * wall / steps:.1f} ms/step; {gaps.splitlines()[0]}"]
     if cuda:
         lines.append(averages.table(sort_by="self_device_time_total", row_limit=30))
     lines.append(averages.table(sort_by="self_cpu_time_total", row_limit=15))
@@ -119,7 +120,7 @@ def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, ste
                                     max_shapes_column_width=120))
         by_stack = prof.key_averages(group_by_stack_n=5)  # and from which Python lines
         lines.append(by_stack.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=40))
-        lines.append(idle_gap_report(prof.events(), steps))
+        lines.append(gaps)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"profile_{name}.txt").write_text("\n".join(lines))
     print(lines[0], flush=True)
@@ -130,7 +131,10 @@ def idle_gap_report(events, steps: int, top: int = 15, min_us: float = 20.0) -> 
     window, and the ``top`` longest gaps of at least ``min_us`` between them, each with the kernel it ended on
     and the host ops that launched that kernel (outermost first, from the profiler's correlation ids)."""
     from torch.autograd import DeviceType
-    device = sorted((e for e in events if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    # Kernels, copies and sets only: annotation ranges span the idle time between the kernels they enclose, and
+    # "Command Buffer Full" marks the host waiting on a full launch queue.
+    device = sorted((e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+                     and e.name != "Command Buffer Full"), key=lambda e: e.time_range.start)
     if not device:
         return "no device events"
     launcher = {e.id: e for e in events if e.device_type == DeviceType.CPU}
@@ -142,11 +146,12 @@ def idle_gap_report(events, steps: int, top: int = 15, min_us: float = 20.0) -> 
         busy += max(0.0, end - max(start, busy_end))
         busy_end = max(busy_end, end)
     window = busy_end - device[0].time_range.start
-    lines = [f"device idle: {(window - busy) / 1e3 / steps:.1f} ms/step of {window / 1e3 / steps:.1f} "
-             f"({len(gaps)} gaps >= {min_us:.0f} us: {sum(g for g, _ in gaps) / 1e3 / steps:.1f} ms/step); "
+    lines = [f"device busy {busy / 1e3 / steps:.2f} ms/step, idle {(window - busy) / 1e3 / steps:.2f} of "
+             f"{window / 1e3 / steps:.2f} "
+             f"({len(gaps)} gaps >= {min_us:.0f} us: {sum(g for g, _ in gaps) / 1e3 / steps:.2f} ms/step); "
              f"longest {top}:", "| gap us | next kernel | launched by (outermost first) |", "|---|---|---|"]
     for gap, event in sorted(gaps, key=lambda g: -g[0])[:top]:
-        chain, op = [], launcher.get(event.linked_correlation_id)
+        chain, op = [], launcher.get(getattr(event, "linked_correlation_id", None))  # torch >= 2.12
         while op is not None:
             chain.append(op.name)
             op = op.cpu_parent

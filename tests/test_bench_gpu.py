@@ -51,8 +51,8 @@ def test_idle_gap_report_finds_the_waits_between_overlapping_kernels_and_names_t
     def op(id_, name, parent=None):
         return SimpleNamespace(id=id_, name=name, cpu_parent=parent, device_type=DeviceType.CPU)
 
-    def kernel(name, start, end, launched_by):
-        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
+    def kernel(name, start, end, launched_by, annotation=False):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end), is_user_annotation=annotation,
                                linked_correlation_id=launched_by, device_type=DeviceType.CUDA)
 
     step = op(1, "train_step")
@@ -61,9 +61,11 @@ def test_idle_gap_report_finds_the_waits_between_overlapping_kernels_and_names_t
     events = [step, fsdp, cast, op(4, "aten::mm"),
               kernel("mm_a", 0, 100, 4), kernel("copy_b", 50, 130, 4),  # overlapping: busy 0..130
               kernel("cast_c", 180, 200, 3),                              # 50 us gap, launched under FSDP
-              kernel("tiny_d", 210, 220, 4)]                              # 10 us: below min_us
-    report = idle_gap_report(events, steps=1, min_us=20)
-    assert report.splitlines()[0].startswith("device idle: 0.1 ms/step of 0.2 (1 gaps >= 20 us: 0.1 ms/step)")
+              kernel("tiny_d", 210, 220, 4),                              # 10 us: below min_us
+              kernel("## Call CompiledFxGraph", 0, 220, 4, annotation=True)]  # spans the gaps: not a kernel
+    report = idle_gap_report(events, steps=2, min_us=20)
+    # busy 130 + 20 + 10 = 160 us of a 220 us window over 2 steps
+    assert report.splitlines()[0].startswith("device busy 0.08 ms/step, idle 0.03 of 0.11 (1 gaps >= 20 us: 0.03")
     assert "| 50 | cast_c | train_step > FSDP::pre_forward > aten::_to_copy |" in report
     assert "tiny_d" not in report
     assert idle_gap_report([step], steps=1) == "no device events"
