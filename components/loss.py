@@ -24,18 +24,9 @@ import torch.nn.functional as F
 
 
 def row_lse_and_target(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [N, V], targets [N] -> (log-sum-exp of each row, the target's logit), both float32 [N].
-
-    Written as max, then the sum of exp(x - max): inductor (torch/_inductor/fx_passes/post_grad.py,
-    ``prepare_softmax_pattern``) rewrites exactly this pattern into one online-softmax reduction on CUDA,
-    which reads each row once (running max, rescaled sum); ``torch.logsumexp`` decomposes into a form it
-    does not match (its max is masked for infinities), and reads the [N, V] logits twice. The logits of a
-    training step are finite (the non-finite guard stops a run before they are not).
-    """
+    """logits [N, V], targets [N] -> (log-sum-exp of each row, the target's logit), both float32 [N]."""
     x = logits.float()
-    row_max = x.amax(dim=-1, keepdim=True)
-    row_sum = (x - row_max).exp().sum(dim=-1, keepdim=True)
-    return (row_max + row_sum.log()).squeeze(-1), x.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.logsumexp(x, dim=-1), x.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def cross_entropy_grad(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
