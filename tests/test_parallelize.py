@@ -58,8 +58,12 @@ def test_one_rank_reduce_scatter_leaves_gradients_in_the_packed_input_bitwise():
     with distributed_session("cpu") as env:
         model = copy.deepcopy(reference)
         apply_fsdp(model, env, MixedPrecisionPolicy(), reshard_after_forward=False)
+        fsdp_modules = (*model.layers.values(), model)
+        # installed by apply_fsdp on every FSDP module of a one-rank shard group (FSDP2 keeps it on its param group)
+        assert all(isinstance(m._get_fsdp_state()._fsdp_param_group._reduce_scatter_comm, OneRankReduceScatter)
+                   for m in fsdp_modules)
         handed_out: list[torch.Tensor] = []
-        for module in (*model.layers.values(), model):
+        for module in fsdp_modules:
             module.set_custom_reduce_scatter(RecordingReduceScatter(handed_out))
         accumulate_two_micro_batches(model, batches, fsdp=True)
         grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
