@@ -32,7 +32,7 @@ from components.config import load_config  # noqa: E402
 from components.preemption import StopRequests  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
 from scripts.bench_common import sync  # noqa: E402
-from scripts.bench_gpu import MODEL_SETTINGS, settings_argv  # noqa: E402
+from scripts.bench_gpu import MODEL_SETTINGS, git_commit, settings_argv  # noqa: E402
 from train import Trainer  # noqa: E402
 
 LOG_FREQS = (1, 10, 100)
@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"variance_stats_{device}_{args.model}.json"
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    path.write_text(json.dumps({"torch": torch.__version__, "date": date, **result}, indent=2))
+    path.write_text(json.dumps({"torch": torch.__version__, "date": date, "commit": git_commit(), **result}, indent=2))
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return 0
