@@ -144,7 +144,7 @@ class Trainer:
             self.weight_stats.snapshot()
         self.step_lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a float: no sync)
         self.optimizer.step()
-        if skipped_on_device and not torch.isfinite(grad_norm):  # weights finite, gradients in place: name them
+        if skipped_on_device and self.optimizer.found_inf.item():  # weights finite, gradients in place: name them
             self.raise_nonfinite(step)
         self.scheduler.step()
         if logging and self.cfg.metrics.log_weight_std:  # here, as train() frees the grads before log_step

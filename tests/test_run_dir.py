@@ -263,7 +263,6 @@ def test_a_save_beyond_the_file_size_quota_is_one_line_and_leaves_no_checkpoint(
 
 # ------------------------------------------------------------------------------ non-finite
 @pytest.mark.multiprocess
-@pytest.mark.multiprocess
 @pytest.mark.parametrize("where, culprit", [
     ("weight", "non-finite at step 1; first non-finite: layers.01 attn.q weight (layers.1.attn.q.weight)"),
     ("grad", "non-finite at step 3; first non-finite: layers.00 mlp.out grad (layers.0.mlp.out.weight)"),
