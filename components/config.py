@@ -10,6 +10,7 @@ one-line message that names the key and, where one exists, the closest valid nam
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -347,6 +348,8 @@ def _coerce(where: str, value: Any, tp: Any, from_cli: bool) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)][0]
+        if value is None:  # only from config_from_dict: TOML has no null
+            return None
         if from_cli and isinstance(value, str) and value.lower() in ("none", "auto", ""):
             return None
         return _coerce(where, value, inner, from_cli)
@@ -465,19 +468,35 @@ def parse_cli(argv: list[str], flags: tuple[str, ...] = ()) -> tuple[str | None,
     return config_path, overrides, present
 
 
+def _apply_tables(cfg: Config, data: dict[str, Any], origin: str, explicit: dict[str, int]) -> None:
+    """Set every ``{section: {key: value}}`` of ``data`` on ``cfg`` with TOML's type checks, recording each key."""
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: top-level key '{section}' must be a [table]; {_suggest(section, list(SECTIONS))}")
+        for key, value in table.items():
+            _apply(cfg, section, key, value, from_cli=False, origin=origin)
+            explicit[f"{section}.{key}"] = 0
+
+
+def config_from_dict(data: dict[str, Any], base: Config | None = None, origin: str = "dict") -> Config:
+    """A validated Config from ``{section: {key: value}}`` (a parsed TOML document, or one built in code) laid over
+    ``base`` (default: all defaults; not modified). Same type checks, implications and one-line ConfigErrors as a
+    TOML file, ``origin`` naming the source in them; a None value resets an optional field to "omitted"."""
+    cfg = copy.deepcopy(base) if base is not None else Config()
+    explicit: dict[str, int] = {}
+    _apply_tables(cfg, data, origin, explicit)
+    _imply_checkpointing(cfg, explicit)
+    validate(cfg)
+    return cfg
+
+
 def load_config(argv: list[str], flags: tuple[str, ...] = ()) -> tuple[Config, set[str]]:
     """Resolve defaults <- TOML (with includes) <- CLI overrides, then validate."""
     config_path, overrides, present = parse_cli(argv, flags)
     cfg = Config()
     explicit: dict[str, int] = {}  # "section.key" -> where it was set: 0 = TOML, 1 = command line
     if config_path is not None:
-        data = _load_toml(Path(config_path))
-        for section, table in data.items():
-            if not isinstance(table, dict):
-                raise ConfigError(f"{config_path}: top-level key '{section}' must be a [table]; {_suggest(section, list(SECTIONS))}")
-            for key, value in table.items():
-                _apply(cfg, section, key, value, from_cli=False, origin=config_path)
-                explicit[f"{section}.{key}"] = 0
+        _apply_tables(cfg, _load_toml(Path(config_path)), config_path, explicit)
     for dotted, value in overrides:
         section, _, key = dotted.partition(".")
         _apply(cfg, section, key, value, from_cli=True, origin="command line")

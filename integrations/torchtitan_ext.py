@@ -46,23 +46,7 @@ from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
 from benchmarks.torchtitan.llama_1b_flavor import register as register_llama_1b_flavor
 from components.activation_stats import STAT_ATTR, ActivationStats, logit_max
-from components.config import (
-    Checkpoint,
-    Compile,
-    Config,
-    ConfigError,
-    Data,
-    Init,
-    Job,
-    LRScheduler,
-    Metrics,
-    Model,
-    Optimizer,
-    Tokenizer,
-    Training,
-    to_toml,
-    validate,
-)
+from components.config import Config, ConfigError, Data, Init, Tokenizer, config_from_dict, to_toml
 from components.data import TokenBatches, TokenDataset, ensure_dataset, read_manifest
 from components.metrics import truncate_jsonl
 from components.tokenizer import build_tokenizer
@@ -114,15 +98,18 @@ class JobConfig:
 
 def checked_section(section: InitlabSection) -> Init:
     """The ``[initlab]`` options as an initlab ``Init``, validated by initlab's own rules (one-line errors)."""
-    options = Init(**{f.name: getattr(section, f.name) for f in dataclasses.fields(Init)})
-    if options.from_checkpoint:
-        raise ConfigError(f"initlab.from_checkpoint = {options.from_checkpoint!r} is not supported inside "
+    if section.from_checkpoint:
+        raise ConfigError(f"initlab.from_checkpoint = {section.from_checkpoint!r} is not supported inside "
                           "torchtitan; load weights with torchtitan's checkpoint.initial_load_path instead")
     try:
-        validate(Config(init=options))
+        return config_from_dict({"init": init_table(section)}, origin="[initlab]").init
     except ConfigError as error:
         raise ConfigError(re.sub(r"\binit\.", "initlab.", str(error))) from None
-    return options
+
+
+def init_table(section: InitlabSection) -> dict:
+    """The ``[initlab]`` options that are initlab's ``[init]`` keys, as that table."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(Init)}
 
 
 def initlab_args(args: TransformerModelArgs) -> ModelArgs:
@@ -396,31 +383,31 @@ class InitlabRunLogger(BaseLogger):
             self.file.close()
 
 
-def initlab_lr_scheduler(schedule, steps: int) -> LRScheduler:
+def initlab_lr_scheduler(schedule, steps: int) -> dict:
     """initlab's name for torchtitan's lr schedule: warm-up (torchtitan shortens it to the run), then constant
     (no decay steps), linear or cosine (decay_ratio unset), or wsd (linear decay over the last decay_ratio).
     A schedule initlab lacks (sqrt, a WSD with cosine decay) keeps initlab's default decay; the [torchtitan]
     table records torchtitan's own fields either way."""
     total = schedule.total_steps or steps
-    mapped = LRScheduler(warmup_steps=min(schedule.warmup_steps, total), min_lr_ratio=schedule.min_lr_factor)
+    mapped = {"warmup_steps": min(schedule.warmup_steps, total), "min_lr_ratio": schedule.min_lr_factor}
     if schedule.decay_ratio is not None and round(total * schedule.decay_ratio) == 0:
-        mapped.decay_type = "constant"
+        mapped["decay_type"] = "constant"
     elif schedule.decay_ratio is None and schedule.decay_type in ("linear", "cosine"):
-        mapped.decay_type = schedule.decay_type
+        mapped["decay_type"] = schedule.decay_type
     elif schedule.decay_ratio is not None and schedule.decay_type == "linear":
-        mapped.decay_type, mapped.decay_ratio = "wsd", schedule.decay_ratio
+        mapped["decay_type"], mapped["decay_ratio"] = "wsd", schedule.decay_ratio
     return mapped
 
 
-def initlab_model_table(args: TransformerModelArgs) -> Model:
+def initlab_model_table(args: TransformerModelArgs) -> dict:
     """torchtitan's llama3 shape as initlab's [model] table (every shape field set, so the flavor adds nothing)."""
     rope = args.rope_scaling_args
-    return Model(name="llama", flavor="debug", n_layers=args.n_layers, dim=args.dim, n_heads=args.n_heads,
-                 n_kv_heads=args.n_kv_heads or args.n_heads, multiple_of=args.multiple_of,
-                 ffn_dim_multiplier=args.ffn_dim_multiplier, vocab_size=args.vocab_size, norm_eps=args.norm_eps,
-                 rope_theta=float(args.rope_theta), rope_scaling_factor=float(rope.scaling_factor),
-                 rope_low_freq_factor=float(rope.low_freq_factor), rope_high_freq_factor=float(rope.high_freq_factor),
-                 rope_original_max_seq_len=rope.original_max_position_embeddings)
+    return {"name": "llama", "flavor": "debug", "n_layers": args.n_layers, "dim": args.dim, "n_heads": args.n_heads,
+            "n_kv_heads": args.n_kv_heads or args.n_heads, "multiple_of": args.multiple_of,
+            "ffn_dim_multiplier": args.ffn_dim_multiplier, "vocab_size": args.vocab_size, "norm_eps": args.norm_eps,
+            "rope_theta": args.rope_theta, "rope_scaling_factor": rope.scaling_factor,
+            "rope_low_freq_factor": rope.low_freq_factor, "rope_high_freq_factor": rope.high_freq_factor,
+            "rope_original_max_seq_len": rope.original_max_position_embeddings}
 
 
 def initlab_run_config(job_config, args: TransformerModelArgs, dp_world_size: int, run_dir: Path) -> Config:
@@ -429,27 +416,26 @@ def initlab_run_config(job_config, args: TransformerModelArgs, dp_world_size: in
     if opt.name != "AdamW":
         raise ConfigError(f"initlab.run_dir describes AdamW runs (initlab's only optimizer), not optimizer.name = "
                           f"{opt.name!r}; set initlab.run_dir = \"\" or optimizer.name = \"AdamW\"")
-    cfg = Config(
-        job=Job(seed=initlab_seed(job_config), output_dir=str(run_dir.parent), run_name=run_dir.name,
-                description=job_config.job.description),
-        model=initlab_model_table(args), init=checked_section(section),
-        data=Data(dataset=section.dataset or f"torchtitan:{t.dataset}", cache_dir=section.data_cache_dir),
-        training=Training(steps=t.steps, seq_len=t.seq_len, global_batch_size=global_batch_size(t, dp_world_size),
-                          local_batch_size=t.local_batch_size, max_norm=float(t.max_norm), gc_freq=t.gc_freq,
-                          mixed_precision_param=t.mixed_precision_param,
-                          mixed_precision_reduce=t.mixed_precision_reduce),
+    checked_section(section)  # [initlab]'s own errors name initlab.<key>
+    return config_from_dict({
+        "job": {"seed": initlab_seed(job_config), "output_dir": str(run_dir.parent), "run_name": run_dir.name,
+                "description": job_config.job.description},
+        "model": initlab_model_table(args), "init": init_table(section),
+        "data": {"dataset": section.dataset or f"torchtitan:{t.dataset}", "cache_dir": section.data_cache_dir},
+        "training": {"steps": t.steps, "seq_len": t.seq_len, "global_batch_size": global_batch_size(t, dp_world_size),
+                     "local_batch_size": t.local_batch_size, "max_norm": t.max_norm, "gc_freq": t.gc_freq,
+                     "mixed_precision_param": t.mixed_precision_param,
+                     "mixed_precision_reduce": t.mixed_precision_reduce},
         # torchtitan's AdamW is one parameter group: weight decay on every tensor
-        optimizer=Optimizer(lr=opt.lr, betas=[opt.beta1, opt.beta2], eps=opt.eps, weight_decay=opt.weight_decay,
-                            decay_norms=True, decay_biases=True, decay_embeddings=True,
-                            implementation=opt.implementation),
-        lr_scheduler=initlab_lr_scheduler(job_config.lr_scheduler, t.steps),
-        metrics=Metrics(log_freq=job_config.metrics.log_freq, log_weight_std=section.log_weight_std,
-                        log_variance_stats=section.log_activation_stats,
-                        val_freq=job_config.validation.freq if job_config.validation.enable else 0),
-        checkpoint=Checkpoint(enable=job_config.checkpoint.enable, interval=job_config.checkpoint.interval),
-        compile=Compile(enable=job_config.compile.enable))
-    validate(cfg)
-    return cfg
+        "optimizer": {"lr": opt.lr, "betas": [opt.beta1, opt.beta2], "eps": opt.eps, "weight_decay": opt.weight_decay,
+                      "decay_norms": True, "decay_biases": True, "decay_embeddings": True,
+                      "implementation": opt.implementation},
+        "lr_scheduler": initlab_lr_scheduler(job_config.lr_scheduler, t.steps),
+        "metrics": {"log_freq": job_config.metrics.log_freq, "log_weight_std": section.log_weight_std,
+                    "log_variance_stats": section.log_activation_stats,
+                    "val_freq": job_config.validation.freq if job_config.validation.enable else 0},
+        "checkpoint": {"enable": job_config.checkpoint.enable, "interval": job_config.checkpoint.interval},
+        "compile": {"enable": job_config.compile.enable}}, origin="torchtitan's job config")
 
 
 def torchtitan_table(job_config) -> dict:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import SECTIONS, Config, ConfigError, field_docs, help_text, load_config, to_toml
+from components.config import (
+    SECTIONS,
+    Config,
+    ConfigError,
+    config_from_dict,
+    field_docs,
+    help_text,
+    load_config,
+    to_toml,
+)
 from tests.launch import python
 
 CONTRACT_OPTIONS = ["model.name", "model.flavor", "init.scheme", "init.base_std", "init.scale_all_projections",
@@ -95,6 +104,29 @@ def test_toml_errors_name_the_file_and_key(tmp_path):
     broken.write_text("[training\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(["--config", str(broken)])
+
+
+def test_config_from_dict_checks_as_a_toml_file_does(tmp_path):
+    data = {"training": {"steps": 7, "max_norm": 2}, "model": {"ffn_dim": None}, "checkpoint": {"interval": 5}}
+    cfg = config_from_dict(data)
+    assert (cfg.training.steps, cfg.training.max_norm, cfg.model.ffn_dim) == (7, 2.0, None)
+    assert type(cfg.training.max_norm) is float and cfg.checkpoint.enable  # coerced; an interval implies saving
+    toml = tmp_path / "same.toml"
+    toml.write_text("[training]\nsteps = 7\nmax_norm = 2\n[checkpoint]\ninterval = 5\n")
+    assert cfg == load_config(["--config", str(toml)])[0]
+    over = config_from_dict({"optimizer": {"lr": 0.5}}, base=cfg)
+    assert (over.optimizer.lr, over.training.steps, cfg.optimizer.lr) == (0.5, 7, Config().optimizer.lr)  # base kept
+    for bad, message in [
+        ({"optimizer": {"learnin_rate": 0.1}}, "unknown key optimizer.learnin_rate (mine); valid: name, lr,"),
+        ({"trainig": {"steps": 1}}, "unknown config section [trainig] (mine); did you mean 'training'?"),
+        ({"training": {"steps": "many"}}, "training.steps must be an integer; got 'many'"),
+        ({"training": {"steps": None}}, "training.steps must be an integer; got None"),
+        ({"training": 3}, "mine: top-level key 'training' must be a [table]"),
+        ({"optimizer": {"lr": -1.0}}, "optimizer.lr must be > 0; got -1.0"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            config_from_dict(bad, origin="mine")
+        assert str(err.value).startswith(message), str(err.value)
 
 
 def test_resolved_config_round_trips(tmp_path):
