@@ -3,8 +3,10 @@
 Shard directory format (written by :class:`ShardWriter`, shared with ``scripts/prepare_data.py``)::
 
     manifest.json        {"format": "initlab-token-shards", "version": 1,
-                          "tokenizer": {"fingerprint", "description", "n_vocab"}, "eos_id",
-                          "dtype": "uint16" | "uint32", "source", "val_fraction",
+                          "tokenizer": {"fingerprint", "description", "n_vocab",
+                                        "config": {"name", "max_vocab", "split_pattern"} (optional)},
+                          "eos_id", "dtype": "uint16" | "uint32", "source", "val_fraction",
+                          "split_by": "document" | "position" (absent: document),
                           "splits": {"train" | "val": {"tokens", "documents",
                                                        "shards": [{"file", "tokens"}, ...]}}}
     train_00000.bin ...  flat little-endian token ids; every document is followed by EOS, so a
@@ -69,6 +71,18 @@ def split_of(key: str, val_fraction: float) -> str:
     return "val" if int.from_bytes(digest, "big") / 2**64 < val_fraction else "train"
 
 
+SPLIT_MODES = ("document", "position")
+"""How a corpus is split: whole documents by the hash of their text (:func:`split_of`), or every document at a
+position, its last ``val_fraction`` of tokens held out (:func:`split_at_position`; nanoGPT's Shakespeare split)."""
+
+
+def split_at_position(token_ids: Sequence[int], val_fraction: float) -> tuple[Sequence[int], Sequence[int]]:
+    """(train, val) pieces of one document: the val piece is its last floor(val_fraction * n) tokens."""
+    n_val = int(len(token_ids) * val_fraction)
+    cut = len(token_ids) - n_val
+    return token_ids[:cut], token_ids[cut:]
+
+
 @dataclass
 class _SplitShards:
     """What has been written for one split: its shard files and document count."""
@@ -90,9 +104,14 @@ class ShardWriter:
     """
 
     def __init__(self, target: Path, tokenizer: TextTokenizer, source: str, val_fraction: float,
-                 shard_tokens: int = DEFAULT_SHARD_TOKENS):
+                 shard_tokens: int = DEFAULT_SHARD_TOKENS, split_by: str = "document",
+                 tokenizer_config: dict | None = None):
         if shard_tokens < 1:
             raise ValueError(f"shard_tokens must be >= 1; got {shard_tokens}")
+        if split_by not in SPLIT_MODES:
+            raise ValueError(f"split_by = {split_by!r}; use one of {', '.join(SPLIT_MODES)}")
+        self._split_by = split_by
+        self._tokenizer_config = tokenizer_config  # the [tokenizer] fields, so a mismatch can name the flags
         self.target = Path(target)
         self._tokenizer = tokenizer
         self._source = source
@@ -159,14 +178,19 @@ class ShardWriter:
             raise ValueError(f"all {total} documents of {self._source} fell into the validation split; "
                              f"lower the validation fraction ({self._val_fraction})")
         if self._val_fraction > 0 and val.documents == 0:
+            fix = ("raise the fraction or use 0" if self._split_by == "position" else
+                   "split by position instead (--split-by position: the last part of every document), use 0, "
+                   "or add documents")
             raise ValueError(f"none of the {total} documents of {self._source} fell into the validation split "
-                             f"(fraction {self._val_fraction}); raise the fraction, use 0, or add documents")
+                             f"(fraction {self._val_fraction}, split by {self._split_by}); {fix}")
+        tokenizer = {"fingerprint": self._tokenizer.fingerprint, "description": self._tokenizer.description,
+                     "n_vocab": self._tokenizer.n_vocab}
+        if self._tokenizer_config is not None:
+            tokenizer["config"] = self._tokenizer_config
         manifest = {
-            "format": FORMAT_NAME, "version": FORMAT_VERSION,
-            "tokenizer": {"fingerprint": self._tokenizer.fingerprint, "description": self._tokenizer.description,
-                          "n_vocab": self._tokenizer.n_vocab},
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "tokenizer": tokenizer,
             "eos_id": self._tokenizer.eos_id, "dtype": self._dtype_name, "source": self._source,
-            "val_fraction": self._val_fraction,
+            "val_fraction": self._val_fraction, "split_by": self._split_by,
             "splits": {name: {"tokens": state.tokens, "documents": state.documents, "shards": state.shards}
                        for name, state in self._splits.items()},
         }
@@ -206,9 +230,23 @@ def check_tokenizer(manifest: dict, path: Path, tokenizer: TextTokenizer) -> Non
     """One-line ValueError unless the shards at ``path`` were written with ``tokenizer``."""
     recorded = manifest["tokenizer"]
     if recorded["fingerprint"] != tokenizer.fingerprint:
+        flags = tokenizer_flags(recorded.get("config"))
+        fix = (f"add {flags} to the training command (or set them in [tokenizer])" if flags else
+               "set [tokenizer] to match")
         raise ValueError(f"{path} was tokenized with {recorded['description']} (fingerprint {recorded['fingerprint']}),"
-                         f" not the configured {tokenizer.description} ({tokenizer.fingerprint}); set [tokenizer] "
-                         f"to match or re-run scripts/prepare_data.py with this tokenizer")
+                         f" not the configured {tokenizer.description} ({tokenizer.fingerprint}); {fix}, or re-run "
+                         f"scripts/prepare_data.py --config <your training config> to tokenize with yours")
+
+
+def tokenizer_flags(config: dict | None) -> str:
+    """``--tokenizer.name X --tokenizer.max_vocab N [--tokenizer.split_pattern P]`` of a manifest's recorded
+    [tokenizer] fields ('' when the manifest predates the record); the split pattern only when it matters (a file)."""
+    if not config:
+        return ""
+    flags = f"--tokenizer.name {config['name']} --tokenizer.max_vocab {config['max_vocab']}"
+    if config["name"].endswith(".tiktoken") or "/" in config["name"]:
+        flags += f" --tokenizer.split_pattern {config['split_pattern']}"
+    return flags
 
 
 def ensure_dataset(cfg: Data, tokenizer: TextTokenizer, *, stdlib: Path | None = None,

@@ -307,3 +307,121 @@ def test_html_docs_skip_generated_and_translated_pages(path, kept):
     from scripts.html_docs import is_content_page
 
     assert is_content_page(path) is kept
+
+
+# --- one's own data: a single .txt file (split by position), save_to_disk folders, the training tokenizer ---
+
+def _book(n_words: int, seed: int = 0) -> str:
+    """A deterministic English-like text of ``n_words`` words in lines and paragraphs (one book, one file)."""
+    import numpy as np
+
+    words = ("the king and queen of a far land rode out at dawn to see what the river had brought them while "
+             "every bird sang of rain wind fire bread gold stone song night").split()
+    picks = np.random.default_rng(seed).integers(0, len(words), n_words)
+    lines = [" ".join(words[i] for i in picks[start:start + 12]) for start in range(0, n_words, 12)]
+    return "\n".join(line + (".\n" if i % 5 == 4 else ",") for i, line in enumerate(lines)) + "\n"
+
+
+def test_one_text_file_is_split_by_position(tmp_path, tokenizer, capsys):
+    text = _book(2_000)
+    (tmp_path / "book.txt").write_text(text)
+    output = tmp_path / "out"
+    assert main(["--input", str(tmp_path / "book.txt"), "--output", str(output), "--val-fraction", "0.1",
+                 *TOKENIZER_ARGS]) == 0
+    ids = tokenizer.encode(text)
+    n_val = len(ids) // 10
+    manifest = read_manifest(output)
+    assert manifest["split_by"] == "position" and manifest["tokenizer"]["config"] == {
+        "name": "cl100k_base", "max_vocab": 512, "split_pattern": "cl100k"}
+    train, val = TokenDataset(output, "train"), TokenDataset(output, "val")
+    assert (train.n_tokens, val.n_tokens) == (len(ids) - n_val + 1, n_val + 1) and n_val == 487
+    eos = [tokenizer.eos_id]
+    assert train.read(0, train.n_tokens).tolist() == ids[:-n_val] + eos  # the text's head, then its tail
+    assert val.read(0, val.n_tokens).tolist() == ids[-n_val:] + eos
+    out = capsys.readouterr().out
+    assert "split by position) from 1 documents" in out
+    assert f"train on it with: --data.dataset {output} --tokenizer.name cl100k_base --tokenizer.max_vocab 512" in out
+
+
+def test_split_by_overrides_auto_and_documents_split_by_hash_say_how_to_fix_an_empty_split(tmp_path, capsys):
+    inputs = _write_inputs(tmp_path / "in", "txt", DOCUMENTS[:2])
+    assert main(["--input", *inputs, "--output", str(tmp_path / "doc"), "--split-by", "document",
+                 *TOKENIZER_ARGS]) == 2  # 2 documents x 0.02: neither falls into validation
+    assert "split by position instead (--split-by position" in _last_error_line(capsys)
+    assert not (tmp_path / "doc").exists()
+    jsonl = _write_inputs(tmp_path / "in", "jsonl", DOCUMENTS)
+    assert main(["--input", *jsonl, "--output", str(tmp_path / "pos"), "--text-field", "body",
+                 "--split-by", "position", "--val-fraction", "0.2", *TOKENIZER_ARGS]) == 0
+    manifest = read_manifest(tmp_path / "pos")
+    assert manifest["split_by"] == "position" and manifest["splits"]["train"]["documents"] == 5
+    assert manifest["splits"]["val"]["documents"] == 5  # every document's last fifth
+
+
+def test_many_text_files_are_split_by_document_hash_on_auto(tmp_path):
+    documents = [f"note {i}: " + "lorem ipsum " * (i % 5 + 1) for i in range(600)]  # 600 x 0.02 = 12 expected
+    inputs = _write_inputs(tmp_path / "in", "txt", documents)
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *TOKENIZER_ARGS]) == 0
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["split_by"] == "document" and len(inputs) == 600
+    n_val = sum(split_of(doc, 0.02) == "val" for doc in documents)
+    assert manifest["splits"]["val"]["documents"] == n_val > 0
+
+
+def test_save_to_disk_folders_are_read_row_by_row(tmp_path, tokenizer, capsys):
+    import datasets
+
+    rows = DOCUMENTS * 3
+    datasets.Dataset.from_dict({"id": list(range(len(rows))), "body": rows}).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": rows[:4]}),
+                          "test": datasets.Dataset.from_dict({"body": rows[4:]})}).save_to_disk(str(tmp_path / "dd"))
+    common = ["--text-field", "body", "--val-fraction", "0", *TOKENIZER_ARGS]
+    assert main(["--input", str(tmp_path / "ds"), "--output", str(tmp_path / "out"), *common]) == 0
+    train = read_manifest(tmp_path / "out")["splits"]["train"]
+    assert train["documents"] == 15
+    assert TokenDataset(tmp_path / "out", "train").read(0, train["tokens"]).tolist() == _expected_stream(tokenizer, rows)
+    assert main(["--input", str(tmp_path / "dd"), "--hf-split", "test", "--output", str(tmp_path / "test"),
+                 *common]) == 0
+    assert read_manifest(tmp_path / "test")["splits"]["train"]["tokens"] == len(_expected_stream(tokenizer, rows[4:]))
+    assert main(["--input", str(tmp_path / "dd"), "--hf-split", "validation", "--output", str(tmp_path / "x"),
+                 *common]) == 2
+    assert "holds splits train, test, not 'validation'; pass --hf-split NAME" in _last_error_line(capsys)
+    assert main(["--input", str(tmp_path / "ds"), "--output", str(tmp_path / "x"), "--val-fraction", "0",
+                 *TOKENIZER_ARGS]) == 2
+    assert "has no column 'text' (it has: id, body); pass --text-field NAME" in _last_error_line(capsys)
+
+
+def test_config_gives_the_training_tokenizer_and_a_mismatch_names_the_flags(tmp_path, tokenizer, capsys):
+    (tmp_path / "book.txt").write_text(_book(300))
+    debug = str(REPO / "train_configs" / "debug.toml")
+    assert main(["--input", str(tmp_path / "book.txt"), "--output", str(tmp_path / "out"), "--config", debug]) == 0
+    debug_tokenizer = build_tokenizer(Tokenizer(name="cl100k_base", max_vocab=4096))  # debug.toml's [tokenizer]
+    assert ensure_dataset(Data(dataset=str(tmp_path / "out")), debug_tokenizer) == tmp_path / "out"
+    with pytest.raises(ValueError) as caught:
+        ensure_dataset(Data(dataset=str(tmp_path / "out")), tokenizer)
+    assert "; add --tokenizer.name cl100k_base --tokenizer.max_vocab 4096 to the training command" in str(caught.value)
+    assert main(["--input", str(tmp_path / "book.txt"), "--output", str(tmp_path / "flag"), "--config", debug,
+                 "--tokenizer.max_vocab", "512"]) == 0  # a flag overrides the config's field
+    assert read_manifest(tmp_path / "flag")["tokenizer"]["fingerprint"] == tokenizer.fingerprint
+    (tmp_path / "bad.toml").write_text("[tokenizer]\nmax_vocabb = 3\n")
+    assert main(["--input", str(tmp_path / "book.txt"), "--output", str(tmp_path / "x"), "--config",
+                 str(tmp_path / "bad.toml")]) == 2
+    line = _last_error_line(capsys)
+    assert line.startswith(f"error: --config {tmp_path / 'bad.toml'}: unknown key tokenizer.max_vocabb") and \
+        "did you mean 'max_vocab'" in line
+
+
+@pytest.mark.multiprocess
+def test_one_text_file_trains_the_debug_model(tmp_path, capsys):
+    (tmp_path / "book.txt").write_text(_book(40_000))  # 220 KB
+    assert main(["--input", str(tmp_path / "book.txt"), "--output", str(tmp_path / "data"), "--config",
+                 str(REPO / "train_configs" / "debug.toml")]) == 0
+    assert "train on it with: --data.dataset" in capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "data")
+    assert manifest["splits"]["train"]["tokens"] > 40 * manifest["splits"]["val"]["tokens"] > 40 * 1_000
+    trained = python(["train.py", "--config", "train_configs/debug.toml", "--data.dataset", str(tmp_path / "data"),
+                      "--job.output_dir", str(tmp_path / "runs"), "--job.run_name", "book", "--training.steps", "2",
+                      "--training.seq_len", "64", "--training.global_batch_size", "4", "--metrics.val_freq", "2",
+                      "--metrics.val_batches", "1"], env={"OMP_NUM_THREADS": "1"})
+    records = [json.loads(line) for line in (tmp_path / "runs" / "book" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and 0 < records[-1]["loss/val"] < 10
+    assert "final loss train" in trained.stdout
