@@ -7,6 +7,7 @@ train() -> train_step() -> forward_backward_step(), with metrics every ``metrics
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -38,6 +39,7 @@ from components.metrics import (
 from components.optim import build_optimizer, clip_grad_norm_
 from components.preemption import INTERRUPTED_EXIT_CODE, RunStopped, StopRequests
 from components.run_dir import (
+    INIT_STDS_FILE,
     RunDirLock,
     RunStart,
     config_changes,
@@ -372,6 +374,7 @@ def open_run_dir(cfg: Config, env: DistEnv, start: RunStart, trainer: Trainer) -
                 set_aside_attempt(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.toml").write_text(to_toml(cfg))
+            (run_dir / INIT_STDS_FILE).write_text(json.dumps(trainer.initializer.record(), indent=1) + "\n")
         barrier()
         return None
     step = trainer.checkpointer.load_for_resume()

@@ -124,6 +124,10 @@ class Init:
     """kaiming: activation that sets the gain; auto = the model's MLP activation (gelu/silu)."""
     correct_truncation: bool = False
     """Divide sigma of truncated draws by the truncation shrink (~1.3% at 3 sigma) so the realised std is the nominal one."""
+    std_overrides: dict[str, float] = field(default_factory=dict)
+    """Per-role std replacing the scheme's for that role in every layer (std units), e.g. {tok_embedding = 0.02};
+    the distribution family is kept, a truncated Gaussian keeps its cutoff in sigmas (init_schemes/base.py with_std).
+    CLI: --init.std_overrides tok_embedding=0.02,lm_head=0.02."""
     lora_a_init: Literal["kaiming_uniform", "gaussian"] = "kaiming_uniform"
     """LoRA A [r, in]: kaiming_uniform = U(+-1/sqrt(in)) (PEFT's default) or gaussian = N(0, 1/r) (PEFT 'gaussian')."""
     lora_b_init: Literal["zeros", "gaussian"] = "zeros"
@@ -359,6 +363,8 @@ def _coerce(where: str, value: Any, tp: Any, from_cli: bool) -> Any:
         if value not in args:
             raise ConfigError(f"{where} = {value!r} is not allowed; {_suggest(str(value), list(args))}")
         return value
+    if origin is dict:
+        return _coerce_dict(where, value, args[1], from_cli)
     if origin is list:
         if from_cli and isinstance(value, str):
             value = [v.strip().strip("'\"") for v in value.strip("[]").split(",") if v.strip()]  # [a, "b"] or a,b
@@ -400,6 +406,18 @@ def _coerce(where: str, value: Any, tp: Any, from_cli: bool) -> Any:
             raise ConfigError(f"{where} must be a string; got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp} for {where}")  # a bug in this file, not user input
+
+
+def _coerce_dict(where: str, value: Any, value_type: Any, from_cli: bool) -> dict[str, Any]:
+    """A TOML table {name = value, ...}, or on the command line ``name=value,name=value`` (braces optional)."""
+    if from_cli and isinstance(value, str):
+        pairs = [p.strip() for p in value.strip().strip("{}").split(",") if p.strip()]
+        if any("=" not in p for p in pairs):
+            raise ConfigError(f"{where} must be name=value pairs, e.g. tok_embedding=0.02,lm_head=0.02; got {value!r}")
+        value = dict((k.strip().strip("'\""), v.strip()) for k, v in (p.split("=", 1) for p in pairs))
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table, e.g. {{tok_embedding = 0.02}}; got {value!r}")
+    return {str(k): _coerce(f"{where}.{k}", v, value_type, from_cli) for k, v in value.items()}
 
 
 def _load_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -578,6 +596,8 @@ def validate(cfg: Config) -> None:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, str)):

@@ -7,6 +7,7 @@ Layout of ``<output_dir>/<run_name>/``::
     config.resume_<N>.toml   the resolved config of each later start that resumed from step N
     metrics.jsonl, events.*  metrics and TensorBoard events (components/metrics.py)
     checkpoints/step_<N>/    DCP checkpoints (components/checkpoint.py)
+    init_stds.json           the init actually drawn: scheme, std_overrides, per role every tensor's std (fresh start)
     finished.json            written once the run has trained all its steps
     abandoned/<UTC time>/    files of an earlier attempt that died before its first checkpoint
 
@@ -34,6 +35,7 @@ from components.config import Config, ConfigError, load_config, to_toml
 
 LOCK_FILE = ".lock"
 FINISHED_FILE = "finished.json"
+INIT_STDS_FILE = "init_stds.json"
 ABANDONED_DIR = "abandoned"
 # Entries of a run directory that are not an attempt's files.
 NOT_ATTEMPT_FILES = (LOCK_FILE, ABANDONED_DIR)

@@ -17,7 +17,7 @@ import torch
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from init_schemes.adapters import adapter_spec
-from init_schemes.base import InitSpec, get_scheme
+from init_schemes.base import InitSpec, check_std_overrides, get_scheme
 from init_schemes.parametrization import Parametrization
 from models.common import ADAPTER_SUFFIXES
 
@@ -98,6 +98,7 @@ class WeightInitializer:
 
     def __init__(self, opts, args, seed: int, parametrization: Parametrization | None = None):
         self.scheme = get_scheme(opts.scheme)
+        check_std_overrides(getattr(opts, "std_overrides", None) or {})
         self.opts, self.args, self.seed = opts, args, seed
         self.parametrization = parametrization
         self.applied: dict[str, tuple[str, int | None, InitSpec]] = {}
@@ -116,3 +117,19 @@ class WeightInitializer:
         spec = self.spec(role, layer_id)
         self.applied[key] = (role, layer_id, spec)
         fill_(param, spec, self.seed, key)
+
+    def record(self) -> dict:
+        """What was drawn, for ``<run_dir>/init_stds.json`` (docs/design.md §11): the scheme, the overrides and,
+        per role, one entry per tensor (parameter, layer, distribution, std, realised std, cutoffs or value).
+        With ``init.from_checkpoint`` the tensors the source held were loaded over these draws."""
+        by_role: dict[str, list[dict]] = {}
+        for key, (role, layer, spec) in self.applied.items():
+            entry = {"param": key, "layer": layer, "dist": spec.dist, "std": spec.std,
+                     "realized_std": spec.realized_std}
+            if spec.dist == "trunc_normal":
+                entry["a"], entry["b"] = spec.a, spec.b
+            if spec.dist == "constant":
+                entry["value"] = spec.value
+            by_role.setdefault(role, []).append(entry)
+        return {"scheme": self.opts.scheme, "std_overrides": dict(getattr(self.opts, "std_overrides", None) or {}),
+                "seed": self.seed, "from_checkpoint": getattr(self.opts, "from_checkpoint", ""), "roles": by_role}

@@ -15,6 +15,8 @@ from typing import Literal, Protocol
 ROLES = ("tok_embedding", "pos_embedding", "attn.q", "attn.k", "attn.v", "attn.out",
          "mlp.gate", "mlp.up", "mlp.out", "lm_head", "norm", "bias")
 INPUT_PROJECTIONS = ("attn.q", "attn.k", "attn.v", "mlp.gate", "mlp.up")
+# Roles whose std ``init.std_overrides`` may set: every role a scheme decides (norm weights and biases are constants).
+OVERRIDABLE_ROLES = tuple(role for role in ROLES if role not in ("norm", "bias"))
 OUTPUT_PROJECTIONS = ("attn.out", "mlp.out")
 DEFAULT_BASE_STD = 0.02
 
@@ -108,6 +110,7 @@ class InitOptions(Protocol):
     kaiming_mode: str
     kaiming_nonlinearity: str
     correct_truncation: bool
+    std_overrides: dict[str, float]
 
 
 SchemeFn = Callable[[str, "int | None", object, InitOptions], InitSpec]
@@ -133,9 +136,37 @@ class Scheme:
         if (opts.scale_all_projections and self.depth_factor is not None
                 and role in INPUT_PROJECTIONS and layer_id is not None):
             spec = spec.scaled(1.0 / self.depth_factor(layer_id, args, opts))
+        overrides = getattr(opts, "std_overrides", None) or {}
+        if role in overrides:
+            spec = with_std(spec, overrides[role])
         if opts.correct_truncation and spec.dist == "trunc_normal" and spec.std > 0:
             spec = spec.scaled(spec.std / spec.realized_std)
         return spec
+
+
+def with_std(spec: InitSpec, std: float) -> InitSpec:
+    """``spec`` with its std replaced by ``std`` (``init.std_overrides``), the distribution family kept.
+
+    A Gaussian or uniform keeps its family; a truncated Gaussian keeps its cutoffs at the same number
+    of sigmas (+-3 sigma stays +-3 sigma; depth_aware's absolute +-2 at sigma0 = 0.02, i.e. +-100 sigma,
+    stays +-100 sigma), so its realised std is ``std`` times the same shrink as before. A role the
+    scheme sets to a constant (zero_output's output projections, zeros) becomes N(0, std^2); std 0
+    makes any role the constant 0.
+    """
+    if std == 0:
+        return constant(0.0)
+    if spec.dist == "constant":
+        return normal(std)
+    return spec.scaled(std / spec.std)
+
+
+def check_std_overrides(overrides: dict[str, float]) -> None:
+    """One-line ValueError for an ``init.std_overrides`` role that is not a weight role, or a negative std."""
+    for role, std in overrides.items():
+        if role not in OVERRIDABLE_ROLES:
+            raise ValueError(f"init.std_overrides: unknown role {role!r}; valid roles: {', '.join(OVERRIDABLE_ROLES)}")
+        if not std >= 0:
+            raise ValueError(f"init.std_overrides: {role} = {std!r}; a std must be >= 0")
 
 
 REGISTRY: dict[str, Scheme] = {}

@@ -78,14 +78,15 @@ def describe_spec(spec: InitSpec) -> str:
     return "N" if spec.dist == "normal" else "U"
 
 
-def format_table(reports: list[dict], specs: dict[str, InitSpec]) -> str:
-    """Readable table: name, role, layer, shape, distribution, measured std, expected std, ratio."""
+def format_table(reports: list[dict], specs: dict[str, InitSpec], overridden: tuple[str, ...] = ()) -> str:
+    """Readable table: name, role, layer, shape, distribution, measured std, expected std, ratio; the
+    distribution of a role in ``overridden`` (``init.std_overrides``) is marked ``*``."""
     header = ("parameter", "role", "layer", "shape", "dist", "std", "expected", "ratio")
     rows = []
     for r in reports:
         ratio = f"{r['std'] / r['expected_std']:.4f}" if r["expected_std"] > 0 else "-"
         rows.append((r["name"], r["role"], "-" if r["layer"] is None else str(r["layer"]),
-                     "x".join(map(str, r["shape"])), describe_spec(specs[r["name"]]),
+                     "x".join(map(str, r["shape"])), describe_spec(specs[r["name"]]) + ("*" if r["role"] in overridden else ""),
                      f"{r['std']:.6g}", f"{r['expected_std']:.6g}", ratio))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
@@ -132,7 +133,11 @@ def run(argv: list[str]) -> int:
         return 0
     print(f"# {args.family}/{cfg.model.flavor}: L={args.n_layers} d={args.dim} d_ff={args.ffn_dim} "
           f"vocab={args.vocab_size}; init {cfg.init.scheme}, seed {cfg.job.seed}, {env.world_size} rank(s)")
-    print(format_table(reports, {name: spec for name, (_, _, spec) in initializer.applied.items()}))
+    overrides = cfg.init.std_overrides
+    if overrides:
+        print(f"# std_overrides (rows marked *): {', '.join(f'{role}={std:g}' for role, std in overrides.items())}")
+    specs = {name: spec for name, (_, _, spec) in initializer.applied.items()}
+    print(format_table(reports, specs, tuple(overrides)))
     return 0
 
 
