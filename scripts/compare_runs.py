@@ -4,7 +4,7 @@
 
 Runs whose ``config.toml`` files differ only in ``job.seed`` (and in where they were written:
 ``job.run_name``, ``job.output_dir``, ``job.description``, ``checkpoint.resume``) form one *group*,
-named after their run name without a ``_seed<k>`` suffix (``scripts/run_ablation.py`` writes such
+named after their run name without a ``_seed<k>`` suffix (``scripts/sweep.py`` writes such
 names). Per group: mean ± 95 % t-interval over seeds of the final train and val loss and of
 the final value of every ``--metric``. Per pair of groups: the paired difference over the seeds
 both have, its interval and a verdict ("differs" only when the interval excludes zero; one

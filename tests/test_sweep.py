@@ -1,0 +1,164 @@
+"""scripts/sweep.py + components/sweep.py: real debug-model runs on CPU (grid, skip, kill + resume, failures,
+divergence) and the planning rules (names, arms, one-line errors) without launching anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from components import sweep
+from components.checkpoint import complete_steps
+from scripts import sweep as sweep_script
+from tests.launch import REPO
+
+TINY = ["--training.steps", "30", "--metrics.log_freq", "10", "--metrics.val_freq", "30", "--model.n_layers", "1",
+        "--training.global_batch_size", "2", "--training.seq_len", "32", "--metrics.log_weight_std", "false"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def write_sweep(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "family.toml"
+    path.write_text(f'[sweep]\nbase = "{REPO / "train_configs" / "debug.toml"}"\noutput_dir = "{tmp_path / "out"}"\n'
+                    + body)
+    return path
+
+
+def run_sweep(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/sweep.py", *argv], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=900, **kwargs)
+
+
+GRID = '[grid]\noptimizer.lr = [1e-3, 2e-3]\njob.seed = [0, 1]\n'
+NAMES = ["lr0.001_seed0", "lr0.002_seed0", "lr0.001_seed1", "lr0.002_seed1"]  # run order: seed outermost
+
+
+@pytest.mark.multiprocess
+def test_grid_runs_a_killed_point_resumes_and_a_rerun_skips_all(tmp_path):
+    family, out = write_sweep(tmp_path, GRID), tmp_path / "out"
+    argv = [str(family), *TINY, "--checkpoint.interval", "10"]
+    first = subprocess.Popen([sys.executable, "scripts/sweep.py", *argv], cwd=REPO, env=ENV, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not complete_steps(out / NAMES[0] / "checkpoints") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the sweep and its train.py, mid-run (kill -9: nothing is saved)
+    first.wait()
+    assert not (out / NAMES[0] / "finished.json").exists() and not (out / NAMES[1]).exists()
+
+    second = run_sweep([*argv, "--parallel", "2"])
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"[1/4] {NAMES[0]}: resuming" in second.stdout
+    assert f"sweep {out}: 4 points: 4 done, 0 skipped, 0 diverged, 0 failed" in second.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted([".sweep", *NAMES])
+    assert list((out / NAMES[0]).glob("config.resume_*.toml"))  # continued from its checkpoint, not restarted
+    for name in NAMES:
+        cfg = tomllib.loads((out / name / "config.toml").read_text())
+        assert (cfg["optimizer"]["lr"], cfg["job"]["seed"]) == ({"0.001": 1e-3, "0.002": 2e-3}[name[2:7]], int(name[-1]))
+        assert json.loads((out / name / "finished.json").read_text())["steps"] == 30
+        assert json.loads((out / name / "init_stds.json").read_text())["scheme"] == "scaled_output"
+
+    third = run_sweep(argv)  # nothing left to do: nothing launched
+    assert third.returncode == 0 and third.stdout.count("finished, skipped") == 4
+    assert (out / ".sweep" / "logs" / f"{NAMES[1]}.log").read_text().count("$ ") == 1
+
+    changed = run_sweep([*argv, "--optimizer.weight_decay", "0.05"])  # finished runs of another config: refused
+    assert changed.returncode == 1 and "4 failed" in changed.stdout
+    assert ("finished with optimizer.weight_decay = 0.1, the sweep asks 0.05; delete it or choose another "
+            "--output-dir") in changed.stdout
+
+
+@pytest.mark.multiprocess
+def test_a_failing_point_is_reported_the_others_run_and_a_divergence_is_a_result(tmp_path):
+    family = write_sweep(tmp_path, "[arms.good]\ninit.scheme = 'normal'\n[arms.bad]\nmodel.vocab_size = 100\n"
+                                   "[arms.huge_lr]\noptimizer.lr = 1e6\nlr_scheduler.warmup_steps = 0\n")
+    out = tmp_path / "out"
+    proc = run_sweep([str(family), *TINY, "--training.steps", "4", "--parallel", "3",
+                      "--init.std_overrides", "tok_embedding=0.03"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"sweep {out}: 3 points: 1 done, 0 skipped, 1 diverged, 1 failed" in proc.stdout
+    assert ("  failed bad: exit 2: error: model.vocab_size = 100 is smaller than the tokenizer's 4097 tokens; "
+            f"omit model.vocab_size or raise it (log {out / '.sweep/logs/bad.log'})") in proc.stdout
+    assert json.loads((out / "good" / "finished.json").read_text())["steps"] == 4
+    stds = json.loads((out / "good" / "init_stds.json").read_text())
+    assert stds["std_overrides"] == {"tok_embedding": 0.03} and stds["roles"]["tok_embedding"][0]["std"] == 0.03
+    diverged = json.loads((out / "huge_lr" / "diverged.json").read_text())
+    assert diverged["step"] == 2 and diverged["lr"] == 1e6 and "non-finite at step 2" in diverged["error"]
+    summary = {row["name"]: row["status"] for row in json.loads((out / ".sweep" / "summary.json").read_text())}
+    assert summary == {"good": "done", "bad": "failed", "huge_lr": "diverged"}
+
+
+def spec_of(tmp_path: Path, body: str, *cli: str) -> sweep.SweepSpec:
+    args, overrides = sweep_script.parse_args([str(write_sweep(tmp_path, body)), *cli])
+    return sweep_script.build_spec(args, overrides)
+
+
+def test_names_order_arms_and_commands(tmp_path):
+    body = GRID + "[arms.da_emb002]\ninit = {scheme = 'depth_aware', std_overrides = {tok_embedding = 0.02}}\n" \
+                  "[arms.mitchell]\n'init.scheme' = 'mitchell'\n"
+    points = sweep.plan(spec_of(tmp_path, body, "--grid", "job.seed=3,1", "--training.steps", "7"))
+    assert [p.name for p in points] == [f"{arm}_lr{lr}_seed{s}" for s in (3, 1) for arm in ("da_emb002", "mitchell")
+                                        for lr in ("0.001", "0.002")]
+    first = points[0]
+    assert first.run_dir == tmp_path / "out" / "da_emb002_lr0.001_seed3" and first.steps == 7
+    assert first.config.init.std_overrides == {"tok_embedding": 0.02} and first.config.job.seed == 3
+    assert first.train_args[2:] == ["--init.scheme", "depth_aware", "--init.std_overrides", "tok_embedding=0.02",
+                                    "--optimizer.lr", "0.001", "--job.seed", "3", "--training.steps", "7",
+                                    "--job.run_name", "da_emb002_lr0.001_seed3", "--job.output_dir",
+                                    str(tmp_path / "out"), "--checkpoint.resume", "auto"]
+    only = sweep.plan(spec_of(tmp_path, body, "--arms", "mitchell", "--grid", "optimizer.lr=3e-4"))
+    assert [p.name for p in only] == ["mitchell_lr0.0003_seed0", "mitchell_lr0.0003_seed1"]
+    assert sweep.coordinate_label("init.scheme", "depth_aware") == "scheme-depth_aware"
+    assert sweep.coordinate_label("init.std_overrides", {"lm_head": 0.02}) == "std_overrides-lm_head-0.02"
+
+
+def test_cache_environment_points_under_the_sweep(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/elsewhere")
+    env = sweep.cache_env(tmp_path)
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".sweep" / "cache" / "inductor")
+    assert env["TRITON_CACHE_DIR"] == "/elsewhere" and env["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1"
+
+
+def test_dry_run_lists_points_and_launches_nothing(tmp_path, capsys):
+    family = write_sweep(tmp_path, GRID)
+    assert sweep_script.main([str(family), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].startswith(f"[1/4] {NAMES[0]} (absent): {sys.executable} {REPO / 'train.py'}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("body, cli, phrase", [
+    (GRID, ["--grid", "optimizer.lrr=1"], "unknown key optimizer.lrr (command line); did you mean 'lr'?"),
+    (GRID, ["--grid", "lr=1"], "--grid 'lr=1': write section.key=value1,value2"),
+    (GRID, ["--arms", "x"], "--arms: no arm 'x'; arms: none"),
+    (GRID, ["--job.run_name", "x"], "--job.run_name is set by the sweep per point"),
+    (GRID, ["--parallel", "0"], "--parallel 0: must be >= 1"),
+    ("[grid]\noptimizer.lr = 1e-3\n", [], "optimizer.lr must be a non-empty list of values"),
+    ("[grid]\njob.run_name = ['a']\n", [], "job.run_name is set by the sweep per point"),
+    ("[gird]\n", [], "unknown table [gird]"),
+    ("[arms.a]\noptimizer.lr = 1e-3\n[grid]\noptimizer.lr = [1e-3]\n", [], "arm 'a' sets optimizer.lr, which is also"),
+    ("[arms.a]\ninit.std_overrides = {embedding = 0.02}\n", [], "init.std_overrides: unknown role 'embedding'"),
+    ("[grid]\noptimizer.lr = ['1e-3', 0.001]\n", [], "two points share the run name 'lr0.001'"),
+])
+def test_bad_input_is_a_one_line_error_and_nothing_runs(tmp_path, capsys, body, cli, phrase):
+    assert sweep_script.main([str(write_sweep(tmp_path, body)), *cli]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and phrase in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_files_are_arms_named_by_their_stem():
+    configs = ["train_configs/debug_ablation/depth_aware.toml", "train_configs/debug_ablation/mitchell.toml"]
+    args, overrides = sweep_script.parse_args(["--config", configs[0], "--config", configs[1], "--grid", "job.seed=0-2"])
+    points = sweep.plan(sweep_script.build_spec(args, overrides))
+    assert [p.name for p in points] == [f"{arm}_seed{k}" for k in (0, 1, 2) for arm in ("depth_aware", "mitchell")]
+    assert points[1].run_dir == Path("outputs/debug_ablation/mitchell_seed0") and points[1].config.init.scheme == "mitchell"
+    assert points[1].train_args[:2] == ["--config", str(REPO / configs[1])]
