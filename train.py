@@ -22,9 +22,9 @@ from components.activation_stats import ActivationStats
 from components.build import build_model_and_init, freeze_all_but_adapters, model_args_from_config
 from components.checkpoint import Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, parse_cli, to_toml
-from components.data import TokenBatches, TokenDataset, batch_to_device, ensure_dataset
+from components.data import HeldOutPrefix, TokenBatches, TokenDataset, batch_to_device, ensure_dataset
 from components.host_gc import ScheduledGC
-from components.loss import build_next_token_loss
+from components.loss import build_next_token_loss, next_token_loss
 from components.lr_schedule import build_lr_scheduler
 from components.metrics import (
     MFU_TAGS,
@@ -91,8 +91,8 @@ class Trainer:
         data_path = ensure_dataset(cfg.data, self.tokenizer)
         self.train_batches = TokenBatches(TokenDataset(data_path, "train"), t.seq_len, t.global_batch_size,
                                           cfg.job.seed)
-        self.val_batches = (TokenBatches(TokenDataset(data_path, "val"), t.seq_len, t.global_batch_size,
-                                         cfg.job.seed) if cfg.metrics.val_freq else None)
+        self.val_set = (HeldOutPrefix(TokenDataset(data_path, "val"), t.seq_len, cfg.metrics.val_tokens)
+                        if cfg.metrics.val_freq else None)
         self.model, self.model_args, self.initializer = build_model_and_init(cfg, self.tokenizer.n_vocab, env)
         self.keep_gathered = not reshards_after_forward(cfg.parallelism, env)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, env.device, self.initializer.parametrization)
@@ -155,17 +155,23 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean next-token loss over ``metrics.val_batches`` fixed global validation batches, each rank's rows
-        in micro-batches of the training size (the activations and logits of one training forward, no more)."""
+        """Mean next-token loss over the held-out prefix (``metrics.val_tokens``, the same tokens for any seed or
+        world size). Each rank scores its contiguous share in micro-batches of the training shape (every rank
+        runs as many forwards; rows past its share are padding and not scored); one all-reduce sums the losses."""
         self.model.eval()
         total = torch.zeros((), device=self.env.device)
-        first_row = self.env.dp_rank * self.local_batch
-        for i in range(self.cfg.metrics.val_batches):
-            for start in range(first_row, first_row + self.local_batch, self.micro_batch):
-                tokens = batch_to_device(self.val_batches.get(i, slice(start, start + self.micro_batch)), self.env.device)
-                total += self.loss_fn(self.model(tokens[:, :-1]), tokens[:, 1:])
+        share = self.val_set.share(self.env.dp_rank, self.env.dp_size)
+        per_rank = -(-self.val_set.n_windows // self.env.dp_size)
+        for start in range(share.start, share.start + per_rank, self.micro_batch):
+            tokens = batch_to_device(self.val_set.get(start, self.micro_batch), self.env.device)
+            logits, targets = self.model(tokens[:, :-1]), tokens[:, 1:]
+            rows = max(0, min(self.micro_batch, share.stop - start))  # scored rows of this micro-batch
+            if rows == self.micro_batch:
+                total += self.loss_fn(logits, targets) * rows
+            elif rows:  # the short end of the share: torch's loss (the compiled one has the full shape only)
+                total += next_token_loss(logits[:rows], targets[:rows]) * rows
         self.model.train()
-        return global_mean(total / (self.cfg.metrics.val_batches * self.accum_steps))
+        return global_sum(total) / self.val_set.n_windows
 
     # ---------------------------------------------------------------- loop
     def train(self, logger: MetricsLogger) -> dict:
@@ -335,6 +341,13 @@ def global_mean(value: torch.Tensor) -> float:
     return value.item() / dist.get_world_size()
 
 
+def global_sum(value: torch.Tensor) -> float:
+    """Sum of a per-rank scalar over all ranks (a host sync)."""
+    value = value.detach().clone().float()
+    dist.all_reduce(value)
+    return value.item()
+
+
 def global_max(value: torch.Tensor) -> float:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -344,8 +357,9 @@ def global_max(value: torch.Tensor) -> float:
 def claim_run_dir(cfg: Config, lock: RunDirLock | None) -> RunStart:
     """Lock the run directory (rank 0, for the whole run) and decide how this launch uses it.
 
-    Runs before anything expensive is built, so a second job on a locked directory, or a resume that
-    would change the experiment, stops at once (on every rank, with rank 0's one-line reason).
+    Runs before anything expensive is built, so a second job on a locked directory, or a resume (or a
+    relaunch of a finished run) that would change the experiment, stops at once (on every rank, with
+    rank 0's one-line reason).
     """
     run_dir = Path(cfg.job.output_dir) / cfg.job.run_name
 
@@ -356,7 +370,7 @@ def claim_run_dir(cfg: Config, lock: RunDirLock | None) -> RunStart:
         lock.acquire()
         resume = "false" if cfg.checkpoint.create_seed_checkpoint else cfg.checkpoint.resume
         start = plan_start(run_dir, resume, cfg.training.steps)
-        if start.mode == "resume":
+        if start.mode in ("resume", "finished"):  # a finished run relaunched as another experiment is refused too
             start.changes = config_changes(run_dir, cfg)
         return start
 

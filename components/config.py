@@ -280,8 +280,11 @@ class Metrics:
     """Log step 1 then every N steps (steps)."""
     val_freq: int = 50
     """Validation loss every N steps (steps; 0 disables)."""
-    val_batches: int = 4
-    """Global batches per validation (count)."""
+    val_tokens: int = 8192
+    """Held-out tokens scored per validation (tokens): the first val_tokens // seq_len sequences of the data's val
+    split, in order, so every seed, init and world size scores the same tokens (at least one sequence)."""
+    val_batches: int = 0
+    """Older form of val_tokens (global batches): when > 0, val_tokens = val_batches x global_batch_size x seq_len."""
     log_weight_std: bool = True
     """Log weight_std/<role>/layer_<NN> for every layer and role (one packed all-reduce)."""
     log_grad_stats: bool = False
@@ -521,6 +524,7 @@ def load_config(argv: list[str], flags: tuple[str, ...] = ()) -> tuple[Config, s
         explicit[dotted] = 1
     _imply_checkpointing(cfg, explicit)
     validate(cfg)
+    _resolve_val_batches(cfg)
     return cfg, present
 
 
@@ -529,6 +533,13 @@ def _imply_checkpointing(cfg: Config, explicit: dict[str, int]) -> None:
     at the same or a higher precedence (a TOML that says both, or --checkpoint.enable false on the command line)."""
     if "checkpoint.interval" in explicit and explicit["checkpoint.interval"] > explicit.get("checkpoint.enable", -1):
         cfg.checkpoint.enable = True
+
+
+def _resolve_val_batches(cfg: Config) -> None:
+    """An older config's metrics.val_batches (global batches) as the same number of tokens in metrics.val_tokens."""
+    m, t = cfg.metrics, cfg.training
+    if m.val_batches:
+        m.val_tokens, m.val_batches = m.val_batches * t.global_batch_size * t.seq_len, 0
 
 
 def _require(ok: bool, message: str) -> None:
@@ -583,7 +594,8 @@ def validate(cfg: Config) -> None:
     _require(0 <= cfg.data.val_fraction < 0.5, f"data.val_fraction must be in [0, 0.5); got {cfg.data.val_fraction}")
     _require(cfg.metrics.log_freq >= 1, f"metrics.log_freq must be >= 1; got {cfg.metrics.log_freq}")
     _require(cfg.metrics.val_freq >= 0, f"metrics.val_freq must be >= 0; got {cfg.metrics.val_freq}")
-    _require(cfg.metrics.val_batches >= 1, f"metrics.val_batches must be >= 1; got {cfg.metrics.val_batches}")
+    _require(cfg.metrics.val_tokens >= 1, f"metrics.val_tokens must be >= 1; got {cfg.metrics.val_tokens}")
+    _require(cfg.metrics.val_batches >= 0, f"metrics.val_batches must be >= 0; got {cfg.metrics.val_batches}")
     _require(cfg.checkpoint.interval >= 1, f"checkpoint.interval must be >= 1; got {cfg.checkpoint.interval}")
     _require(cfg.checkpoint.keep_last >= 0, f"checkpoint.keep_last must be >= 0; got {cfg.checkpoint.keep_last}")
     p = cfg.parallelism

@@ -21,6 +21,9 @@ The loader cuts a split's stream into W = (n_tokens - 1) // seq_len windows of s
 seq_len targets). Windows are visited in a per-epoch permutation drawn from (seed, epoch); global
 batch ``step`` is positions [step * B, (step + 1) * B) of that endless epoch-after-epoch order, so
 any rank computes any row alone and 1 or N ranks see the same global batch.
+
+Validation (:class:`HeldOutPrefix`) reads the val split in stream order instead: its first
+``metrics.val_tokens // seq_len`` windows, whatever the seed.
 """
 
 from __future__ import annotations
@@ -441,6 +444,41 @@ class TokenBatches:
         if diffs:
             raise ValueError(f"data loader state of the checkpoint does not match this run ({'; '.join(diffs)}); "
                              f"resume with the checkpoint's seed, seq_len, global batch and dataset")
+
+
+class HeldOutPrefix:
+    """The validation set: the first ``n_windows`` windows of ``seq_len + 1`` tokens of a split, in stream order.
+
+    Window i starts at token i * seq_len (as in :class:`TokenBatches`), so the windows score targets
+    1 .. n_windows * seq_len of the split: the same tokens in the same order whatever the seed, the init
+    or the number of ranks. :meth:`share` cuts them into equal contiguous shares, one per data-parallel rank.
+    """
+
+    def __init__(self, dataset: TokenDataset, seq_len: int, n_tokens: int):
+        self.dataset, self.seq_len = dataset, seq_len
+        self.n_windows = max(1, n_tokens // seq_len)
+        available = (dataset.n_tokens - 1) // seq_len
+        if self.n_windows > available:
+            raise ValueError(f"metrics.val_tokens = {n_tokens} needs {self.n_windows} sequences of {seq_len + 1} "
+                             f"tokens but split '{dataset.split}' of {dataset.path} holds {dataset.n_tokens} tokens "
+                             f"({available} sequences); set metrics.val_tokens <= {available * seq_len}")
+
+    @property
+    def n_targets(self) -> int:
+        """Tokens scored: every window predicts seq_len targets."""
+        return self.n_windows * self.seq_len
+
+    def share(self, rank: int, n_ranks: int) -> range:
+        """Window indices of ``rank``'s contiguous share (ceil(n_windows / n_ranks) at most; the last may be short)."""
+        per_rank = -(-self.n_windows // n_ranks)
+        return range(min(rank * per_rank, self.n_windows), min((rank + 1) * per_rank, self.n_windows))
+
+    def get(self, start: int, n_rows: int) -> torch.Tensor:
+        """LongTensor [n_rows, seq_len + 1] of windows start, start + 1, ...; indices past the end wrap around
+        (padding that keeps a fixed batch shape: the caller scores only the rows inside its share)."""
+        ids = np.arange(start, start + n_rows) % self.n_windows
+        return torch.from_numpy(np.stack([self.dataset.read(w * self.seq_len, (w + 1) * self.seq_len + 1)
+                                          for w in ids]))
 
 
 def batch_to_device(tokens: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -137,6 +137,18 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg
 
 
+def test_older_val_batches_becomes_the_same_number_of_val_tokens(tmp_path):
+    """A run directory's config.toml from before metrics.val_tokens (val_batches = 4) still loads: 4 global batches
+    of 8 x 64 tokens are 2,048 held-out tokens; the resolved config round-trips without the older key."""
+    old = tmp_path / "config.toml"
+    old.write_text("[training]\nseq_len = 64\nglobal_batch_size = 8\n[metrics]\nval_batches = 4\n")
+    cfg, _ = load_config(["--config", str(old)])
+    assert (cfg.metrics.val_tokens, cfg.metrics.val_batches) == (2048, 0)
+    assert load_config(["--config", str(old), "--metrics.val_batches", "1"])[0].metrics.val_tokens == 512
+    (tmp_path / "resolved.toml").write_text(to_toml(cfg))
+    assert load_config(["--config", str(tmp_path / "resolved.toml")])[0] == cfg
+
+
 def test_every_shipped_config_loads():
     from pathlib import Path
     configs = [p for p in Path("train_configs").rglob("*.toml") if p.name != "base.toml"]

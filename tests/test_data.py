@@ -16,6 +16,7 @@ import torch
 
 from components.config import Data, Tokenizer
 from components.data import (
+    HeldOutPrefix,
     ShardWriter,
     TokenBatches,
     TokenDataset,
@@ -199,6 +200,28 @@ def test_windows_cover_each_epoch_once_and_shift_into_targets(tmp_path, tokenize
         inputs, targets = rows[:, :-1], rows[:, 1:]
         assert inputs.shape == targets.shape == (batch, seq_len)
         assert torch.equal(inputs[:, 1:], targets[:, :-1])  # target t is input t + 1
+
+
+def test_held_out_prefix_is_the_stream_in_order_split_evenly_across_ranks(tmp_path, tokenizer):
+    """val_tokens 100 at seq_len 16: windows 0..5 (targets 1..96 of the stream), whatever the rank count; each
+    world size's shares cover them once, in order, at most ceil(6 / ranks) each; past the end rows wrap."""
+    dataset = _stream_dataset(tmp_path, tokenizer, n_tokens=1000, shard_tokens=128)
+    prefix = HeldOutPrefix(dataset, seq_len=16, n_tokens=100)
+    assert (prefix.n_windows, prefix.n_targets) == (6, 96)
+    stream = torch.from_numpy(dataset.read(0, 97))
+    rows = prefix.get(0, 6)
+    assert rows.shape == (6, 17) and torch.equal(rows[:, 1:].flatten(), stream[1:])
+    for n_ranks in (1, 2, 4, 5, 8):
+        shares = [prefix.share(rank, n_ranks) for rank in range(n_ranks)]
+        assert [w for share in shares for w in share] == list(range(6))
+        assert max(len(share) for share in shares) == -(-6 // n_ranks)
+    assert [prefix.share(rank, 4) for rank in range(4)] == [range(0, 2), range(2, 4), range(4, 6), range(6, 6)]
+    assert torch.equal(prefix.get(5, 3), torch.stack([rows[5], rows[0], rows[1]]))
+    assert HeldOutPrefix(dataset, seq_len=16, n_tokens=3).n_windows == 1  # at least one sequence
+    assert HeldOutPrefix(dataset, seq_len=16, n_tokens=992).n_windows == 62  # all (1000 - 1) // 16 windows
+    with pytest.raises(ValueError, match=r"metrics.val_tokens = 1008 needs 63 sequences .* holds 1000 tokens "
+                                         r"\(62 sequences\); set metrics.val_tokens <= 992"):
+        HeldOutPrefix(dataset, seq_len=16, n_tokens=1008)
 
 
 def test_loader_state_round_trips_and_rejects_mismatch(tmp_path, tokenizer):

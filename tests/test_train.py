@@ -34,10 +34,12 @@ from tests.launch import python, torchrun
 
 pytestmark = pytest.mark.multiprocess  # every test here launches training processes
 
+# 5 held-out sequences: uneven across 2 ranks (3 + 2) and across micro-batches (padded forwards).
+VAL_TOKENS = 5 * 32
 # Tiny shapes on top of the debug config (d=128, 4 heads, 2 KV heads); 513 = 512 BPE ranks + EOS.
 DIM, N_LAYERS, N_HEADS, N_KV_HEADS, VOCAB, SEQ_LEN = 128, 2, 4, 2, 513, 32
 TINY = ["--config", "train_configs/debug.toml", "--model.n_layers", str(N_LAYERS), "--training.seq_len", str(SEQ_LEN),
-        "--training.global_batch_size", "4", "--tokenizer.max_vocab", "512", "--metrics.val_batches", "1"]
+        "--training.global_batch_size", "4", "--tokenizer.max_vocab", "512", "--metrics.val_tokens", str(VAL_TOKENS)]
 EQUIVALENCE = [*TINY, "--training.steps", "10", "--metrics.log_freq", "1", "--metrics.val_freq", "5"]
 HSDP_REFERENCE = [*TINY, "--training.steps", "4", "--metrics.log_freq", "1", "--metrics.val_freq", "0"]
 LLAMA_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
@@ -58,6 +60,10 @@ LORA = [*TINY, "--training.steps", str(LORA_STEPS), "--metrics.log_freq", "1", "
         "--model.lora_rank", "4", "--training.trainable", "lora", "--optimizer.lr", "1e-2",
         "--checkpoint.enable", "true", "--checkpoint.interval", str(LORA_STEPS)]
 REL_TOL_ACTIVATION_CHECKPOINT = 1e-5
+# Validation after one step at lr 1e-9 from one set of weights (a seed checkpoint), under two data/init seeds.
+VAL_SEED_RUN = [*TINY, "--training.steps", "1", "--metrics.log_freq", "1", "--metrics.val_freq", "1",
+                "--optimizer.lr", "1e-9"]
+REL_TOL_SAME_WEIGHTS = 1e-6
 
 
 def run_args(out: Path, name: str, *extra: str) -> list[str]:
@@ -171,6 +177,9 @@ def single_process_cases(out: Path) -> dict[str, list[str]]:
         "tiny_lr": [*learning, "--optimizer.lr", "1e-9"],
         "lora": LORA,
         "lora_seed": [*LORA, "--checkpoint.create_seed_checkpoint", "true"],
+        "val_start": [*TINY, "--checkpoint.create_seed_checkpoint", "true", "--checkpoint.enable", "true"],
+        **{f"val_seed{seed}": [*VAL_SEED_RUN, "--init.from_checkpoint", str(out / "val_start" / "checkpoints" / "step_0"),
+                               "--job.seed", str(seed)] for seed in (0, 1)},
     }
     return {name: run_args(out, name, *argv) for name, argv in extra.items()}
 
@@ -229,6 +238,17 @@ def test_two_rank_fsdp_matches_one_process(family, single, request):
         assert_close_series({1: first_two[name]}, {1: first_one[name]}, REL_TOL_WORLD_SIZE, f"{family} {name}")
     print(f"{family}: 1 rank {[round(v, 5) for v in one.column('loss/train').values()]}; "
           f"2 ranks {[round(v, 5) for v in two.column('loss/train').values()]}")
+
+
+def test_validation_loss_does_not_depend_on_the_seed(single):
+    """Two seeds from the same weights: different training batches (loss/train differs), the same held-out
+    tokens (loss/val agrees to 1e-6, the weights having moved by at most ~1e-9 each)."""
+    runs = [single[f"val_seed{seed}"] for seed in (0, 1)]
+    for run in runs:
+        assert run.rc == 0, run.stderr
+    (train0, val0), (train1, val1) = [(run.column("loss/train")[1], run.column("loss/val")[1]) for run in runs]
+    assert abs(train0 - train1) > 1e-3, (train0, train1)  # the seeds did pick different training batches
+    assert abs(val0 - val1) <= REL_TOL_SAME_WEIGHTS * val0, (val0, val1)
 
 
 def test_gradient_accumulation_matches_one_pass(single):
