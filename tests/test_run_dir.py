@@ -175,6 +175,30 @@ def test_resume_refuses_identity_changes_with_a_diff_and_reports_the_others(tmp_
     assert config_changes(tmp_path / "run", longer) == [("training.steps", 12, 20), ("optimizer.lr", 0.001, 0.002)]
 
 
+@pytest.mark.multiprocess
+def test_a_finished_run_relaunched_as_another_experiment_is_refused_with_the_diff(finished_run, tmp_path):
+    """The finished run, relaunched under its name: the same identity does nothing (exit 0); another seed, init
+    scheme or model width is refused (exit 2, the resume's one-line diff); nothing in the directory changes."""
+    shutil.copytree(finished_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    before = snapshot(tmp_path / "run")
+    results = run_cases(tmp_path, {
+        "same": train_args(tmp_path, "run", "--metrics.log_freq", "3"),  # not an identity setting
+        "seed": train_args(tmp_path, "run", "--job.seed", "1"),
+        "scheme": train_args(tmp_path, "run", "--init.scheme", "mitchell"),
+        "width": train_args(tmp_path, "run", "--model.dim", "128"),
+    })
+    assert results["same"]["rc"] == 0 and results["same"]["stderr"] == ""
+    assert f"run {tmp_path / 'run'} already trained all {STEPS} steps; nothing to do" in results["same"]["stdout"]
+    for case, diff in [("seed", "job.seed: 0 -> 1"), ("scheme", "init.scheme: 'normal' -> 'mitchell'"),
+                       ("width", "model.dim: 64 -> 128")]:
+        assert results[case]["rc"] == 2, (case, results[case]["stdout"][-1000:])
+        assert results[case]["stderr"].strip() == (
+            f"error: cannot resume {tmp_path / 'run'} with a different experiment ({diff}); restore those "
+            "settings or start a new run with another --job.run_name"), case
+        assert "nothing to do" not in results[case]["stdout"]
+    assert snapshot(tmp_path / "run") == before
+
+
 # ------------------------------------------------------------------------------- resume checks
 def run_cases(root: Path, argv: dict[str, list[str]]) -> dict[str, dict]:
     """train.py runs in one interpreter (tests/train_cases_worker.py): {name: {rc, stdout, stderr}}."""
