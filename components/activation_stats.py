@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from components.weight_stats import combine_moments, std_from_moments
-from models.common import canonical_name
+from roles import EMBEDDING, canonical_name, format_tag, parse_tag
 
 KINDS = ("residual", "attn_out", "mlp_out", "mlp_pre", "logit_max")  # the statistics, in chart order
 LOGIT_QUERIES = 64  # query positions sampled for attn_logit_max (all of them when the sequence is shorter)
@@ -59,8 +59,15 @@ class Probe:
 
     @property
     def name(self) -> str:
-        family = {"mlp_pre": "act_std/mlp_pre", "logit_max": "attn_logit_max"}.get(self.kind, f"act_rms/{self.kind}")
-        return f"{family}/{'embedding' if self.layer < 0 else f'layer_{self.layer:02d}'}"
+        return format_tag(family_of(self.kind), where=EMBEDDING if self.layer < 0 else self.layer)
+
+
+def family_of(kind: str) -> str:
+    """The metric family of statistic ``kind`` (one of KINDS), e.g. 'act_rms/residual'."""
+    return {"mlp_pre": "act_std/mlp_pre", "logit_max": "attn_logit_max"}.get(kind, f"act_rms/{kind}")
+
+
+FAMILIES = tuple(family_of(kind) for kind in KINDS)
 
 
 def moments_of(x: torch.Tensor) -> torch.Tensor:
@@ -207,6 +214,5 @@ def find_probes(model: nn.Module) -> list[Probe]:
 
 def rms_by_depth(values: dict[str, float], family: str) -> list[float]:
     """Values of ``family`` (e.g. 'act_rms/residual') in depth order, the embedding first when present."""
-    prefix = f"{family}/"
-    tags = [k for k in values if k.startswith(prefix)]
-    return [values[t] for t in sorted(tags, key=lambda t: -1 if t.endswith("embedding") else int(t.rsplit("_", 1)[1]))]
+    tags = {tag: parsed for tag in values if (parsed := parse_tag(tag)) is not None and parsed.family == family}
+    return [values[t] for t in sorted(tags, key=lambda t: tags[t].depth)]

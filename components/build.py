@@ -16,7 +16,8 @@ from distributed.parallelize import parallelize
 from init_schemes import WeightInitializer
 from init_schemes.parametrization import Parametrization, base_shape_overrides, with_multipliers
 from models import build_model, make_model_args
-from models.common import ModelArgs, is_adapter
+from models.common import ModelArgs
+from roles import is_adapter
 
 SHAPE_FIELDS = ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim", "multiple_of", "ffn_dim_multiplier",
                 "norm_eps", "rope_theta", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",

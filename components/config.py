@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from roles import PROJECTION_ROLES
+
 try:
     import tomllib
 except ImportError:  # Python < 3.11
@@ -92,9 +94,6 @@ class Model:
     tie_embeddings: bool | None = None
     """GPT-2: share the token embedding with the LM head (true/false)."""
 
-
-# Projection roles that can carry LoRA adapters (models.common.projection; config stays torch-free).
-ADAPTABLE_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
 
 SCHEME_NAMES = (
     "normal", "scaled_output", "depth_aware", "mitchell", "full_megatron", "lingua", "xavier",
@@ -575,8 +574,8 @@ def validate(cfg: Config) -> None:
     _require(m.lora_rank >= 0, f"model.lora_rank must be >= 0 (0 = no adapters); got {m.lora_rank}")
     _require(m.lora_alpha is None or m.lora_alpha > 0, f"model.lora_alpha must be > 0; got {m.lora_alpha}")
     for target in m.lora_targets:
-        _require(target in ADAPTABLE_ROLES,
-                 f"model.lora_targets: {target!r} is not a projection role; {_suggest(target, list(ADAPTABLE_ROLES))}")
+        _require(target in PROJECTION_ROLES,
+                 f"model.lora_targets: {target!r} is not a projection role; {_suggest(target, list(PROJECTION_ROLES))}")
     _require(t.trainable != "lora" or m.lora_rank > 0,
              "training.trainable = 'lora' but the model has no adapters; set model.lora_rank > 0 or trainable = 'all'")
     _require(cfg.init.scheme in SCHEME_NAMES,

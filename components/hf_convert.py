@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.common import ModelArgs, is_adapter
+from models.common import ModelArgs
+from roles import is_adapter
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from components.weight_stats import local_shard
-from models.common import canonical_name, layer_of, role_of
+from roles import canonical_name, format_tag, layer_of, role_of
 
 # Families of per-layer metrics (weight_stats.WeightStats names) that get a custom-scalars category.
 LAYER_FAMILIES = ("weight_std", "grad_norm", "grad_rms", "update_ratio")
@@ -91,8 +91,8 @@ class MetricsLogger:
         layout = {"loss": {"loss": ["Multiline", [_exact("loss/train"), _exact("loss/val")]]}}
         for family in LAYER_FAMILIES if grad_stats else LAYER_FAMILIES[:1]:
             layout[family] = {
-                role: ["Multiline", [_exact(f"{family}/{role}/layer_{layer:02d}") for layer in layers]
-                       or [_exact(f"{family}/{role}")]]
+                role: ["Multiline", [_exact(format_tag(family, role, layer)) for layer in layers]
+                       or [_exact(format_tag(family, role))]]
                 for role, layers in roles_to_layers.items()
             }
         if activation_charts:

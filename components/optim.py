@@ -1,6 +1,6 @@
 """AdamW with weight-decay groups by role, and a global gradient-norm clip that is correct for FSDP2.
 
-Weight decay is decided per parameter from its role (models.common.role_of): norm weights, biases
+Weight decay is decided per parameter from its role (roles.role_of): norm weights, biases
 (linear and LayerNorm biases alike) and the token/position embeddings can each be kept out of
 decay by the ``decay_*`` flags of the [optimizer] table; every other matrix is decayed. A
 [parametrization] (init_schemes/parametrization.py; μP, CompleteP) multiplies each tensor's lr, weight
@@ -27,7 +27,7 @@ from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from components.config import Optimizer
 from init_schemes.parametrization import Parametrization, ParamRule
-from models.common import layer_of, role_of
+from roles import layer_of, role_of
 
 # Roles kept out of weight decay unless the named [optimizer] flag is true.
 NO_DECAY_FLAG_OF_ROLE = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from models.common import canonical_name, role_of
+from roles import canonical_name, role_of
 
 # initlab name -> torchtitan name, outside the blocks.
 TOP_LEVEL = {

@@ -28,9 +28,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from models.common import canonical_name, layer_of, role_of
+from roles import MEAN_OVER_LAYERS, NORM_BIAS_ROLES, canonical_name, format_tag, layer_of, role_of
 
-SKIPPED_ROLES = ("norm", "bias")
 # Columns of the packed statistics [n_tensors, n_columns]: COUNT, MEAN, M2 always (merged across
 # ranks); GRAD_SUMSQ with grad_stats; the update sum of squares last, after snapshot() (summed).
 COUNT, MEAN, M2, GRAD_SUMSQ = range(4)
@@ -45,10 +44,9 @@ class TrackedTensor:
     layer: int | None
     param: nn.Parameter
 
-    @property
-    def suffix(self) -> str:
-        """Metric name after the family prefix: '<role>/layer_<NN>' in blocks, '<role>' outside."""
-        return self.role if self.layer is None else f"{self.role}/layer_{self.layer:02d}"
+    def tag(self, family: str) -> str:
+        """Its metric tag in ``family``: '<family>/<role>/layer_<NN>' in blocks, '<family>/<role>' outside."""
+        return format_tag(family, self.role, self.layer)
 
 
 def local_shard(tensor: torch.Tensor) -> torch.Tensor:
@@ -101,7 +99,7 @@ def tracked_tensors(model: nn.Module) -> list[TrackedTensor]:
     for fqn, param in model.named_parameters():
         name = canonical_name(fqn)
         role = role_of(name)
-        if role not in SKIPPED_ROLES:
+        if role not in NORM_BIAS_ROLES:
             tracked.append(TrackedTensor(name, role, layer_of(name), param))
     if not tracked:
         raise ValueError(f"{type(model).__name__} has no weight tensors besides norms/biases; "
@@ -210,12 +208,12 @@ class WeightStats:
         values: dict[str, float] = {}
         per_role: dict[str, list[float]] = {}
         for i, t in enumerate(self.tracked):
-            values[f"weight_std/{t.suffix}"] = stds[i]
+            values[t.tag("weight_std")] = stds[i]
             if t.layer is not None:
                 per_role.setdefault(t.role, []).append(stds[i])
         for role, role_stds in per_role.items():
-            values[f"weight_std/{role}/mean_over_layers"] = math.fsum(role_stds) / len(role_stds)
+            values[format_tag("weight_std", role, MEAN_OVER_LAYERS)] = math.fsum(role_stds) / len(role_stds)
         for family, per_tensor in (("grad_norm", grad_norms), ("grad_rms", grad_rms), ("update_ratio", update_ratios)):
             if per_tensor is not None:
-                values.update({f"{family}/{t.suffix}": v for t, v in zip(self.tracked, per_tensor)})
+                values.update({t.tag(family): v for t, v in zip(self.tracked, per_tensor)})
         return values

@@ -19,7 +19,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from init_schemes.adapters import adapter_spec
 from init_schemes.base import InitSpec, check_std_overrides, get_scheme
 from init_schemes.parametrization import Parametrization
-from models.common import ADAPTER_SUFFIXES
+from roles import ADAPTER_SUFFIXES
 
 BLOCK_NUMEL = 1 << 20  # elements per generator block (4 MiB in float32)
 

@@ -12,12 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-ROLES = ("tok_embedding", "pos_embedding", "attn.q", "attn.k", "attn.v", "attn.out",
-         "mlp.gate", "mlp.up", "mlp.out", "lm_head", "norm", "bias")
-INPUT_PROJECTIONS = ("attn.q", "attn.k", "attn.v", "mlp.gate", "mlp.up")
+from roles import INPUT_PROJECTIONS, NORM_BIAS_ROLES, ROLES
+
 # Roles whose std ``init.std_overrides`` may set: every role a scheme decides (norm weights and biases are constants).
-OVERRIDABLE_ROLES = tuple(role for role in ROLES if role not in ("norm", "bias"))
-OUTPUT_PROJECTIONS = ("attn.out", "mlp.out")
+OVERRIDABLE_ROLES = tuple(role for role in ROLES if role not in NORM_BIAS_ROLES)
 DEFAULT_BASE_STD = 0.02
 
 

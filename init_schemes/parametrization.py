@@ -43,12 +43,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from init_schemes.base import INPUT_PROJECTIONS, OUTPUT_PROJECTIONS, fans
+from init_schemes.base import fans
+from roles import EMBEDDING_ROLES, OUTPUT_PROJECTIONS, PROJECTION_ROLES
 
 PARAMETRIZATIONS = ("sp", "mup", "completep")
-# Matrix-like roles: both dimensions grow with the width (mup's InfShape.ninf() == 2).
-HIDDEN_ROLES = INPUT_PROJECTIONS + OUTPUT_PROJECTIONS
-EMBEDDING_ROLES = ("tok_embedding", "pos_embedding")
 
 
 class ParametrizationOptions(Protocol):
@@ -117,7 +115,7 @@ def param_rule(role: str, layer_id: int | None, args, base, opts: Parametrizatio
     """The factors of tensor (role, layer_id); ``role`` may be an adapter role 'attn.q.lora_a'."""
     if opts.name == "sp":
         return ParamRule()
-    hidden = role in HIDDEN_ROLES
+    hidden = role in PROJECTION_ROLES  # matrix-like: both dimensions grow with the width (mup's InfShape.ninf() == 2)
     m_n = fan_in_mult(role, args, base) if hidden else 1.0
     decay = m_n if (hidden and opts.weight_decay_scaling == "independent") else 1.0
     if opts.name == "mup":

@@ -24,9 +24,7 @@ from init_schemes.base import (
     trunc_normal_abs,
     uniform,
 )
-
-OUTPUT_ROLES = ("attn.out", "mlp.out")
-EMBEDDING_ROLES = ("tok_embedding", "pos_embedding")
+from roles import EMBEDDING_ROLES, OUTPUT_PROJECTIONS
 
 
 def residual_depth(layer_id: int | None, n_layers: int, per_layer: bool) -> float:
@@ -58,7 +56,7 @@ def scaled_output_scheme(role: str, layer_id: int | None, args, opts) -> InitSpe
     attn.out, mlp.out (GPT-2's c_proj): N(0, sigma0 / sqrt(2L)). Plain (untruncated) normal.
     """
     sigma0 = base_std(opts)
-    if role in OUTPUT_ROLES:
+    if role in OUTPUT_PROJECTIONS:
         return normal(sigma0 / residual_depth(layer_id, args.n_layers, per_layer=False))
     return normal(sigma0)
 
@@ -98,7 +96,7 @@ def depth_aware_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
         return trunc_normal(args.dim ** -0.5, 3.0)
     # Under scale_all_projections Scheme.spec divides mlp.up by f itself: do not do it twice.
     up_scaled = opts.scale_up_proj and not opts.scale_all_projections
-    if role in OUTPUT_ROLES or (role == "mlp.up" and up_scaled):
+    if role in OUTPUT_PROJECTIONS or (role == "mlp.up" and up_scaled):
         return _torchtitan_trunc(sigma0 / _torchtitan_depth(layer_id, args, opts))
     return _torchtitan_trunc(sigma0)
 
@@ -131,7 +129,7 @@ def full_megatron_scheme(role: str, layer_id: int | None, args, opts) -> InitSpe
     Every weight truncated at +-3 sigma.
     """
     sigma0 = base_std(opts)
-    if role in OUTPUT_ROLES:
+    if role in OUTPUT_PROJECTIONS:
         return trunc_normal(sigma0 / residual_depth(layer_id, args.n_layers, per_layer=False))
     if role == "lm_head":
         return trunc_normal(args.dim ** -0.5)
@@ -297,7 +295,7 @@ def wang_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     ``--init.scheme wang --init.base_std <sqrt(2/(5d))>`` is exactly that pairing (d = 128:
     0.0559017; d = 768: 0.0228218; d = 2048: 0.0139754).
     """
-    return normal(wang_output_std(args) if role in OUTPUT_ROLES else base_std(opts))
+    return normal(wang_output_std(args) if role in OUTPUT_PROJECTIONS else base_std(opts))
 
 
 @register("zero_output")
@@ -312,7 +310,7 @@ def zero_output_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     U(-sqrt(3) s, sqrt(3) s) with s = 0.5 / sqrt(fan_in), and the embedding keeps
     ``nn.Embedding``'s N(0, 1). This scheme isolates the zero outputs against ``normal``.
     """
-    if role in (*OUTPUT_ROLES, "lm_head"):
+    if role in (*OUTPUT_PROJECTIONS, "lm_head"):
         return constant(0.0)
     return normal(base_std(opts))
 

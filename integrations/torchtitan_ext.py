@@ -55,7 +55,8 @@ from components.weight_stats import WeightStats
 from distributed.env import barrier
 from init_schemes import WeightInitializer
 from models import make_model_args
-from models.common import ModelArgs, canonical_name, layer_of, role_of
+from models.common import ModelArgs
+from roles import canonical_name, layer_of, role_of
 from scripts.report_common import TORCHTITAN_TABLE
 
 TRAIN_SPEC_NAME = "initlab_llama3"

@@ -1,15 +1,14 @@
-"""Pieces shared by the GPT-2 and Llama families: args, attention, RoPE, roles.
+"""Pieces shared by the GPT-2 and Llama families: args, attention, RoPE, LoRA, FLOP counts.
 
 Both families name their submodules after the roles of docs/design.md §4 (``attn.q``, ``attn.k``,
 ``attn.v``, ``attn.out``, ``mlp.gate``, ``mlp.up``, ``mlp.out``, ``tok_embedding``,
-``pos_embedding``, ``lm_head``), so a parameter's role is read off its name and every role is
-its own tensor.
+``pos_embedding``, ``lm_head``; the vocabulary and ``role_of`` live in ``roles.py``), so a
+parameter's role is read off its name and every role is its own tensor.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +16,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from roles import EMBEDDING_ROLES, canonical_name, role_of
 
 
 @dataclass
@@ -66,9 +67,6 @@ class ModelArgs:
         return alpha / (math.sqrt(self.lora_rank) if self.lora_rank_stabilized else self.lora_rank)
 
 
-ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
-
-
 class LoRALinear(nn.Linear):
     """A linear layer plus a low-rank adapter (Hu et al. 2021, "LoRA", arXiv:2106.09685).
 
@@ -95,42 +93,10 @@ def projection(role: str, in_features: int, out_features: int, bias: bool, args:
     return nn.Linear(in_features, out_features, bias=bias)
 
 
-def is_adapter(name: str) -> bool:
-    """Whether the parameter called ``name`` is a LoRA adapter matrix."""
-    return name.endswith(ADAPTER_SUFFIXES)
-
-
 class Initializer(Protocol):
     """What a module's ``init_weights`` calls for each parameter (init_schemes.WeightInitializer)."""
 
     def __call__(self, param: torch.Tensor, role: str, layer_id: int | None, key: str) -> None: ...
-
-
-_WRAPPER_PARTS = re.compile(r"(_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module)\.")
-
-
-def canonical_name(fqn: str) -> str:
-    """Drop compile/activation-checkpoint wrapper prefixes from a parameter name."""
-    return _WRAPPER_PARTS.sub("", fqn)
-
-
-def role_of(name: str) -> str:
-    """Role (docs/design.md §4) of a parameter from its (canonical) name, e.g. 'layers.3.attn.q.weight' -> 'attn.q'."""
-    name = canonical_name(name)
-    if name.endswith(".bias"):
-        return "bias"
-    module = name.removesuffix(".weight").split(".")
-    if module[0] == "layers":
-        module = module[2:]
-    if module[-1].endswith("norm"):
-        return "norm"
-    return ".".join(module)
-
-
-def layer_of(name: str) -> int | None:
-    """0-based block index of a parameter, None outside the blocks."""
-    parts = canonical_name(name).split(".")
-    return int(parts[1]) if parts[0] == "layers" else None
 
 
 def init_module_params(module: nn.Module, prefix: str, layer_id: int | None, init: Initializer) -> None:
@@ -270,7 +236,7 @@ def count_params(model: nn.Module, exclude_embeddings: bool = False, trainable_o
     """Number of parameters (tied tensors once); optionally without the embedding tables or frozen tensors."""
     total = 0
     for name, p in model.named_parameters():
-        if exclude_embeddings and role_of(name) in ("tok_embedding", "pos_embedding"):
+        if exclude_embeddings and role_of(name) in EMBEDDING_ROLES:
             continue
         if trainable_only and not p.requires_grad:
             continue
@@ -308,7 +274,7 @@ def flops_per_token(model: nn.Module, args: ModelArgs, seq_len: int, convention:
         seen.add(id(param))
         role = role_of(name)
         used_as_head = role == "tok_embedding" and args.tie_embeddings and convention == "all_matmuls"
-        if role in ("tok_embedding", "pos_embedding") and not used_as_head:
+        if role in EMBEDDING_ROLES and not used_as_head:
             continue
         matmul_flops += (6 if param.requires_grad else 4) * param.numel()
     return matmul_flops + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -35,12 +34,12 @@ REPO = str(Path(__file__).resolve().parent.parent)
 if REPO not in sys.path:  # `python scripts/compare_torchtitan.py` puts scripts/, not the repo root, on sys.path
     sys.path.insert(0, REPO)
 
+from components.activation_stats import FAMILIES as ACTIVATION_FAMILIES  # noqa: E402
+from roles import MEAN_OVER_LAYERS, format_tag, parse_tag  # noqa: E402
 from scripts.report_common import INPUT_ERRORS, error_exit, load_run, prepare_out_dir, pyplot  # noqa: E402
 
 TORCHTITAN_LOSS = "loss_metrics/global_avg_loss"  # torchtitan 0.2.2 MetricsProcessor.log
 INITLAB_LOSS = "loss/train"
-WEIGHT_STD = re.compile(r"^weight_std/(?P<role>[^/]+)(/(?P<which>layer_\d+|mean_over_layers))?$")
-ACTIVATION = re.compile(r"^(act_rms|act_std|attn_logit_max)/")  # components/activation_stats.py
 OUTPUT_FILES = ["compare.json", "compare.md", "weight_std.png"]
 DEFAULT_LOSS_ATOL = 0.01
 DEFAULT_STD_RTOL = 0.01
@@ -110,25 +109,38 @@ def largest_difference(titan: Series, initlab: Series, tags: list[str], group, s
 
 def weight_std_differences(titan: Series, initlab: Series) -> dict:
     """Largest relative weight-std difference over the tags and steps both runs log, overall and per role."""
-    tags = sorted(tag for tag in titan.keys() & initlab.keys() if WEIGHT_STD.match(tag))
+    tags = sorted(tag for tag in titan.keys() & initlab.keys() if weight_std_role(tag))
     if not tags:
         raise ValueError("the runs share no weight_std tag; log them in both (initlab.log_weight_std = true in "
                          "torchtitan's [initlab] table, metrics.log_weight_std = true in initlab's)")
-    largest = largest_difference(titan, initlab, tags, lambda tag: WEIGHT_STD.match(tag)["role"])
+    largest = largest_difference(titan, initlab, tags, weight_std_role)
     return {"max": largest["max"], "max_per_role": largest["max_per_group"], "tags_compared": len(tags),
-            "only_torchtitan": sorted(t for t in titan if WEIGHT_STD.match(t) and t not in initlab),
-            "only_initlab": sorted(t for t in initlab if WEIGHT_STD.match(t) and t not in titan)}
+            "only_torchtitan": sorted(t for t in titan if weight_std_role(t) and t not in initlab),
+            "only_initlab": sorted(t for t in initlab if weight_std_role(t) and t not in titan)}
+
+
+def weight_std_role(tag: str) -> str | None:
+    """The role of a weight_std tag (per block, outside the blocks, or the mean over blocks); None for other tags."""
+    parsed = parse_tag(tag)
+    if parsed is None or parsed.family != "weight_std" or parsed.where not in (None, MEAN_OVER_LAYERS):
+        return None
+    return parsed.role
+
+
+def activation_family(tag: str) -> str | None:
+    """The family of an activation statistic's tag (components/activation_stats.py), e.g. 'act_rms/residual'."""
+    parsed = parse_tag(tag)
+    return parsed.family if parsed is not None and parsed.family in ACTIVATION_FAMILIES else None
 
 
 def activation_differences(titan: Series, initlab: Series) -> dict | None:
     """Largest relative difference of the activation statistics both runs log (act_rms/..., act_std/...,
     attn_logit_max/...), at step 1 and over all steps, per family; None when they share none."""
-    tags = sorted(tag for tag in titan.keys() & initlab.keys() if ACTIVATION.match(tag))
+    tags = sorted(tag for tag in titan.keys() & initlab.keys() if activation_family(tag))
     if not tags:
         return None
-    family = lambda tag: tag.rsplit("/", 1)[0]  # noqa: E731 - e.g. act_rms/residual
-    return {"tags_compared": len(tags), "step1": largest_difference(titan, initlab, tags, family, {1}),
-            "all_steps": largest_difference(titan, initlab, tags, family)}
+    return {"tags_compared": len(tags), "step1": largest_difference(titan, initlab, tags, activation_family, {1}),
+            "all_steps": largest_difference(titan, initlab, tags, activation_family)}
 
 
 def compare(titan: Series, initlab: Series, steps: list[int], loss_atol: float, std_rtol: float) -> dict:
@@ -177,13 +189,13 @@ def markdown(result: dict, titan_path: Path, initlab_path: Path) -> str:
 
 def plot_tags(titan: Series, initlab: Series, count: int = 4) -> list[str]:
     """A few shared weight_std tags of distinct roles: first layer's q, last layer's attn.out/mlp.out, the head."""
-    shared = sorted(tag for tag in titan.keys() & initlab.keys() if WEIGHT_STD.match(tag))
-    layers = sorted({m["which"] for t in shared if (m := WEIGHT_STD.match(t))["which"] and m["which"].startswith("layer_")})
+    shared = sorted(tag for tag in titan.keys() & initlab.keys() if weight_std_role(tag))
+    layers = sorted({parse_tag(t).layer for t in shared} - {None})
     wanted = []
     if layers:
-        wanted = [f"weight_std/attn.q/{layers[0]}", f"weight_std/attn.out/{layers[-1]}",
-                  f"weight_std/mlp.out/{layers[-1]}"]
-    wanted += ["weight_std/lm_head", "weight_std/tok_embedding"]
+        wanted = [format_tag("weight_std", "attn.q", layers[0]), format_tag("weight_std", "attn.out", layers[-1]),
+                  format_tag("weight_std", "mlp.out", layers[-1])]
+    wanted += [format_tag("weight_std", "lm_head"), format_tag("weight_std", "tok_embedding")]
     chosen = [tag for tag in wanted if tag in shared]
     return (chosen + [tag for tag in shared if tag not in chosen])[:count]
 

@@ -43,7 +43,8 @@ from components.config import Config, ConfigError, load_config  # noqa: E402
 from components.hf_tokenizer import tokenizer_config, tokenizer_json  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
 from models import build_model  # noqa: E402
-from models.common import ModelArgs, canonical_name  # noqa: E402
+from models.common import ModelArgs  # noqa: E402
+from roles import canonical_name
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -33,7 +33,7 @@ from components.optim import is_decayed  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
 from init_schemes.base import InitSpec  # noqa: E402
-from models.common import canonical_name  # noqa: E402
+from roles import canonical_name  # noqa: E402
 
 USAGE = "usage: inspect_init.py --config PATH [--section.key VALUE ...] [--json | --rules]"
 

@@ -39,7 +39,8 @@ import torch  # noqa: E402
 
 from components.config import Config  # noqa: E402
 from init_schemes import WeightInitializer  # noqa: E402
-from models.common import ModelArgs, layer_of, role_of  # noqa: E402
+from models.common import ModelArgs  # noqa: E402
+from roles import layer_of, role_of  # noqa: E402
 from scripts.report_common import (  # noqa: E402
     INPUT_ERRORS,
     RunData,

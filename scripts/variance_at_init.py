@@ -47,12 +47,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, so `python scripts/...` works
 
-from components.activation_stats import ActivationStats  # noqa: E402
+from components.activation_stats import ActivationStats, rms_by_depth  # noqa: E402
 from components.build import build_local_model  # noqa: E402
 from components.config import Config, ConfigError, load_config  # noqa: E402
 from components.data import TokenBatches, TokenDataset, ensure_dataset  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
 from init_schemes import REGISTRY  # noqa: E402
+from roles import PROJECTION_ROLES  # noqa: E402
 from scripts.paper.variance_propagation import activation_moments  # noqa: E402
 
 USAGE = ("usage: variance_at_init.py --config PATH [--init.scheme a,b,...] [--batches N] [--out DIR] "
@@ -114,12 +115,6 @@ def residual_gradient_probes(model: torch.nn.Module) -> list[torch.Tensor]:
     return kept
 
 
-def by_depth(values: dict[str, float], family: str) -> list[float]:
-    """Values of ``family`` in depth order: the embedding (residual only), then layer_00, layer_01, ..."""
-    tags = [k for k in values if k.startswith(f"{family}/")]
-    return [values[t] for t in sorted(tags, key=lambda t: -1 if t.endswith("embedding") else int(t.rsplit("_", 1)[1]))]
-
-
 def measure(cfg: Config, vocab: int, batches: list[torch.Tensor]) -> tuple[dict[str, list[float]], object, dict]:
     """Measured statistics (mean over batches) of one scheme, its ModelArgs and every weight's std by name."""
     model, args, initializer = build_local_model(cfg, vocab)
@@ -133,7 +128,7 @@ def measure(cfg: Config, vocab: int, batches: list[torch.Tensor]) -> tuple[dict[
             logits = model(tokens[:, :-1])
         torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten()).backward()
         values = stats.compute()
-        row = {q: by_depth(values, q) for q in QUANTITIES[:-1]}
+        row = {q: rms_by_depth(values, q) for q in QUANTITIES[:-1]}
         row["grad_rms/residual"] = [t.grad.double().square().mean().sqrt().item() for t in kept]
         for q, v in row.items():
             totals[q] = [a + b / len(batches) for a, b in zip(totals.get(q, [0.0] * len(v)), v)]
@@ -169,8 +164,7 @@ def predict(args, stds: dict[str, float], seq_len: int, top_grad_rms: float) -> 
     out["act_rms/residual"].append(math.sqrt(q))
     gains = []  # per block: (q before attn, G_attn, q before mlp, G_mlp)
     for layer in range(args.n_layers):
-        std = {role: stds.get(f"layers.{layer}.{role}.weight", 0.0) for role in
-               ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")}
+        std = {role: stds.get(f"layers.{layer}.{role}.weight", 0.0) for role in PROJECTION_ROLES}
         kappa = attention_kappa(seq_len, scale_sq_hd * d * std["attn.q"] ** 2 * d * std["attn.k"] ** 2)
         attn = m2 * d * std["attn.out"] ** 2 * kappa * d * std["attn.v"] ** 2
         swiglu = args.activation == "silu"

@@ -79,11 +79,11 @@ def run_case(argv: list[str], replicate: int) -> dict:
     after = full_weights(stats)
     expected = {}
     for t, w_before, w_after in zip(stats.tracked, before, after):
-        expected[f"weight_std/{t.suffix}"] = w_after.std().item()
+        expected[t.tag("weight_std")] = w_after.std().item()
         full_grad = t.param.grad.full_tensor().double()
-        expected[f"grad_norm/{t.suffix}"] = full_grad.norm().item()
-        expected[f"grad_rms/{t.suffix}"] = full_grad.square().mean().sqrt().item()
-        expected[f"update_ratio/{t.suffix}"] = ((w_after - w_before).norm() / w_after.norm()).item()
+        expected[t.tag("grad_norm")] = full_grad.norm().item()
+        expected[t.tag("grad_rms")] = full_grad.square().mean().sqrt().item()
+        expected[t.tag("update_ratio")] = ((w_after - w_before).norm() / w_after.norm()).item()
     placements = [str(p) for p in stats.tracked[0].param.placements]
     return {"measured": measured, "expected": expected, "all_reduce_calls": counter["all_reduce"],
             "roles_to_layers": stats.roles_to_layers(), "placements": placements,

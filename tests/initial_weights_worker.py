@@ -18,7 +18,7 @@ from components.build import build_model_and_init
 from components.config import load_config
 from components.weights_import import load_initial_weights
 from distributed.env import distributed_session
-from models.common import canonical_name
+from roles import canonical_name
 
 TOKENS_SHAPE, TOKENS_VOCAB = (2, 16), 500  # below every vocabulary used by the tests
 

@@ -22,7 +22,7 @@ from components.config import load_config
 from components.weights_import import load_initial_weights
 from init_schemes import WeightInitializer
 from models import build_model
-from models.common import canonical_name
+from roles import canonical_name
 from scripts import export
 from tests.launch import python, torchrun
 

@@ -14,7 +14,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_model, make_model_args
-from models.common import flops_per_token, role_of
+from models.common import flops_per_token
+from roles import role_of
 
 BATCH, SEQ, VOCAB = 2, 32, 256
 

@@ -22,7 +22,7 @@ from components.torchtitan_names import to_torchtitan
 from init_schemes import REGISTRY, WeightInitializer
 from init_schemes.base import INPUT_PROJECTIONS, ROLES, InitSpec
 from models import build_model, make_model_args
-from models.common import layer_of, role_of
+from roles import layer_of, role_of
 from tests.test_models import SEQ, VOCAB, hf_gpt2, torchtitan_llama
 
 FAMILIES = ("gpt2", "llama")

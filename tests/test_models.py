@@ -232,7 +232,7 @@ def test_lora_scale_is_alpha_over_rank_or_its_square_root(rank, alpha, stabilize
      4 * (2 * (128 + 512) + 2 * (128 + 128))),
 ])
 def test_adapters_sit_on_the_target_roles_only(family, targets, roles, added):
-    from models.common import role_of
+    from roles import role_of
 
     with torch.device("meta"):
         model = build_model(make_model_args(family, "debug", VOCAB, SEQ, {"lora_rank": 2, "lora_targets": targets}))

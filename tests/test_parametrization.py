@@ -15,7 +15,7 @@ from components.config import load_config
 from components.optim import param_groups
 from init_schemes import WeightInitializer
 from models import build_model
-from models.common import canonical_name, layer_of, role_of
+from roles import canonical_name, layer_of, role_of
 from tests.launch import python
 
 mup = pytest.importorskip("mup")  # test-only oracle (requirements-dev.txt)

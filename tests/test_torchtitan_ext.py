@@ -15,7 +15,7 @@ from components.config import Config, ConfigError, Init, Job, Model, Training
 from components.torchtitan_names import from_torchtitan, to_torchtitan
 from components.weight_stats import WeightStats
 from models import build_model, make_model_args
-from models.common import layer_of, role_of
+from roles import layer_of, role_of
 from tests.launch import torchrun
 from tests.test_init_schemes import _record_calls, check_tensor
 

@@ -7,7 +7,7 @@ import torch
 
 from components.torchtitan_names import from_torchtitan, is_torchtitan_llama, to_torchtitan, torchtitan_role
 from models import build_model, make_model_args
-from models.common import role_of
+from roles import role_of
 from tests.test_models import SEQ, VOCAB, torchtitan_llama
 
 

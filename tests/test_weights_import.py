@@ -20,7 +20,7 @@ from components import hf_convert
 from components.checkpoint import CheckpointError
 from components.torchtitan_names import to_torchtitan
 from components.weights_import import load_initial_weights
-from models.common import canonical_name
+from roles import canonical_name
 from tests.test_export import FAMILY_ARGS, TOKENS, plain_model
 from tests.test_models import torchtitan_llama
 

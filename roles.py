@@ -1,0 +1,136 @@
+"""The one home of initlab's vocabulary: tensor roles, parameter names, and metric tags (no torch).
+
+Roles (docs/design.md §4): every initialized tensor has exactly one; models name their submodules
+after them, init schemes and parametrizations speak only in them, the config checks LoRA targets
+against them and reports order their charts by them. Parameter names are canonical module paths,
+``layers.<i>.<role>.weight`` inside block i (compile / activation-checkpoint / FSDP wrapper parts
+dropped). Metric tags (§8) are ``<family>/<role>/layer_<NN>`` per block, ``<family>/<role>`` outside
+the blocks, ``<family>/<role>/mean_over_layers``, and ``<family>/layer_<NN>`` or
+``<family>/embedding`` for per-layer statistics without a role (``act_rms/residual/layer_03``,
+``attn_logit_max/layer_00``). :func:`format_tag` writes them and :func:`parse_tag` reads them back;
+nothing else should spell the format.
+
+Everything here is plain Python so that the config, the models, the schemes and the report
+scripts can all import it without importing each other (or torch).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+EMBEDDING_ROLES = ("tok_embedding", "pos_embedding")
+"""Input embedding tables (pos_embedding: GPT-2's learned positions)."""
+INPUT_PROJECTIONS = ("attn.q", "attn.k", "attn.v", "mlp.gate", "mlp.up")
+"""Projections that read the residual stream (Llama w1 = mlp.gate, w3 = mlp.up; GPT-2 c_fc = mlp.up)."""
+OUTPUT_PROJECTIONS = ("attn.out", "mlp.out")
+"""Projections that write a residual branch (Llama wo, w2; GPT-2 c_proj): the ones depth-scaled schemes shrink."""
+PROJECTION_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
+"""The matrices of a block, in forward (and chart) order; the roles that can carry LoRA adapters."""
+NORM_BIAS_ROLES = ("norm", "bias")
+"""Norm weights (1) and every bias (0): set once, not drawn, and not tracked by weight statistics."""
+ROLES = (*EMBEDDING_ROLES, *PROJECTION_ROLES, "lm_head", *NORM_BIAS_ROLES)
+"""Every role a model parameter can have (adapters add :data:`ADAPTER_SUFFIXES` to a projection role)."""
+ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
+"""A LoRA adapter's role is its projection's plus one of these, e.g. ``attn.q.lora_b``."""
+
+_WRAPPER_PARTS = re.compile(r"(_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module)\.")
+
+
+def canonical_name(fqn: str) -> str:
+    """Drop compile/activation-checkpoint wrapper prefixes from a parameter name."""
+    return _WRAPPER_PARTS.sub("", fqn)
+
+
+def role_of(name: str) -> str:
+    """Role of a parameter from its (canonical) name, e.g. 'layers.3.attn.q.weight' -> 'attn.q'."""
+    name = canonical_name(name)
+    if name.endswith(".bias"):
+        return "bias"
+    module = name.removesuffix(".weight").split(".")
+    if module[0] == "layers":
+        module = module[2:]
+    if module[-1].endswith("norm"):
+        return "norm"
+    return ".".join(module)
+
+
+def layer_of(name: str) -> int | None:
+    """0-based block index of a parameter, None outside the blocks."""
+    parts = canonical_name(name).split(".")
+    return int(parts[1]) if parts[0] == "layers" else None
+
+
+def is_adapter(name: str) -> bool:
+    """Whether the parameter (or role) called ``name`` is a LoRA adapter matrix."""
+    return name.endswith(ADAPTER_SUFFIXES)
+
+
+MEAN_OVER_LAYERS = "mean_over_layers"
+"""Last tag part of a role's mean over its blocks (``weight_std/attn.q/mean_over_layers``)."""
+EMBEDDING = "embedding"
+"""Last tag part of a per-layer statistic taken before the first block (``act_rms/residual/embedding``)."""
+
+
+def layer_name(layer: int) -> str:
+    """The tag part of block ``layer``: 'layer_03' (two digits at least, so tags sort by depth up to 100 blocks)."""
+    return f"layer_{layer:02d}"
+
+
+def format_tag(family: str, role: str | None = None, where: int | str | None = None) -> str:
+    """The metric tag ``<family>[/<role>][/<where>]``; ``where`` is a block index (-> layer_NN),
+    :data:`MEAN_OVER_LAYERS`, :data:`EMBEDDING`, or None for a tensor outside the blocks."""
+    parts = [family] if role is None else [family, role]
+    if isinstance(where, int):
+        parts.append(layer_name(where))
+    elif where is not None:
+        parts.append(where)
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A metric tag read back: ``family`` (may hold '/', e.g. 'act_rms/residual'), ``role`` (None when the
+    tag has none), ``layer`` (block index, None outside the blocks) and ``where`` (its last part when that
+    is 'mean_over_layers' or 'embedding', else None)."""
+
+    family: str
+    role: str | None
+    layer: int | None
+    where: str | None = None
+
+    @property
+    def depth(self) -> int:
+        """Sort key by depth: the embedding first (-1), then block order; others last."""
+        if self.layer is not None:
+            return self.layer
+        return -1 if self.where == EMBEDDING else 1 << 30
+
+
+_LAYER_PART = re.compile(r"layer_(\d+)")
+
+
+def parse_tag(tag: str, roles: tuple[str, ...] | None = None) -> Tag | None:
+    """Read a tag written by :func:`format_tag`. The part before a layer/mean/embedding suffix is the role when
+    it names one (``roles``, default :data:`ROLES` and adapter roles), else part of the family; a tag whose last
+    part is a role is that role outside the blocks. None for a tag of neither shape (``loss/train``, ``lr``)."""
+    parts = tag.split("/")
+    last = parts[-1]
+    match = _LAYER_PART.fullmatch(last)
+    if match or last in (MEAN_OVER_LAYERS, EMBEDDING):
+        head, layer = parts[:-1], int(match.group(1)) if match else None
+        where = None if match else last
+    else:
+        head, layer, where = parts, None, None
+    if len(head) >= 2 and _is_role(head[-1], roles):
+        return Tag("/".join(head[:-1]), head[-1], layer, where)
+    if layer is None and where is None or not head:
+        return None
+    return Tag("/".join(head), None, layer, where)
+
+
+def _is_role(part: str, roles: tuple[str, ...] | None) -> bool:
+    if roles is not None:
+        return part in roles
+    base = part.removesuffix(ADAPTER_SUFFIXES[0]).removesuffix(ADAPTER_SUFFIXES[1])
+    return base in ROLES
