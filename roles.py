@@ -4,9 +4,10 @@ Roles (docs/design.md §4): every initialized tensor has exactly one; models nam
 after them, init schemes and parametrizations speak only in them, the config checks LoRA targets
 against them and reports order their charts by them. Parameter names are canonical module paths,
 ``layers.<i>.<role>.weight`` inside block i (compile / activation-checkpoint / FSDP wrapper parts
-dropped). Metric tags (§8) are ``<family>/<role>/layer_<NN>`` per block, ``<family>/<role>`` outside
-the blocks, ``<family>/<role>/mean_over_layers``, and ``<family>/layer_<NN>`` or
-``<family>/embedding`` for per-layer statistics without a role (``act_rms/residual/layer_03``,
+dropped). Metric tags (§8) of the per-tensor families (``TENSOR_FAMILIES``) are
+``<family>/<role>/layer_<NN>`` per block, ``<family>/<role>`` outside the blocks and
+``<family>/<role>/mean_over_layers``; other per-layer statistics are ``<family>/layer_<NN>`` or
+``<family>/embedding`` (``act_rms/residual/layer_03``,
 ``attn_logit_max/layer_00``). :func:`format_tag` writes them and :func:`parse_tag` reads them back;
 nothing else should spell the format.
 
@@ -66,6 +67,8 @@ def is_adapter(name: str) -> bool:
     return name.endswith(ADAPTER_SUFFIXES)
 
 
+TENSOR_FAMILIES = ("weight_std", "grad_norm", "grad_rms", "update_ratio")
+"""Metric families with one value per tracked tensor (components/weight_stats.py): ``<family>/<role>[/...]``."""
 MEAN_OVER_LAYERS = "mean_over_layers"
 """Last tag part of a role's mean over its blocks (``weight_std/attn.q/mean_over_layers``)."""
 EMBEDDING = "embedding"
@@ -110,27 +113,22 @@ class Tag:
 _LAYER_PART = re.compile(r"layer_(\d+)")
 
 
-def parse_tag(tag: str, roles: tuple[str, ...] | None = None) -> Tag | None:
-    """Read a tag written by :func:`format_tag`. The part before a layer/mean/embedding suffix is the role when
-    it names one (``roles``, default :data:`ROLES` and adapter roles), else part of the family; a tag whose last
-    part is a role is that role outside the blocks. None for a tag of neither shape (``loss/train``, ``lr``)."""
+def _where(part: str) -> tuple[int | None, str | None] | None:
+    """(layer, where) of a tag's last part: layer_NN, mean_over_layers or embedding; None for anything else."""
+    if match := _LAYER_PART.fullmatch(part):
+        return int(match.group(1)), None
+    return (None, part) if part in (MEAN_OVER_LAYERS, EMBEDDING) else None
+
+
+def parse_tag(tag: str) -> Tag | None:
+    """Read a tag written by :func:`format_tag`: a per-tensor family (:data:`TENSOR_FAMILIES`) is followed by the
+    role and optionally layer_NN / mean_over_layers; any other family ends in layer_NN or embedding. None for a
+    tag of neither shape (``loss/train``, ``lr``)."""
     parts = tag.split("/")
-    last = parts[-1]
-    match = _LAYER_PART.fullmatch(last)
-    if match or last in (MEAN_OVER_LAYERS, EMBEDDING):
-        head, layer = parts[:-1], int(match.group(1)) if match else None
-        where = None if match else last
-    else:
-        head, layer, where = parts, None, None
-    if len(head) >= 2 and _is_role(head[-1], roles):
-        return Tag("/".join(head[:-1]), head[-1], layer, where)
-    if layer is None and where is None or not head:
-        return None
-    return Tag("/".join(head), None, layer, where)
-
-
-def _is_role(part: str, roles: tuple[str, ...] | None) -> bool:
-    if roles is not None:
-        return part in roles
-    base = part.removesuffix(ADAPTER_SUFFIXES[0]).removesuffix(ADAPTER_SUFFIXES[1])
-    return base in ROLES
+    if parts[0] in TENSOR_FAMILIES:
+        if len(parts) == 2:
+            return Tag(parts[0], parts[1], None)
+        where = _where(parts[2]) if len(parts) == 3 else None
+        return None if where is None else Tag(parts[0], parts[1], *where)
+    where = _where(parts[-1]) if len(parts) >= 2 else None
+    return None if where is None else Tag("/".join(parts[:-1]), None, *where)

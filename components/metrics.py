@@ -24,10 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from components.weight_stats import local_shard
-from roles import canonical_name, format_tag, layer_of, role_of
-
-# Families of per-layer metrics (weight_stats.WeightStats names) that get a custom-scalars category.
-LAYER_FAMILIES = ("weight_std", "grad_norm", "grad_rms", "update_ratio")
+from roles import TENSOR_FAMILIES, canonical_name, format_tag, layer_of, role_of
 
 
 class MetricsLogger:
@@ -89,7 +86,7 @@ class MetricsLogger:
         if not roles_to_layers:
             raise ValueError("set_layout needs at least one role (e.g. WeightStats(model).roles_to_layers())")
         layout = {"loss": {"loss": ["Multiline", [_exact("loss/train"), _exact("loss/val")]]}}
-        for family in LAYER_FAMILIES if grad_stats else LAYER_FAMILIES[:1]:
+        for family in TENSOR_FAMILIES if grad_stats else TENSOR_FAMILIES[:1]:  # one custom-scalars category each
             layout[family] = {
                 role: ["Multiline", [_exact(format_tag(family, role, layer)) for layer in layers]
                        or [_exact(format_tag(family, role))]]

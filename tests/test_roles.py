@@ -78,6 +78,7 @@ def test_the_guard_finds_a_planted_role_list_and_tag_regex(tmp_path):
     (("act_rms/residual", None, "embedding"), "act_rms/residual/embedding",
      Tag("act_rms/residual", None, None, "embedding")),
     (("attn_logit_max", None, 101), "attn_logit_max/layer_101", Tag("attn_logit_max", None, 101)),
+    (("update_ratio", "a_future_role", 1), "update_ratio/a_future_role/layer_01", Tag("update_ratio", "a_future_role", 1)),
 ])
 def test_format_tag_and_parse_tag_are_inverse(args, tag, parsed):
     assert format_tag(*args) == tag
@@ -85,7 +86,8 @@ def test_format_tag_and_parse_tag_are_inverse(args, tag, parsed):
 
 
 def test_tags_of_other_shapes_are_not_parsed_and_depth_sorts_the_embedding_first():
-    assert [parse_tag(t) for t in ("loss/train", "lr", "throughput/tokens_per_sec", "layer_03")] == [None] * 4
+    others = ("loss/train", "lr", "throughput/tokens_per_sec", "layer_03", "weight_std/attn.q/step_3", "grad_norm")
+    assert [parse_tag(t) for t in others] == [None] * len(others)
     tags = ["act_rms/residual/layer_10", "act_rms/residual/embedding", "act_rms/residual/layer_02"]
     assert sorted(tags, key=lambda t: parse_tag(t).depth) == [tags[1], tags[2], tags[0]]
 
