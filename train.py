@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,10 +31,12 @@ from components.metrics import (
     MetricsLogger,
     NonFiniteLossError,
     first_nonfinite,
+    import_wandb,
     largest_gradient,
     mfu,
     peak_flops,
     peak_memory_gib,
+    wandb_init_args,
 )
 from components.optim import build_optimizer, clip_grad_norm_
 from components.preemption import INTERRUPTED_EXIT_CODE, RunStopped, StopRequests
@@ -446,12 +448,15 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDir
         if env.is_main:
             print(f"initlab: {start.note}", flush=True)
         return {}
+    if cfg.metrics.wandb:
+        import_wandb()  # a missing package stops every rank before anything is built
     trainer = Trainer(cfg, env, stop)
     resumed = open_run_dir(cfg, env, start, trainer)
     if cfg.checkpoint.create_seed_checkpoint:
         trainer.checkpointer.save(0)
         return {}
-    logger = MetricsLogger(trainer.run_dir, env.is_main, resume_step=resumed)
+    logger = MetricsLogger(trainer.run_dir, env.is_main, resume_step=resumed,
+                           wandb=wandb_init_args(cfg.metrics, cfg.job.run_name, asdict(cfg), trainer.run_dir))
     logger.set_layout(trainer.weight_stats.roles_to_layers(), trainer.weight_stats.grad_stats,
                       trainer.activation_stats.charts())
     if env.is_main:

@@ -291,6 +291,16 @@ class Metrics:
     log_variance_stats: bool = False
     """Variance dynamics on logging steps (implies log_grad_stats): act_rms/{residual,attn_out,mlp_out}, act_std/mlp_pre
     and attn_logit_max per layer, from the first micro-batch's forward (docs/variance_dynamics.md)."""
+    wandb: bool = False
+    """Also log to Weights & Biases from rank 0 (needs `pip install wandb`): every TensorBoard tag at the same steps, the
+    resolved config, the run name (job.run_name) and the HParams; files under <run dir>/wandb."""
+    wandb_project: str = "initlab"
+    """W&B project the run is logged to (name)."""
+    wandb_entity: str = ""
+    """W&B entity, a user or team name ('' = your default entity)."""
+    wandb_mode: Literal["default", "online", "offline"] = "default"
+    """online: sync while training; offline: write only <run dir>/wandb (upload later with `wandb sync DIR`, no
+    network needed); default: the WANDB_MODE environment variable, else online."""
 
 
 @dataclass

@@ -3,12 +3,15 @@
 ``MetricsLogger`` writes every logged step to ``<run_dir>/`` (TensorBoard events, so TensorBoard names the
 run after its directory, with a
 custom-scalars layout of one chart per role and one line per layer, and HParams for ablation
-families) and to ``<run_dir>/metrics.jsonl`` (one JSON object per step). Only rank 0 enables it.
-On resume, later steps are dropped from both so no step appears twice.
+families) and to ``<run_dir>/metrics.jsonl`` (one JSON object per step), and with ``metrics.wandb`` to
+Weights & Biases (the same tags; ``wandb`` is imported only then). Only rank 0 enables it.
+On resume, later steps are dropped from TensorBoard and the jsonl so no step appears twice (W&B keeps
+what it has and ignores steps it has already seen).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,6 +26,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from components.config import Metrics
 from components.weight_stats import local_shard
 from roles import TENSOR_FAMILIES, canonical_name, format_tag, layer_of, role_of
 
@@ -30,9 +34,11 @@ from roles import TENSOR_FAMILIES, canonical_name, format_tag, layer_of, role_of
 class MetricsLogger:
     """TensorBoard + metrics.jsonl writer of one run; every method is a no-op when not enabled."""
 
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None, wandb: dict | None = None):
+        """``wandb``: keyword arguments of ``wandb.init`` (:func:`wandb_init_args`), or None for no W&B."""
         self.enabled = enabled
         self.last_step: int | None = None
+        self._wandb = None
         if not enabled:
             return
         run_dir = Path(run_dir)
@@ -51,6 +57,8 @@ class MetricsLogger:
         # purge_step writes a SessionLog.START at resume_step + 1: readers drop older events from that step on.
         self._writer = SummaryWriter(log_dir=str(run_dir),
                                      purge_step=None if resume_step is None else resume_step + 1)
+        if wandb is not None:
+            self._wandb = import_wandb().init(**wandb)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         """One logged step to both sinks (flushed); non-finite values become JSON null (JSON has no NaN)."""
@@ -70,6 +78,8 @@ class MetricsLogger:
         for name, value in scalars.items():
             self._writer.add_scalar(name, value, step)
         self._writer.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
         self.last_step = step
 
     def set_layout(self, roles_to_layers: dict[str, list[int]], grad_stats: bool = False,
@@ -108,15 +118,45 @@ class MetricsLogger:
         for name, value in final_metrics.items():
             metric_tags[f"final/{name}"] = _as_float(name, value)
             self._writer.add_scalar(f"final/{name}", metric_tags[f"final/{name}"], step)
-        experiment, session_start, session_end = hparams_summaries(flatten_hparams(hparams), metric_tags)
+        flat = flatten_hparams(hparams)
+        experiment, session_start, session_end = hparams_summaries(flat, metric_tags)
         for summary in (experiment, session_start, session_end):
             self._writer.file_writer.add_summary(summary, step)
         self._writer.flush()
+        if self._wandb is not None:
+            self._wandb.config.update({"hparams": flat}, allow_val_change=True)
+            self._wandb.summary.update(metric_tags)
 
     def close(self) -> None:
         if self.enabled and not self._jsonl.closed:
             self._writer.close()
             self._jsonl.close()
+            if self._wandb is not None:
+                self._wandb.finish()
+                import_wandb().teardown()  # finish() may return before the service has written the run's files
+
+
+def import_wandb():
+    """The ``wandb`` module, imported now (never at module load); one-line ValueError naming the fix if missing."""
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("metrics.wandb = true needs the wandb package: pip install wandb (or set "
+                         "--metrics.wandb false)") from None
+    return wandb
+
+
+def wandb_init_args(cfg: Metrics, run_name: str, config: dict, run_dir: Path) -> dict | None:
+    """``wandb.init`` keyword arguments of a run, None when ``cfg.wandb`` is off. The W&B run id is a digest of the
+    run directory, so a resumed run continues the same W&B run."""
+    if not cfg.wandb:
+        return None
+    run_dir = Path(run_dir).resolve()
+    args = {"project": cfg.wandb_project, "entity": cfg.wandb_entity or None, "name": run_name, "config": config,
+            "dir": str(run_dir), "id": hashlib.sha256(str(run_dir).encode()).hexdigest()[:16], "resume": "allow"}
+    if cfg.wandb_mode != "default":
+        args["mode"] = cfg.wandb_mode
+    return args
 
 
 def truncate_jsonl(path: Path, resume_step: int) -> None:

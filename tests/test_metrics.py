@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from components.activation_stats import ActivationStats
-from components.metrics import MetricsLogger, first_nonfinite, mfu, peak_flops, peak_memory_gib
+from components.config import Metrics
+from components.metrics import MetricsLogger, first_nonfinite, mfu, peak_flops, peak_memory_gib, wandb_init_args
 from models import build_model, make_model_args
+from tests.wandb_records import offline_run
 
 KEYS = ("loss/train", "lr", "grad_norm", "weight_std/attn.q/layer_00", "weight_std/attn.q/layer_01",
         "weight_std/attn.q/mean_over_layers", "weight_std/tok_embedding")
@@ -177,6 +180,43 @@ def test_disabled_logger_writes_nothing(tmp_path):
 def small_gpt2() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(make_model_args("gpt2", "debug", 97, 16, {"tie_embeddings": False}))
+
+
+def test_wandb_offline_run_holds_every_tag_the_config_and_the_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # wandb_mode "default" defers to it: no network
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = {"optimizer": {"lr": 1e-3}, "init": {"scheme": "mitchell"}}
+    args = wandb_init_args(Metrics(wandb=True, wandb_project="ablation"), "mitchell_seed1", config, tmp_path)
+    assert args["id"] == wandb_init_args(Metrics(wandb=True), "other", {}, tmp_path / ".." / tmp_path.name)["id"]
+    logger = MetricsLogger(tmp_path, enabled=True, wandb=args)
+    for step in (1, 10, 20):
+        logger.log(step, values_at(step))
+    logger.log(30, {"loss/train": float("nan")})
+    logger.log_hparams({"init": {"scheme": "mitchell", "std": {"attn.q": 0.0625}}}, {"loss/val": 4.5})
+    logger.close()
+    run = offline_run(tmp_path / "wandb")
+    assert run["name"] == "mitchell_seed1"
+    assert run["config"]["optimizer"] == {"lr": 1e-3} and run["config"]["init"] == {"scheme": "mitchell"}
+    assert run["config"]["hparams"] == {"init.scheme": "mitchell", "init.std.attn.q": 0.0625}
+    assert sorted(run["history"]) == [1, 10, 20, 30]
+    for step in (1, 10, 20):  # the TensorBoard tags and values, at the TensorBoard steps
+        assert run["history"][step] == pytest.approx(values_at(step))
+    assert math.isnan(run["history"][30]["loss/train"]) and run["summary"]["final/loss/val"] == 4.5
+    assert [r["step"] for r in read_jsonl(tmp_path)] == [1, 10, 20, 30]
+
+
+def test_wandb_missing_or_off(tmp_path, monkeypatch):
+    assert wandb_init_args(Metrics(), "run", {}, tmp_path) is None
+    args = wandb_init_args(Metrics(wandb=True, wandb_mode="offline", wandb_entity="team"), "run", {}, tmp_path)
+    assert (args["mode"], args["entity"], args["project"], args["dir"]) == ("offline", "team", "initlab",
+                                                                             str(tmp_path.resolve()))
+    MetricsLogger(tmp_path / "rank1", enabled=False, wandb=args).close()  # ranks other than 0 log nothing
+    assert not (tmp_path / "rank1").exists() and not (tmp_path / "wandb").exists()
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: import wandb raises ImportError
+    with pytest.raises(ValueError) as caught:
+        MetricsLogger(tmp_path, enabled=True, wandb=args)
+    assert str(caught.value) == ("metrics.wandb = true needs the wandb package: pip install wandb (or set "
+                                 "--metrics.wandb false)")
 
 
 def test_first_nonfinite_names_layer_role_and_kind():

@@ -17,6 +17,7 @@ from components.data import TokenDataset, ensure_dataset, read_manifest, split_o
 from components.tokenizer import build_tokenizer
 from scripts.prepare_data import main
 from tests.launch import REPO, python
+from tests.wandb_records import offline_run
 
 DOCUMENTS = [
     "The quick brown fox jumps over the lazy dog.\n",
@@ -411,7 +412,7 @@ def test_config_gives_the_training_tokenizer_and_a_mismatch_names_the_flags(tmp_
 
 
 @pytest.mark.multiprocess
-def test_one_text_file_trains_the_debug_model(tmp_path, capsys):
+def test_one_text_file_trains_the_debug_model_logging_to_wandb_offline(tmp_path, capsys):
     (tmp_path / "book.txt").write_text(_book(40_000))  # 220 KB
     assert main(["--input", str(tmp_path / "book.txt"), "--output", str(tmp_path / "data"), "--config",
                  str(REPO / "train_configs" / "debug.toml")]) == 0
@@ -421,7 +422,15 @@ def test_one_text_file_trains_the_debug_model(tmp_path, capsys):
     trained = python(["train.py", "--config", "train_configs/debug.toml", "--data.dataset", str(tmp_path / "data"),
                       "--job.output_dir", str(tmp_path / "runs"), "--job.run_name", "book", "--training.steps", "2",
                       "--training.seq_len", "64", "--training.global_batch_size", "4", "--metrics.val_freq", "2",
-                      "--metrics.val_batches", "1"], env={"OMP_NUM_THREADS": "1"})
-    records = [json.loads(line) for line in (tmp_path / "runs" / "book" / "metrics.jsonl").read_text().splitlines()]
+                      "--metrics.val_batches", "1", "--metrics.wandb", "true", "--metrics.wandb_mode", "offline"],
+                     env={"OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"})
+    run_dir = tmp_path / "runs" / "book"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and 0 < records[-1]["loss/val"] < 10
     assert "final loss train" in trained.stdout
+    wandb_run = offline_run(run_dir / "wandb")  # the same values, the run's name and resolved config
+    assert wandb_run["name"] == "book" and wandb_run["config"]["data"]["dataset"] == str(tmp_path / "data")
+    assert wandb_run["config"]["hparams"]["scheme"] == "scaled_output"
+    for record in records:
+        step = record.pop("step")
+        assert wandb_run["history"][step] == pytest.approx(record)
