@@ -209,10 +209,10 @@ class Trainer:
             if logging or saving or stop:
                 self.raise_if_nonfinite(first_bad_step)
             self.optimizer.zero_grad(set_to_none=True)
-            if saving:  # before the log line, which then carries this save's blocked time
-                self.save_checkpoint(step, blocking=stop or step == t.steps)
-            if logging or stop:
+            if logging or stop:  # before the save: a crash after it never leaves a checkpointed step unlogged
                 final = self.log_step(logger, step, loss, grad_norm)
+            if saving:  # its blocked time is logged with the next logging step
+                self.save_checkpoint(step, blocking=stop or step == t.steps)
             if stop:
                 raise self.stopped(step, saved=saving)
             collector.step(step)
@@ -220,7 +220,7 @@ class Trainer:
 
     def save_checkpoint(self, step: int, blocking: bool) -> None:
         blocked_s = self.checkpointer.save(step, blocking=blocking)
-        self.extra_values["checkpoint/blocked_s"] = blocked_s  # logged with this or the next logging step
+        self.extra_values["checkpoint/blocked_s"] = blocked_s  # logged with the next logging step
         if self.checkpointer.pending is None:
             self.report_checkpoint(step, blocked_s)
         elif self.env.is_main:
@@ -466,6 +466,8 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDir
     final = {}
     try:
         final = trainer.train(logger)
+        if resumed == cfg.training.steps:  # killed after its last save and row: the run only needs finishing
+            final = logger.values_at(resumed)
     finally:
         logger.log_hparams(hparams(cfg, resumed), {k: v for k, v in final.items() if k.startswith("loss/")})
         logger.close()

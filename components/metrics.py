@@ -82,6 +82,18 @@ class MetricsLogger:
             self._wandb.log(scalars, step=step)
         self.last_step = step
 
+    def values_at(self, step: int) -> dict[str, float]:
+        """The values logged at ``step`` (its records merged, nulls as NaN); {} when none or not enabled."""
+        if not self.enabled:
+            return {}
+        self._jsonl.flush()
+        values = {}
+        for line in self.jsonl_path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record.pop("step") == step:
+                values.update({k: math.nan if v is None else v for k, v in record.items()})
+        return values
+
     def set_layout(self, roles_to_layers: dict[str, list[int]], grad_stats: bool = False,
                    activation_charts: dict[str, list[str]] | None = None) -> None:
         """Custom-scalars layout: a loss chart, and per family one chart per role with a line per layer.

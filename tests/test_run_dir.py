@@ -264,6 +264,24 @@ def test_an_async_save_killed_mid_write_is_never_loaded_and_the_run_resumes_bitw
     assert logged_losses(tmp_path / "async") == logged_losses(finished_run)  # async saves restore exactly
 
 
+@pytest.mark.multiprocess
+def test_a_kill_right_after_the_last_checkpoint_loses_no_logged_step(finished_run, tmp_path):
+    """SIGKILL the moment step_12 (the last step's checkpoint) is complete, before anything else of the step:
+    its metrics row is already on disk; the same command then finishes the run (nothing left to train) with
+    every step logged once, bitwise the uninterrupted run's, and the final loss in finished.json."""
+    argv, folder = train_args(tmp_path, "run"), tmp_path / "run" / "checkpoints"
+    killed = python(["tests/train_main_worker.py", json.dumps([{"argv": argv,
+                                                                "kill_after_save_of": str(folder / f"step_{STEPS}")}])],
+                    check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert complete_steps(folder) == [4, 8, STEPS] and not (tmp_path / "run" / "finished.json").exists()
+    assert logged_losses(tmp_path / "run") == logged_losses(finished_run)  # steps 1 .. 12, each once
+    python(["train.py", *argv])  # resumes step 12 of 12
+    assert logged_losses(tmp_path / "run") == logged_losses(finished_run)
+    final = json.loads((tmp_path / "run" / "finished.json").read_text())["final"]
+    assert final == {"loss/train": logged_losses(finished_run)[-1][1]}
+
+
 # ---------------------------------------------------------------------------- failing saves
 @pytest.mark.multiprocess
 @pytest.mark.multiprocess

@@ -1,7 +1,8 @@
 """Run train.py's ``main()`` for several cases in one interpreter (one process start instead of many).
 
 Usage: ``python tests/train_main_worker.py '<JSON list of cases>'``, each case
-``{"argv": [train.py args], "crash_in_save_of": "<checkpoints>/.tmp_step_N"}`` (the key optional).
+``{"argv": [train.py args], "crash_in_save_of": "<checkpoints>/.tmp_step_N"}`` or
+``{"argv": [...], "kill_after_save_of": "<checkpoints>/step_N"}`` (the keys optional).
 Each call is a complete ``python train.py ...`` run (a world of one whose process group is
 destroyed at its end) with its stderr captured; after each call one stdout line
 ``RESULT {"rc": int, "stderr": str}`` is printed and flushed.
@@ -10,6 +11,10 @@ destroyed at its end) with its stderr captured; after each call one stdout line
 ``FileSystemWriter.finish`` after every rank wrote its data files, and at that point of the save
 into that directory the process ``os._exit(9)``s, leaving data files without metadata. Such a
 case must be the last one.
+
+``kill_after_save_of`` SIGKILLs the process as soon as a synchronous save has made ``step_N`` complete
+(renamed into place), before anything else of that step runs: the moment between a checkpoint and
+whatever the trainer does after it.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import contextlib
 import io
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from torch.distributed.checkpoint import FileSystemWriter
 
 import train
+from components.checkpoint import Checkpointer
 
 CRASH_EXIT_CODE = 9
 
@@ -40,12 +47,27 @@ def die_in_save_into(doomed: Path) -> None:
     FileSystemWriter.finish = finish
 
 
+def kill_after_save_of(complete: Path) -> None:
+    """SIGKILL this process once a save has made ``complete`` (a ``step_N`` directory) exist."""
+    original_save = Checkpointer.save
+
+    def save(self, step, blocking=False):
+        blocked_s = original_save(self, step, blocking)
+        if complete.is_dir():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return blocked_s
+
+    Checkpointer.save = save
+
+
 def main(cases: list[dict]) -> None:
-    if any("crash_in_save_of" in case for case in cases[:-1]):
+    if any("crash_in_save_of" in case or "kill_after_save_of" in case for case in cases[:-1]):
         raise ValueError("only the last case may crash (the process dies there)")
     for case in cases:
         if "crash_in_save_of" in case:
             die_in_save_into(Path(case["crash_in_save_of"]))
+        if "kill_after_save_of" in case:
+            kill_after_save_of(Path(case["kill_after_save_of"]))
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             rc = train.main(case["argv"])
