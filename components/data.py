@@ -458,6 +458,10 @@ class HeldOutPrefix:
         self.dataset, self.seq_len = dataset, seq_len
         self.n_windows = max(1, n_tokens // seq_len)
         available = (dataset.n_tokens - 1) // seq_len
+        if available < 1:
+            raise ValueError(f"split '{dataset.split}' of {dataset.path} holds {dataset.n_tokens} tokens, fewer than one "
+                             f"sequence of seq_len + 1 = {seq_len + 1}: nothing to validate on; add --metrics.val_freq 0 "
+                             f"to train without validation, or prepare the data with a larger --val-fraction")
         if self.n_windows > available:
             raise ValueError(f"metrics.val_tokens = {n_tokens} needs {self.n_windows} sequences of {seq_len + 1} "
                              f"tokens but split '{dataset.split}' of {dataset.path} holds {dataset.n_tokens} tokens "

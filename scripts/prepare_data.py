@@ -316,7 +316,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {tokens:,} tokens ({train['tokens']:,} train / {val['tokens']:,} val, split by {split_by}) from "
           f"{documents:,} documents with {tokenizer.description} to {output} "
           f"in {elapsed:.1f} s: {tokens / max(elapsed, 1e-9):,.0f} tokens/s")
-    print(f"train on it with: --data.dataset {output} {tokenizer_flags(asdict(tokenizer_config))}")
+    no_val = " --metrics.val_freq 0" if val["tokens"] == 0 else ""  # nothing to validate on
+    print(f"train on it with: --data.dataset {output} {tokenizer_flags(asdict(tokenizer_config))}{no_val}")
 
 
 def resolve_tokenizer(args: argparse.Namespace) -> Tokenizer:

@@ -224,6 +224,20 @@ def test_held_out_prefix_is_the_stream_in_order_split_evenly_across_ranks(tmp_pa
         HeldOutPrefix(dataset, seq_len=16, n_tokens=1008)
 
 
+
+@pytest.mark.parametrize("n_tokens", [0, 16])
+def test_a_validation_split_without_one_sequence_names_val_freq_0(tmp_path, tokenizer, n_tokens):
+    with ShardWriter(tmp_path / "data", tokenizer, "test", val_fraction=0.0) as writer:
+        writer.add_document(list(range(100)), "train")
+        if n_tokens:
+            writer.add_document(list(range(n_tokens - 1)), "val")  # + EOS: n_tokens
+    dataset = TokenDataset(tmp_path / "data", "val")
+    assert dataset.n_tokens == n_tokens
+    with pytest.raises(ValueError, match=f"holds {n_tokens} tokens, fewer than one sequence of seq_len \\+ 1 = 17: "
+                                         f"nothing to validate on; add --metrics.val_freq 0 to train without"):
+        HeldOutPrefix(dataset, seq_len=16, n_tokens=8192)
+
+
 def test_loader_state_round_trips_and_rejects_mismatch(tmp_path, tokenizer):
     dataset = _stream_dataset(tmp_path, tokenizer, n_tokens=1000, shard_tokens=1000)
     loader = TokenBatches(dataset, 16, 4, seed=1)

@@ -377,6 +377,7 @@ def test_save_to_disk_folders_are_read_row_by_row(tmp_path, tokenizer, capsys):
                           "test": datasets.Dataset.from_dict({"body": rows[4:]})}).save_to_disk(str(tmp_path / "dd"))
     common = ["--text-field", "body", "--val-fraction", "0", *TOKENIZER_ARGS]
     assert main(["--input", str(tmp_path / "ds"), "--output", str(tmp_path / "out"), *common]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("--tokenizer.max_vocab 512 --metrics.val_freq 0")
     train = read_manifest(tmp_path / "out")["splits"]["train"]
     assert train["documents"] == 15
     assert TokenDataset(tmp_path / "out", "train").read(0, train["tokens"]).tolist() == _expected_stream(tokenizer, rows)
