@@ -1,7 +1,8 @@
 """Tests of scripts/paper: activation constants, variance propagation, the sigma sweep, Kaiming vs Xavier.
 
-The science checks compare measurements with formulas: c/d by quadrature vs known values and an
-independent trapezoid rule; the forward second moment of a 50-layer, width-512 random ReLU MLP vs the
+The science checks compare measurements with formulas: c/d by quadrature vs known values, an
+independent trapezoid rule and the library's c_phi (init_schemes.schemes); the per-input statistics
+of the end-to-end ratios on planted data; the forward second moment of a 50-layer, width-512 random ReLU MLP vs the
 mean-field recursion; the regime labels of the quick sweep at sigma = 1e-4 and 1e1.
 """
 
@@ -33,9 +34,19 @@ def read_csv(path) -> list[dict]:
 # ----------------------------------------------------------------------------- activation constants
 def test_relu_and_gelu_constants_match_the_known_values():
     assert activation_moments("relu") == pytest.approx((0.5, 0.5), abs=1e-9)
-    c, d = activation_moments("gelu")  # exact erf GELU
-    assert c == pytest.approx(0.4252, abs=1e-3) and d == pytest.approx(0.4559, abs=1e-3)
+    c, d = activation_moments("gelu")  # GPT-2's tanh GELU (exact erf GELU: 0.425221, 0.455851)
+    assert c == pytest.approx(0.425194, abs=1e-6) and d == pytest.approx(0.455818, abs=1e-6)
     assert activation_moments("linear") == pytest.approx((1.0, 1.0), abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["linear", "relu", "tanh", "gelu", "silu"])
+def test_c_phi_and_the_kaiming_sigma_are_the_librarys(name):
+    from init_schemes.schemes import gaussian_second_moment, kaiming_gain
+
+    # the q-dependent quadrature here and the library's Simpson rule at q = 1: two methods, one number
+    assert activation_moments(name)[0] == pytest.approx(gaussian_second_moment(name), rel=1e-9)
+    assert variance_propagation.moment_table((name,))[name]["c"] == gaussian_second_moment(name)
+    assert variance_propagation.scheme_sigma("kaiming", name, 512) == kaiming_gain(name) / math.sqrt(512)
 
 
 @pytest.mark.parametrize("name", ["linear", "relu", "tanh", "gelu", "silu"])
@@ -121,8 +132,8 @@ def test_kaiming_keeps_the_forward_moment_while_small_and_large_sigma_vanish_and
 
 
 def test_per_seed_ratio_summary_by_hand():
-    forward = np.array([[1.0, 2.0], [1.0, 0.5], [1.0, 1.05], [1.0, 1.0]])  # [seeds, layers]: ratios 2, .5, 1.05, 1
-    backward = np.array([[3.0, 1.0]] * 4)  # b_0 / b_L = 3 for every seed
+    forward = np.array([[[1.0, 2.0]], [[1.0, 0.5]], [[1.0, 1.05]], [[1.0, 1.0]]])  # [seeds, 1 input, layers]
+    backward = np.array([[[3.0, 1.0]]] * 4)  # b_0 / b_L = 3 for every seed
     curves = variance_propagation.Curves("relu", "kaiming", 0.1, forward, backward, np.ones(2), np.ones(2))
     row = curves.summary()
     assert row["forward_ratio_measured"] == pytest.approx(4.55 / 4)  # ratio of the seed means
@@ -133,6 +144,54 @@ def test_per_seed_ratio_summary_by_hand():
     assert row["backward_ratio_ci95_low"] == pytest.approx(3.0) == row["backward_ratio_ci95_high"]
 
 
+def test_input_ratio_stats_on_planted_ratios():
+    stats = variance_propagation.input_ratio_stats(np.arange(1.0, 102.0))  # 1..101: quantiles by hand
+    assert (stats["p10"], stats["median"], stats["p90"]) == pytest.approx((11.0, 51.0, 91.0))
+    assert stats["vanish_fraction"] == 0.0 == stats["explode_fraction"]
+    # the thresholds are strict: exactly 1e-3 and 1e3 count as neither
+    edges = variance_propagation.input_ratio_stats(np.array([1e-3, 9.99e-4, 1e3, 1.001e3, 1.0]))
+    assert (edges["vanish_fraction"], edges["explode_fraction"]) == (0.2, 0.2)
+    with pytest.raises(ValueError, match="1-d array"):
+        variance_propagation.input_ratio_stats(np.ones((2, 3)))
+
+
+def test_a_few_exploding_inputs_carry_the_mean_but_not_the_per_input_statistics():
+    """Planted GELU-like seeds: 60 of 64 inputs vanish (1e-7), 4 explode (1e6). The mean over inputs says
+    'exploded by 6e4'; the per-input median says 'vanished', with the fractions 60/64 and 4/64."""
+    seeds, inputs = 3, 64
+    final = np.full((seeds, inputs), 1e-7)
+    final[:, :4] = 1e6
+    final[2, 4:40] = 2.0  # seed 2: 4 explode, 36 stay near 1 (at 2), 24 vanish, so its median is 2
+    forward = np.stack([np.ones((seeds, inputs)), final], axis=-1)  # [seeds, inputs, 2 layers], q_0 = 1
+    backward = np.stack([final, np.ones((seeds, inputs))], axis=-1)  # b_0 / b_L = the same ratios
+    curves = variance_propagation.Curves("gelu", "kaiming", 0.07, forward, backward, np.ones(2), np.ones(2))
+    row = curves.summary()
+    assert row["forward_ratio_measured"] == pytest.approx((3 * 4e6 + 36 * 2.0 + 24e-7 + 2 * 60e-7) / (3 * 64))
+    assert row["forward_ratio_measured"] > 1e4  # the mean over inputs: "exploded"
+    seed_rows = row["per_seed"]
+    assert [r["forward_median"] for r in seed_rows] == pytest.approx([1e-7, 1e-7, 2.0])
+    assert [r["forward_vanish_fraction"] for r in seed_rows] == pytest.approx([60 / 64, 60 / 64, 24 / 64])
+    assert [r["forward_explode_fraction"] for r in seed_rows] == pytest.approx([4 / 64] * 3)
+    assert (row["forward_input_median_seed_min"], row["forward_input_median_seed_max"]) == pytest.approx((1e-7, 2.0))
+    assert row["forward_input_median_pooled"] == pytest.approx(1e-7)
+    assert row["forward_input_vanish_fraction_pooled"] == pytest.approx(144 / 192)
+    assert row["forward_input_explode_fraction_pooled"] == pytest.approx(12 / 192)
+    assert row["backward_input_vanish_fraction_pooled"] == row["forward_input_vanish_fraction_pooled"]
+    quantiles = curves.input_quantiles("forward")  # [3 quantiles, 2 layers]; layer 0 is 1 for every input
+    assert quantiles[:, 0] == pytest.approx([1.0, 1.0, 1.0]) and quantiles[1, 1] == pytest.approx(1e-7)
+
+
+def test_measured_per_input_moments_average_to_the_seed_moment():
+    forward, backward = variance_propagation.measure_moments("gelu", 0.09, width=64, depth=6, batch=8, seeds=2)
+    assert forward.shape == backward.shape == (2, 8, 7)
+    torch.manual_seed(1)  # seed 1 by hand: the mean over all units and inputs of h_l^2
+    h = torch.randn(8, 64, dtype=torch.float64)
+    for _ in range(6):
+        h = torch.nn.functional.gelu(h, approximate="tanh") @ (torch.randn(64, 64, dtype=torch.float64) * 0.09).T
+    assert forward[1, :, -1] == pytest.approx(h.pow(2).mean(dim=1).numpy(), rel=1e-12)
+    assert np.all(backward[:, :, -1] > 0) and np.all(forward[:, :, 0] > 0)
+
+
 @pytest.mark.slow
 def test_propagation_writes_csv_and_a_small_figure(quick_propagation):
     _, out = quick_propagation
@@ -141,6 +200,14 @@ def test_propagation_writes_csv_and_a_small_figure(quick_propagation):
     first = next(r for r in rows if r["scheme"] == "kaiming" and r["layer"] == "0")
     assert float(first["forward_predicted"]) == 1.0
     assert float(first["forward_measured"]) == pytest.approx(1.0, rel=0.1)  # h_0 ~ N(0, 1)
+    quick = variance_propagation.QUICK
+    seed_rows = read_csv(out / "variance_propagation_seeds.csv")
+    assert len(seed_rows) == len(variance_propagation.SCHEMES) * quick.seeds
+    small = [r for r in seed_rows if r["scheme"] == "small"]  # 2.6e-180 predicted: every input vanishes
+    assert all(float(r["forward_vanish_fraction"]) == 1.0 and float(r["forward_median"]) < 1e-100 for r in small)
+    large = [r for r in seed_rows if r["scheme"] == "large"]
+    assert all(float(r["forward_explode_fraction"]) == 1.0 for r in large)
+    assert float(first["forward_input_median"]) == 1.0  # layer 0: q_0 / q_0 for every input
     assert 0 < (out / "variance_propagation.png").stat().st_size < MAX_FIGURE_BYTES
     with pytest.raises(ValueError, match="refusing to overwrite"):
         variance_propagation.main(["--quick", "--out", str(out)])

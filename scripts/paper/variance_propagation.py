@@ -1,7 +1,11 @@
 """Variance propagation through deep random MLPs: the theory of the paper's claim 1, and a measurement.
 
-For z ~ N(0, 1) the two activation constants are c_phi = E[phi(z)^2] and d_phi = E[phi'(z)^2]
-(numerical quadrature, ``gaussian_expectation``). With Var(w) = g / fan_in the forward second
+For z ~ N(0, 1) the two activation constants are c_phi = E[phi(z)^2] (the library's
+``init_schemes.schemes.gaussian_second_moment``, the same number the ``kaiming`` scheme's gain uses)
+and d_phi = E[phi'(z)^2]; at other variances q, E[phi(sqrt(q) z)^2] and E[phi'(sqrt(q) z)^2] come from
+adaptive quadrature here (``gaussian_expectation``; the library has only q = 1). The activations are
+the library's (``init_schemes.schemes.ACTIVATIONS``): GELU is GPT-2's tanh approximation, as in
+``models/common.py``. With Var(w) = g / fan_in the forward second
 moment is preserved when g * c_phi = 1 (Kaiming gain^2 = 1 / c_phi; 2 for ReLU since c = 1/2)
 and the backward one when g * d_phi = 1 (for square layers), so both hold only if c_phi = d_phi.
 
@@ -9,18 +13,26 @@ Measurement: a depth-L, width-n MLP h_l = W_l phi(h_{l-1}) (no biases), h_0 ~ N(
 sees a unit-variance "pre-activation" and the recursion has no special first layer. Weights
 W_l ~ N(0, sigma_w^2) with sigma_w from a scheme: kaiming 1/sqrt(c_phi n), xavier sqrt(2/(n+n)),
 small 1e-3, large 1. q_l = E[h_l^2] is measured in float64 (the small/large schemes reach 1e-180 and
-1e+120) and averaged over batch, units and seeds; the backward moment b_l = E[(dL/dh_l)^2] comes
-from autograd with a random N(0, 1) cotangent on h_L (so b_L = 1). Mean-field prediction:
+1e+120); the backward moment b_l = E[(dL/dh_l)^2] comes from autograd with a random N(0, 1) cotangent
+on h_L (so b_L = 1). Both are kept PER INPUT (mean over the width's units of one input's h_l^2), because
+the mean over inputs can be carried by a few inputs: where the fixed point is unstable (GELU, SiLU
+under Kaiming) single inputs vanish or explode, and the exploding few dominate the mean. Per seed the
+end-to-end ratios of its inputs (forward q_L / q_0, backward b_0 / b_L) are summarised by their
+median, 10 % and 90 % quantiles and the fractions that vanish (ratio < 1e-3) or explode (> 1e3).
+Mean-field prediction:
     q_l = n sigma_w^2 E[phi(sqrt(q_{l-1}) z)^2]        (ReLU: n sigma_w^2 q_{l-1} / 2)
     b_{l-1} = n sigma_w^2 E[phi'(sqrt(q_{l-1}) z)^2] b_l  (ReLU: n sigma_w^2 b_l / 2)
 
 Full run: ReLU, tanh, GELU and SiLU, depth 50, width 512, 64 inputs, 10 seeds. Per (activation,
-scheme) the end-to-end ratios are also summarised per seed (geometric mean with a 95 % interval,
-range, seeds within 10 %), since the ratio of seed means can sit near 1 while single seeds do not.
+scheme) the seed-mean ratios (mean over inputs, then seeds) are also summarised per seed (geometric
+mean with a 95 % interval, range, seeds within 10 %), since the ratio of seed means can sit near 1
+while single seeds do not.
 
 Usage: python scripts/paper/variance_propagation.py [--json] [--out DIR] [--quick] [--overwrite]
-With --out it writes variance_propagation.csv (one row per activation, scheme, layer) and
-variance_propagation.png (second moment vs depth, log scale, measured solid, predicted dashed).
+With --out it writes variance_propagation.csv (one row per activation, scheme, layer: the mean over
+inputs as before, and the per-input 10/50/90 % quantiles pooled over seeds), variance_propagation_seeds.csv
+(one row per activation, scheme, seed: the per-input statistics of the end-to-end ratios) and
+variance_propagation.png (per-input median and 10-90 % band vs depth, log scale; predicted dashed).
 """
 
 from __future__ import annotations
@@ -36,14 +48,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import integrate
-from scipy.special import expit, ndtr
+from scipy.special import expit
 
 if __package__ in (None, ""):  # run as `python scripts/paper/...py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from init_schemes.schemes import ACTIVATIONS as LIBRARY_PHI  # noqa: E402
+from init_schemes.schemes import gaussian_second_moment, kaiming_gain  # noqa: E402
 from scripts.paper.common import positive_int, prepare_outputs, pyplot, run_cli, save_figure, write_csv  # noqa: E402
 from scripts.stats import mean_interval  # noqa: E402
 
 WITHIN = 0.10  # "kept within 10 %": a per-seed end-to-end ratio in [1/1.1, 1.1]
+VANISH = 1e-3  # an input "vanishes" when its end-to-end ratio is below this (30 dB down)
+EXPLODE = 1e3  # ... and "explodes" above this; both far outside the 0.3..2 that finite-width noise gives ReLU
+QUANTILES = (0.1, 0.5, 0.9)  # per-input quantiles reported: 10 %, median, 90 %
 
 Z_CUTOFF = 12.0  # |z| > 12 carries < 1e-30 of the Gaussian mass
 ASYMPTOTIC_U = 20.0  # beyond |u| = 20 every activation here is in its asymptotic (smooth) regime
@@ -69,13 +86,22 @@ class Activation:
     torch_phi: Callable[[torch.Tensor], torch.Tensor]
 
 
+GELU_K, GELU_A = math.sqrt(2.0 / math.pi), 0.044715  # GPT-2's tanh GELU: 0.5 u (1 + tanh(K (u + A u^3)))
+
+
+def _gelu_tanh_derivative(u: float) -> float:
+    inner = GELU_K * (u + GELU_A * u ** 3)
+    return 0.5 * (1.0 + math.tanh(inner)) + 0.5 * u * _sech_sq(inner) * GELU_K * (1.0 + 3.0 * GELU_A * u * u)
+
+
+# phi is the library's (init_schemes.schemes.ACTIVATIONS), so c_phi here is the kaiming scheme's c_phi
 ACTIVATIONS: dict[str, Activation] = {
-    "linear": Activation(lambda u: u, lambda u: 1.0, lambda t: t),
-    "relu": Activation(lambda u: max(u, 0.0), lambda u: 1.0 if u > 0 else 0.0, torch.relu),
-    "tanh": Activation(math.tanh, _sech_sq, torch.tanh),
-    # exact GELU u * Phi(u) (torch's default approximate='none'), not the tanh approximation
-    "gelu": Activation(lambda u: u * ndtr(u), lambda u: ndtr(u) + u * _gauss_pdf(u), torch.nn.functional.gelu),
-    "silu": Activation(lambda u: u * expit(u), lambda u: expit(u) * (1.0 + u * (1.0 - expit(u))),
+    "linear": Activation(LIBRARY_PHI["linear"], lambda u: 1.0, lambda t: t),
+    "relu": Activation(LIBRARY_PHI["relu"], lambda u: 1.0 if u > 0 else 0.0, torch.relu),
+    "tanh": Activation(LIBRARY_PHI["tanh"], _sech_sq, torch.tanh),
+    "gelu": Activation(LIBRARY_PHI["gelu"], _gelu_tanh_derivative,
+                       lambda t: torch.nn.functional.gelu(t, approximate="tanh")),
+    "silu": Activation(LIBRARY_PHI["silu"], lambda u: expit(u) * (1.0 + u * (1.0 - expit(u))),
                        torch.nn.functional.silu),
 }
 SCHEMES = ("kaiming", "xavier", "small", "large")
@@ -128,11 +154,11 @@ def fixed_point_slope(name: str, log_step: float = 1e-3) -> float:
 
 
 def moment_table(names=tuple(ACTIVATIONS)) -> dict[str, dict[str, float]]:
-    """c, d, the forward (Kaiming) and backward gains^2, d/c = per-layer backward growth under Kaiming,
-    and the forward map's slope at the Kaiming fixed point."""
+    """c (the library's ``gaussian_second_moment``), d, the forward (Kaiming) and backward gains^2,
+    d/c = per-layer backward growth under Kaiming, and the forward map's slope at the Kaiming fixed point."""
     table = {}
     for name in names:
-        c, d = activation_moments(name)
+        c, d = gaussian_second_moment(name), activation_moments(name)[1]
         table[name] = {"c": c, "d": d, "kaiming_gain_sq": 1.0 / c, "backward_gain_sq": 1.0 / d,
                        "backward_growth_per_layer_kaiming": d / c, "fixed_point_slope": fixed_point_slope(name)}
     return table
@@ -140,8 +166,8 @@ def moment_table(names=tuple(ACTIVATIONS)) -> dict[str, dict[str, float]]:
 
 def scheme_sigma(scheme: str, activation: str, width: int) -> float:
     """Weight std of a square width x width layer under ``scheme``."""
-    if scheme == "kaiming":
-        return math.sqrt(1.0 / (activation_moments(activation)[0] * width))
+    if scheme == "kaiming":  # the library's gain, 1 / sqrt(c_phi): what --init.scheme kaiming draws
+        return kaiming_gain(activation) / math.sqrt(width)
     if scheme == "xavier":
         return math.sqrt(2.0 / (width + width))
     if scheme == "small":
@@ -167,10 +193,11 @@ def predicted_moments(activation: str, sigma_w: float, width: int, depth: int) -
 
 def measure_moments(activation: str, sigma_w: float, width: int, depth: int, batch: int,
                     seeds: int) -> tuple[np.ndarray, np.ndarray]:
-    """Measured (q, b): float64 arrays [seeds, depth + 1] of E[h_l^2] and E[(dL/dh_l)^2] per seed."""
+    """Measured (q, b) per input: float64 arrays [seeds, batch, depth + 1] of the mean over units of one
+    input's h_l^2 and (dL/dh_l)^2. Averaging over axis 1 gives E[h_l^2] and E[(dL/dh_l)^2] of the seed."""
     phi = ACTIVATIONS[activation].torch_phi
-    forward = np.empty((seeds, depth + 1))
-    backward = np.empty((seeds, depth + 1))
+    forward = np.empty((seeds, batch, depth + 1))
+    backward = np.empty((seeds, batch, depth + 1))
     for seed in range(seeds):
         torch.manual_seed(seed)
         hidden = [torch.randn(batch, width, dtype=torch.float64, requires_grad=True)]  # h_0: [batch, width]
@@ -180,9 +207,27 @@ def measure_moments(activation: str, sigma_w: float, width: int, depth: int, bat
             hidden[-1].retain_grad()
         cotangent = torch.randn(batch, width, dtype=torch.float64)  # dL/dh_depth, unit second moment
         (hidden[-1] * cotangent).sum().backward()
-        forward[seed] = [float(h.detach().pow(2).mean()) for h in hidden]
-        backward[seed] = [float(h.grad.pow(2).mean()) for h in hidden]
+        forward[seed] = torch.stack([h.detach().pow(2).mean(dim=1) for h in hidden], dim=1).numpy()
+        backward[seed] = torch.stack([h.grad.pow(2).mean(dim=1) for h in hidden], dim=1).numpy()
     return forward, backward
+
+
+def input_ratio_stats(ratios: np.ndarray) -> dict[str, float]:
+    """Per-input end-to-end ratios of one seed ([inputs]) summarised: 10/50/90 % quantiles and the
+    fractions of inputs that vanish (< VANISH) and explode (> EXPLODE)."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    if ratios.ndim != 1 or ratios.size == 0:
+        raise ValueError(f"expected a non-empty 1-d array of per-input ratios, got shape {ratios.shape}")
+    p10, p50, p90 = np.quantile(ratios, QUANTILES)
+    return {"p10": float(p10), "median": float(p50), "p90": float(p90),
+            "vanish_fraction": float(np.mean(ratios < VANISH)), "explode_fraction": float(np.mean(ratios > EXPLODE))}
+
+
+def end_to_end_ratios(forward: np.ndarray, backward: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-input end-to-end ratios from [..., depth + 1] moments: forward q_L / q_0, backward b_0 / b_L."""
+    return {"forward": forward[..., -1] / forward[..., 0], "backward": backward[..., 0] / backward[..., -1]}
+
+
 
 
 @dataclass(frozen=True)
@@ -200,17 +245,27 @@ FULL = Setup(("relu", "tanh", "gelu", "silu"), depth=50, width=512, batch=64, se
 QUICK = Setup(("relu",), depth=50, width=512, batch=16, seeds=4)
 
 
+
 @dataclass
 class Curves:
-    """Per-depth moments of one (activation, scheme): arrays of shape [depth + 1], layer 0 = input."""
+    """Per-depth moments of one (activation, scheme); layer 0 = input."""
 
     activation: str
     scheme: str
     sigma_w: float
-    forward_per_seed: np.ndarray  # [seeds, depth + 1]
-    backward_per_seed: np.ndarray  # [seeds, depth + 1]
-    forward_predicted: np.ndarray
-    backward_predicted: np.ndarray
+    forward_per_input: np.ndarray  # [seeds, inputs, depth + 1]
+    backward_per_input: np.ndarray  # [seeds, inputs, depth + 1]
+    forward_predicted: np.ndarray  # [depth + 1]
+    backward_predicted: np.ndarray  # [depth + 1]
+
+    @property
+    def forward_per_seed(self) -> np.ndarray:
+        """E[h_l^2] of each seed (mean over its inputs): [seeds, depth + 1]."""
+        return self.forward_per_input.mean(axis=1)
+
+    @property
+    def backward_per_seed(self) -> np.ndarray:
+        return self.backward_per_input.mean(axis=1)
 
     @property
     def forward_measured(self) -> np.ndarray:
@@ -220,22 +275,44 @@ class Curves:
     def backward_measured(self) -> np.ndarray:
         return self.backward_per_seed.mean(axis=0)
 
-    def summary(self) -> dict[str, float]:
-        """Last-layer forward ratio q_L / q_0 and first-layer backward ratio b_0 / b_L, measured and predicted.
+    def input_quantiles(self, direction: str) -> np.ndarray:
+        """[3, depth + 1]: 10/50/90 % quantiles over all seeds' inputs of q_l / q_0 (forward) or b_l / b_L."""
+        moments = self.forward_per_input if direction == "forward" else self.backward_per_input
+        anchor = moments[..., :1] if direction == "forward" else moments[..., -1:]
+        ratios = (moments / anchor).reshape(-1, moments.shape[-1])
+        return np.quantile(ratios, QUANTILES, axis=0)
 
-        ``*_ratio_measured`` is the ratio of the seed means; the per-seed ratios r_s also give their
-        geometric mean exp(mean ln r_s) with the 95 % t-interval of mean ln r_s mapped through exp
-        (a multiplicative interval, since r_s spans orders of magnitude), their range, and how many
-        seeds end within 10 % of 1.
+    def per_seed_input_stats(self) -> list[dict]:
+        """One row per seed: ``input_ratio_stats`` of its inputs' forward and backward end-to-end ratios."""
+        ratios = end_to_end_ratios(self.forward_per_input, self.backward_per_input)
+        rows = []
+        for seed in range(self.forward_per_input.shape[0]):
+            row: dict = {"activation": self.activation, "scheme": self.scheme, "seed": seed,
+                         "inputs": self.forward_per_input.shape[1]}
+            for direction, values in ratios.items():
+                row.update({f"{direction}_{key}": value for key, value in input_ratio_stats(values[seed]).items()})
+            rows.append(row)
+        return rows
+
+    def summary(self) -> dict:
+        """End-to-end ratios: forward q_L / q_0 and backward b_0 / b_L, measured and predicted.
+
+        ``*_ratio_measured`` is the ratio of the seed means; the per-seed ratios r_s (of the mean over
+        inputs) also give their geometric mean exp(mean ln r_s) with the 95 % t-interval of mean ln r_s
+        mapped through exp (a multiplicative interval, since r_s spans orders of magnitude), their range,
+        and how many seeds end within 10 % of 1. Per input: the range over seeds of the per-seed median
+        ratio, the 10/50/90 % quantiles pooled over all seeds' inputs, the pooled fractions of inputs that
+        vanish and explode, and ``per_seed`` (``per_seed_input_stats``).
         """
         fwd, bwd = self.forward_measured, self.backward_measured
-        row = {"sigma_w": self.sigma_w,
-               "forward_ratio_measured": fwd[-1] / fwd[0],
-               "forward_ratio_predicted": self.forward_predicted[-1] / self.forward_predicted[0],
-               "backward_ratio_measured": bwd[0] / bwd[-1],
-               "backward_ratio_predicted": self.backward_predicted[0] / self.backward_predicted[-1]}
-        per_seed = {"forward": self.forward_per_seed[:, -1] / self.forward_per_seed[:, 0],
-                    "backward": self.backward_per_seed[:, 0] / self.backward_per_seed[:, -1]}
+        row: dict = {"sigma_w": self.sigma_w,
+                     "forward_ratio_measured": fwd[-1] / fwd[0],
+                     "forward_ratio_predicted": self.forward_predicted[-1] / self.forward_predicted[0],
+                     "backward_ratio_measured": bwd[0] / bwd[-1],
+                     "backward_ratio_predicted": self.backward_predicted[0] / self.backward_predicted[-1]}
+        per_seed = end_to_end_ratios(self.forward_per_seed, self.backward_per_seed)
+        per_input = end_to_end_ratios(self.forward_per_input, self.backward_per_input)
+        seed_rows = self.per_seed_input_stats()
         for direction, ratios in per_seed.items():
             log_interval = mean_interval([math.log(r) for r in ratios])
             row[f"{direction}_ratio_geomean"] = math.exp(log_interval.mean)
@@ -244,6 +321,12 @@ class Curves:
             row[f"{direction}_ratio_seed_min"] = float(ratios.min())
             row[f"{direction}_ratio_seed_max"] = float(ratios.max())
             row[f"{direction}_seeds_within_10pct"] = int(np.sum(np.abs(np.log(ratios)) <= math.log(1 + WITHIN)))
+            medians = [seed_row[f"{direction}_median"] for seed_row in seed_rows]
+            row[f"{direction}_input_median_seed_min"] = float(min(medians))
+            row[f"{direction}_input_median_seed_max"] = float(max(medians))
+            pooled = input_ratio_stats(per_input[direction].reshape(-1))
+            row.update({f"{direction}_input_{key}_pooled": value for key, value in pooled.items()})
+        row["per_seed"] = seed_rows
         return row
 
 
@@ -261,26 +344,44 @@ def run_measurements(setup: Setup) -> list[Curves]:
 
 
 def csv_rows(curves: list[Curves]) -> list[dict]:
+    """One row per (activation, scheme, layer): the mean over inputs (mean, min and max over seeds) and
+    the per-input 10/50/90 % quantiles pooled over seeds (q_l / q_0 forward, b_l / b_L backward)."""
     rows = []
     for curve in curves:
+        quantiles = {direction: curve.input_quantiles(direction) for direction in ("forward", "backward")}
         for layer in range(curve.forward_per_seed.shape[1]):
             fwd, bwd = curve.forward_per_seed[:, layer], curve.backward_per_seed[:, layer]
-            rows.append({"activation": curve.activation, "scheme": curve.scheme, "sigma_w": curve.sigma_w,
-                         "layer": layer, "forward_measured": float(fwd.mean()),
-                         "forward_measured_min": float(fwd.min()), "forward_measured_max": float(fwd.max()),
-                         "forward_predicted": float(curve.forward_predicted[layer]),
-                         "backward_measured": float(bwd.mean()),
-                         "backward_measured_min": float(bwd.min()), "backward_measured_max": float(bwd.max()),
-                         "backward_predicted": float(curve.backward_predicted[layer])})
+            row = {"activation": curve.activation, "scheme": curve.scheme, "sigma_w": curve.sigma_w,
+                   "layer": layer, "forward_measured": float(fwd.mean()),
+                   "forward_measured_min": float(fwd.min()), "forward_measured_max": float(fwd.max()),
+                   "forward_predicted": float(curve.forward_predicted[layer]),
+                   "backward_measured": float(bwd.mean()),
+                   "backward_measured_min": float(bwd.min()), "backward_measured_max": float(bwd.max()),
+                   "backward_predicted": float(curve.backward_predicted[layer])}
+            for direction, values in quantiles.items():
+                for level, name in zip(values[:, layer], ("p10", "median", "p90")):
+                    row[f"{direction}_input_{name}"] = float(level)
+            rows.append(row)
     return rows
+
+
+def seed_csv_rows(curves: list[Curves]) -> list[dict]:
+    """One row per (activation, scheme, seed): ``Curves.per_seed_input_stats``."""
+    return [row for curve in curves for row in curve.per_seed_input_stats()]
 
 
 SCHEME_COLORS = {"kaiming": "tab:blue", "xavier": "tab:orange", "small": "tab:green", "large": "tab:red"}
 
 
+def _plot_band(ax, layers, quantiles: np.ndarray, color: str, label: str | None) -> None:
+    """Per-input median (line) and 10-90 % band of one curve on a log axis."""
+    ax.fill_between(layers, quantiles[0], quantiles[2], color=color, alpha=0.2, lw=0)
+    ax.semilogy(layers, quantiles[1], "-", color=color, lw=1.2, label=label)
+
+
 def plot_curves(curves: list[Curves], setup: Setup, path: Path) -> None:
-    """One row per activation: forward and backward second moment vs depth for all schemes (log scale),
-    then a close-up of kaiming and xavier, whose drifts the extreme schemes would squash."""
+    """One row per activation: per-input forward and backward ratios vs depth for all schemes (median, 10-90 %
+    band; mean-field dashed), then Kaiming alone: the per-input median and band against the mean over inputs."""
     plt = pyplot()
     rows = len(setup.activations)
     fig, axes = plt.subplots(rows, 3, figsize=(14, 3.3 * rows), squeeze=False)
@@ -288,24 +389,30 @@ def plot_curves(curves: list[Curves], setup: Setup, path: Path) -> None:
     for curve in curves:
         row = setup.activations.index(curve.activation)
         color = SCHEME_COLORS[curve.scheme]
-        pairs = ((curve.forward_measured, curve.forward_predicted, "o-"),
-                 (curve.backward_measured, curve.backward_predicted, "s-"))
-        for col, (measured, predicted, style) in enumerate(pairs):
-            targets = [axes[row, col]] + ([axes[row, 2]] if curve.scheme in ("kaiming", "xavier") else [])
-            for ax in targets:
-                label = f"{curve.scheme} σ_w={curve.sigma_w:.3g}" if ax is axes[row, 0] else None
-                ax.semilogy(layers, measured, style, ms=3, markevery=5, color=color, label=label)
-                ax.semilogy(layers, predicted, "--", color="black", lw=0.8)
+        label = f"{curve.scheme} σ_w={curve.sigma_w:.3g}"
+        _plot_band(axes[row, 0], layers, curve.input_quantiles("forward"), color, label)
+        axes[row, 0].semilogy(layers, curve.forward_predicted, "--", color="black", lw=0.8)
+        _plot_band(axes[row, 1], layers, curve.input_quantiles("backward"), color, None)
+        axes[row, 1].semilogy(layers, curve.backward_predicted / curve.backward_predicted[-1], "--", color="black", lw=0.8)
+        if curve.scheme == "kaiming":
+            ax = axes[row, 2]
+            _plot_band(ax, layers, curve.input_quantiles("forward"), color, "per input: median, 10-90 %")
+            ax.semilogy(layers, curve.forward_measured / curve.forward_measured[0], "o-", ms=3, markevery=5,
+                        color="tab:purple", lw=1.0, label="mean over inputs and seeds")
+            ax.semilogy(layers, curve.forward_predicted, "--", color="black", lw=0.8, label="mean field")
+            ax.axhline(VANISH, color="grey", lw=0.6, ls=":")
+            ax.axhline(EXPLODE, color="grey", lw=0.6, ls=":")
     for row, activation in enumerate(setup.activations):
-        axes[row, 0].set_title(f"{activation}: forward E[h_l²] (dashed: mean-field)", fontsize=9)
-        axes[row, 1].set_title(f"{activation}: backward E[(∂L/∂h_l)²]", fontsize=9)
-        axes[row, 2].set_title(f"{activation}: kaiming & xavier, forward (o) and backward (s)", fontsize=9)
+        axes[row, 0].set_title(f"{activation}: forward q_l/q_0 per input (dashed: mean field)", fontsize=9)
+        axes[row, 1].set_title(f"{activation}: backward b_l/b_L per input", fontsize=9)
+        axes[row, 2].set_title(f"{activation}, kaiming: forward per input vs mean (dotted: 1e-3, 1e3)", fontsize=9)
         for ax in axes[row]:
             ax.set_xlabel("layer l", fontsize=8)
             ax.tick_params(labelsize=7)
         axes[row, 0].legend(fontsize=7, loc="lower left")
+        axes[row, 2].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Second moments through a random MLP: depth {setup.depth}, width {setup.width}, "
-                 f"mean of {setup.seeds} seeds x {setup.batch} inputs (measured: markers; predicted: dashed)",
+                 f"{setup.seeds} seeds x {setup.batch} inputs (line: per-input median; band: 10-90 %; dashed: mean field)",
                  fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=72)
@@ -314,7 +421,7 @@ def plot_curves(curves: list[Curves], setup: Setup, path: Path) -> None:
 def report(curves: list[Curves], table: dict, setup: Setup) -> dict:
     """The --json object: constants per activation plus the measured/predicted end-to-end ratios."""
     measured: dict = {"setup": {"depth": setup.depth, "width": setup.width, "batch": setup.batch,
-                                "seeds": setup.seeds}}
+                                "seeds": setup.seeds, "vanish_below": VANISH, "explode_above": EXPLODE}}
     for curve in curves:
         measured.setdefault(curve.activation, {})[curve.scheme] = curve.summary()
     return {**table, "measured": measured}
@@ -340,6 +447,12 @@ def print_table(result: dict) -> None:
                       f"[95% {row[f'{direction}_ratio_ci95_low']:.3g}, {row[f'{direction}_ratio_ci95_high']:.3g}], "
                       f"range {row[f'{direction}_ratio_seed_min']:.3g}..{row[f'{direction}_ratio_seed_max']:.3g}, "
                       f"{row[f'{direction}_seeds_within_10pct']}/{setup['seeds']} seeds within 10%")
+                print(f"    {direction:<8} per input: median {row[f'{direction}_input_median_pooled']:.3g} "
+                      f"[10-90% {row[f'{direction}_input_p10_pooled']:.3g}, {row[f'{direction}_input_p90_pooled']:.3g}], "
+                      f"per-seed medians {row[f'{direction}_input_median_seed_min']:.3g}.."
+                      f"{row[f'{direction}_input_median_seed_max']:.3g}, "
+                      f"vanish {100 * row[f'{direction}_input_vanish_fraction_pooled']:.1f}%, "
+                      f"explode {100 * row[f'{direction}_input_explode_fraction_pooled']:.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,13 +466,14 @@ def main(argv: list[str] | None = None) -> int:
     setup = QUICK if args.quick else FULL
     if args.seeds:
         setup = Setup(setup.activations, setup.depth, setup.width, setup.batch, args.seeds)
-    paths = prepare_outputs(args.out, ["variance_propagation.csv", "variance_propagation.png"],
-                            args.overwrite) if args.out else None
+    names = ["variance_propagation.csv", "variance_propagation_seeds.csv", "variance_propagation.png"]
+    paths = prepare_outputs(args.out, names, args.overwrite) if args.out else None
     curves = run_measurements(setup)
     result = report(curves, moment_table(), setup)
     if paths:
         write_csv(paths[0], csv_rows(curves))
-        plot_curves(curves, setup, paths[1])
+        write_csv(paths[1], seed_csv_rows(curves))
+        plot_curves(curves, setup, paths[2])
     if args.json:
         print(json.dumps(result, indent=2))
     else:
