@@ -55,6 +55,7 @@ from components.tokenizer import build_tokenizer
 from components.weight_stats import WeightStats
 from distributed.env import DistEnv, any_and_all, barrier, decided_by_rank0, distributed_session
 from distributed.parallelize import compile_enabled, reshards_after_forward, start_micro_batch
+from distributed.placement import global_max, global_mean, global_sum
 from init_schemes.base import DEFAULT_BASE_STD
 from models import build_model
 from models.common import count_params, flops_per_token_by_convention
@@ -334,26 +335,6 @@ def batch_split(global_batch: int, dp_size: int, local_batch: int) -> tuple[int,
         raise ConfigError(f"training.local_batch_size = {micro} does not divide the {per_rank} sequences per rank; "
                           "pick a divisor or 0")
     return per_rank, micro, per_rank // micro
-
-
-def global_mean(value: torch.Tensor) -> float:
-    """Mean of a per-rank scalar over all ranks (a host sync: logging steps only)."""
-    value = value.detach().clone().float()
-    dist.all_reduce(value)  # SUM: gloo has no AVG
-    return value.item() / dist.get_world_size()
-
-
-def global_sum(value: torch.Tensor) -> float:
-    """Sum of a per-rank scalar over all ranks (a host sync)."""
-    value = value.detach().clone().float()
-    dist.all_reduce(value)
-    return value.item()
-
-
-def global_max(value: torch.Tensor) -> float:
-    value = value.detach().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return value.item()
 
 
 def claim_run_dir(cfg: Config, lock: RunDirLock | None) -> RunStart:

@@ -38,10 +38,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from components.weight_stats import combine_moments, std_from_moments
+from distributed.placement import stack_over_ranks
 from roles import EMBEDDING, canonical_name, format_tag, parse_tag
 
 KINDS = ("residual", "attn_out", "mlp_out", "mlp_pre", "logit_max")  # the statistics, in chart order
@@ -164,12 +164,7 @@ class ActivationStats:
         if not self.probes:
             return {}
         local = self.local_statistics()
-        if dist.is_available() and dist.is_initialized():
-            per_rank = local.new_zeros(dist.get_world_size(), local.numel())
-            per_rank[dist.get_rank()] = local
-            dist.all_reduce(per_rank, op=dist.ReduceOp.SUM)
-        else:
-            per_rank = local.unsqueeze(0)
+        per_rank = stack_over_ranks(local)  # [world size, n values]
         n_moments = 3 * len(self.moment_probes)
         moments = combine_moments(per_rank[:, :n_moments].view(per_rank.shape[0], -1, 3))  # [n, 3]
         count, mean, m2 = moments.unbind(-1)

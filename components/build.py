@@ -13,6 +13,7 @@ from components.config import Config
 from components.weights_import import load_initial_weights
 from distributed.env import DistEnv
 from distributed.parallelize import parallelize
+from distributed.placement import local_rows
 from init_schemes import WeightInitializer
 from init_schemes.parametrization import Parametrization, base_shape_overrides, with_multipliers
 from models import build_model, make_model_args
@@ -78,7 +79,7 @@ def build_model_and_init(cfg: Config, tokenizer_vocab: int, env: DistEnv) -> tup
         freeze_all_but_adapters(model)
     parallelize(model, env, cfg.parallelism, cfg.training, cfg.compile, cfg.activation_checkpoint)
     model.to_empty(device=env.device)
-    initializer = WeightInitializer(cfg.init, args, cfg.job.seed, parametrization_of(cfg, args))
+    initializer = WeightInitializer(cfg.init, args, cfg.job.seed, parametrization_of(cfg, args), local_rows)
     model.init_weights(initializer, buffer_device=env.device)
     if cfg.init.from_checkpoint:  # replaces the scheme's tensors where the file has them
         load_initial_weights(model, cfg.init.from_checkpoint, env)

@@ -21,13 +21,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from components.config import Metrics
-from components.weight_stats import local_shard
+from distributed.placement import all_ranks_max_, local_shard
 from roles import TENSOR_FAMILIES, canonical_name, format_tag, layer_of, role_of
 
 
@@ -236,12 +235,6 @@ def _parameter_names(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return named
 
 
-def _all_ranks_max(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return values
-
-
 def first_nonfinite(model: nn.Module) -> str | None:
     """First tensor holding a non-finite value on any rank: every weight first (model order), then every grad.
 
@@ -260,7 +253,7 @@ def first_nonfinite(model: nn.Module) -> str | None:
                          else torch.zeros((), dtype=torch.bool, device=param.device))
     if not flags:
         return None
-    bad = _all_ranks_max(torch.stack(flags).to(torch.int32))  # [2 * n_params]: all weights, then all grads
+    bad = all_ranks_max_(torch.stack(flags).to(torch.int32))  # [2 * n_params]: all weights, then all grads
     hits = bad.nonzero().flatten().tolist()
     return names[hits[0]] if hits else None
 
@@ -277,7 +270,7 @@ def largest_gradient(model: nn.Module) -> str | None:
     # A rank whose shard is empty contributes 0.
     peaks = torch.stack([local_shard(p.grad.detach()).abs().amax().float() if local_shard(p.grad).numel()
                          else torch.zeros((), device=p.device) for _, p in named])
-    peaks = _all_ranks_max(peaks)
+    peaks = all_ranks_max_(peaks)
     index = int(peaks.argmax())
     return f"{named[index][0]} max |g| {peaks[index].item():.3g}"
 

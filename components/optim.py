@@ -19,13 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from components.config import Optimizer
+from distributed.placement import local_shard, reduction_layout, sum_over_mesh_dims_
 from init_schemes.parametrization import Parametrization, ParamRule
 from roles import layer_of, role_of
 
@@ -131,27 +130,11 @@ def _check_fused_supported(groups: list[dict], implementation: str) -> None:
                                  f"{', '.join(supported)}); use foreach")
 
 
-def _shard_dims(grad: DTensor) -> tuple[int, ...]:
-    """Mesh dimensions over which ``grad`` is sharded (its local squares must be summed over them)."""
-    dims = []
-    for mesh_dim, placement in enumerate(grad.placements):
-        if placement.is_partial():
-            raise ValueError(f"clip_grad_norm_ got a gradient with a Partial placement {grad.placements}; "
-                             "reduce gradients (FSDP does) before clipping")
-        if placement.is_shard():
-            dims.append(mesh_dim)
-    return tuple(dims)
-
-
 def _group_by_reduction(grads: list[torch.Tensor]) -> dict[tuple, list[torch.Tensor]]:
     """Local gradient tensors keyed by (mesh, shard dims); plain tensors under (None, ())."""
     buckets: dict[tuple[DeviceMesh | None, tuple[int, ...]], list[torch.Tensor]] = {}
     for grad in grads:
-        if isinstance(grad, DTensor):
-            key = (grad.device_mesh, _shard_dims(grad))
-            buckets.setdefault(key, []).append(grad.to_local())
-        else:
-            buckets.setdefault((None, ()), []).append(grad)
+        buckets.setdefault(reduction_layout(grad), []).append(local_shard(grad))
     return buckets
 
 
@@ -203,9 +186,7 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm:
     bucket_sums = []
     for (mesh, shard_dims), local_grads in buckets.items():
         squares = _sum_of_squares(local_grads, foreach)  # 0-dim float64
-        for mesh_dim in shard_dims:
-            dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=mesh.get_group(mesh_dim))
-        bucket_sums.append(squares)
+        bucket_sums.append(sum_over_mesh_dims_(squares, mesh, shard_dims))
     device = bucket_sums[0].device
     total_norm = torch.stack([s.to(device) for s in bucket_sums]).sum().sqrt()
     if max_norm > 0:

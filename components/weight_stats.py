@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
+from distributed.placement import local_shard, shard_group, stack_over_ranks
 from roles import MEAN_OVER_LAYERS, NORM_BIAS_ROLES, canonical_name, format_tag, layer_of, role_of
 
 # Columns of the packed statistics [n_tensors, n_columns]: COUNT, MEAN, M2 always (merged across
@@ -47,11 +47,6 @@ class TrackedTensor:
     def tag(self, family: str) -> str:
         """Its metric tag in ``family``: '<family>/<role>/layer_<NN>' in blocks, '<family>/<role>' outside."""
         return format_tag(family, self.role, self.layer)
-
-
-def local_shard(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a DTensor (no communication); a plain tensor as it is."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def local_moments(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -107,32 +102,6 @@ def tracked_tensors(model: nn.Module) -> list[TrackedTensor]:
     return tracked
 
 
-def shard_group(tracked: list[TrackedTensor]) -> dist.ProcessGroup | None:
-    """The group whose ranks hold disjoint pieces of every tracked DTensor; None when nothing is sharded.
-
-    FSDP2 places parameters Shard(0) on a 1-D mesh, or (Replicate(), Shard(0)) under HSDP: replicas
-    hold identical shards, so only the mesh dimension that shards ("dp_shard") must be summed.
-    """
-    layouts = set()
-    for t in tracked:
-        if isinstance(t.param, DTensor):
-            shard_dims = tuple(i for i, p in enumerate(t.param.placements) if p.is_shard())
-            layouts.add((t.param.device_mesh, shard_dims))
-        else:
-            layouts.add(None)
-    if len(layouts) > 1:
-        raise ValueError("tracked weights are not all sharded alike (e.g. plain tensors next to DTensors); "
-                         "pass WeightStats(process_group=...) naming the group that partitions them")
-    (layout,) = layouts
-    if layout is None or not layout[1]:
-        return None  # every rank holds full tensors: local statistics are already global
-    mesh, shard_dims = layout
-    if len(shard_dims) > 1:
-        raise ValueError(f"weights are sharded over mesh dims {shard_dims} of {mesh}; "
-                         "pass WeightStats(process_group=...) with one group covering all shards")
-    return mesh.get_group(shard_dims[0])
-
-
 class WeightStats:
     """Logged weight std (and optionally grad norm and update/weight ratio) per role and layer.
 
@@ -142,7 +111,7 @@ class WeightStats:
 
     def __init__(self, model: nn.Module, process_group: dist.ProcessGroup | None = None, grad_stats: bool = False):
         self.tracked = tracked_tensors(model)
-        self.group = process_group if process_group is not None else shard_group(self.tracked)
+        self.group = process_group if process_group is not None else shard_group(t.param for t in self.tracked)
         self.grad_stats = grad_stats
         self._snapshot: list[torch.Tensor] | None = None
 
@@ -184,9 +153,7 @@ class WeightStats:
         if self.group is None:
             per_rank = local.unsqueeze(0)
         else:  # each rank fills its own slot, so the SUM is an all-gather: [group_size, n_tensors, n_columns]
-            per_rank = local.new_zeros(dist.get_world_size(self.group), *local.shape)
-            per_rank[dist.get_rank(self.group)] = local
-            dist.all_reduce(per_rank, op=dist.ReduceOp.SUM, group=self.group)
+            per_rank = stack_over_ranks(local, self.group)
         has_update = self._snapshot is not None
         self._snapshot = None
         moments = combine_moments(per_rank[..., COUNT:M2 + 1])

@@ -25,7 +25,7 @@ from components.checkpoint import (
 )
 from components.torchtitan_names import from_torchtitan, is_torchtitan_llama
 from distributed.env import DistEnv, barrier
-from init_schemes.apply import local_rows
+from distributed.placement import local_rows
 from roles import canonical_name, is_adapter, role_of
 
 HUB_PREFIX = "hf://"  # init.from_checkpoint = "hf://owner/name[@revision]": a Hugging Face hub model

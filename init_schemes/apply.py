@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 
 import torch
-from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from init_schemes.adapters import adapter_spec
 from init_schemes.base import InitSpec, check_std_overrides, get_scheme
@@ -29,26 +29,16 @@ def block_seed(seed: int, key: str, block: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(local tensor, global index of its first row) for a plain tensor or a dim-0-sharded DTensor."""
-    if not isinstance(param, DTensor):
-        return param, 0
-    start = 0
-    rows = param.shape[0]
-    for mesh_dim, placement in enumerate(param.placements):
-        if isinstance(placement, Replicate):
-            continue
-        if not (isinstance(placement, Shard) and placement.dim == 0):
-            raise NotImplementedError(f"init of placement {placement} (only Shard(0)/Replicate are supported)")
-        # torch.chunk semantics, as FSDP2 uses: ceil-sized chunks, the last ones short or empty.
-        n, coord = param.device_mesh.size(mesh_dim), param.device_mesh.get_local_rank(mesh_dim)
-        chunk = math.ceil(rows / n)
-        start += min(coord * chunk, rows)
-        rows = max(0, min(rows, (coord + 1) * chunk) - min(coord * chunk, rows))
-    local = param.to_local()
-    if local.shape[0] != rows:
-        raise RuntimeError(f"local shard has {local.shape[0]} rows, expected {rows}")
-    return local, start
+RowView = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
+"""(this rank's part of a parameter, global index of its first row): distributed.placement.local_rows."""
+
+
+def whole_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A plain tensor is all its rows; a sharded one (anything with placements) needs the caller's row view."""
+    if hasattr(param, "placements"):
+        raise TypeError(f"{type(param).__name__} {tuple(param.shape)} is sharded: pass "
+                        "local_rows=distributed.placement.local_rows to WeightInitializer / fill_")
+    return param, 0
 
 
 def _draw(block: torch.Tensor, spec: InitSpec, gen: torch.Generator) -> None:
@@ -64,8 +54,8 @@ def _draw(block: torch.Tensor, spec: InitSpec, gen: torch.Generator) -> None:
 
 
 @torch.no_grad()
-def fill_(param: torch.Tensor, spec: InitSpec, seed: int, key: str) -> None:
-    """Fill ``param`` (plain or sharded) in place according to ``spec``."""
+def fill_(param: torch.Tensor, spec: InitSpec, seed: int, key: str, local_rows: RowView = whole_rows) -> None:
+    """Fill ``param`` in place according to ``spec``; a sharded ``param`` needs ``local_rows`` (its rows here)."""
     local, row_start = local_rows(param)
     if spec.dist == "constant":
         local.fill_(spec.value)
@@ -93,13 +83,15 @@ class WeightInitializer:
     With a ``parametrization`` (init_schemes/parametrization.py) the scheme is asked on the base model's
     shapes and the parametrization's factor rescales the result (μP: hidden matrices by
     sqrt(base fan_in / fan_in)); under sp that is the scheme itself. ``applied`` records the spec
-    used for each parameter key (for reports and tests).
+    used for each parameter key (for reports and tests). Sharded (FSDP2) parameters need ``local_rows`` =
+    ``distributed.placement.local_rows``; init_schemes itself knows nothing of process groups.
     """
 
-    def __init__(self, opts, args, seed: int, parametrization: Parametrization | None = None):
+    def __init__(self, opts, args, seed: int, parametrization: Parametrization | None = None,
+                 local_rows: RowView = whole_rows):
         self.scheme = get_scheme(opts.scheme)
         check_std_overrides(getattr(opts, "std_overrides", None) or {})
-        self.opts, self.args, self.seed = opts, args, seed
+        self.opts, self.args, self.seed, self.local_rows = opts, args, seed, local_rows
         self.parametrization = parametrization
         self.applied: dict[str, tuple[str, int | None, InitSpec]] = {}
 
@@ -116,7 +108,7 @@ class WeightInitializer:
     def __call__(self, param: torch.Tensor, role: str, layer_id: int | None, key: str) -> None:
         spec = self.spec(role, layer_id)
         self.applied[key] = (role, layer_id, spec)
-        fill_(param, spec, self.seed, key)
+        fill_(param, spec, self.seed, key, self.local_rows)
 
     def record(self) -> dict:
         """What was drawn, for ``<run_dir>/init_stds.json`` (docs/design.md §11): the scheme, the overrides and,

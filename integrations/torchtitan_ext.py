@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, Replicate, Shard
 from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.components.metrics import BaseLogger, MetricsProcessor, _get_metrics_rank
 from torchtitan.models import llama3
@@ -53,6 +52,7 @@ from components.tokenizer import build_tokenizer
 from components.torchtitan_names import from_torchtitan
 from components.weight_stats import WeightStats
 from distributed.env import barrier
+from distributed.placement import local_rows, unsupported_placement
 from init_schemes import WeightInitializer
 from models import make_model_args
 from models.common import ModelArgs
@@ -146,13 +146,10 @@ def initlab_seed(job_config) -> int:
 
 def check_placements(name: str, param: torch.Tensor) -> None:
     """One-line error unless ``param`` is plain or sharded only along dim 0 (FSDP2/HSDP) or replicated."""
-    if not isinstance(param, DTensor):
-        return
-    for placement in param.placements:
-        if not (type(placement) is Replicate or (type(placement) is Shard and placement.dim == 0)):
-            raise ConfigError(f"initlab init of {name}: placement {placement!r} (tensor parallelism) is not "
-                              "supported, only FSDP/HSDP's Shard(0) and Replicate; set "
-                              "parallelism.tensor_parallel_degree = 1")
+    if (placement := unsupported_placement(param)) is not None:
+        raise ConfigError(f"initlab init of {name}: placement {placement!r} (tensor parallelism) is not "
+                          "supported, only FSDP/HSDP's Shard(0) and Replicate; set "
+                          "parallelism.tensor_parallel_degree = 1")
 
 
 @torch.no_grad()
@@ -161,7 +158,7 @@ def init_torchtitan_llama(model: nn.Module, options: Init, seed: int, args: Mode
 
     Returns the initializer, whose ``applied`` maps initlab names to (role, layer, spec).
     """
-    initializer = WeightInitializer(options, args, seed)
+    initializer = WeightInitializer(options, args, seed, local_rows=local_rows)
     for titan_name, param in model.named_parameters():
         name = canonical_name(titan_name)
         key = from_torchtitan(name)

@@ -13,7 +13,7 @@ import sys
 import torch
 
 import train
-from components.weight_stats import local_shard
+from distributed.placement import local_shard
 
 
 def inject_into_weight() -> None:

@@ -66,10 +66,10 @@ class LargestAllocation(TorchDispatchMode):
 original_fill = apply.fill_
 
 
-def recording_fill(param, spec, seed, key):
+def recording_fill(param, spec, seed, key, local_rows=apply.whole_rows):
     with LargestAllocation() as mode:
-        original_fill(param, spec, seed, key)
-    local, _ = apply.local_rows(param)
+        original_fill(param, spec, seed, key, local_rows)
+    local, _ = local_rows(param)
     records[key] = {"largest": mode.largest, "numel": param.numel(), "local_numel": local.numel(),
                     "row_numel": param[0].numel() if param.ndim > 1 else 1, "sharded": isinstance(param, DTensor)}
 
