@@ -9,6 +9,11 @@ What is measured (names as logged; NN = 0-based block index):
   added to the residual (times ``ModelArgs.residual_multiplier``);
 - ``act_std/mlp_pre/layer_NN``: std of the MLP pre-activation, the input of GELU / SiLU (the output
   of ``mlp.up`` in GPT-2, of ``mlp.gate`` in Llama's SwiGLU);
+- ``act_rms/logits``: RMS of the model's output logits (logit multiplier included) at ``LOGIT_QUERIES``
+  evenly spaced positions of every row (all positions when the sequence is shorter), so that a 128k
+  vocabulary costs a [B, 64, V] sample, not a float32 copy of every logit; the coordinate that a
+  readout multiplier decides (Tensor Programs V, Yang et al. 2022, arXiv:2203.03466, §7.1 and
+  microsoft/mup ``mup/coord_check.py``, which records the output's size too);
 - ``attn_logit_max/layer_NN``: max |q.k| * softmax scale over ``LOGIT_QUERIES`` fixed query
   positions (evenly spaced over the sequence, both ends included), every batch row, head and causal
   key. Flash SDPA never materializes the logits, so they are recomputed for that sample from the q,
@@ -44,7 +49,7 @@ from components.weight_stats import combine_moments, std_from_moments
 from distributed.placement import stack_over_ranks
 from roles import EMBEDDING, canonical_name, format_tag, parse_tag
 
-KINDS = ("residual", "attn_out", "mlp_out", "mlp_pre", "logit_max")  # the statistics, in chart order
+KINDS = ("residual", "attn_out", "mlp_out", "mlp_pre", "logit_max", "logits")  # the statistics, in chart order
 LOGIT_QUERIES = 64  # query positions sampled for attn_logit_max (all of them when the sequence is shorter)
 STAT_ATTR = "_activation_stat"  # where a hook leaves its result on its module
 
@@ -59,6 +64,8 @@ class Probe:
 
     @property
     def name(self) -> str:
+        if self.kind == "logits":  # one value for the model, after the last block: the family alone
+            return format_tag(family_of(self.kind))
         return format_tag(family_of(self.kind), where=EMBEDDING if self.layer < 0 else self.layer)
 
 
@@ -110,7 +117,7 @@ class ActivationStats:
         self.branch_multiplier = abs(args.residual_multiplier)
         self.active = False
         self.probes = find_probes(model) if enabled else []
-        hooks = {"residual": self._residual_hook, "logit_max": self._logit_hook}
+        hooks = {"residual": self._residual_hook, "logit_max": self._logit_hook, "logits": self._logits_hook}
         for probe in self.probes:  # one hook object per kind: every block shares its compiled graphs
             if probe.kind == "residual":
                 probe.module.register_forward_pre_hook(hooks["residual"])
@@ -142,6 +149,10 @@ class ActivationStats:
     def _output_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if self.active:
             setattr(module, STAT_ATTR, moments_of(output))
+
+    def _logits_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if self.active:
+            setattr(module, STAT_ATTR, moments_of(output[:, sampled_query_positions(output.shape[1]).to(output.device)]))
 
     def _logit_hook(self, module: nn.Module, args: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
         if self.active:
@@ -182,7 +193,7 @@ class ActivationStats:
         """Chart title (the metric family) -> its tags in depth order: MetricsLogger.set_layout's extra charts."""
         charts: dict[str, list[str]] = {}
         for probe in sorted(self.probes, key=lambda p: (KINDS.index(p.kind), p.layer)):
-            charts.setdefault(probe.name.rsplit("/", 1)[0], []).append(probe.name)
+            charts.setdefault(family_of(probe.kind), []).append(probe.name)
         return charts
 
 
@@ -204,6 +215,7 @@ def find_probes(model: nn.Module) -> list[Probe]:
         probes += [Probe(kind, layer, modules[prefix + name]) for name, kind in
                    (*BLOCK_PROBES.items(), (pre, "mlp_pre"))]
     probes.append(Probe("residual", n_layers - 1, modules["final_norm"]))
+    probes.append(Probe("logits", n_layers, model))  # the model's output: [B, T, vocab]
     return probes
 
 

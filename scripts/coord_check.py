@@ -1,25 +1,32 @@
-"""Coordinate check: RMS of every layer's activations against width (or depth) over a few Adam steps.
+"""Coordinate check: the size of every layer's activations against width (or depth) over ten Adam updates.
 
     python scripts/coord_check.py --mode width [--widths 64,128,256,512,1024] [--parametrizations sp,mup]
-    python scripts/coord_check.py --mode depth [--depths 2,4,8,16,32] [--parametrizations mup,completep]
+    python scripts/coord_check.py --mode depth [--depths 2,4,8,16,32] [--parametrizations mup,completep,completep:0.5]
 
 The check of Tensor Programs V (Yang et al. 2022, arXiv:2203.03466, §7.1 and Fig. 5; microsoft/mup
 ``mup/coord_check.py``): train the same small model at several widths for a few steps at one lr and
-plot the size of each activation against width. Under a correct μP every curve is flat in width (the
-log-log slope is 0); under SP the hidden activations grow with width from the first update on (slope
-~ 1/2 at init for an N(0, 0.02) init, ~1 after Adam updates). The depth version (CompleteP, Dey et al.
-2025, Fig. 1) trains widths fixed, depth 2..32: under completep the residual stream and logits stay
-flat in depth, under plain μP they grow.
+plot the size of each activation against width. Under a correct μP every hidden coordinate is Θ(1) in
+width after the updates (log-log slope 0); under SP they grow (Adam's updates are summed over fan_in
+correlated coordinates). The depth version (CompleteP, Dey et al. 2025, arXiv:2505.01618, Fig. 1) trains
+one width at depths 2..32: under completep the residual stream and logits stay flat in depth, under plain
+μP they grow.
 
-Each model trains ``--steps`` AdamW steps (no weight decay, constant lr) on one fixed batch of random
-tokens; the forward of every step (step 0 = the initial model) is measured by
-``components.activation_stats.ActivationStats`` (residual stream, branch outputs, MLP pre-activation,
-attention-logit max), plus the RMS of the logits. Values are averaged over ``--seeds``; the slope is
-the least-squares slope of log(value) against log(width or depth) at each step.
+Every model is trained by train.py's own loop (``scripts/train_runs.py``: its step, loss, clipping,
+optimizer groups, FSDP2) on the embedded corpus, with constant lr, no weight decay and
+``metrics.log_variance_stats`` at every step; the statistics of each step's forward (step 1 = the
+initial model, step k after k - 1 updates) are read back from metrics.jsonl
+(``components/activation_stats.py``: residual stream, branch outputs, MLP pre-activation,
+attention-logit max, logits). Values are averaged over ``--seeds``; the slope is the least-squares
+slope of log(value) against log(width or depth) at each step.
+
+The verdict (``verdict``, ``EXPECTED_SLOPES``): each coordinate family's slope (the mean over its
+layers) must lie within ``TOLERANCE`` of what the parametrization predicts, at init and after the
+last update. The exit status is 1 when a parametrization that must pass (``REQUIRED``: mup and
+completep in width, completep in depth) fails; SP (and plain μP in depth) are reported, and fail.
 
 Writes ``<out>/coord_<mode>.csv`` (every value), ``<out>/slopes_<mode>.json`` (parametrization ->
-step -> metric -> slope) and ``<out>/coord_<mode>.png`` (one row per parametrization, one column per
-step, one line per metric). Default ``--out outputs/coord_check``.
+step -> metric -> slope) and ``<out>/coord_<mode>.png`` (one row per parametrization, four steps as
+columns, one line per metric). Default ``--out outputs/coord_check``.
 """
 
 from __future__ import annotations
@@ -29,63 +36,44 @@ import csv
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, so `python scripts/...` works
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from scripts.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 
-from components.activation_stats import ActivationStats  # noqa: E402
-from components.build import build_local_model  # noqa: E402
-from components.config import load_config  # noqa: E402
-from components.optim import build_optimizer  # noqa: E402
-
-VOCAB = 256
+STAT_PREFIXES = ("act_rms/", "act_std/", "attn_logit_max/")  # components/activation_stats.py's names
 
 
-def model_config(family: str, parametrization: str, width: int, depth: int, base_width: int, base_depth: int,
-                 lr: float, seed: int, extra: list[str] = ()):
-    """The run's Config: ``normal`` init (sigma0 0.02, width-free: classic SP), 4 heads (d_head grows with d)."""
-    cfg, _ = load_config(["--model.name", family, "--model.dim", str(width), "--model.n_layers", str(depth),
-                          "--model.n_heads", "4", "--model.n_kv_heads", "2" if family == "llama" else "4",
-                          "--init.scheme", "normal", "--job.seed", str(seed), "--training.seq_len", "64",
-                          "--optimizer.lr", str(lr), "--optimizer.weight_decay", "0",
-                          "--parametrization.name", parametrization, "--parametrization.base_width", str(base_width),
-                          "--parametrization.base_depth", str(base_depth), *extra])
-    return cfg
+def run_args(opts: argparse.Namespace, parametrization: str, width: int, depth: int, seed: int) -> list[str]:
+    """train.py arguments of one model: ``normal`` init (sigma0 0.02, width-free: classic SP), 4 heads (d_head
+    grows with d), constant lr, no weight decay, every step logged with the activation statistics."""
+    return ["--config", "train_configs/debug.toml", "--model.name", opts.family, "--model.dim", str(width),
+            "--model.n_layers", str(depth), "--model.n_heads", "4",
+            "--model.n_kv_heads", "2" if opts.family == "llama" else "4", "--init.scheme", "normal",
+            "--tokenizer.max_vocab", str(opts.vocab), "--job.seed", str(seed), "--training.seq_len", "64",
+            "--training.global_batch_size", str(opts.batch), "--training.steps", str(opts.steps),
+            "--training.device", opts.device, "--optimizer.lr", repr(opts.lr), "--optimizer.weight_decay", "0",
+            "--lr_scheduler.decay_type", "constant", "--lr_scheduler.warmup_steps", "0",
+            "--metrics.log_freq", "1", "--metrics.val_freq", "0", "--metrics.log_variance_stats", "true",
+            "--metrics.log_weight_std", "false", *parametrization_args(parametrization),
+            "--parametrization.base_width", str(opts.base_width),
+            "--parametrization.base_depth", str(opts.base_depth), *opts.extra]
 
 
-def fixed_batch(seed: int, batch: int, seq_len: int) -> torch.Tensor:
-    """[batch, seq_len + 1] random tokens (the same for every width, so only the model changes)."""
-    return torch.randint(0, VOCAB, (batch, seq_len + 1), generator=torch.Generator().manual_seed(seed))
-
-
-def train_and_measure(cfg, steps: int, batch: int, device: str = "cpu") -> list[dict[str, float]]:
-    """Per step 0..steps: the activation statistics of that step's forward (step ``steps``: after the last update)."""
-    torch.manual_seed(cfg.job.seed)
-    model, _, initializer = build_local_model(cfg, VOCAB, device)
-    stats = ActivationStats(model)
-    optimizer = build_optimizer(model, cfg.optimizer, torch.device(device), initializer.parametrization)
-    tokens = fixed_batch(cfg.job.seed, batch, cfg.training.seq_len).to(device)
-    records = []
-    for _ in range(steps + 1):
-        with stats.capture():
-            logits = model(tokens[:, :-1])
-        values = stats.compute()
-        values["logits_rms"] = logits.detach().pow(2).mean().sqrt().item()
-        records.append(values)
-        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return records
+def train_and_measure(args: list[str], run_dir: Path, launcher: str) -> list[dict[str, float]]:
+    """Per logged step 1..N (step k's forward has seen k - 1 updates): the activation statistics."""
+    result = run_training(args, run_dir, launcher)
+    if result.diverged:
+        raise ValueError(f"the run in {run_dir} diverged; lower --lr")
+    return [{k: v for k, v in r.items() if k.startswith(STAT_PREFIXES)} for r in result.records]
 
 
 def by_depth_summary(values: dict[str, float]) -> dict[str, float]:
     """Depth scans compare models of different depth: the last block's residual, block means of the rest."""
-    summary = {"logits_rms": values["logits_rms"]}
+    summary = {"act_rms/logits": values["act_rms/logits"]}
     residual = sorted(k for k in values if k.startswith("act_rms/residual/layer_"))
     summary["act_rms/residual/last"] = values[residual[-1]]
     for family in ("act_rms/attn_out", "act_rms/mlp_out", "act_std/mlp_pre", "attn_logit_max"):
@@ -102,20 +90,25 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float:
 
 
 def run_scan(opts: argparse.Namespace) -> list[dict]:
-    """Rows {parametrization, x, seed, step, metric, value} over the scan (widths or depths)."""
-    rows = []
-    sizes = opts.widths if opts.mode == "width" else opts.depths
-    for parametrization in opts.parametrizations:
-        for size in sizes:
-            width, depth = (size, opts.depth) if opts.mode == "width" else (opts.width, size)
-            for seed in range(opts.seeds):
-                cfg = model_config(opts.family, parametrization, width, depth, opts.base_width, opts.base_depth,
-                                   opts.lr, seed, opts.extra)
-                for step, values in enumerate(train_and_measure(cfg, opts.steps, opts.batch, opts.device)):
-                    if opts.mode == "depth":
-                        values = by_depth_summary(values)
-                    rows += [{"parametrization": parametrization, "x": size, "seed": seed, "step": step,
-                              "metric": metric, "value": value} for metric, value in values.items()]
+    """Rows {parametrization, x, seed, step, metric, value} over the scan (widths or depths).
+
+    The runs go to ``opts.runs_dir`` (kept) or a temporary directory (deleted)."""
+    with tempfile.TemporaryDirectory(prefix="coord_check_") as tmp:
+        runs_dir = Path(opts.runs_dir or tmp)
+        dataset = prepared_dataset(run_args(opts, "sp", opts.base_width, opts.base_depth, 0))
+        rows = []
+        sizes = opts.widths if opts.mode == "width" else opts.depths
+        for parametrization in opts.parametrizations:
+            for size in sizes:
+                width, depth = (size, opts.depth) if opts.mode == "width" else (opts.width, size)
+                for seed in range(opts.seeds):
+                    args = [*run_args(opts, parametrization, width, depth, seed), "--data.dataset", dataset]
+                    run_dir = runs_dir / f"{parametrization.replace(':', '_alpha')}_{opts.mode}{size}_seed{seed}"
+                    for step, values in enumerate(train_and_measure(args, run_dir, opts.launcher), start=1):
+                        if opts.mode == "depth":
+                            values = by_depth_summary(values)
+                        rows += [{"parametrization": parametrization, "x": size, "seed": seed, "step": step,
+                                  "metric": metric, "value": value} for metric, value in values.items()]
     return rows
 
 
@@ -136,6 +129,59 @@ def slopes(rows: list[dict]) -> dict[str, dict[int, dict[str, float]]]:
     return out
 
 
+# The log-log slope a correct parametrization gives each coordinate against the scanned size, at the first
+# step (the initial model) and at the last (after the updates); a family's slope is the mean of its layers'.
+# Width (μP, Tensor Programs V, Yang et al. 2022, arXiv:2203.03466, Table 3 and §7.1; microsoft/mup
+# ``mup/coord_check.py``): hidden std ∝ 1/sqrt(fan_in) keeps every hidden coordinate Θ(1) at init; the
+# readout's 1/m_d on a constant-std head makes the initial logits Θ(d^-1/2), and q.k / d_head of independent
+# q, k makes the initial attention logits Θ(d_head^-1/2) = Θ(d^-1/2) at a fixed head count; after updates
+# every coordinate is Θ(1) (the attention logits reach that only after many more steps than a check runs,
+# so they are judged at init). Depth (CompleteP, Dey et al. 2025, arXiv:2505.01618, Table 1 and Fig. 1):
+# the residual stream at the last block, the logits and the MLP pre-activations stay Θ(1) in depth.
+EXPECTED_SLOPES = {
+    "width": {"init": {"act_rms/residual": 0.0, "act_rms/attn_out": 0.0, "act_rms/mlp_out": 0.0,
+                       "act_std/mlp_pre": 0.0, "attn_logit_max": -0.5, "act_rms/logits": -0.5},
+              "trained": {"act_rms/residual": 0.0, "act_rms/attn_out": 0.0, "act_rms/mlp_out": 0.0,
+                          "act_std/mlp_pre": 0.0, "act_rms/logits": 0.0}},
+    "depth": {"init": {"act_rms/residual/last": 0.0, "act_std/mlp_pre/mean": 0.0, "act_rms/logits": 0.0},
+              "trained": {"act_rms/residual/last": 0.0, "act_std/mlp_pre/mean": 0.0, "act_rms/logits": 0.0}},
+}
+TOLERANCE = 0.3  # |measured - expected slope| allowed; SP and every planted μP defect miss by > 0.35 (tests)
+# Parametrizations the check must pass (the exit status); the others are reported (SP fails by design, and
+# so does plain μP in depth: it has no depth rules).
+REQUIRED = {"width": ("mup", "completep"), "depth": ("completep",)}
+
+
+def family_of(metric: str) -> str:
+    """'act_rms/attn_out/layer_01' -> 'act_rms/attn_out'; a metric without a layer is its own family."""
+    head, _, tail = metric.rpartition("/")
+    return head if tail.startswith("layer_") else metric
+
+
+def family_slopes(by_metric: dict[str, float]) -> dict[str, float]:
+    """family -> mean of its metrics' slopes."""
+    grouped: dict[str, list[float]] = {}
+    for metric, slope in by_metric.items():
+        grouped.setdefault(family_of(metric), []).append(slope)
+    return {family: sum(v) / len(v) for family, v in grouped.items()}
+
+
+def verdict(by_step: dict[int, dict[str, float]], mode: str, tolerance: float = TOLERANCE) -> list[str]:
+    """The failures of one parametrization's slopes (step -> metric -> slope): [] when it passes."""
+    first, last = min(by_step), max(by_step)
+    failures = []
+    for phase, step in (("init", first), ("trained", last)):
+        measured = family_slopes(by_step[step])
+        for family, expected in EXPECTED_SLOPES[mode][phase].items():
+            if family not in measured:
+                raise ValueError(f"the runs logged no {family} statistic; enable metrics.log_variance_stats")
+            if abs(measured[family] - expected) > tolerance:
+                when = "at init" if phase == "init" else f"after {last - 1} updates"
+                failures.append(f"{family} {when}: slope {measured[family]:+.2f} vs {mode}, expected "
+                                f"{expected:+.1f} ± {tolerance}")
+    return failures
+
+
 def plot(rows: list[dict], mode: str, path: Path) -> None:
     """The standard coordinate-check figure: rows = parametrizations, columns = steps, log-log axes."""
     import matplotlib
@@ -145,7 +191,8 @@ def plot(rows: list[dict], mode: str, path: Path) -> None:
 
     curves = mean_curves(rows)
     parametrizations = sorted({k[0] for k in curves}, key=[r["parametrization"] for r in rows].index)
-    steps = sorted({k[1] for k in curves})
+    all_steps = sorted({k[1] for k in curves})
+    steps = sorted({all_steps[0], all_steps[1 % len(all_steps)], all_steps[len(all_steps) // 2], all_steps[-1]})
     fig, axes = plt.subplots(len(parametrizations), len(steps), figsize=(3.2 * len(steps), 3 * len(parametrizations)),
                              squeeze=False, sharex=True)
     for i, parametrization in enumerate(parametrizations):
@@ -178,7 +225,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="scan widths (μP check) or depths (CompleteP check)")
     parser.add_argument("--family", choices=("llama", "gpt2"), default="llama", help="model family")
     parser.add_argument("--parametrizations", type=lambda s: s.split(","), default=None,
-                        help="comma list (default: sp,mup for width; mup,completep for depth)")
+                        help="comma list of sp, mup, completep, completep:<alpha> "
+                             "(default: sp,mup for width; mup,completep for depth)")
     parser.add_argument("--widths", type=int_list, default=[64, 128, 256, 512, 1024],
                         help="comma list of widths d (features) of the width scan")
     parser.add_argument("--depths", type=int_list, default=[2, 4, 8, 16, 32],
@@ -187,11 +235,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=2, help="depth of the width scan (blocks)")
     parser.add_argument("--base-width", type=int, default=64, help="parametrization.base_width (features)")
     parser.add_argument("--base-depth", type=int, default=2, help="parametrization.base_depth (blocks)")
-    parser.add_argument("--steps", type=int, default=4, help="AdamW steps (measured: steps 0..N)")
+    parser.add_argument("--steps", type=int, default=11,
+                        help="training steps (measured at each: step k's forward has seen k - 1 updates)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds averaged per point (count)")
     parser.add_argument("--batch", type=int, default=4, help="sequences of 64 tokens per step")
-    parser.add_argument("--lr", type=float, default=1e-2, help="AdamW peak lr at the base shape")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
+    parser.add_argument("--vocab", type=int, default=512, help="tokenizer.max_vocab (tokens)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="AdamW lr at the base shape (constant)")
+    parser.add_argument("--device", default="cpu", help="training.device: cpu or cuda")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
+                        help="run train.py's trainer in this process or as one subprocess per run")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="keep every run directory here (default: a temporary directory, deleted)")
     parser.add_argument("--out", type=Path, default=Path("outputs/coord_check"),
                         help="directory for the CSV, slopes JSON and figure")
     parser.add_argument("extra", nargs="*", help="more --section.key value overrides for every model, after --")
@@ -217,12 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     result = slopes(rows)
     (opts.out / f"slopes_{opts.mode}.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, opts.mode, opts.out / f"coord_{opts.mode}.png")
-    last = opts.steps
-    print(f"# log-log slope against {opts.mode} at step {last} (0 = flat); {time.perf_counter() - start:.0f} s")
+    last = max(result[opts.parametrizations[0]])
+    print(f"# log-log slope against {opts.mode} at step 1 (init) and step {last}; "
+          f"{time.perf_counter() - start:.0f} s")
     for metric in sorted(result[opts.parametrizations[0]][last]):
-        print(f"{metric:34s} " + "  ".join(f"{p} {result[p][last][metric]:+.3f}" for p in opts.parametrizations))
+        print(f"{metric:34s} " + "  ".join(f"{p} {result[p][1][metric]:+.2f} {result[p][last][metric]:+.2f}"
+                                            for p in opts.parametrizations))
+    failed_required = False
+    for parametrization in opts.parametrizations:
+        failures = verdict(result[parametrization], opts.mode)
+        required = parametrization.partition(":")[0] in REQUIRED[opts.mode]
+        failed_required |= required and bool(failures)
+        print(f"{parametrization}: {'FAIL' if failures else 'PASS'}" + ("" if required else " (not required)"))
+        for failure in failures:
+            print(f"  {failure}")
     print(f"wrote {opts.out}/coord_{opts.mode}.csv, slopes_{opts.mode}.json, coord_{opts.mode}.png")
-    return 0
+    return 1 if failed_required else 0
 
 
 if __name__ == "__main__":

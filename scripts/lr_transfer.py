@@ -1,22 +1,30 @@
-"""Learning-rate transfer: a lr x width sweep (lr x depth for CompleteP); where the optimum lies per size.
+"""Learning-rate transfer: a lr x width sweep (lr x depth for CompleteP); where the optimum lies per size, and its drift.
 
-    python scripts/lr_transfer.py [--mode width] [--sizes 64,128,256] [--parametrizations sp,mup]
-    python scripts/lr_transfer.py --mode depth --sizes 2,4,8 --parametrizations mup,completep
+    python scripts/lr_transfer.py [--mode width] [--sizes 64,128,256] [--parametrizations sp,mup] [--seeds 3]
+    python scripts/lr_transfer.py --mode depth --sizes 2,4,8 --parametrizations mup,completep,completep:0.5
     python scripts/lr_transfer.py ... [--config train_configs/debug.toml] [--device cuda] [-- --section.key VALUE ...]
 
 μTransfer (Tensor Programs V, Yang et al. 2022, arXiv:2203.03466, Fig. 1 and §6): under μP the loss-vs-lr
 curves of models of different width share their minimum, so the lr tuned on a small proxy is the large
 model's; under SP the optimum moves (roughly ∝ 1/width for Adam's hidden weights). CompleteP (Dey et al.
-2025, Fig. 1) makes the same hold across depth. ``lr`` here is ``optimizer.lr``, the lr of the base-shape
-tensors; the parametrization scales each tensor's lr from it.
+2025, arXiv:2505.01618, Fig. 1) makes the same hold across depth. ``lr`` here is ``optimizer.lr``, the lr
+of the base-shape tensors; the parametrization scales each tensor's lr from it.
 
-Every point is one in-process run of ``--steps`` steps of the ``--config`` model (default the debug Llama:
-4096-token cl100k slice, the embedded corpus, 16 x 128-token batches, cosine schedule, 10 warmup steps)
-with the scanned width or depth, measured by the mean validation loss over ``--val-batches`` fixed
-batches (a run whose loss turns non-finite scores inf). Writes ``<out>/lr_<mode>.csv`` (every run),
-``<out>/optima_<mode>.json`` (parametrization -> size -> best lr, loss; and the spread of the best lr in
-log2 units over the sizes) and ``<out>/lr_<mode>.png`` (loss against lr, one panel per parametrization,
-one curve per size). Default ``--out outputs/lr_transfer``.
+Every point is one run of train.py's trainer (``scripts/train_runs.py``; in this process by default) of
+``--steps`` steps of the ``--config`` model with the scanned width or depth, scored by its validation loss
+over ``metrics.val_batches`` fixed batches at the last step; step 1's training loss is its loss at init.
+Runs go seed by seed (all of seed 0 first), each into ``<out>/runs/<name>/``; a finished run directory
+is read, not trained again, so a sweep cut short (``--time-budget``, a killed job) continues where it
+stopped when the same command runs again. The analysis (``reporting/lr_optimum.py``): a run that ends
+non-finite or above its loss at init has diverged (scores +inf); the optimum of each size is the vertex
+of a quadratic in log2 lr around the grid minimum of the mean-over-seeds curve, with a bootstrap interval
+over seeds, or "at edge" when the minimum is on the grid's edge; the drift is log2 lr*(largest size) -
+log2 lr*(proxy = smallest size), with a paired bootstrap interval.
+
+Writes into ``--out`` (default outputs/lr_transfer): ``lr_<mode>.csv`` (every run), ``optima_<mode>.json``
+(the analysis), ``lr_<mode>.png`` (loss against lr, one panel per parametrization, one line per size,
+Tensor Programs V Fig. 1), ``optimum_<mode>.png`` (log2 lr* per size with intervals; loss by size at the
+proxy's lr) and ``report_<mode>.md`` (the tables).
 """
 
 from __future__ import annotations
@@ -31,122 +39,175 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, so `python scripts/...` works
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from components.build import build_local_model  # noqa: E402
-from components.config import ConfigError, load_config  # noqa: E402
-from components.data import TokenBatches, TokenDataset, ensure_dataset  # noqa: E402
-from components.lr_schedule import build_lr_scheduler  # noqa: E402
-from components.optim import build_optimizer  # noqa: E402
-from components.tokenizer import build_tokenizer  # noqa: E402
+from components.config import ConfigError  # noqa: E402
+from reporting import lr_optimum  # noqa: E402
+from scripts.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 
 
-def run_config(opts: argparse.Namespace, parametrization: str, size: int, lr: float):
-    """The Config of one point: ``--config`` <- the scanned size, lr and parametrization <- ``extra``."""
+def run_args(opts: argparse.Namespace, parametrization: str, size: int, lr: float, seed: int) -> list[str]:
+    """train.py arguments of one point: ``--config`` <- the scanned size, lr, seed and parametrization <- ``extra``."""
     size_key = "--model.dim" if opts.mode == "width" else "--model.n_layers"
     fixed_key, fixed = ("--model.n_layers", opts.depth) if opts.mode == "width" else ("--model.dim", opts.width)
-    cfg, _ = load_config(["--config", str(opts.config), size_key, str(size), fixed_key, str(fixed),
-                          "--optimizer.lr", repr(lr), "--training.steps", str(opts.steps),
-                          "--parametrization.name", parametrization,
-                          "--parametrization.base_width", str(opts.base_width),
-                          "--parametrization.base_depth", str(opts.base_depth), *opts.extra])
-    return cfg
+    return ["--config", str(opts.config), size_key, str(size), fixed_key, str(fixed), "--optimizer.lr", repr(lr),
+            "--job.seed", str(seed), "--training.steps", str(opts.steps), "--training.device", opts.device,
+            *parametrization_args(parametrization), "--parametrization.base_width", str(opts.base_width),
+            "--parametrization.base_depth", str(opts.base_depth), "--metrics.log_freq", str(opts.steps),
+            "--metrics.val_freq", str(opts.steps), "--metrics.log_weight_std", "false", *opts.extra]
 
 
-def train_point(cfg, batches: tuple[TokenBatches, TokenBatches], vocab: int, device: str, val_batches: int) -> float:
-    """Train ``cfg`` in-process and return its mean validation loss (inf if the loss turned non-finite)."""
-    torch.manual_seed(cfg.job.seed)
-    model, _, initializer = build_local_model(cfg, vocab, device)
-    optimizer = build_optimizer(model, cfg.optimizer, torch.device(device), initializer.parametrization)
-    scheduler = build_lr_scheduler(optimizer, cfg.lr_scheduler, cfg.training.steps)
-    train, val = batches
-    rows = slice(0, cfg.training.global_batch_size)
-    for step in range(1, cfg.training.steps + 1):
-        tokens = train.get(step, rows).to(device)
-        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1).float(), tokens[:, 1:].flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.max_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 25 == 0 and not torch.isfinite(loss):
-            return math.inf
-    with torch.no_grad():
-        total = sum(F.cross_entropy(model(t[:, :-1]).flatten(0, 1).float(), t[:, 1:].flatten()).item()
-                    for t in (val.get(i, rows).to(device) for i in range(val_batches)))
-    mean = total / val_batches
-    return mean if math.isfinite(mean) else math.inf
-
-
-def data_for(opts: argparse.Namespace):
-    """(train, val) batches and the vocabulary of the ``--config`` tokenizer and data."""
-    cfg = run_config(opts, "sp", (opts.sizes[0]), opts.lrs[0])
-    tokenizer = build_tokenizer(cfg.tokenizer)
-    path = ensure_dataset(cfg.data, tokenizer)
-    t = cfg.training
-    return (TokenBatches(TokenDataset(path, "train"), t.seq_len, t.global_batch_size, cfg.job.seed),
-            TokenBatches(TokenDataset(path, "val"), t.seq_len, t.global_batch_size, cfg.job.seed)), tokenizer.n_vocab
+def point(opts: argparse.Namespace, args: list[str], run_dir: Path) -> dict:
+    """Train (or read) one run: {val_loss, init_loss, diverged, seconds}."""
+    start = time.perf_counter()
+    result = run_training(args, run_dir, opts.launcher)
+    final = result.series("loss/val").get(opts.steps, math.inf) if not result.diverged else math.inf
+    init = result.series("loss/train").get(1, math.nan)
+    return {"val_loss": final, "init_loss": init, "diverged": lr_optimum.is_diverged(final, init),
+            "seconds": round(time.perf_counter() - start, 2)}
 
 
 def sweep(opts: argparse.Namespace) -> list[dict]:
-    """Rows {parametrization, size, lr, val_loss, seconds} over parametrizations x sizes x lrs."""
-    batches, vocab = data_for(opts)
-    rows = []
-    for parametrization in opts.parametrizations:
-        for size in opts.sizes:
-            for lr in opts.lrs:
-                start = time.perf_counter()
-                loss = train_point(run_config(opts, parametrization, size, lr), batches, vocab, opts.device,
-                                   opts.val_batches)
-                rows.append({"parametrization": parametrization, "size": size, "lr": lr, "val_loss": loss,
-                             "seconds": round(time.perf_counter() - start, 2)})
-                print(f"{parametrization:9s} {opts.mode} {size:5d} lr {lr:.3g}: val loss {loss:.4f}", flush=True)
+    """Rows {parametrization, size, lr, seed, val_loss, init_loss, diverged, seconds}, seed by seed."""
+    dataset = prepared_dataset(["--config", str(opts.config), *opts.extra])
+    rows, start = [], time.perf_counter()
+    for seed in range(opts.seeds):
+        for parametrization in opts.parametrizations:
+            for size in opts.sizes:
+                for lr in opts.lrs:
+                    if opts.time_budget and time.perf_counter() - start > opts.time_budget:
+                        print(f"time budget of {opts.time_budget:.0f} s spent: {len(rows)} runs done; the same "
+                              "command continues the sweep", flush=True)
+                        return rows
+                    name = f"{parametrization.replace(':', '_alpha')}_{opts.mode}{size}_lr{lr:.4g}_seed{seed}"
+                    args = [*run_args(opts, parametrization, size, lr, seed), "--data.dataset", dataset]
+                    row = {"parametrization": parametrization, "size": size, "lr": lr, "seed": seed,
+                           **point(opts, args, opts.out / "runs" / name)}
+                    rows.append(row)
+                    print(f"{parametrization:13s} {opts.mode} {size:5d} lr {lr:.4g} seed {seed}: val loss "
+                          f"{row['val_loss']:.4f}{' (diverged)' if row['diverged'] else ''}", flush=True)
     return rows
 
 
-def optima(rows: list[dict]) -> dict[str, dict]:
-    """parametrization -> {"best": {size: {lr, val_loss}}, "log2_lr_spread": max - min of log2(best lr)}."""
-    out: dict[str, dict] = {}
+def analysis(rows: list[dict]) -> dict:
+    """reporting.lr_optimum.analyse over the rows (group = parametrization)."""
+    return lr_optimum.analyse([{"group": r["parametrization"], "size": r["size"], "lr": r["lr"], "seed": r["seed"],
+                                "loss": r["val_loss"], "init_loss": r["init_loss"]} for r in rows])
+
+
+def mean_losses(rows: list[dict], parametrization: str, size: int) -> list[tuple[float, float]]:
+    """(lr, mean val loss over seeds) of one curve; +inf where a seed diverged."""
+    by_lr: dict[float, list[float]] = {}
     for r in rows:
-        best = out.setdefault(r["parametrization"], {"best": {}})["best"]
-        if r["size"] not in best or r["val_loss"] < best[r["size"]]["val_loss"]:
-            best[r["size"]] = {"lr": r["lr"], "val_loss": r["val_loss"]}
-    for entry in out.values():
-        logs = [math.log2(b["lr"]) for b in entry["best"].values()]
-        entry["log2_lr_spread"] = max(logs) - min(logs)
-    return out
+        if r["parametrization"] == parametrization and r["size"] == size:
+            by_lr.setdefault(r["lr"], []).append(math.inf if r["diverged"] else r["val_loss"])
+    return [(lr, sum(v) / len(v)) for lr, v in sorted(by_lr.items())]
 
 
-def plot(rows: list[dict], mode: str, path: Path) -> None:
-    """Loss against lr (log2 axis), one panel per parametrization, one curve per size, optima marked."""
+def plot_curves(rows: list[dict], result: dict, mode: str, path: Path) -> None:
+    """Loss against lr (log2 axis), one panel per parametrization, one line per size; fitted optima as stars,
+    diverged points as crosses on the panel's top edge."""
+    plt = pyplot()
+    groups = list(result)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.8), squeeze=False, sharey=True)
+    finite = [r["val_loss"] for r in rows if not r["diverged"]]
+    top = min(max(finite), min(finite) + 1.5)
+    for ax, group in zip(axes[0], groups):
+        colors = plt.cm.viridis([i / max(1, len(result[group]["optimum_log2_lr"]) - 1)
+                                 for i in range(len(result[group]["optimum_log2_lr"]))])
+        for color, (size, opt) in zip(colors, result[group]["optimum_log2_lr"].items()):
+            curve = mean_losses(rows, group, size)
+            ok = [(lr, loss) for lr, loss in curve if math.isfinite(loss)]
+            ax.plot(*zip(*ok), marker=".", color=color, label=f"{mode} {size}")
+            bad = [lr for lr, loss in curve if not math.isfinite(loss)]
+            ax.plot(bad, [top] * len(bad), "x", color=color)
+            y_star = min(loss for _, loss in ok)
+            ax.plot(2.0 ** opt["value"], y_star, marker="*", markersize=11, color=color,
+                    markeredgecolor="black" if opt["at_edge"] else color)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(min(finite) - 0.05, top + 0.05)
+        ax.set_title(group)
+        ax.set_xlabel("optimizer.lr (base-shape tensors)")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("validation loss (mean over seeds)")
+    save(fig, path)
+
+
+def plot_optima(result: dict, mode: str, path: Path) -> None:
+    """Left: log2 lr* against size with 95 % bootstrap intervals (hollow = at a grid edge). Right: the loss
+    at the proxy's best grid lr against size."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for group, entry in result.items():
+        sizes = list(entry["optimum_log2_lr"])
+        opts = list(entry["optimum_log2_lr"].values())
+        values = [o["value"] for o in opts]
+        errors = [[o["value"] - o["low"] if o["low"] is not None else 0 for o in opts],
+                  [o["high"] - o["value"] if o["high"] is not None else 0 for o in opts]]
+        line = left.errorbar(sizes, values, yerr=errors, marker="o", capsize=3,
+                             label=f"{group}: drift {drift_text(entry['drift_octaves'])}")
+        edges = [(s, v) for s, v, o in zip(sizes, values, opts) if o["at_edge"]]
+        if edges:
+            left.plot(*zip(*edges), "o", markerfacecolor="white", color=line[0].get_color())
+        at = entry["at_proxy_lr"]
+        known = [(s, v) for s, v in at["loss_by_size"].items() if v is not None]
+        right.plot(*zip(*known), marker="o", label=f"{group} (lr {at['lr']:.3g})")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(mode)
+        ax.legend(fontsize=7)
+    left.set_ylabel("log2 optimal lr (95 % bootstrap interval)")
+    right.set_ylabel("validation loss at the proxy's best lr")
+    save(fig, path)
+
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parametrizations = list(dict.fromkeys(r["parametrization"] for r in rows))
-    fig, axes = plt.subplots(1, len(parametrizations), figsize=(4.5 * len(parametrizations), 3.6), squeeze=False,
-                             sharey=True)
-    finite = [r["val_loss"] for r in rows if math.isfinite(r["val_loss"])]
-    for ax, parametrization in zip(axes[0], parametrizations):
-        for size in dict.fromkeys(r["size"] for r in rows):
-            points = [(r["lr"], r["val_loss"]) for r in rows if r["parametrization"] == parametrization
-                      and r["size"] == size and math.isfinite(r["val_loss"])]
-            if not points:
-                continue
-            line, = ax.plot(*zip(*points), marker=".", label=f"{mode} {size}")
-            best = min(points, key=lambda p: p[1])
-            ax.plot(*best, marker="*", markersize=12, color=line.get_color())
-        ax.set_xscale("log", base=2)
-        ax.set_title(parametrization)
-        ax.set_xlabel("optimizer.lr (base-shape tensors)")
-        ax.set_ylim(min(finite) - 0.05, min(max(finite), min(finite) + 2.0))
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("validation loss")
+    return plt
+
+
+def save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path.with_suffix(".pdf"))
+    pyplot().close(fig)
+
+
+def drift_text(est: dict) -> str:
+    """'-0.31 [-0.62, +0.05] octaves' or a bound: '<= -2.00 octaves (target at the low edge)'."""
+    if est["at_edge"]:
+        return f"{est['value']:+.2f} octaves, a bound ({est['at_edge']} edge of the grid)"
+    interval = f" [{est['low']:+.2f}, {est['high']:+.2f}]" if est["low"] is not None else " (one seed: no interval)"
+    return f"{est['value']:+.2f}{interval} octaves"
+
+
+def optimum_text(est: dict) -> str:
+    if est["at_edge"]:
+        return f"2^{est['value']:.2f} (at the {est['at_edge']} edge)"
+    interval = f" [2^{est['low']:.2f}, 2^{est['high']:.2f}]" if est["low"] is not None else ""
+    return f"2^{est['value']:.2f}{interval}"
+
+
+def report(result: dict, mode: str, opts: argparse.Namespace) -> str:
+    """The Markdown tables: optimum per size, drift, and loss by size at the proxy's lr."""
+    sizes = list(next(iter(result.values()))["optimum_log2_lr"])
+    lines = [f"# lr transfer over {mode}: {opts.seeds} seed(s), {opts.steps} steps per run", "",
+             "| parametrization | " + " | ".join(f"{mode} {s}: lr*" for s in sizes) + " | drift (largest - proxy) |",
+             "|---" * (len(sizes) + 2) + "|"]
+    for group, entry in result.items():
+        cells = [optimum_text(entry["optimum_log2_lr"].get(s, entry["optimum_log2_lr"].get(str(s)))) for s in sizes]
+        lines.append(f"| {group} | " + " | ".join(cells) + f" | {drift_text(entry['drift_octaves'])} |")
+    lines += ["", f"Loss at the proxy's best grid lr, by {mode}:", "",
+              "| parametrization | lr | " + " | ".join(f"{mode} {s}" for s in sizes) + " | improves with every step |",
+              "|---" * (len(sizes) + 3) + "|"]
+    for group, entry in result.items():
+        at = entry["at_proxy_lr"]
+        cells = [f"{v:.4f}" if v is not None else "n/a" for v in at["loss_by_size"].values()]
+        lines.append(f"| {group} | {at['lr']:.4g} | " + " | ".join(cells) +
+                     f" | {'yes' if at['improves_monotonically'] else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 def float_list(text: str) -> list[float]:
@@ -160,20 +221,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=Path("train_configs/debug.toml"),
                         help="train.py config the swept models start from")
     parser.add_argument("--parametrizations", type=lambda s: s.split(","), default=None,
-                        help="comma list (default: sp,mup for width; mup,completep for depth)")
+                        help="comma list of sp, mup, completep, completep:<alpha> "
+                             "(default: sp,mup for width; mup,completep for depth)")
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                        help="widths (default 64,128,256) or depths (default 2,4,8)")
+                        help="widths (default 64,128,256) or depths (default 2,4,8); the first is the proxy")
     parser.add_argument("--lrs", type=float_list, default=[2.0 ** -k for k in range(12, 3, -1)],
                         help="comma list of optimizer.lr (default 2^-12 .. 2^-4)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per point (count; >= 3 for intervals)")
     parser.add_argument("--width", type=int, default=128, help="width of the depth sweep (features)")
     parser.add_argument("--depth", type=int, default=2, help="depth of the width sweep (blocks)")
     parser.add_argument("--base-width", type=int, default=64, help="parametrization.base_width (features)")
     parser.add_argument("--base-depth", type=int, default=2, help="parametrization.base_depth (blocks)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
-    parser.add_argument("--val-batches", type=int, default=4, help="validation batches for each final loss (count)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="auto", help="training.device: auto, cpu or cuda")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
+                        help="run train.py's trainer in this process or as one subprocess per run")
+    parser.add_argument("--time-budget", type=float, default=0,
+                        help="stop launching runs after this many seconds (0 = none); rerun to continue")
     parser.add_argument("--out", type=Path, default=Path("outputs/lr_transfer"),
-                        help="directory for the CSV, optima JSON and figures")
+                        help="directory for the runs, CSV, optima JSON, report and figures")
     parser.add_argument("extra", nargs="*", help="more --section.key value overrides for every run, after --")
     opts = parser.parse_args(argv)
     if opts.parametrizations is None:
@@ -188,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         rows = sweep(opts)
+        if not rows:
+            raise ValueError("no run finished within --time-budget; raise it")
+        result = analysis(rows)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -196,14 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    best = optima(rows)
-    (opts.out / f"optima_{opts.mode}.json").write_text(json.dumps(best, indent=1) + "\n")
-    plot(rows, opts.mode, opts.out / f"lr_{opts.mode}.png")
-    print(f"# best lr per {opts.mode} ({time.perf_counter() - start:.0f} s of CPU/GPU time in all)")
-    for parametrization, entry in best.items():
-        cells = "  ".join(f"{size}: {b['lr']:.3g} ({b['val_loss']:.3f})" for size, b in entry["best"].items())
-        print(f"{parametrization:9s} {cells}  | spread {entry['log2_lr_spread']:.0f} octaves")
-    print(f"wrote {opts.out}/lr_{opts.mode}.csv, optima_{opts.mode}.json, lr_{opts.mode}.png")
+    (opts.out / f"optima_{opts.mode}.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot_curves(rows, result, opts.mode, opts.out / f"lr_{opts.mode}.png")
+    plot_optima(result, opts.mode, opts.out / f"optimum_{opts.mode}.png")
+    text = report(result, opts.mode, opts)
+    (opts.out / f"report_{opts.mode}.md").write_text(text)
+    print(text + f"({time.perf_counter() - start:.0f} s) wrote {opts.out}/lr_{opts.mode}.csv, optima_{opts.mode}.json, "
+          f"lr_{opts.mode}.png, optimum_{opts.mode}.png, report_{opts.mode}.md")
     return 0
 
 

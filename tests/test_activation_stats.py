@@ -73,6 +73,9 @@ def direct_statistics(model: torch.nn.Module, tokens: torch.Tensor) -> dict[str,
         values.update({f"act_rms/attn_out/layer_{i:02d}": rms(attn_out), f"act_rms/mlp_out/layer_{i:02d}": rms(mlp_out),
                        f"act_std/mlp_pre/layer_{i:02d}": pre_activation.double().std().item(),
                        f"act_rms/residual/layer_{i:02d}": rms(h)})
+    logits = model.output_logits(scaled(model.final_norm(h), model.args.logit_multiplier))
+    n = min(LOGIT_QUERIES, tokens.shape[1])
+    values["act_rms/logits"] = rms(logits[:, [round(i * (tokens.shape[1] - 1) / (n - 1)) for i in range(n)]])
     return values
 
 
@@ -95,12 +98,12 @@ def test_statistics_match_direct_computation(family):
     model = tiny_model(family)
     stats = ActivationStats(model)
     measured = measured_statistics(model, stats, batch())
-    assert len(measured) == 1 + 5 * 2
+    assert len(measured) == 1 + 5 * 2 + 1  # embedding, 5 per block, logits
     assert_close(measured, direct_statistics(model, batch()))
 
 
 def test_mup_multipliers_are_in_the_branch_rms_and_logit_scale():
-    model = tiny_model("llama", residual_multiplier=0.5, attn_scale=0.3)
+    model = tiny_model("llama", residual_multiplier=0.5, attn_scale=0.3, logit_multiplier=0.25)
     measured = measured_statistics(model, ActivationStats(model), batch())
     assert_close(measured, direct_statistics(model, batch()))
 
@@ -197,7 +200,7 @@ def runs(tmp_path_factory) -> dict[str, list[dict[str, float]]]:
 @pytest.mark.multiprocess
 def test_trainer_logs_every_statistic_at_every_logging_step(runs):
     for record in runs["one"]:
-        assert len([k for k in record if k.startswith(("act_", "attn_logit_max/"))]) == 1 + 5 * 2
+        assert len([k for k in record if k.startswith(("act_", "attn_logit_max/"))]) == 1 + 5 * 2 + 1
         assert len([k for k in record if k.startswith("grad_rms/")]) == 7 * 2 + 2  # block roles + embedding, head
         assert all(math.isfinite(v) and v > 0 for v in record.values())
 

@@ -1,0 +1,93 @@
+"""Many short runs of train.py's trainer, in this process or as subprocesses, and what they logged.
+
+The coordinate check and the lr-transfer sweep (scripts/coord_check.py, scripts/lr_transfer.py) train
+through this module, so they share train.py's one training loop (its step, loss, clipping, optimizer
+groups, FSDP2, schedule, non-finite handling and metrics.jsonl) instead of keeping loops of their own.
+
+``launcher = "inprocess"`` (the default) calls ``train.run(cfg)`` in this interpreter, one run after
+another (each in its own process group, which ``distributed_session`` opens and closes): a 2-block
+model of width 64 trains 10 steps in ~0.5 s, where a fresh ``python train.py`` spends ~5 s of CPU on
+start-up (importing torch, building the tokenizer), so a scan of 30 small runs fits a CI test.
+``launcher = "subprocess"`` runs ``python train.py <args>`` per run instead (a fresh process: nothing a
+run changes in the interpreter can leak into the next). A run that diverges (the trainer stops it with
+``NonFiniteLossError``, exit status 1) is a result, kept: its records end at the last logged step.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python scripts/x.py` puts scripts/, not the repo root, on sys.path
+    sys.path.insert(0, str(REPO))
+
+from components.config import load_config  # noqa: E402
+from components.data import ensure_dataset  # noqa: E402
+from components.metrics import NonFiniteLossError  # noqa: E402
+from components.tokenizer import build_tokenizer  # noqa: E402
+from scripts.report_common import read_metrics  # noqa: E402
+
+LAUNCHERS = ("inprocess", "subprocess")
+
+
+@dataclass
+class RunResult:
+    """One finished run: its directory, metrics.jsonl records (merged per step) and whether it diverged."""
+
+    run_dir: Path
+    records: list[dict]
+    diverged: bool
+
+    def series(self, key: str) -> dict[int, float]:
+        """step -> value of ``key`` at the steps that logged it."""
+        return {r["step"]: r[key] for r in self.records if key in r}
+
+
+def parametrization_args(label: str) -> list[str]:
+    """train.py arguments of a parametrization label: 'sp', 'mup', 'completep' or 'completep:<alpha>'
+    (e.g. 'completep:0.5', depth-μP), so that one scan can hold several depth exponents."""
+    name, _, alpha = label.partition(":")
+    if alpha and name != "completep":
+        raise ValueError(f"parametrization {label!r}: only completep takes an alpha (completep:0.5)")
+    return ["--parametrization.name", name, *(["--parametrization.alpha", alpha] if alpha else [])]
+
+
+def prepared_dataset(args: list[str]) -> str:
+    """The token-shard directory of the data and tokenizer that ``args`` select, built once here.
+
+    Passing it as ``--data.dataset`` to every run spares each run the embedded corpus's scan of the
+    standard library (~0.3 s); the shards are the same files either way."""
+    cfg, _ = load_config(list(args))
+    return str(ensure_dataset(cfg.data, build_tokenizer(cfg.tokenizer)))
+
+
+def run_training(args: list[str], run_dir: Path, launcher: str = "inprocess") -> RunResult:
+    """Train ``python train.py <args>`` into ``run_dir`` (which must not hold a finished run of other args).
+
+    ``args`` are train.py's command-line arguments (``--config X.toml --section.key value ...``);
+    ``--job.output_dir`` and ``--job.run_name`` are set here from ``run_dir``.
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r} is unknown; use one of {', '.join(LAUNCHERS)}")
+    full = [*args, "--job.output_dir", str(run_dir.parent), "--job.run_name", run_dir.name]
+    diverged = False
+    if launcher == "inprocess":
+        import train  # the entry script's loop, in this interpreter (scripts/bench_train.py does the same)
+
+        try:
+            train.run(load_config(full)[0])
+        except NonFiniteLossError:
+            diverged = True
+    else:
+        proc = subprocess.run([sys.executable, str(REPO / "train.py"), *full], cwd=REPO, capture_output=True,
+                              text=True)
+        if proc.returncode not in (0, 1) or (proc.returncode == 1 and "non-finite" not in proc.stderr):
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise RuntimeError(f"train.py {' '.join(full)} failed with exit status {proc.returncode}: {tail}")
+        diverged = proc.returncode == 1
+    metrics = run_dir / "metrics.jsonl"
+    records = read_metrics(metrics) if metrics.is_file() else []
+    return RunResult(run_dir, records, diverged)

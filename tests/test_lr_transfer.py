@@ -1,0 +1,73 @@
+"""scripts/lr_transfer.py and scripts/train_runs.py: a real lr x width sweep through train.py's trainer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from scripts import lr_transfer, train_runs
+
+TINY = ["--tokenizer.max_vocab", "512", "--training.seq_len", "32", "--training.global_batch_size", "2",
+        "--metrics.val_batches", "2"]
+SWEEP = ["--sizes", "32,64", "--base-width", "32", "--steps", "4", "--seeds", "1", "--lrs", "0.01,0.1,10",
+         "--parametrizations", "mup", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: on a shared CPU threads only contend
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_sweep_writes_runs_analysis_and_figures_and_a_rerun_reads_them(tmp_path, one_thread, capsys):
+    argv = [*SWEEP, "--out", str(tmp_path), "--", *TINY]
+    assert lr_transfer.main(argv) == 0
+    rows = list(csv.DictReader(open(tmp_path / "lr_width.csv")))
+    assert len(rows) == 2 * 3 and len(list((tmp_path / "runs").iterdir())) == 6
+    # lr 10 blows the loss up past its value at init: diverged, never the optimum; 0.1 is then the grid's usable
+    # high edge, which the analysis reports as a bound instead of fitting through the divergence.
+    assert all((r["diverged"] == "True") == (r["lr"] == "10.0") for r in rows), rows
+    assert all(float(r["val_loss"]) > float(r["init_loss"]) + 0.1 for r in rows if r["lr"] == "10.0")
+    result = json.loads((tmp_path / "optima_width.json").read_text())
+    assert result["mup"]["optimum_log2_lr"]["64"]["at_edge"] == "high"
+    assert result["mup"]["optimum_log2_lr"]["64"]["value"] == pytest.approx(math.log2(0.1))
+    assert result["mup"]["drift_octaves"]["at_edge"] == "proxy high, target high"
+    assert result["mup"]["at_proxy_lr"]["lr"] == 0.1
+    report = (tmp_path / "report_width.md").read_text()
+    assert "| mup | 2^-3.32 (at the high edge) | 2^-3.32 (at the high edge) |" in report
+    for name in ("lr_width", "optimum_width"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000 and (tmp_path / f"{name}.pdf").is_file()
+    capsys.readouterr()
+    assert lr_transfer.main(argv) == 0  # every run directory is finished: read back, nothing retrained
+    assert "initlab: " in capsys.readouterr().out
+    again = list(csv.DictReader(open(tmp_path / "lr_width.csv")))
+    assert [r["val_loss"] for r in again] == [r["val_loss"] for r in rows]
+    assert all(float(r["seconds"]) < 5 for r in again)
+
+
+@pytest.mark.slow
+def test_subprocess_and_inprocess_launchers_run_the_same_trainer(tmp_path, one_thread):
+    args = ["--config", "train_configs/debug.toml", "--model.dim", "32", "--model.n_layers", "1",
+            "--training.steps", "3", "--metrics.log_freq", "1", "--metrics.val_freq", "0",
+            "--training.device", "cpu", *TINY]
+    inproc = train_runs.run_training(args, tmp_path / "in", "inprocess")
+    sub = train_runs.run_training(args, tmp_path / "sub", "subprocess")
+    assert not inproc.diverged and not sub.diverged
+    assert inproc.series("loss/train") == sub.series("loss/train") and len(sub.series("loss/train")) == 3
+
+
+def test_parametrization_labels_and_bad_input():
+    assert train_runs.parametrization_args("completep:0.5") == ["--parametrization.name", "completep",
+                                                                 "--parametrization.alpha", "0.5"]
+    assert train_runs.parametrization_args("mup") == ["--parametrization.name", "mup"]
+    with pytest.raises(ValueError, match="only completep takes an alpha"):
+        train_runs.parametrization_args("mup:0.5")
+    with pytest.raises(ValueError, match="launcher 'ssh' is unknown"):
+        train_runs.run_training([], train_runs.REPO / "outputs" / "never", "ssh")
