@@ -42,6 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, so `python scripts/...` works
 
+from components.activation_stats import rms_by_depth  # noqa: E402
+from roles import parse_tag  # noqa: E402
 from scripts.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 
 STAT_PREFIXES = ("act_rms/", "act_std/", "attn_logit_max/")  # components/activation_stats.py's names
@@ -73,11 +75,9 @@ def train_and_measure(args: list[str], run_dir: Path, launcher: str) -> list[dic
 
 def by_depth_summary(values: dict[str, float]) -> dict[str, float]:
     """Depth scans compare models of different depth: the last block's residual, block means of the rest."""
-    summary = {"act_rms/logits": values["act_rms/logits"]}
-    residual = sorted(k for k in values if k.startswith("act_rms/residual/layer_"))
-    summary["act_rms/residual/last"] = values[residual[-1]]
+    summary = {"act_rms/logits": values["act_rms/logits"], "act_rms/residual/last": rms_by_depth(values, "act_rms/residual")[-1]}
     for family in ("act_rms/attn_out", "act_rms/mlp_out", "act_std/mlp_pre", "attn_logit_max"):
-        layer_values = [v for k, v in values.items() if k.startswith(family + "/")]
+        layer_values = rms_by_depth(values, family)
         summary[f"{family}/mean"] = sum(layer_values) / len(layer_values)
     return summary
 
@@ -153,9 +153,10 @@ REQUIRED = {"width": ("mup", "completep"), "depth": ("completep",)}
 
 
 def family_of(metric: str) -> str:
-    """'act_rms/attn_out/layer_01' -> 'act_rms/attn_out'; a metric without a layer is its own family."""
-    head, _, tail = metric.rpartition("/")
-    return head if tail.startswith("layer_") else metric
+    """'act_rms/attn_out/layer_01' -> 'act_rms/attn_out'; a metric without a block is its own family
+    ('act_rms/logits', 'act_rms/residual/embedding', the depth summaries)."""
+    tag = parse_tag(metric)
+    return tag.family if tag is not None and tag.layer is not None else metric
 
 
 def family_slopes(by_metric: dict[str, float]) -> dict[str, float]:

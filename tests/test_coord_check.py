@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import init_schemes.parametrization as rules
+from roles import PROJECTION_ROLES
 from scripts import coord_check
 
 WIDTH_ARGS = ["--widths", "32,64,128,256", "--base-width", "32", "--seeds", "1", "--steps", "11", "--batch", "2"]
@@ -42,7 +43,7 @@ def sp_attention_scale(opts, args, base):
 def unscaled_hidden_lr(role, layer_id, args, base, opts):
     """Mutation (c): hidden matrices keep the base lr (no 1 / m_N)."""
     rule = ORIGINAL_RULE(role, layer_id, args, base, opts)
-    return replace(rule, lr=1.0) if role in rules.HIDDEN_ROLES else rule
+    return replace(rule, lr=1.0) if role in PROJECTION_ROLES else rule
 
 
 MUTATIONS = {"readout_1/sqrt(m)": ("forward_multipliers", readout_one_over_sqrt_m),
