@@ -32,6 +32,7 @@ from components.metrics import (
     NonFiniteLossError,
     first_nonfinite,
     import_wandb,
+    init_std_hparams,
     largest_gradient,
     mfu,
     peak_flops,
@@ -450,7 +451,8 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDir
         if resumed == cfg.training.steps:  # killed after its last save and row: the run only needs finishing
             final = logger.values_at(resumed)
     finally:
-        logger.log_hparams(hparams(cfg, resumed), {k: v for k, v in final.items() if k.startswith("loss/")})
+        logger.log_hparams(hparams(cfg, resumed, trainer.initializer.record(), trainer.tokenizer.description),
+                           {k: v for k, v in final.items() if k.startswith("loss/")})
         logger.close()
         trainer.checkpointer.close()
     if env.is_main:
@@ -474,14 +476,17 @@ def summary_line(summary: dict) -> str:
             f"tensorboard --logdir {Path(summary['run_dir']).parent}")
 
 
-def hparams(cfg: Config, resumed: int | None = None) -> dict:
-    """HParams of the run (numbers stay numbers): the unset base std is the schemes' default σ0."""
+def hparams(cfg: Config, resumed: int | None = None, init_record: dict | None = None, tokenizer: str = "") -> dict:
+    """HParams of the run (numbers stay numbers): the unset base std is the schemes' default σ0; with the
+    initializer's record, each role's realised std as ``init_std.<role>`` (components/metrics.py init_std_hparams)."""
+    stds = {"init_std": init_std_hparams(init_record)} if init_record else {}
     return {"model": f"{cfg.model.name}/{cfg.model.flavor}", "scheme": cfg.init.scheme,
             "parametrization": cfg.parametrization.name, "resumed_from": resumed or 0,
             "base_std": cfg.init.base_std if cfg.init.base_std is not None else DEFAULT_BASE_STD,
             "scale_all_projections": cfg.init.scale_all_projections, "depth_init": cfg.init.depth_init,
             "scale_up_proj": cfg.init.scale_up_proj, "std_factor": cfg.init.std_factor,
-            "lr": cfg.optimizer.lr, "seed": cfg.job.seed, "steps": cfg.training.steps}
+            "lr": cfg.optimizer.lr, "seed": cfg.job.seed, "steps": cfg.training.steps,
+            "dataset": cfg.data.dataset, "tokenizer": tokenizer or cfg.tokenizer.name, **stds}
 
 
 def main(argv: list[str]) -> int:

@@ -196,6 +196,20 @@ def truncate_jsonl(path: Path, resume_step: int) -> None:
     os.replace(tmp, path)  # readers see the old file or the new one, never a half-written one
 
 
+def init_std_hparams(record: dict) -> dict[str, float]:
+    """Realised init std per role from an initializer record (``<run_dir>/init_stds.json``'s format): the std the
+    drawn values have (truncation's shrink included), of the role's shallowest tensor as ``<role>``, and of its
+    deepest as ``<role>@last_layer`` when depth scaling makes them differ (e.g. mitchell's attn.out)."""
+    stds: dict[str, float] = {}
+    for role, tensors in record["roles"].items():
+        by_depth = sorted(tensors, key=lambda t: -1 if t["layer"] is None else t["layer"])
+        first, last = by_depth[0]["realized_std"], by_depth[-1]["realized_std"]
+        stds[role] = first
+        if not math.isclose(first, last, rel_tol=1e-9, abs_tol=0.0):
+            stds[f"{role}@last_layer"] = last
+    return stds
+
+
 def flatten_hparams(hparams: dict, prefix: str = "") -> dict[str, str | bool | int | float]:
     """{'optimizer': {'lr': 1e-3}} -> {'optimizer.lr': 1e-3}; values TensorBoard cannot hold become str."""
     flat: dict[str, str | bool | int | float] = {}

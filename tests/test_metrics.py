@@ -19,7 +19,15 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from components.activation_stats import ActivationStats
 from components.config import Metrics
-from components.metrics import MetricsLogger, first_nonfinite, mfu, peak_flops, peak_memory_gib, wandb_init_args
+from components.metrics import (
+    MetricsLogger,
+    first_nonfinite,
+    init_std_hparams,
+    mfu,
+    peak_flops,
+    peak_memory_gib,
+    wandb_init_args,
+)
 from models import build_model, make_model_args
 from tests.wandb_records import offline_run
 
@@ -180,6 +188,14 @@ def test_disabled_logger_writes_nothing(tmp_path):
 def small_gpt2() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(make_model_args("gpt2", "debug", 97, 16, {"tie_embeddings": False}))
+
+
+def test_init_std_hparams_give_each_roles_shallowest_and_differing_deepest_std():
+    record = {"roles": {"attn.out": [{"layer": 1, "realized_std": 0.25}, {"layer": 0, "realized_std": 0.5}],
+                        "attn.q": [{"layer": 0, "realized_std": 0.125}, {"layer": 1, "realized_std": 0.125}],
+                        "tok_embedding": [{"layer": None, "realized_std": 0.02}]}}
+    assert init_std_hparams(record) == {"attn.out": 0.5, "attn.out@last_layer": 0.25, "attn.q": 0.125,
+                                        "tok_embedding": 0.02}
 
 
 def test_wandb_offline_run_holds_every_tag_the_config_and_the_name(tmp_path, monkeypatch):

@@ -11,10 +11,13 @@ import types
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from components.config import Data, Tokenizer
 from components.data import TokenDataset, ensure_dataset, read_manifest, split_of
 from components.tokenizer import build_tokenizer
+from init_schemes.base import truncation_shrink
 from scripts.prepare_data import main
 from tests.launch import REPO, python
 from tests.wandb_records import offline_run
@@ -423,15 +426,28 @@ def test_one_text_file_trains_the_debug_model_logging_to_wandb_offline(tmp_path,
     trained = python(["train.py", "--config", "train_configs/debug.toml", "--data.dataset", str(tmp_path / "data"),
                       "--job.output_dir", str(tmp_path / "runs"), "--job.run_name", "book", "--training.steps", "2",
                       "--training.seq_len", "64", "--training.global_batch_size", "4", "--metrics.val_freq", "2",
-                      "--metrics.val_batches", "1", "--metrics.wandb", "true", "--metrics.wandb_mode", "offline"],
+                      "--metrics.val_tokens", "64", "--metrics.wandb", "true", "--metrics.wandb_mode", "offline",
+                      "--init.scheme", "mitchell"],
                      env={"OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"})
     run_dir = tmp_path / "runs" / "book"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and 0 < records[-1]["loss/val"] < 10
     assert "final loss train" in trained.stdout
-    wandb_run = offline_run(run_dir / "wandb")  # the same values, the run's name and resolved config
+    # HParams: the data, the tokenizer and each role's realised init std (d = 128, L = 4, +-3 sigma truncation)
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    hparams = {key: getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()}
+    shrink = truncation_shrink(-3.0, 3.0)
+    assert (hparams["dataset"], hparams["tokenizer"]) == (str(tmp_path / "data"), "cl100k_base (first 4096 ranks)")
+    assert hparams["init_std.attn.q"] == pytest.approx(shrink / 128 ** 0.5, rel=1e-12)
+    assert hparams["init_std.attn.out"] == pytest.approx(shrink / (2 * 128) ** 0.5, rel=1e-12)
+    assert hparams["init_std.attn.out@last_layer"] == pytest.approx(shrink / (2 * 128 * 4) ** 0.5, rel=1e-12)
+    assert "init_std.attn.q@last_layer" not in hparams and hparams["base_std"] == 0.02  # mitchell ignores it
+    wandb_run = offline_run(run_dir / "wandb")  # the same values, the run's name, its resolved config and HParams
     assert wandb_run["name"] == "book" and wandb_run["config"]["data"]["dataset"] == str(tmp_path / "data")
-    assert wandb_run["config"]["hparams"]["scheme"] == "scaled_output"
+    assert wandb_run["config"]["hparams"] == pytest.approx(hparams)
     for record in records:
         step = record.pop("step")
         assert wandb_run["history"][step] == pytest.approx(record)
