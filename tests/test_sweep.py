@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import tomllib
 from pathlib import Path
@@ -162,3 +163,45 @@ def test_config_files_are_arms_named_by_their_stem():
     assert [p.name for p in points] == [f"{arm}_seed{k}" for k in (0, 1, 2) for arm in ("depth_aware", "mitchell")]
     assert points[1].run_dir == Path("outputs/debug_ablation/mitchell_seed0") and points[1].config.init.scheme == "mitchell"
     assert points[1].train_args[:2] == ["--config", str(REPO / configs[1])]
+
+
+@pytest.mark.multiprocess
+def test_deadline_interrupts_the_running_point_and_starts_no_other(tmp_path, capsys):
+    family, out = write_sweep(tmp_path, GRID), tmp_path / "out"
+    assert sweep_script.main([str(family), "--deadline", "1", "--archive", str(tmp_path / "a.tar.gz"), *TINY]) == 0
+    stdout = capsys.readouterr().out
+    assert "deadline of 1 s reached: stopping 1 running point(s), 3 not started" in stdout
+    assert f"sweep {out}: 4 points: 0 done, 0 skipped, 0 diverged, 0 failed, 1 interrupted, 3 not run" in stdout
+    assert [row["status"] for row in json.loads((out / ".sweep" / "summary.json").read_text())] == ["interrupted"]
+
+
+def fake_run(run_dir: Path, files: dict[str, str]) -> None:
+    run_dir.mkdir(parents=True)
+    for name, text in files.items():
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text(text)
+
+
+def test_archive_holds_the_small_files_and_previous_results_are_copied_in(tmp_path):
+    out = tmp_path / "out"
+    fake_run(out / "a_seed0", {"config.toml": "[job]\n", "metrics.jsonl": "{}\n", "finished.json": '{"steps": 2}',
+                               "init_stds.json": "{}", "config.resume_5.toml": "", "events.out.tfevents.1": "x",
+                               "checkpoints/step_2/x.distcp": "big"})
+    fake_run(out / "b_seed0", {"config.toml": "", "metrics.jsonl": "", "diverged.json": '{"step": 2}'})
+    fake_run(out / "c_seed0", {"config.toml": "", "metrics.jsonl": ""})  # unfinished
+    fake_run(out / ".sweep", {"summary.json": "[]", "logs/a_seed0.log": "$ train"})
+    archive = tmp_path / "small.tar.gz"
+    assert sweep.write_archive(out, archive) == 12
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert names == {"a_seed0/config.toml", "a_seed0/config.resume_5.toml", "a_seed0/metrics.jsonl",
+                     "a_seed0/finished.json", "a_seed0/init_stds.json", "b_seed0/config.toml", "b_seed0/metrics.jsonl",
+                     "b_seed0/diverged.json", "c_seed0/config.toml", "c_seed0/metrics.jsonl",
+                     ".sweep/logs/a_seed0.log", ".sweep/summary.json"}
+    fresh = tmp_path / "fresh"
+    fake_run(fresh / "a_seed0", {"config.toml": "mine"})  # already there: left as it is
+    assert sweep.import_previous(archive, fresh) == ["b_seed0"]  # c is unfinished: not copied
+    assert (fresh / "a_seed0" / "config.toml").read_text() == "mine" and (fresh / "b_seed0" / "diverged.json").is_file()
+    assert sweep.import_previous(out, tmp_path / "other") == ["a_seed0", "b_seed0"]  # a folder works too
+    with pytest.raises(sweep.SweepError, match="--previous .*nothing does not exist"):
+        sweep.import_previous(tmp_path / "nothing", fresh)
