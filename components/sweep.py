@@ -195,8 +195,8 @@ def resolved(cfg: config_mod.Config, key: str) -> Any:
 
 
 def plan(spec: SweepSpec) -> list[Point]:
-    """Every arm x grid point, each resolved by the config system; run in the order arms, then axes as given, with
-    the seed outermost (a sweep cut short has every arm and value for its first seeds)."""
+    """Every arm x grid point, each resolved by the config system. Run order: the seed outermost, then the other
+    axes as given, the arms innermost, so a sweep cut short has every arm of each value it reached (paired)."""
     for arm, keys in spec.arms.items():
         shared = sorted(set(keys) & set(spec.grid))
         if shared:
@@ -205,9 +205,9 @@ def plan(spec: SweepSpec) -> list[Point]:
             raise SweepError(f"arm name {arm!r}: use letters, digits, '.', '+', '_', '-' (it names run directories)")
     axes = sorted(spec.grid, key=lambda k: k == "job.seed")  # the seed last: compare_runs strips _seed<k>
     points, names = [], {}
-    for arm, keys in (spec.arms or {"": {}}).items():
-        for values in itertools.product(*(spec.grid[k] for k in axes)):
-            coords = dict(zip(axes, values))
+    for values in itertools.product(*(spec.grid[k] for k in axes)):
+        coords = dict(zip(axes, values))
+        for arm, keys in (spec.arms or {"": {}}).items():
             points.append(make_point(spec, arm, keys, coords))
             other = names.setdefault(points[-1].name, coords)
             if other is not coords:

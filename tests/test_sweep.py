@@ -105,8 +105,8 @@ def test_names_order_arms_and_commands(tmp_path):
     body = GRID + "[arms.da_emb002]\ninit = {scheme = 'depth_aware', std_overrides = {tok_embedding = 0.02}}\n" \
                   "[arms.mitchell]\n'init.scheme' = 'mitchell'\n"
     points = sweep.plan(spec_of(tmp_path, body, "--grid", "job.seed=3,1", "--training.steps", "7"))
-    assert [p.name for p in points] == [f"{arm}_lr{lr}_seed{s}" for s in (3, 1) for arm in ("da_emb002", "mitchell")
-                                        for lr in ("0.001", "0.002")]
+    assert [p.name for p in points] == [f"{arm}_lr{lr}_seed{s}" for s in (3, 1) for lr in ("0.001", "0.002")
+                                        for arm in ("da_emb002", "mitchell")]
     first = points[0]
     assert first.run_dir == tmp_path / "out" / "da_emb002_lr0.001_seed3" and first.steps == 7
     assert first.config.init.std_overrides == {"tok_embedding": 0.02} and first.config.job.seed == 3
@@ -158,8 +158,10 @@ def test_bad_input_is_a_one_line_error_and_nothing_runs(tmp_path, capsys, body, 
 
 def test_config_files_are_arms_named_by_their_stem():
     configs = ["train_configs/debug_ablation/depth_aware.toml", "train_configs/debug_ablation/mitchell.toml"]
-    args, overrides = sweep_script.parse_args(["--config", configs[0], "--config", configs[1], "--grid", "job.seed=0-2"])
+    args, overrides = sweep_script.parse_args(["--config", configs[0], "--compile.enable", "true", "--config", configs[1],
+                                               "--grid", "job.seed=0-2", "--training.steps=9"])
     points = sweep.plan(sweep_script.build_spec(args, overrides))
+    assert points[0].config.compile.enable is True and points[0].steps == 9  # train.py's options, wherever they stand
     assert [p.name for p in points] == [f"{arm}_seed{k}" for k in (0, 1, 2) for arm in ("depth_aware", "mitchell")]
     assert points[1].run_dir == Path("outputs/debug_ablation/mitchell_seed0") and points[1].config.init.scheme == "mitchell"
     assert points[1].train_args[:2] == ["--config", str(REPO / configs[1])]
