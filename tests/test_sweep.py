@@ -207,3 +207,18 @@ def test_archive_holds_the_small_files_and_previous_results_are_copied_in(tmp_pa
     assert sweep.import_previous(out, tmp_path / "other") == ["a_seed0", "b_seed0"]  # a folder works too
     with pytest.raises(sweep.SweepError, match="--previous .*nothing does not exist"):
         sweep.import_previous(tmp_path / "nothing", fresh)
+
+
+@pytest.mark.multiprocess
+def test_lr_sensitivity_entry_point_plans_the_study(tmp_path):
+    """The GPU entry point's plan for one seed (a dry run): 5 arms x 6 lrs, arms innermost, the control's override."""
+    env = {**ENV, "LR_RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", "scripts/lr_sensitivity_gpu.sh", "1", "--dry-run", "--data.dataset", "embedded"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    points = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    names = [line.split()[1] for line in points]
+    arms = ["depth_aware", "depth_aware_emb002", "scaled_output", "mitchell", "normal"]
+    assert names == [f"{arm}_lr{lr}_seed1" for lr in ("0.0003", "0.001", "0.003", "0.01", "0.03", "0.1") for arm in arms]
+    assert "--init.std_overrides tok_embedding=0.02" in points[1] and "std_overrides" not in points[0]
+    assert f"--job.output_dir {tmp_path / 'runs'}" in points[0] and not (tmp_path / "runs").exists()
