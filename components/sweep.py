@@ -243,7 +243,15 @@ def make_point(spec: SweepSpec, arm: str, arm_keys: dict[str, Any], coords: dict
 
 # ------------------------------------------------------------------------------------------ state
 def point_state(point: Point) -> tuple[str, str]:
-    """(state, note): absent | finished | diverged | unfinished | mismatch (a finished run of another config)."""
+    """(state, note): absent | finished | diverged | unfinished | mismatch (a finished run of another config, or
+    one whose files cannot be read: the note says which)."""
+    try:
+        return _point_state(point)
+    except (config_mod.ConfigError, ValueError, KeyError, OSError) as err:
+        return "mismatch", f"cannot read {point.run_dir}: {err}; delete it or choose another --output-dir"
+
+
+def _point_state(point: Point) -> tuple[str, str]:
     run_dir = point.run_dir
     if not run_dir.exists():
         return "absent", ""

@@ -222,3 +222,13 @@ def test_lr_sensitivity_entry_point_plans_the_study(tmp_path):
     assert names == [f"{arm}_lr{lr}_seed1" for lr in ("0.0003", "0.001", "0.003", "0.01", "0.03", "0.1") for arm in arms]
     assert "--init.std_overrides tok_embedding=0.02" in points[1] and "std_overrides" not in points[0]
     assert f"--job.output_dir {tmp_path / 'runs'}" in points[0] and not (tmp_path / "runs").exists()
+
+
+def test_an_unreadable_finished_run_is_a_mismatch_not_a_crash(tmp_path):
+    point = sweep.plan(spec_of(tmp_path, GRID))[0]
+    fake_run(point.run_dir, {"finished.json": '{"steps": 100}', "config.toml": "[metrics]\nval_tokenz = 3\n"})
+    state, note = sweep.point_state(point)
+    assert state == "mismatch" and note.startswith(f"cannot read {point.run_dir}: ") and "val_tokenz" in note
+    (point.run_dir / "finished.json").write_text("{")  # damaged
+    assert sweep.point_state(point)[0] == "mismatch"
+
