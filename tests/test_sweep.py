@@ -232,3 +232,13 @@ def test_an_unreadable_finished_run_is_a_mismatch_not_a_crash(tmp_path):
     (point.run_dir / "finished.json").write_text("{")  # damaged
     assert sweep.point_state(point)[0] == "mismatch"
 
+
+
+def test_every_shipped_sweep_file_plans():
+    files = [p for p in (REPO / "train_configs").rglob("*.toml") if "sweep" in tomllib.loads(p.read_text())]
+    assert files
+    for path in files:
+        points = sweep.plan(sweep.load_sweep_file(path))
+        assert len({p.name for p in points}) == len(points) > 0, path
+    study = sweep.plan(sweep.load_sweep_file(REPO / "train_configs" / "lr_sensitivity" / "sweep.toml"))
+    assert len(study) == 90 and {p.config.model.flavor for p in study} == {"llama_150m"}
