@@ -21,8 +21,9 @@ from torch.distributed.checkpoint.stateful import Stateful
 from components.activation_stats import ActivationStats
 from components.build import build_model_and_init, freeze_all_but_adapters, model_args_from_config
 from components.checkpoint import Checkpointer, CheckpointError
-from components.config import Config, ConfigError, help_text, load_config, parse_cli, to_toml
+from components.config import Config, ConfigError, help_text, load_config, parse_cli, run_identity, to_toml
 from components.data import HeldOutPrefix, TokenBatches, TokenDataset, batch_to_device, ensure_dataset
+from components.files import describe_os_error
 from components.host_gc import ScheduledGC
 from components.loss import build_next_token_loss, next_token_loss
 from components.lr_schedule import build_lr_scheduler
@@ -92,7 +93,7 @@ class Trainer:
         if env.local_rank == 0:  # one rank per node builds the token cache; the others wait, then open it
             ensure_dataset(cfg.data, self.tokenizer)
         barrier()
-        data_path = ensure_dataset(cfg.data, self.tokenizer)
+        data_path = ensure_dataset(cfg.data, self.tokenizer, verify=False)  # (its checksums: verified just above)
         self.train_batches = TokenBatches(TokenDataset(data_path, "train"), t.seq_len, t.global_batch_size,
                                           cfg.job.seed)
         self.val_set = (HeldOutPrefix(TokenDataset(data_path, "val"), t.seq_len, cfg.metrics.val_tokens)
@@ -105,7 +106,7 @@ class Trainer:
         self.step_lr = 0.0  # the lr of the latest optimizer step, for logging
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", cfg.checkpoint, env, {
             "model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.scheduler,
-            "data": self.train_batches, "train": self.state})
+            "data": self.train_batches, "train": self.state}, identity=run_identity(cfg))
         self.n_params = count_params(self.model)
         # MFU under both conventions (models/common.py): "mfu" is torchtitan's; they differ for a tied head.
         self.flops_per_token = flops_per_token_by_convention(self.model, self.model_args, t.seq_len)
@@ -491,6 +492,7 @@ def hparams(cfg: Config, resumed: int | None = None, init_record: dict | None = 
 
 def main(argv: list[str]) -> int:
     argv = ["--help" if arg == "-h" else arg for arg in argv]
+    cfg = None
     try:
         cfg, flags = load_config(argv, flags=("dry-run", "help"))
         if "help" in flags:
@@ -504,6 +506,9 @@ def main(argv: list[str]) -> int:
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError, NonFiniteLossError) as e:
         say(f"error: {e}")
         return 1 if isinstance(e, NonFiniteLossError) else 2
+    except OSError as e:  # a full disk, a read-only or foreign output directory: the path and what its errno means
+        say(f"error: {describe_os_error(e, Path(cfg.job.output_dir) / cfg.job.run_name if cfg else None)}")
+        return 2
     except RunStopped as e:
         say(f"initlab: {e}")
         return e.exit_code

@@ -15,20 +15,21 @@ Contents: the model and optimizer through ``get/set_model_state_dict`` and
 one leaf each, and the torch CPU/CUDA RNG states of all ranks. ``step_0`` (the seed checkpoint,
 ``save(0)``) holds the model only, as in torchtitan; resuming from it restores the weights and
 leaves the optimizer fresh. The seed checkpoint is never pruned. Before the rename, rank 0 writes
-``checksums.json`` (CRC-32 of every file, each rank hashing its own); a resume verifies it. Every
-failure, DCP's ``CheckpointException`` (a BaseException) included, becomes one CheckpointError line.
+``identity.json`` (the run's identity settings, ``config.run_identity``) and ``checksums.json`` (CRC-32 of
+every file, each rank hashing its own); a resume verifies both, refusing a checkpoint of another
+experiment with the same diff as a changed config. Non-finite weights are never saved, and a resume
+refuses them. Every failure, DCP's ``CheckpointException`` (a BaseException) included, becomes one
+CheckpointError line; running out of space says so however the error put it (components/files.py).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pickle
 import re
 import shutil
 import time
-import zlib
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,12 +53,16 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.stateful import Stateful
 
 from components.config import Checkpoint as CheckpointConfig
+from components.config import describe_changes
+from components.files import file_crc32, no_space_line, out_of_space
+from components.metrics import first_nonfinite
 from distributed.env import DistEnv, barrier
 
 STEP_DIR = re.compile(r"step_(\d+)")
 PARTIAL_DIR = re.compile(r"\.(tmp|del)_step_\d+")
 MODEL_KEY = "model"
 MANIFEST = "checksums.json"  # {file name: CRC-32} of a complete checkpoint, written before its rename
+IDENTITY = "identity.json"  # {"section.key": value} of the run's identity settings (config.run_identity)
 
 
 class CheckpointError(Exception):
@@ -85,6 +90,14 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` and fsync it (before the directory's rename makes it part of a checkpoint)."""
+    with path.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def prune_checkpoints(folder: Path, keep_last: int) -> list[int]:
@@ -238,24 +251,6 @@ def adapt_states(states: Mapping[str, Any]) -> dict[str, Stateful]:
 
 
 # ----------------------------------------------------------------------------------- failures
-OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota exceeded, file-size limit
-
-
-def _disk_full(err: BaseException) -> bool:
-    """Whether ``err`` (or what it wraps: its causes, DCP's per-rank failures) is one of OUT_OF_SPACE."""
-    seen: set[int] = set()
-    stack = [err]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in OUT_OF_SPACE:
-            return True
-        stack += [current.__cause__, current.__context__, *_rank_failures(current).values()]
-    return any(os.strerror(code) in str(err) for code in OUT_OF_SPACE)
-
-
 def _rank_failures(err: BaseException) -> dict[int, BaseException]:
     """DCP's CheckpointException.failures: {rank: (exception, stack summary)} -> {rank: exception}."""
     if not isinstance(err, CheckpointException):
@@ -263,10 +258,13 @@ def _rank_failures(err: BaseException) -> dict[int, BaseException]:
     return {rank: failure[0] if isinstance(failure, tuple) else failure for rank, failure in err.failures.items()}
 
 
-def describe_failure(err: BaseException) -> str:
-    """One line for an exception raised by DCP (its CheckpointException is a BaseException) or the filesystem."""
-    if _disk_full(err):
-        return "out of space: the disk is full or a quota / file-size limit was reached"
+def describe_failure(err: BaseException, where: Path | None = None) -> str:
+    """One line for an exception raised by DCP (its CheckpointException is a BaseException) or the filesystem
+    while writing ``where``: "no space left on <where>: <why>" whenever space ran out there (errno, free space,
+    file-size limit: components/files.py), however the error put it."""
+    reason = out_of_space(err, where) if where is not None else None
+    if reason:
+        return no_space_line(where, reason)
     failures = _rank_failures(err)
     if failures:
         rank, inner = next(iter(failures.items()))
@@ -281,15 +279,6 @@ def newest_complete(folder: Path, below: int | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------- checksums
-def file_crc32(path: Path, chunk_bytes: int = 16 << 20) -> str:
-    """CRC-32 of a file as 8 hex digits (zlib: ~2.5 GB/s on one core; catches silent corruption, not tampering)."""
-    crc = 0
-    with path.open("rb") as f:
-        while block := f.read(chunk_bytes):
-            crc = zlib.crc32(block, crc)
-    return f"{crc:08x}"
-
-
 def own_files(folder: Path, rank: int) -> list[Path]:
     """The files rank ``rank`` wrote into a DCP directory: its data files ``__<rank>_<n>.distcp``; rank 0 also
     the ``.metadata`` (DCP's FileSystemWriter naming)."""
@@ -297,9 +286,31 @@ def own_files(folder: Path, rank: int) -> list[Path]:
     return files + ([folder / ".metadata"] if rank == 0 and (folder / ".metadata").is_file() else [])
 
 
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A JSON object (dict) from ``file``; ValueError saying in a few words why it is not one (empty, not JSON...)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"unreadable: {type(err).__name__}: {_one_line(err)}") from None
+    if not text.strip():
+        raise ValueError("empty file")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    return value
+
+
 def verify_manifest(path: Path, rank: int, world_size: int) -> str | None:
     """Check this rank's share (every world_size-th file) of ``path``'s manifest; the first bad file or None."""
-    manifest = json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = read_json_object(path / MANIFEST)
+    except ValueError as err:
+        return f"{MANIFEST} ({err}, not the file names and CRC-32s of the save)"
+    if not all(isinstance(crc, str) for crc in manifest.values()):
+        return f"{MANIFEST} (its values are not CRC-32 strings)"
     for name in sorted(manifest)[rank::world_size]:
         file = path / name
         if not file.is_file():
@@ -344,10 +355,12 @@ class Checkpointer:
     :meth:`close`). At most one save is in flight.
     """
 
-    def __init__(self, folder: Path, cfg: CheckpointConfig, env: DistEnv, states: Mapping[str, Any]):
+    def __init__(self, folder: Path, cfg: CheckpointConfig, env: DistEnv, states: Mapping[str, Any],
+                 identity: Mapping[str, Any] | None = None):
         if MODEL_KEY not in states or not isinstance(states[MODEL_KEY], nn.Module):
             raise ValueError("checkpoint states need the model under the key 'model'")
         self.folder, self.cfg, self.env = Path(folder), cfg, env
+        self.identity = dict(identity) if identity is not None else None  # stamped into, and checked against, each save
         self.states = adapt_states(states)
         self.model: nn.Module = states[MODEL_KEY]
         self.use_async = cfg.async_mode == "async"
@@ -376,6 +389,12 @@ class Checkpointer:
         started = time.perf_counter()
         self.finalize_pending()
         final, tmp = self.folder / f"step_{step}", self.folder / f".tmp_step_{step}"
+        culprit = first_nonfinite(self.model)  # one pass over the weights and one all-reduce: small beside a save
+        if culprit:
+            raise CheckpointError(f"not saving checkpoint step_{step}: a weight is non-finite after the update of step "
+                                  f"{step} (first non-finite: {culprit}); the newest complete checkpoint is "
+                                  f"{newest_complete(self.folder)} (unchanged); lower optimizer.lr, raise "
+                                  "lr_scheduler.warmup_steps or pick another init")
         if final.exists():
             raise CheckpointError(f"checkpoint {final} already exists; refusing to overwrite it (move it away or "
                                   "resume from it with --checkpoint.resume true)")
@@ -399,7 +418,8 @@ class Checkpointer:
         return time.perf_counter() - started
 
     def _save_error(self, step: int, err: BaseException) -> CheckpointError:
-        return CheckpointError(f"cannot write checkpoint {self.folder / f'.tmp_step_{step}'}: {describe_failure(err)}; "
+        tmp = self.folder / f".tmp_step_{step}"
+        return CheckpointError(f"cannot write checkpoint {tmp}: {describe_failure(err, tmp)}; "
                                f"the newest complete checkpoint is {newest_complete(self.folder)} (unchanged)")
 
     def _hash_own_files(self, tmp: Path) -> dict[str, str]:
@@ -436,12 +456,15 @@ class Checkpointer:
             dist.all_gather_object(gathered, digests)
         if self.env.is_main:
             tmp, final = self.folder / f".tmp_step_{step}", self.folder / f"step_{step}"
-            if self.cfg.verify_checksums:
-                manifest = {name: crc for part in gathered for name, crc in (part or {}).items()}
-                with (tmp / MANIFEST).open("w") as f:
-                    json.dump(manifest, f, indent=0, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
+            manifest = {name: crc for part in gathered for name, crc in (part or {}).items()}
+            try:
+                if self.identity is not None:
+                    _write_synced(tmp / IDENTITY, json.dumps(self.identity, indent=0, sort_keys=True))
+                    manifest[IDENTITY] = file_crc32(tmp / IDENTITY)
+                if self.cfg.verify_checksums:
+                    _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=0, sort_keys=True))
+            except OSError as err:  # the disk filled up after the tensors
+                raise self._save_error(step, err) from None
             _fsync_dir(tmp)
             tmp.rename(final)
             _fsync_dir(self.folder)
@@ -465,8 +488,9 @@ class Checkpointer:
         """Load the newest complete checkpoint into the states; returns its step.
 
         Checks the checkpoint's files (sizes, and their CRC-32 manifest unless ``verify_checksums`` is
-        off) and the model's shapes before loading anything; on any error raises CheckpointError naming
-        the older checkpoint to fall back to, and changes no file. Afterwards rank 0 removes partial saves.
+        off), its identity stamp and the model's shapes before loading anything, and the loaded weights
+        after; on any error raises CheckpointError naming the older checkpoint to fall back to, and changes
+        no file. Afterwards rank 0 removes partial saves.
         """
         steps = complete_steps(self.folder)
         if not steps:
@@ -479,6 +503,7 @@ class Checkpointer:
         fallback = f"delete {path} to fall back to {newest_complete(self.folder, below=step)}"
         metadata = read_checkpoint_metadata(path)
         self._verify_checksums(path, fallback)
+        self._check_identity(path, fallback)
         model_shapes = {name: tuple(t.shape) for name, t in get_model_state_dict(self.model).items()}
         check_model_shapes(model_shapes, metadata, path)
         wanted: dict[str, Any] = {MODEL_KEY: self.states[MODEL_KEY]} if step == 0 else dict(self.states)
@@ -494,6 +519,9 @@ class Checkpointer:
             dcp.load(wanted, checkpoint_id=str(path))
         except (Exception, CheckpointException) as err:  # a corrupt pickle or tensor file surfaces here
             raise CheckpointError(f"cannot load {path}: {describe_failure(err)}; {fallback}") from None
+        culprit = first_nonfinite(self.model)
+        if culprit:
+            raise CheckpointError(f"checkpoint {path} holds non-finite weights (first: {culprit}); {fallback}")
         own_rng = wanted.get("rng", {}).get(f"rank_{self.env.rank}")
         if own_rng:  # a rank that did not exist at save time (world size grew) keeps its fresh RNG
             set_rng_state(pickle.loads(own_rng), self.env.device)
@@ -510,6 +538,22 @@ class Checkpointer:
         if bad:
             raise CheckpointError(f"checkpoint {path} is corrupt: {bad}; {fallback} (or pass "
                                   "--checkpoint.verify_checksums false to load it anyway)")
+
+    def _check_identity(self, path: Path, fallback: str) -> None:
+        """Refuse a checkpoint stamped with other identity settings than this run's (one copied from another run),
+        with the same one-line diff as a changed config: the checkpoint's value -> this run's."""
+        if self.identity is None or not (path / IDENTITY).is_file():
+            return  # a checkpoint written before checkpoints were stamped
+        try:
+            saved = read_json_object(path / IDENTITY)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {IDENTITY} ({err}); {fallback}") from None
+        changes = [(key, saved[key], value) for key, value in self.identity.items()
+                   if key in saved and saved[key] != value]
+        if changes:
+            raise CheckpointError(f"checkpoint {path} is of a different experiment ({describe_changes(changes)}): "
+                                  f"it was written by another run; {fallback}, or start a new run with another "
+                                  "--job.run_name")
 
     def _remove_partials(self) -> None:
         barrier()

@@ -30,6 +30,9 @@ except ImportError:  # Python < 3.11
     import tomli as tomllib
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+
 class ConfigError(ValueError):
     """A bad configuration value; its message is one line naming the culprit and a fix."""
 
@@ -440,9 +443,14 @@ def _load_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass an existing --config path)")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); TOML files "
+                          "are UTF-8: re-save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     base = data.pop("base", None)
     if base is None:
         return data
@@ -566,6 +574,15 @@ def validate(cfg: Config) -> None:
     _require(t.max_norm >= 0, f"training.max_norm must be >= 0 (0 disables clipping); got {t.max_norm}")
     _require(t.gc_freq >= 0, f"training.gc_freq must be >= 0 steps (0 = Python's automatic collection); got {t.gc_freq}")
     _require(o.lr > 0, f"optimizer.lr must be > 0; got {o.lr}")
+    for name in ("lr", "eps", "weight_decay"):  # the optimizer kernels take them as float32
+        _require(getattr(o, name) <= FLOAT32_MAX, f"optimizer.{name} = {getattr(o, name)!r} overflows float32 (the "
+                 f"optimizer's arithmetic; largest {FLOAT32_MAX:.4g}); give a smaller value")
+    _require(o.lr * o.weight_decay <= FLOAT32_MAX, f"optimizer.lr * optimizer.weight_decay = {o.lr * o.weight_decay!r} "
+             "overflows float32 (the decay step); give smaller values")
+    name = cfg.job.run_name
+    _require(name == "" or (Path(name).parts and not Path(name).is_absolute() and ".." not in Path(name).parts),
+             f"job.run_name = {name!r} does not name a directory inside job.output_dir; give a relative name "
+             "without '..' (e.g. mitchell_seed0)")
     _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
              f"optimizer.betas must be two numbers in [0, 1); got {o.betas}")
     _require(o.eps > 0, f"optimizer.eps must be > 0; got {o.eps}")
@@ -636,6 +653,33 @@ def to_toml(cfg: Config) -> str:
                 lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- run identity
+# Settings that define what a run *is*: a resume that changes one is refused (components/run_dir.py), and
+# every checkpoint carries their values (components/checkpoint.py) so that one from another run is refused too.
+IDENTITY_SECTIONS = ("model", "init", "tokenizer", "data", "parametrization")
+IDENTITY_KEYS = ("job.seed", "training.seq_len", "training.global_batch_size", "training.trainable")
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """{"section.key": value} of every setting."""
+    return {f"{section}.{key}": value for section, table in dataclasses.asdict(cfg).items()
+            for key, value in table.items()}
+
+
+def is_identity_key(key: str) -> bool:
+    return key.split(".")[0] in IDENTITY_SECTIONS or key in IDENTITY_KEYS
+
+
+def run_identity(cfg: Config) -> dict[str, Any]:
+    """{"section.key": value} of the identity settings, as JSON would give them back (lists, not tuples)."""
+    return json.loads(json.dumps({key: value for key, value in flat_config(cfg).items() if is_identity_key(key)}))
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    """``init.scheme: 'normal' -> 'mitchell'; job.seed: 0 -> 1``: the one-line diff of (key, old, new) triples."""
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
 
 
 def help_text() -> str:

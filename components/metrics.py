@@ -11,6 +11,7 @@ what it has and ignores steps it has already seen).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ import os
 import re
 import resource
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -38,6 +40,7 @@ class MetricsLogger:
         self.enabled = enabled
         self.last_step: int | None = None
         self._wandb = None
+        self.failed: OSError | None = None  # the first failed write: nothing is written after it
         if not enabled:
             return
         run_dir = Path(run_dir)
@@ -52,6 +55,7 @@ class MetricsLogger:
             truncate_jsonl(self.jsonl_path, resume_step)
             self.last_step = resume_step
         run_dir.mkdir(parents=True, exist_ok=True)
+        _quiet_writer_thread_errors()
         self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
         # purge_step writes a SessionLog.START at resume_step + 1: readers drop older events from that step on.
         self._writer = SummaryWriter(log_dir=str(run_dir),
@@ -72,11 +76,13 @@ class MetricsLogger:
             raise ValueError("metric name 'step' is reserved for the step number; rename that metric")
         scalars = {name: _as_float(name, value) for name, value in values.items()}
         record = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        for name, value in scalars.items():
-            self._writer.add_scalar(name, value, step)
-        self._writer.flush()
+        with self._naming_failures(self.jsonl_path):
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        with self._naming_failures(self.events_path):
+            for name, value in scalars.items():
+                self._writer.add_scalar(name, value, step)
+            self._writer.flush()
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
         self.last_step = step
@@ -92,6 +98,24 @@ class MetricsLogger:
             if record.pop("step") == step:
                 values.update({k: math.nan if v is None else v for k, v in record.items()})
         return values
+
+    @contextlib.contextmanager
+    def _naming_failures(self, path: Path):
+        """Re-raise a failed write (a full disk, a quota...) as an OSError naming ``path``: a file object's write
+        error names no file, and TensorBoard's writer thread raises its error on a later call. After one, this
+        logger writes nothing more (what it wrote stays; a resume drops a torn last line)."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            yield
+        except OSError as err:
+            self.failed = OSError(err.errno, err.strerror or str(err), str(path))
+            raise self.failed from None
+
+    @property
+    def events_path(self) -> Path:
+        """The TensorBoard event file this logger writes (its directory if the writer does not say)."""
+        return Path(getattr(self._writer.file_writer.event_writer, "_file_name", self._writer.log_dir))
 
     def set_layout(self, roles_to_layers: dict[str, list[int]], grad_stats: bool = False,
                    activation_charts: dict[str, list[str]] | None = None) -> None:
@@ -116,35 +140,47 @@ class MetricsLogger:
         if activation_charts:
             layout["activations"] = {statistic: ["Multiline", [_exact(tag) for tag in tags]]
                                      for statistic, tags in activation_charts.items()}
-        self._writer.add_custom_scalars(layout)
-        self._writer.flush()
+        with self._naming_failures(self.events_path):
+            self._writer.add_custom_scalars(layout)
+            self._writer.flush()
 
     def log_hparams(self, hparams: dict, final_metrics: dict[str, float]) -> None:
         """HParams-tab entry of this run (in its run directory): ``hparams`` (nested dicts flattened to
         'section.key', values not str/bool/int/float stringified) and ``final_metrics`` as ``final/<name>``."""
-        if not self.enabled:
+        if not self.enabled or self.failed is not None:  # (called on the way out of a run that failed to write)
             return
         step = self.last_step or 0
         metric_tags = {}
-        for name, value in final_metrics.items():
-            metric_tags[f"final/{name}"] = _as_float(name, value)
-            self._writer.add_scalar(f"final/{name}", metric_tags[f"final/{name}"], step)
-        flat = flatten_hparams(hparams)
-        experiment, session_start, session_end = hparams_summaries(flat, metric_tags)
-        for summary in (experiment, session_start, session_end):
-            self._writer.file_writer.add_summary(summary, step)
-        self._writer.flush()
+        with self._naming_failures(self.events_path):
+            for name, value in final_metrics.items():
+                metric_tags[f"final/{name}"] = _as_float(name, value)
+                self._writer.add_scalar(f"final/{name}", metric_tags[f"final/{name}"], step)
+            flat = flatten_hparams(hparams)
+            experiment, session_start, session_end = hparams_summaries(flat, metric_tags)
+            for summary in (experiment, session_start, session_end):
+                self._writer.file_writer.add_summary(summary, step)
+            self._writer.flush()
         if self._wandb is not None:
             self._wandb.config.update({"hparams": flat}, allow_val_change=True)
             self._wandb.summary.update(metric_tags)
 
     def close(self) -> None:
-        if self.enabled and not self._jsonl.closed:
-            self._writer.close()
-            self._jsonl.close()
-            if self._wandb is not None:
-                self._wandb.finish()
-                import_wandb().teardown()  # finish() may return before the service has written the run's files
+        """Close both sinks. A failed close is an OSError naming its file, unless a write already failed (that
+        first error is the one reported; a torn last metrics line is dropped by a resume)."""
+        if not self.enabled or self._jsonl.closed:
+            return
+        errors = []
+        for path, close in ((self.events_path, self._writer.close), (self.jsonl_path, self._jsonl.close)):
+            try:
+                close()
+            except OSError as err:
+                errors.append(OSError(err.errno, err.strerror or str(err), str(path)))
+        if self._wandb is not None:
+            self._wandb.finish()
+            import_wandb().teardown()  # finish() may return before the service has written the run's files
+        if errors and self.failed is None:
+            self.failed = errors[0]
+            raise self.failed
 
 
 def import_wandb():
@@ -168,6 +204,21 @@ def wandb_init_args(cfg: Metrics, run_name: str, config: dict, run_dir: Path) ->
     if cfg.wandb_mode != "default":
         args["mode"] = cfg.wandb_mode
     return args
+
+
+def _quiet_writer_thread_errors() -> None:
+    """TensorBoard's writer thread keeps a failed write's OSError for the next flush, which MetricsLogger reports
+    as one line, and also lets it reach ``threading.excepthook``, which would print a traceback: not that print."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_writer_thread_errors", False):
+        return
+
+    def hook(args) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook.quiet_writer_thread_errors = True
+    threading.excepthook = hook
 
 
 def truncate_jsonl(path: Path, resume_step: int) -> None:

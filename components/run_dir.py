@@ -20,7 +20,6 @@ it, give each job its own ``job.run_name``.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import fcntl
 import json
@@ -31,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from components.checkpoint import complete_steps, partial_dirs
-from components.config import Config, ConfigError, load_config, to_toml
+from components.config import (
+    Config,
+    ConfigError,
+    describe_changes,
+    flat_config,
+    is_identity_key,
+    load_config,
+    to_toml,
+)
 
 LOCK_FILE = ".lock"
 FINISHED_FILE = "finished.json"
@@ -40,9 +47,6 @@ ABANDONED_DIR = "abandoned"
 # Entries of a run directory that are not an attempt's files.
 NOT_ATTEMPT_FILES = (LOCK_FILE, ABANDONED_DIR)
 
-# Settings that define what a run *is*: a resume that changes one of them is refused.
-IDENTITY_SECTIONS = ("model", "init", "tokenizer", "data", "parametrization")
-IDENTITY_KEYS = ("job.seed", "training.seq_len", "training.global_batch_size", "training.trainable")
 # Settings that only say how this start behaves: not reported as changes.
 LAUNCH_KEYS = ("checkpoint.resume", "checkpoint.create_seed_checkpoint", "job.output_dir")
 
@@ -85,9 +89,9 @@ class RunDirLock:
                                "it, or choose another --job.run_name") from None
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID", ""),
                   "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        self.fd = fd  # before writing: a failed write (a full disk) still unlocks and cleans up in release()
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
-        self.fd = fd
 
     def release(self) -> None:
         """Unlock. The file stays (unlinking a lock file lets two processes lock two different inodes), except
@@ -185,11 +189,6 @@ def mark_finished(run_dir: Path, summary: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- resume
-def _flat(cfg: Config) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, table in dataclasses.asdict(cfg).items()
-            for key, value in table.items()}
-
-
 def config_changes(run_dir: Path, cfg: Config) -> list[tuple[str, Any, Any]]:
     """(key, value the run was last started with, value now) for every setting that differs.
 
@@ -202,14 +201,13 @@ def config_changes(run_dir: Path, cfg: Config) -> list[tuple[str, Any, Any]]:
         saved, _ = load_config(["--config", str(saved_path)])
     except ConfigError as err:
         raise ConfigError(f"cannot compare with the run's {saved_path.name}: {err}") from None
-    before, now = _flat(saved), _flat(cfg)
+    before, now = flat_config(saved), flat_config(cfg)
     changes = [(key, before[key], now[key]) for key in now
                if key in before and before[key] != now[key] and key not in LAUNCH_KEYS]
-    refused = [c for c in changes if c[0].split(".")[0] in IDENTITY_SECTIONS or c[0] in IDENTITY_KEYS]
+    refused = [change for change in changes if is_identity_key(change[0])]
     if refused:
-        diff = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in refused)
-        raise ConfigError(f"cannot resume {run_dir} with a different experiment ({diff}); restore those settings "
-                          "or start a new run with another --job.run_name")
+        raise ConfigError(f"cannot resume {run_dir} with a different experiment ({describe_changes(refused)}); "
+                          "restore those settings or start a new run with another --job.run_name")
     return changes
 
 

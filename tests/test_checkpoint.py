@@ -337,6 +337,6 @@ def test_save_is_atomic_refuses_overwrite_and_reports_write_errors(tmp_path, mon
 
     monkeypatch.setattr(dcp, "save", disk_full)
     other = Checkpointer(tmp_path / "other", CheckpointConfig(), env, {"model": model})
-    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*\.tmp_step_0: out of space: the disk is full"):
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint (.*\.tmp_step_0): no space left on \1: the disk is full"):
         other.save(0)
     assert complete_steps(tmp_path / "other") == []  # never renamed: not a checkpoint

@@ -120,6 +120,49 @@ def test_damaged_cache_is_rebuilt_and_stale_temp_removed(tmp_path, small_stdlib,
     assert not stale.exists() and live.exists()  # a build whose process still runs is left alone
 
 
+@pytest.mark.parametrize("new_id", [0xFFFF, None])  # out of the 512-token vocabulary; another valid id
+def test_changed_cache_bytes_are_caught_when_opened_and_rebuilt(tmp_path, small_stdlib, tokenizer, capsys, new_id):
+    """Same size, valid manifest: before the checksums, 0xFFFF gave an IndexError in the embedding at whichever
+    step sampled it, and a valid id silently changed the data."""
+    cfg = Data(cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+    path = ensure_dataset(cfg, tokenizer, stdlib=small_stdlib)
+    capsys.readouterr()
+    shard = path / "train_00000.bin"
+    good = shard.read_bytes()
+    tokens = np.frombuffer(good, dtype="<u2").copy()
+    tokens[len(tokens) // 2] = new_id if new_id is not None else (tokens[len(tokens) // 2] + 1) % 512
+    shard.write_bytes(tokens.tobytes())
+    assert len(TokenDataset(path, "train")) == len(tokens)  # the sizes alone see nothing wrong
+    assert ensure_dataset(cfg, tokenizer, stdlib=small_stdlib) == path
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"initlab: rebuilding the embedded-corpus cache ({shard} does not match the CRC-32 recorded when it was "
+        "written)")
+    assert shard.read_bytes() == good
+    prepared = tmp_path / "prepared"  # the same bytes as a prepared dataset: nothing to rebuild from, so refused
+    path.rename(prepared)
+    (prepared / "train_00000.bin").write_bytes(tokens.tobytes())
+    with pytest.raises(ValueError) as refused:
+        ensure_dataset(Data(dataset=str(prepared)), tokenizer)
+    assert str(refused.value) == (f"{prepared / 'train_00000.bin'} does not match the CRC-32 recorded when it was "
+                                  "written (its bytes changed since): the dataset is damaged; re-create it with "
+                                  "scripts/prepare_data.py --output <new dir>")
+    assert ensure_dataset(Data(dataset=str(prepared)), tokenizer, verify=False) == prepared  # asked not to check
+
+
+def test_a_cache_without_checksums_is_rebuilt_with_them(tmp_path, small_stdlib, tokenizer, capsys):
+    cfg = Data(cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+    path = ensure_dataset(cfg, tokenizer, stdlib=small_stdlib)
+    manifest = read_manifest(path)
+    recorded = [shard.pop("crc32") for info in manifest["splits"].values() for shard in info["shards"]]
+    (path / "manifest.json").write_text(json.dumps(manifest))  # as an older initlab wrote it
+    fingerprint = TokenDataset(path, "train").fingerprint
+    assert ensure_dataset(cfg, tokenizer, stdlib=small_stdlib) == path
+    assert "was written without shard checksums" in capsys.readouterr().err
+    rebuilt = read_manifest(path)
+    assert [shard["crc32"] for info in rebuilt["splits"].values() for shard in info["shards"]] == recorded
+    assert TokenDataset(path, "train").fingerprint == fingerprint  # a run's data position still loads
+
+
 def test_real_embedded_corpus_builds_quickly(tmp_path):
     tokenizer = build_tokenizer(Tokenizer(name="cl100k_base", max_vocab=4096))
     start = time.perf_counter()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from components.checkpoint import MANIFEST, complete_steps, partial_dirs
+from components.checkpoint import IDENTITY, MANIFEST, complete_steps, partial_dirs
 from components.config import ConfigError, load_config, to_toml
 from components.lr_schedule import lr_factor
 from components.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
@@ -245,7 +245,7 @@ def test_resume_applies_a_new_lr_and_length_and_refuses_corrupt_bytes(finished_r
         "--checkpoint.verify_checksums false to load it anyway)")
     assert results["bitflip_unchecked"]["rc"] == 0, results["bitflip_unchecked"]["stderr"][-2000:]
     manifest = json.loads((finished_run / "checkpoints" / "step_12" / MANIFEST).read_text())
-    assert set(manifest) == {data_file, ".metadata"}
+    assert set(manifest) == {data_file, ".metadata", IDENTITY}
 
 
 @pytest.mark.multiprocess
@@ -297,9 +297,11 @@ def test_a_save_beyond_the_file_size_quota_is_one_line_and_leaves_no_checkpoint(
                           capture_output=True, text=True, preexec_fn=quota, timeout=300)
     folder = tmp_path / "full" / "checkpoints"
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip() == (f"error: cannot write checkpoint {folder / '.tmp_step_4'}: out of space: the disk "
-                                   "is full or a quota / file-size limit was reached; the newest complete checkpoint "
-                                   "is none (no complete checkpoint) (unchanged)")
+    tmp = folder / ".tmp_step_4"
+    assert proc.stderr.strip() == (f"error: cannot write checkpoint {tmp}: no space left on {tmp}: a file reached this "
+                                   "process's file-size limit of 262,144 bytes (ulimit -f); free space there or choose "
+                                   "another --job.output_dir; the newest complete checkpoint is none (no complete "
+                                   "checkpoint) (unchanged)")
     assert complete_steps(folder) == [] and partial_dirs(folder) == [folder / ".tmp_step_4"]
 
 
