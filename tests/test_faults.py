@@ -9,6 +9,7 @@ of what the first wrote. Oracles: the exact one-line stderr, the exit code, and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -38,11 +39,12 @@ def resume_argv(run_dir: Path, *extra: str) -> list[str]:
 
 def root_only_dirs(out: Path) -> dict[str, Path]:
     """Directories only root can make (each left out where that fails): ``disk_full``, a 2 MiB tmpfs that
-    really fills (ENOSPC); ``read_only``, a tmpfs mounted read-only (EROFS); ``immutable``, a directory with
+    really fills (ENOSPC); ``full_at_launch``, a tmpfs already full; ``read_only``, a tmpfs mounted read-only (EROFS); ``immutable``, a directory with
     the immutable attribute (``chattr +i``: even root gets EPERM, as a user gets EACCES from a directory not
     theirs)."""
     made = {}
     for name, command in (("disk_full", ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs"]),
+                          ("full_at_launch", ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs"]),
                           ("read_only", ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"]),
                           ("immutable", ["chattr", "+i"])):
         (out / name).mkdir()
@@ -51,6 +53,11 @@ def root_only_dirs(out: Path) -> dict[str, Path]:
                 made[name] = out / name
         except FileNotFoundError:  # no mount / chattr here
             pass
+    if "full_at_launch" in made:  # filled up before the launch: its first write (the lock's holder line) fails
+        with (made["full_at_launch"] / "filler").open("wb", buffering=0) as filler:
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 4096)
     return made
 
 
@@ -170,6 +177,15 @@ def test_a_save_on_a_full_disk_says_no_space(faults):
     assert line.startswith(f"error: cannot write checkpoint {tmp}: no space left on {tmp}: the disk is full ("), line
     assert line.endswith(f"bytes free); {NO_SPACE_FIX}; the newest complete checkpoint is none (no complete "
                          "checkpoint) (unchanged)")
+
+
+@pytest.mark.multiprocess
+def test_a_disk_already_full_at_launch_is_one_line(faults):
+    if "full_at_launch" not in faults["privileged"]:
+        pytest.skip("mounting a tmpfs needs root")
+    line = stderr_line(faults, "full_at_launch")
+    assert line.startswith(f"error: no space left on {faults['out'] / 'full_at_launch' / 'run'}: the disk is full ("), line
+    assert line.endswith(f"bytes free); {NO_SPACE_FIX}")
 
 
 @pytest.mark.multiprocess
