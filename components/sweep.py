@@ -69,6 +69,7 @@ MANAGED_KEYS = ("job.run_name", "job.output_dir", "checkpoint.resume")
 # Keys that only name or place a run: a finished run may differ from its point in these.
 PLACEMENT_KEYS = (*LAUNCH_KEYS, "job.run_name", "job.description")
 NONFINITE_PATTERN = re.compile(r"non-finite at step (\d+)")
+KILL_GRACE_S = 30.0  # after the deadline's SIGTERM, seconds until a point that has not stopped is killed
 ARM_CONFIG = "config"  # an arm's key naming its own config file (instead of [sweep] base)
 
 
@@ -280,8 +281,10 @@ def flat_config(cfg: config_mod.Config) -> dict[str, Any]:
 
 
 def error_line(log: Path) -> str:
-    """The last ``error:`` line of a log, else its last non-empty line (a traceback's exception)."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+    """The last ``error:`` line of a log, else its last non-empty line (a traceback's exception); the sweep's own
+    ``$ command`` lines are not output."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("$ ")]
     errors = [line for line in lines if line.startswith("error:")]
     return (errors or lines or ["(no output)"])[-1]
 
@@ -345,18 +348,23 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
     """Run what is not done, up to ``parallel`` points at once, one console line per point; every outcome.
 
     ``deadline_s`` after the start no point is started and the running ones get SIGTERM (train.py stops at its
-    next step boundary, saving a checkpoint if checkpointing is on): they are "interrupted", resumable later.
+    next step boundary, saving a checkpoint if checkpointing is on), and SIGKILL ``KILL_GRACE_S`` later if they
+    have not stopped: they are "interrupted", resumable later.
     """
     outcomes: list[Outcome] = []
     queue, running = list(enumerate(points, start=1)), {}
-    stop, t_start, terminated = False, time.monotonic(), False
+    stop, t_start, terminated = False, time.monotonic(), None
     while queue or running:
-        if deadline_s is not None and time.monotonic() - t_start >= deadline_s and not terminated:
-            stop, terminated = True, True
+        now = time.monotonic()
+        if deadline_s is not None and now - t_start >= deadline_s and terminated is None:
+            stop, terminated = True, now
             say(f"deadline of {deadline_s:g} s reached: stopping {len(running)} running point(s), "
                 f"{len(queue)} not started")
             for _, proc, _, _ in running.values():
                 proc.terminate()
+        if terminated is not None and now - terminated > KILL_GRACE_S:  # e.g. still compiling its first step
+            for _, proc, _, _ in running.values():
+                proc.kill()
         while queue and len(running) < parallel and not stop:
             index, point = queue.pop(0)
             tag = f"[{index}/{len(points)}] {point.name}:"
@@ -374,7 +382,7 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
                 continue
             del running[index]
             outcome = finish(point, proc.returncode, time.monotonic() - t0, output_dir)
-            if terminated and outcome.status == "failed":
+            if terminated is not None and outcome.status == "failed":
                 outcome.status = "interrupted"
             outcomes.append(outcome)
             say(f"{tag} {outcome.status} ({outcome.seconds:.0f} s){': ' + outcome.note if outcome.note else ''}")

@@ -242,3 +242,14 @@ def test_every_shipped_sweep_file_plans():
         assert len({p.name for p in points}) == len(points) > 0, path
     study = sweep.plan(sweep.load_sweep_file(REPO / "train_configs" / "lr_sensitivity" / "sweep.toml"))
     assert len(study) == 90 and {p.config.model.flavor for p in study} == {"llama_150m"}
+
+
+@pytest.mark.multiprocess
+def test_a_point_that_ignores_the_deadline_is_killed_after_the_grace(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "KILL_GRACE_S", 0.5)
+    point = sweep.plan(spec_of(tmp_path, GRID))[0]
+    stubborn = ["sh", "-c", "trap '' TERM; exec sleep 60"]  # ignores SIGTERM, as a run compiling its first step would
+    start = time.monotonic()
+    outcomes = sweep.execute([point], stubborn, tmp_path / "out", deadline_s=0.3, say=lambda line: None)
+    assert time.monotonic() - start < 20
+    assert [(o.status, o.note) for o in outcomes] == [("interrupted", "exit -9: (no output)")]
