@@ -90,6 +90,7 @@ def faults(tmp_path_factory) -> dict:
         first[name] = {"argv": train_args(path, "run", "--training.steps", "4")}
     try:
         results = run_cases(out, "first", first)
+        left_on_full_disk = sorted(p.name for p in privileged.get("full_at_launch", out).iterdir())
     finally:
         undo_root_only_dirs(privileged)
     for name in ("empty_manifest", "list_manifest", "latin1_run"):
@@ -106,7 +107,8 @@ def faults(tmp_path_factory) -> dict:
         "inf_resumed": {"argv": resume_argv(out / "inf_saved")},
         "latin1_run": {"argv": train_args(out, "latin1_run", "--training.steps", "14")},
     })
-    return {"out": out, "results": results, "privileged": privileged, "before_foreign": before_foreign}
+    return {"out": out, "results": results, "privileged": privileged, "before_foreign": before_foreign,
+            "left_on_full_disk": left_on_full_disk}
 
 
 def stderr_line(faults: dict, name: str, rc: int = 2) -> str:
@@ -186,6 +188,7 @@ def test_a_disk_already_full_at_launch_is_one_line(faults):
     line = stderr_line(faults, "full_at_launch")
     assert line.startswith(f"error: no space left on {faults['out'] / 'full_at_launch' / 'run'}: the disk is full ("), line
     assert line.endswith(f"bytes free); {NO_SPACE_FIX}")
+    assert faults["left_on_full_disk"] == ["filler"]  # the run directory it began is gone again
 
 
 @pytest.mark.multiprocess
