@@ -20,7 +20,7 @@ second moment after block l (E[h^2] of the embedding sum for q_{-1}) and m the r
     GELU MLP          M_l = d_ff sigma_out^2 c_phi(p_l),
     SwiGLU            M_l = d_ff sigma_out^2 c_silu(p_l) d sigma_up^2,
     attention         A_l = d sigma_out^2 kappa_l d sigma_v^2,
-where c_phi(q) = E[phi(u)^2], u ~ N(0, q) (scripts/paper/variance_propagation.py; the paper's c_phi
+where c_phi(q) = E[phi(u)^2], u ~ N(0, q) (init_schemes/meanfield.py; the paper's c_phi
 at q = 1) and kappa_l = E_s[sum_t a_st^2] is the value path's averaging over independent tokens:
 a = causal softmax of i.i.d. N(0, s_l^2) logits with s_l^2 = scale^2 hd (d sigma_q^2)(d sigma_k^2)
 (Monte Carlo, ``attention_kappa``; (1/T) sum_{s<T} 1/(s+1) for uniform attention, s_l = 0).
@@ -53,8 +53,8 @@ from components.config import Config, ConfigError, load_config  # noqa: E402
 from components.data import TokenBatches, TokenDataset, ensure_dataset  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
 from init_schemes import REGISTRY  # noqa: E402
+from init_schemes.meanfield import activation_moments  # noqa: E402
 from roles import PROJECTION_ROLES  # noqa: E402
-from scripts.paper.variance_propagation import activation_moments  # noqa: E402
 
 USAGE = ("usage: variance_at_init.py --config PATH [--init.scheme a,b,...] [--batches N] [--out DIR] "
          "[--section.key VALUE ...]")
