@@ -32,6 +32,8 @@ NORM_BIAS_ROLES = ("norm", "bias")
 """Norm weights (1) and every bias (0): set once, not drawn, and not tracked by weight statistics."""
 ROLES = (*EMBEDDING_ROLES, *PROJECTION_ROLES, "lm_head", *NORM_BIAS_ROLES)
 """Every role a model parameter can have (adapters add :data:`ADAPTER_SUFFIXES` to a projection role)."""
+DRAWN_ROLES = tuple(role for role in ROLES if role not in NORM_BIAS_ROLES)
+"""Roles whose tensors an init scheme draws: the roles ``init.std_overrides`` may give a std."""
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
 """A LoRA adapter's role is its projection's plus one of these, e.g. ``attn.q.lora_b``."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from roles import PROJECTION_ROLES
+from roles import DRAWN_ROLES, PROJECTION_ROLES
 
 try:
     import tomllib
@@ -609,6 +609,9 @@ def validate(cfg: Config) -> None:
              f"init.scheme = {cfg.init.scheme!r} is unknown; {_suggest(cfg.init.scheme, list(SCHEME_NAMES))}")
     _require(cfg.init.base_std is None or cfg.init.base_std >= 0,
              f"init.base_std must be >= 0; got {cfg.init.base_std}")
+    for role, std in cfg.init.std_overrides.items():
+        _require(role in DRAWN_ROLES, f"init.std_overrides: unknown role {role!r}; valid roles: {', '.join(DRAWN_ROLES)}")
+        _require(std >= 0, f"init.std_overrides: {role} = {std!r}; a std must be >= 0")
     pz = cfg.parametrization
     _require(0.5 <= pz.alpha <= 1, f"parametrization.alpha must be in [0.5, 1] (CompleteP 1, depth-μP 0.5); got {pz.alpha}")
     _require(pz.base_width >= 1 and pz.base_depth >= 1,

@@ -53,7 +53,6 @@ from typing import Any
 
 from components import config as config_mod
 from components.run_dir import FINISHED_FILE, LAUNCH_KEYS, latest_config
-from init_schemes.base import check_std_overrides
 
 try:
     import tomllib
@@ -232,8 +231,7 @@ def make_point(spec: SweepSpec, arm: str, arm_keys: dict[str, Any], coords: dict
     probe = [*args, "--job.run_name", "probe", "--job.output_dir", str(spec.output_dir)]
     try:
         cfg = config_mod.load_config(probe)[0]
-        check_std_overrides(cfg.init.std_overrides)
-    except (config_mod.ConfigError, ValueError) as err:
+    except config_mod.ConfigError as err:
         where = ", ".join(f"{k}={cli_value(v)}" for k, v in settings) or "the base config"
         raise SweepError(f"point {arm or ''}{' ' if arm else ''}({where}): {err}") from None
     name = "_".join([arm] * bool(arm) + [coordinate_label(k, resolved(cfg, k)) for k in coords]) or "base"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from init_schemes.adapters import adapter_spec
-from init_schemes.base import InitSpec, check_std_overrides, get_scheme
+from init_schemes.base import InitSpec, get_scheme
 from init_schemes.parametrization import Parametrization
 from roles import ADAPTER_SUFFIXES
 
@@ -90,7 +90,6 @@ class WeightInitializer:
     def __init__(self, opts, args, seed: int, parametrization: Parametrization | None = None,
                  local_rows: RowView = whole_rows):
         self.scheme = get_scheme(opts.scheme)
-        check_std_overrides(getattr(opts, "std_overrides", None) or {})
         self.opts, self.args, self.seed, self.local_rows = opts, args, seed, local_rows
         self.parametrization = parametrization
         self.applied: dict[str, tuple[str, int | None, InitSpec]] = {}

@@ -12,10 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from roles import INPUT_PROJECTIONS, NORM_BIAS_ROLES, ROLES
+from roles import INPUT_PROJECTIONS, ROLES
 
-# Roles whose std ``init.std_overrides`` may set: every role a scheme decides (norm weights and biases are constants).
-OVERRIDABLE_ROLES = tuple(role for role in ROLES if role not in NORM_BIAS_ROLES)
 DEFAULT_BASE_STD = 0.02
 
 
@@ -156,15 +154,6 @@ def with_std(spec: InitSpec, std: float) -> InitSpec:
     if spec.dist == "constant":
         return normal(std)
     return spec.scaled(std / spec.std)
-
-
-def check_std_overrides(overrides: dict[str, float]) -> None:
-    """One-line ValueError for an ``init.std_overrides`` role that is not a weight role, or a negative std."""
-    for role, std in overrides.items():
-        if role not in OVERRIDABLE_ROLES:
-            raise ValueError(f"init.std_overrides: unknown role {role!r}; valid roles: {', '.join(OVERRIDABLE_ROLES)}")
-        if not std >= 0:
-            raise ValueError(f"init.std_overrides: {role} = {std!r}; a std must be >= 0")
 
 
 REGISTRY: dict[str, Scheme] = {}

@@ -12,8 +12,9 @@ import torch
 
 from components.config import ConfigError, Init, load_config, to_toml
 from init_schemes import WeightInitializer
-from init_schemes.base import OVERRIDABLE_ROLES, InitSpec, truncation_shrink, with_std
+from init_schemes.base import InitSpec, truncation_shrink, with_std
 from models import build_model, make_model_args
+from roles import DRAWN_ROLES
 from tests.launch import REPO
 
 VOCAB, SEQ = 301, 32
@@ -90,14 +91,14 @@ def test_config_table_command_line_and_round_trip(tmp_path):
         load_config(["--init.std_overrides", "lm_head=big"])
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"embedding": 0.02}, "init.std_overrides: unknown role 'embedding'; valid roles: " + ", ".join(OVERRIDABLE_ROLES)),
-    ({"norm": 0.5}, "unknown role 'norm'"),
-    ({"lm_head": -0.1}, "init.std_overrides: lm_head = -0.1; a std must be >= 0"),
+@pytest.mark.parametrize("value, message", [
+    ("embedding=0.02", "init.std_overrides: unknown role 'embedding'; valid roles: " + ", ".join(DRAWN_ROLES)),
+    ("norm=0.5", "unknown role 'norm'"),
+    ("lm_head=-0.1", "init.std_overrides: lm_head = -0.1; a std must be >= 0"),
 ])
-def test_bad_overrides_are_one_line_errors(overrides, message):
-    with pytest.raises(ValueError) as err:
-        init_model(Init(scheme="depth_aware", std_overrides=overrides))
+def test_bad_overrides_are_one_line_config_errors(value, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(["--config", "train_configs/debug.toml", "--init.std_overrides", value])
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
