@@ -257,7 +257,7 @@ class Trainer:
 
     def log_step(self, logger: MetricsLogger, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> dict:
         t, env = self.cfg.training, self.env
-        values = {"loss/train": global_mean(loss), "grad_norm": float(grad_norm),
+        values = {"loss/train": global_mean(loss), "grad_norm_total": float(grad_norm),
                   "lr": self.step_lr}
         tokens_per_sec = self.clock.lap(step) * t.global_batch_size * t.seq_len
         values["throughput/tokens_per_sec"] = tokens_per_sec
@@ -285,7 +285,7 @@ def console_line(step: int, total: int, values: dict, clock: StepClock) -> str:
     if values.get("mfu_all_matmuls", values.get("mfu")) != values.get("mfu"):  # a tied head: say both
         mfu_part += f" (all matmuls {100 * values['mfu_all_matmuls']:.1f}%)"
     return (f"step {step:>{len(str(total))}}/{total} | loss {values['loss/train']:.4f}{val} | lr {values['lr']:.2e} | "
-            f"gnorm {values['grad_norm']:.3f} | {values['throughput/tokens_per_sec']:,.0f} tok/s{mfu_part} | "
+            f"gnorm {values['grad_norm_total']:.3f} | {values['throughput/tokens_per_sec']:,.0f} tok/s{mfu_part} | "
             f"mem {values['memory/peak_gib']:.1f} GiB | {hms(clock.elapsed())} elapsed, "
             f"ETA {hms(clock.eta(step, total))}")
 

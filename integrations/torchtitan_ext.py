@@ -332,7 +332,7 @@ class InitlabMetricsProcessor(MetricsProcessor):
 
 # ---------------------------------------------------------------- the run as an initlab run directory
 SAME_METRICS = {"loss_metrics/global_avg_loss": "loss/train", "validation_metrics/loss": "loss/val",
-                "grad_norm": "grad_norm", "lr": "lr"}
+                "grad_norm": "grad_norm_total", "lr": "lr"}
 """torchtitan's name -> initlab's (docs/design.md §8) of the metrics that mean the same."""
 INITLAB_FAMILIES = ("weight_std/", "act_rms/", "act_std/", "attn_logit_max/")
 """Prefixes of the tags the extension logs under initlab's names already."""

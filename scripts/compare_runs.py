@@ -471,7 +471,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("run_dirs", nargs="+", help="run directories (outputs/<run_name>/)")
     parser.add_argument("--metric", action="append", default=[], metavar="KEY",
                         help="also report the final value of this metrics.jsonl key per group (repeatable), "
-                             "e.g. grad_norm or weight_std/attn.q/mean_over_layers")
+                             "e.g. grad_norm_total or weight_std/attn.q/mean_over_layers")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default outputs/reports/compare_<time>)")
     parser.add_argument("--title", default="Ablation report", help="report heading and figure title")

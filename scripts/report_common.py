@@ -27,6 +27,9 @@ from models.common import ModelArgs, count_params
 
 WEIGHT_STD_KEY = re.compile(r"^weight_std/(?P<role>[^/]+)/layer_(?P<layer>\d+)$")
 # Canonical order of the per-layer roles (docs/design.md §4), for stable subplot and table order.
+RENAMED_TAGS = {"grad_norm": "grad_norm_total"}
+"""Tags that older runs logged under another name -> today's (the global gradient norm was ``grad_norm``, the
+prefix of the per-layer ``grad_norm/<role>/layer_NN`` tags): read under today's name."""
 LAYER_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
 
 
@@ -72,7 +75,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             raise ValueError(f"{path}:{number} has no integer \"step\"; every line must be "
                              "a JSON object with a step (docs/design.md §8)")
-        by_step.setdefault(record["step"], {}).update(record)
+        by_step.setdefault(record["step"], {}).update({RENAMED_TAGS.get(key, key): v for key, v in record.items()})
     return [by_step[step] for step in sorted(by_step)]
 
 

@@ -54,7 +54,7 @@ def gpt2_records() -> list[dict]:
     """Steps 1..40 of run A; validation at 20 and 40 on separate lines (merged by step when read)."""
     train = {1: 4.16, 10: 3.5, 20: 3.1, 30: 2.9, 40: 2.8}
     tput = {1: 1000.0, 10: 5000.0, 20: 5200.0, 30: 5100.0, 40: 5300.0}
-    records = [{"step": s, "loss/train": loss, "lr": 1e-3, "grad_norm": 1.0,
+    records = [{"step": s, "loss/train": loss, "lr": 1e-3, "grad_norm_total": 1.0,
                 "throughput/tokens_per_sec": tput[s], **std_keys(GPT2_ROLES, 3, s)} for s, loss in train.items()]
     return records + [{"step": 20, "loss/val": 3.25}, {"step": 40, "loss/val": 2.95}]
 
@@ -180,6 +180,8 @@ def test_metrics_reading_merges_steps_and_parses_nan(tmp_path):
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not valid JSON"):
         read_metrics(path)
+    path.write_text('{"step": 1, "grad_norm": 2.5, "grad_norm/attn.q/layer_00": 0.5}\n')  # a run of older code
+    assert read_metrics(path) == [{"step": 1, "grad_norm_total": 2.5, "grad_norm/attn.q/layer_00": 0.5}]
 
 
 def bad_run_dirs(root: Path) -> dict[str, tuple[Path, str]]:
@@ -211,9 +213,9 @@ def test_cli_error_exit_status(tmp_path):
 # ----------------------------------------------------------------------------- seed groups
 def seeded_run(root: Path, name: str, scheme: str, seed: int, final_train: float, final_val: float) -> Path:
     """A 3-step run of ``scheme`` and ``seed`` whose final train/val losses are planted."""
-    records = [{"step": 1, "loss/train": 4.0, "grad_norm": 1.0 + seed},
+    records = [{"step": 1, "loss/train": 4.0, "grad_norm_total": 1.0 + seed},
                {"step": 20, "loss/train": 3.5 + 0.1 * seed, "loss/val": 3.9},
-               {"step": 40, "loss/train": final_train, "loss/val": final_val, "grad_norm": 0.5 + seed}]
+               {"step": 40, "loss/train": final_train, "loss/val": final_val, "grad_norm_total": 0.5 + seed}]
     return write_run(root, name, [*GPT2_RUN, "--init.scheme", scheme, "--job.seed", str(seed),
                                   "--job.run_name", name], records)
 
@@ -234,7 +236,7 @@ def seed_family(tmp_path: Path) -> list[Path]:
 
 def test_seed_groups_intervals_and_paired_verdicts(seed_family, tmp_path):
     out = tmp_path / "report"
-    assert compare_runs.main([*map(str, reversed(seed_family)), "--out", str(out), "--metric", "grad_norm"]) == 0
+    assert compare_runs.main([*map(str, reversed(seed_family)), "--out", str(out), "--metric", "grad_norm_total"]) == 0
     report = (out / "report.md").read_text()
     t2 = 4.302652729911275  # t(0.975, 2 dof), from any t table
     half_a = t2 * 0.1 / math.sqrt(3)  # 0.24841

@@ -31,7 +31,7 @@ from components.metrics import (
 from models import build_model, make_model_args
 from tests.wandb_records import offline_run
 
-KEYS = ("loss/train", "lr", "grad_norm", "weight_std/attn.q/layer_00", "weight_std/attn.q/layer_01",
+KEYS = ("loss/train", "lr", "grad_norm_total", "weight_std/attn.q/layer_00", "weight_std/attn.q/layer_01",
         "weight_std/attn.q/mean_over_layers", "weight_std/tok_embedding")
 
 

@@ -26,7 +26,7 @@ STEPS, LOG_STEPS = 4, [1, 2, 4]  # metrics.log_freq 2: step 1, then every 2nd
 # The CPU-sized comparison of tests/test_compare_torchtitan.py (compare_{torchtitan,initlab}.toml, shrunk).
 SHARED = {"training.seq_len": 64, "training.local_batch_size": 2, "training.global_batch_size": 4,
           "training.steps": STEPS, "lr_scheduler.warmup_steps": 2, "metrics.log_freq": 2}
-SAME_TAGS = {"loss/train": "loss_metrics/global_avg_loss", "grad_norm": "grad_norm", "lr": "lr",
+SAME_TAGS = {"loss/train": "loss_metrics/global_avg_loss", "grad_norm_total": "grad_norm", "lr": "lr",
              "throughput/tokens_per_sec_per_device": "throughput(tps)"}  # initlab's name -> torchtitan's event tag
 
 
@@ -128,7 +128,7 @@ def test_a_restarted_run_drops_the_records_from_its_first_step_on(tmp_path):
     first.log({"validation_metrics/loss": 9.5, "grad_norm": float("nan")}, 4)
     first.close()
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last == {"step": 4, "loss/val": 9.5, "grad_norm": None}  # validation's own record; NaN as null
+    assert last == {"step": 4, "loss/val": 9.5, "grad_norm_total": None}  # validation's own record; NaN as null
     resumed = ext.InitlabRunLogger(BaseLogger(), tmp_path, world_size=2)  # resumed from a checkpoint at step 2
     resumed.log({"loss_metrics/global_avg_loss": 6.5, "weight_std/attn.q/layer_00": 0.02}, 3)
     resumed.close()

@@ -44,7 +44,7 @@ EQUIVALENCE = [*TINY, "--training.steps", "10", "--metrics.log_freq", "1", "--me
 HSDP_REFERENCE = [*TINY, "--training.steps", "4", "--metrics.log_freq", "1", "--metrics.val_freq", "0"]
 LLAMA_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
 GPT2_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.up", "mlp.out")
-BASE_METRICS = ("loss/train", "lr", "grad_norm", "throughput/tokens_per_sec",
+BASE_METRICS = ("loss/train", "lr", "grad_norm_total", "throughput/tokens_per_sec",
                 "throughput/tokens_per_sec_per_device", "memory/peak_gib")
 # The metrics run: 9 steps, logged at 1, every 2nd step and the last; validation every 4th logged step.
 METRICS_STEPS, METRICS_LOG_FREQ, METRICS_VAL_FREQ = 9, 2, 4
@@ -229,7 +229,7 @@ def test_two_rank_fsdp_matches_one_process(family, single, request):
     one, two = single[family], request.getfixturevalue(f"two_rank_{family}")
     assert one.rc == 0, one.stderr
     assert sorted(one.column("loss/train")) == list(range(1, 11))
-    for name in ("loss/train", "grad_norm", "loss/val"):
+    for name in ("loss/train", "grad_norm_total", "loss/val"):
         assert_close_series(two.column(name), one.column(name), REL_TOL_WORLD_SIZE, f"{family} {name}")
     first_one, first_two = one.metrics()[0], two.metrics()[0]
     std_names = [name for name in first_one if name.startswith("weight_std/")]
@@ -254,7 +254,7 @@ def test_validation_loss_does_not_depend_on_the_seed(single):
 def test_gradient_accumulation_matches_one_pass(single):
     """local_batch_size 1 (4 accumulated microbatches) gives the losses of one batch of 4 (1e-4 relative)."""
     assert single["accumulation"].rc == 0, single["accumulation"].stderr
-    for name in ("loss/train", "grad_norm"):
+    for name in ("loss/train", "grad_norm_total"):
         assert_close_series(single["accumulation"].column(name), single["llama"].column(name),
                             REL_TOL_WORLD_SIZE, f"accumulation {name}")
 
@@ -266,9 +266,9 @@ def test_parameters_kept_gathered_across_micro_batches(single, two_rank_kept_gat
     kept, resharded = single["accumulation"], single["accumulation_resharded"]
     assert resharded.rc == 0, resharded.stderr
     assert "reshard_after_forward = true" in (resharded.run_dir / "config.toml").read_text()
-    for name in ("loss/train", "grad_norm", "loss/val"):
+    for name in ("loss/train", "grad_norm_total", "loss/val"):
         assert kept.column(name) == resharded.column(name), name
-    for name in ("loss/train", "grad_norm", "loss/val"):
+    for name in ("loss/train", "grad_norm_total", "loss/val"):
         assert_close_series(two_rank_kept_gathered.column(name), single["llama"].column(name),
                             REL_TOL_WORLD_SIZE, f"kept gathered, 2 ranks {name}")
 
@@ -280,7 +280,7 @@ def test_hsdp_four_ranks_matches_one_process(single, hsdp):
     assert "4 rank(s)" in hsdp.stdout
     assert "data_parallel_replicate_degree = 2" in (hsdp.run_dir / "config.toml").read_text()
     assert sorted(reference.column("loss/train")) == [1, 2, 3, 4]
-    for name in ("loss/train", "grad_norm", "weight_std/attn.q/layer_01"):
+    for name in ("loss/train", "grad_norm_total", "weight_std/attn.q/layer_01"):
         assert_close_series(hsdp.column(name), reference.column(name), REL_TOL_WORLD_SIZE, f"hsdp {name}")
 
 
@@ -291,7 +291,7 @@ def test_replicas_of_one_rank_shard_groups_match_one_process(single, replicated)
     reference = single["hsdp_reference"]
     assert replicated.rc == 0, replicated.stderr
     assert "data_parallel_replicate_degree = 2" in (replicated.run_dir / "config.toml").read_text()
-    for name in ("loss/train", "grad_norm", "weight_std/attn.q/layer_01"):
+    for name in ("loss/train", "grad_norm_total", "weight_std/attn.q/layer_01"):
         assert_close_series(replicated.column(name), reference.column(name), REL_TOL_WORLD_SIZE, f"replicated {name}")
 
 
@@ -300,7 +300,7 @@ def test_activation_checkpointing_keeps_losses(mode, single):
     """Recomputing activations (every block, or every 2nd) changes no loss or grad norm beyond 1e-5."""
     run = single[f"ac_{mode}"]
     assert run.rc == 0, run.stderr
-    for name in ("loss/train", "grad_norm", "loss/val"):
+    for name in ("loss/train", "grad_norm_total", "loss/val"):
         assert_close_series(run.column(name), single["llama"].column(name), REL_TOL_ACTIVATION_CHECKPOINT,
                             f"AC {mode} {name}")
 
@@ -498,7 +498,7 @@ def test_lora_two_ranks_match_one_process(single, out):
     """FSDP2 with frozen and trainable tensors in one group: the same losses on 2 ranks."""
     two = run_torchrun(out, "lora_2rank", 2, LORA)
     assert_close_series(two.column("loss/train"), single["lora"].column("loss/train"), REL_TOL_WORLD_SIZE, "loss")
-    assert_close_series(two.column("grad_norm"), single["lora"].column("grad_norm"), REL_TOL_WORLD_SIZE, "grad_norm")
+    assert_close_series(two.column("grad_norm_total"), single["lora"].column("grad_norm_total"), REL_TOL_WORLD_SIZE, "grad_norm_total")
 
 
 # ------------------------------------------------------------------------- 6-8. run dir and bad inputs
