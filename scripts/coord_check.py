@@ -25,8 +25,8 @@ last update. The exit status is 1 when a parametrization that must pass (``REQUI
 completep in width, completep in depth) fails; SP (and plain μP in depth) are reported, and fail.
 
 Writes ``<out>/coord_<mode>.csv`` (every value), ``<out>/slopes_<mode>.json`` (parametrization ->
-step -> metric -> slope) and ``<out>/coord_<mode>.png`` (one row per parametrization, four steps as
-columns, one line per metric). Default ``--out outputs/coord_check``.
+step -> metric -> slope) and ``<out>/coord_<mode>.png`` and ``.pdf`` (one row per parametrization, four
+steps as columns, one line per metric). Default ``--out outputs/coord_check``.
 """
 
 from __future__ import annotations
@@ -213,6 +213,7 @@ def plot(rows: list[dict], mode: str, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
     fig.tight_layout(rect=(0, 0.04 + 0.012 * len(labels) / 4, 1, 1))
     fig.savefig(path, dpi=110)
+    fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)
 
 

@@ -40,7 +40,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, so `python scripts/...` works
 
 from components.config import ConfigError  # noqa: E402
+from components.run_dir import FINISHED_FILE  # noqa: E402
+from components.sweep import DIVERGED_FILE  # noqa: E402
 from reporting import lr_optimum  # noqa: E402
+from scripts.report_common import load_run  # noqa: E402
 from scripts.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 
 
@@ -85,6 +88,42 @@ def sweep(opts: argparse.Namespace) -> list[dict]:
                     print(f"{parametrization:13s} {opts.mode} {size:5d} lr {lr:.4g} seed {seed}: val loss "
                           f"{row['val_loss']:.4f}{' (diverged)' if row['diverged'] else ''}", flush=True)
     return rows
+
+
+def rows_from_runs(runs_dir: Path, mode: str) -> list[dict]:
+    """The rows of the finished (or diverged) run directories under ``runs_dir``, e.g. a ``scripts/sweep.py``
+    output directory: parametrization, size (model.dim or model.n_layers), lr and seed from each config.toml,
+    the scores from metrics.jsonl; ``diverged.json`` (sweep.py's mark of a non-finite stop) means diverged.
+    Directories with neither ``finished.json`` nor ``diverged.json`` (still running, interrupted) are skipped."""
+    if not runs_dir.is_dir():
+        raise ValueError(f"--runs {runs_dir} is not a directory; pass a sweep's output directory")
+    rows, unfinished = [], []
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        diverged = (run_dir / DIVERGED_FILE).is_file()
+        if not diverged and not (run_dir / FINISHED_FILE).is_file():
+            unfinished.append(run_dir.name)
+            continue
+        run = load_run(run_dir)
+        rows.append(row_of_run(run.config, run.records, diverged, mode))
+    if unfinished:
+        print(f"note: {len(unfinished)} run directories under {runs_dir} are not finished and are left out "
+              f"(e.g. {unfinished[0]}); run the sweep again to finish them", flush=True)
+    if not rows:
+        raise ValueError(f"no finished run directory under {runs_dir}")
+    return rows
+
+
+def row_of_run(config: dict, records: list[dict], diverged: bool, mode: str) -> dict:
+    """One row from a run's resolved config (a dict) and metrics records."""
+    p = config["parametrization"]
+    label = p["name"] if p["name"] != "completep" or p["alpha"] == 1.0 else f"completep:{p['alpha']:g}"
+    steps = config["training"]["steps"]
+    final = next((r["loss/val"] for r in records if r["step"] == steps and "loss/val" in r), math.inf)
+    init = next((r["loss/train"] for r in records if r["step"] == 1 and "loss/train" in r), math.nan)
+    final = math.inf if diverged else final
+    return {"parametrization": label, "size": config["model"]["dim" if mode == "width" else "n_layers"],
+            "lr": config["optimizer"]["lr"], "seed": config["job"]["seed"], "val_loss": final, "init_loss": init,
+            "diverged": lr_optimum.is_diverged(final, init), "seconds": None}
 
 
 def analysis(rows: list[dict]) -> dict:
@@ -190,21 +229,27 @@ def optimum_text(est: dict) -> str:
     return f"2^{est['value']:.2f}{interval}"
 
 
-def report(result: dict, mode: str, opts: argparse.Namespace) -> str:
+def report(result: dict, mode: str, rows: list[dict]) -> str:
     """The Markdown tables: optimum per size, drift, and loss by size at the proxy's lr."""
-    sizes = list(next(iter(result.values()))["optimum_log2_lr"])
-    lines = [f"# lr transfer over {mode}: {opts.seeds} seed(s), {opts.steps} steps per run", "",
+    sizes = sorted({r["size"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"# lr transfer over {mode}: {len(rows)} runs ({sum(r['diverged'] for r in rows)} diverged), seeds "
+             f"{', '.join(map(str, seeds))}", "",
+             "lr* = the vertex of a quadratic in log2 lr around the grid minimum of the mean-over-seeds curve, "
+             "[95 % bootstrap interval over seeds] (reporting/lr_optimum.py); \"at an edge\": the minimum is on the "
+             "grid's edge (or next to a diverged lr), so lr* is only bounded there.", "",
              "| parametrization | " + " | ".join(f"{mode} {s}: lr*" for s in sizes) + " | drift (largest - proxy) |",
              "|---" * (len(sizes) + 2) + "|"]
     for group, entry in result.items():
-        cells = [optimum_text(entry["optimum_log2_lr"].get(s, entry["optimum_log2_lr"].get(str(s)))) for s in sizes]
+        cells = [optimum_text(entry["optimum_log2_lr"][s]) if s in entry["optimum_log2_lr"] else "all diverged"
+                 if s in entry["all_diverged"] else "not run" for s in sizes]
         lines.append(f"| {group} | " + " | ".join(cells) + f" | {drift_text(entry['drift_octaves'])} |")
     lines += ["", f"Loss at the proxy's best grid lr, by {mode}:", "",
               "| parametrization | lr | " + " | ".join(f"{mode} {s}" for s in sizes) + " | improves with every step |",
               "|---" * (len(sizes) + 3) + "|"]
     for group, entry in result.items():
         at = entry["at_proxy_lr"]
-        cells = [f"{v:.4f}" if v is not None else "n/a" for v in at["loss_by_size"].values()]
+        cells = [f"{at['loss_by_size'][s]:.4f}" if at["loss_by_size"].get(s) is not None else "n/a" for s in sizes]
         lines.append(f"| {group} | {at['lr']:.4g} | " + " | ".join(cells) +
                      f" | {'yes' if at['improves_monotonically'] else 'no'} |")
     return "\n".join(lines) + "\n"
@@ -238,6 +283,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run train.py's trainer in this process or as one subprocess per run")
     parser.add_argument("--time-budget", type=float, default=0,
                         help="stop launching runs after this many seconds (0 = none); rerun to continue")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="analyse the finished run directories under this directory (e.g. a scripts/sweep.py "
+                             "output) instead of training; --mode says whether size is model.dim or model.n_layers")
     parser.add_argument("--out", type=Path, default=Path("outputs/lr_transfer"),
                         help="directory for the runs, CSV, optima JSON, report and figures")
     parser.add_argument("extra", nargs="*", help="more --section.key value overrides for every run, after --")
@@ -253,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     start = time.perf_counter()
     try:
-        rows = sweep(opts)
+        rows = rows_from_runs(opts.runs, opts.mode) if opts.runs else sweep(opts)
         if not rows:
             raise ValueError("no run finished within --time-budget; raise it")
         result = analysis(rows)
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     (opts.out / f"optima_{opts.mode}.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_curves(rows, result, opts.mode, opts.out / f"lr_{opts.mode}.png")
     plot_optima(result, opts.mode, opts.out / f"optimum_{opts.mode}.png")
-    text = report(result, opts.mode, opts)
+    text = report(result, opts.mode, rows)
     (opts.out / f"report_{opts.mode}.md").write_text(text)
     print(text + f"({time.perf_counter() - start:.0f} s) wrote {opts.out}/lr_{opts.mode}.csv, optima_{opts.mode}.json, "
           f"lr_{opts.mode}.png, optimum_{opts.mode}.png, report_{opts.mode}.md")

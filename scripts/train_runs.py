@@ -10,15 +10,19 @@ model of width 64 trains 10 steps in ~0.5 s, where a fresh ``python train.py`` s
 start-up (importing torch, building the tokenizer), so a scan of 30 small runs fits a CI test.
 ``launcher = "subprocess"`` runs ``python train.py <args>`` per run instead (a fresh process: nothing a
 run changes in the interpreter can leak into the next). A run that diverges (the trainer stops it with
-``NonFiniteLossError``, exit status 1) is a result, kept: its records end at the last logged step.
+``NonFiniteLossError``, exit status 1) is a result, kept: its records end at the last logged step and its
+directory gets ``diverged.json`` as ``scripts/sweep.py`` writes it, so a later call reads it back instead of
+training it again, and ``scripts/lr_transfer.py --runs`` reads either tool's run directories.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python scripts/x.py` puts scripts/, not the repo root, on sys.path
@@ -27,6 +31,7 @@ if str(REPO) not in sys.path:  # `python scripts/x.py` puts scripts/, not the re
 from components.config import load_config  # noqa: E402
 from components.data import ensure_dataset  # noqa: E402
 from components.metrics import NonFiniteLossError  # noqa: E402
+from components.sweep import DIVERGED_FILE, record_divergence  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
 from scripts.report_common import read_metrics  # noqa: E402
 
@@ -73,21 +78,26 @@ def run_training(args: list[str], run_dir: Path, launcher: str = "inprocess") ->
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r} is unknown; use one of {', '.join(LAUNCHERS)}")
     full = [*args, "--job.output_dir", str(run_dir.parent), "--job.run_name", run_dir.name]
-    diverged = False
-    if launcher == "inprocess":
+    cfg = load_config(full)[0]
+    error = ""
+    if (run_dir / DIVERGED_FILE).is_file():  # an earlier call's result
+        error = json.loads((run_dir / DIVERGED_FILE).read_text())["error"]
+    elif launcher == "inprocess":
         import train  # the entry script's loop, in this interpreter (scripts/bench_train.py does the same)
 
         try:
-            train.run(load_config(full)[0])
-        except NonFiniteLossError:
-            diverged = True
+            train.run(cfg)
+        except NonFiniteLossError as err:
+            error = f"error: {err}"
     else:
         proc = subprocess.run([sys.executable, str(REPO / "train.py"), *full], cwd=REPO, capture_output=True,
                               text=True)
-        if proc.returncode not in (0, 1) or (proc.returncode == 1 and "non-finite" not in proc.stderr):
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        if proc.returncode not in (0, 1) or (proc.returncode == 1 and "non-finite" not in tail):
             raise RuntimeError(f"train.py {' '.join(full)} failed with exit status {proc.returncode}: {tail}")
-        diverged = proc.returncode == 1
+        error = tail if proc.returncode == 1 else ""
+    if error and not (run_dir / DIVERGED_FILE).is_file():  # marked as scripts/sweep.py marks it: a result
+        record_divergence(SimpleNamespace(run_dir=run_dir, config=cfg), error)
     metrics = run_dir / "metrics.jsonl"
     records = read_metrics(metrics) if metrics.is_file() else []
-    return RunResult(run_dir, records, diverged)
+    return RunResult(run_dir, records, bool(error))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -50,6 +51,22 @@ def test_sweep_writes_runs_analysis_and_figures_and_a_rerun_reads_them(tmp_path,
     again = list(csv.DictReader(open(tmp_path / "lr_width.csv")))
     assert [r["val_loss"] for r in again] == [r["val_loss"] for r in rows]
     assert all(float(r["seconds"]) < 5 for r in again)
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*/diverged.json")) == []  # lr 10: finite, but worse
+    # --runs analyses run directories (here this sweep's; scripts/sweep.py's are read the same way) into the
+    # same optima, without training.
+    runs_out = tmp_path / "from_runs"
+    assert lr_transfer.main(["--runs", str(tmp_path / "runs"), "--out", str(runs_out)]) == 0
+    assert json.loads((runs_out / "optima_width.json").read_text()) == result
+    # scripts/sweep.py's marks: diverged.json is a diverged result; a directory without finished.json is skipped.
+    picked = tmp_path / "picked"
+    for name in ("mup_width32_lr0.01_seed0", "mup_width32_lr0.1_seed0", "mup_width64_lr0.01_seed0"):
+        shutil.copytree(tmp_path / "runs" / name, picked / name)
+    (picked / "mup_width32_lr0.1_seed0" / "diverged.json").write_text('{"step": 3, "error": "error: non-finite"}')
+    (picked / "mup_width64_lr0.01_seed0" / "finished.json").unlink()
+    rows = lr_transfer.rows_from_runs(picked, "width")
+    assert [(r["size"], r["lr"], r["diverged"], r["val_loss"]) for r in rows] == [
+        (32, 0.01, False, pytest.approx(float(next(r["val_loss"] for r in again if r["lr"] == "0.01" and r["size"] == "32")))),
+        (32, 0.1, True, math.inf)]
 
 
 @pytest.mark.slow
