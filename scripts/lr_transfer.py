@@ -214,17 +214,25 @@ def save(fig, path: Path) -> None:
     pyplot().close(fig)
 
 
+EDGE_WORDS = {"low": "at the low edge", "high": "at the high edge", "both": "with no finite neighbour"}
+
+
+def edge_words(at_edge: str) -> str:
+    """'target low' -> 'target at the low edge'; 'proxy high, target both' -> each part so."""
+    return ", ".join(" ".join([*part.split()[:-1], EDGE_WORDS[part.split()[-1]]]) for part in at_edge.split(", "))
+
+
 def drift_text(est: dict) -> str:
-    """'-0.31 [-0.62, +0.05] octaves' or a bound: '<= -2.00 octaves (target at the low edge)'."""
+    """'-0.31 [-0.62, +0.05] octaves', or a bound: '-2.00 octaves, a bound (target at the low edge)'."""
     if est["at_edge"]:
-        return f"{est['value']:+.2f} octaves, a bound ({est['at_edge']} edge of the grid)"
+        return f"{est['value']:+.2f} octaves, a bound ({edge_words(est['at_edge'])})"
     interval = f" [{est['low']:+.2f}, {est['high']:+.2f}]" if est["low"] is not None else " (one seed: no interval)"
     return f"{est['value']:+.2f}{interval} octaves"
 
 
 def optimum_text(est: dict) -> str:
     if est["at_edge"]:
-        return f"2^{est['value']:.2f} (at the {est['at_edge']} edge)"
+        return f"2^{est['value']:.2f} ({edge_words(est['at_edge'])})"
     interval = f" [2^{est['low']:.2f}, 2^{est['high']:.2f}]" if est["low"] is not None else ""
     return f"2^{est['value']:.2f}{interval}"
 

@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 
+from components import sweep
 from scripts import lr_transfer, train_runs
 
 TINY = ["--tokenizer.max_vocab", "512", "--training.seq_len", "32", "--training.global_batch_size", "2",
@@ -88,3 +89,19 @@ def test_parametrization_labels_and_bad_input():
         train_runs.parametrization_args("mup:0.5")
     with pytest.raises(ValueError, match="launcher 'ssh' is unknown"):
         train_runs.run_training([], train_runs.REPO / "outputs" / "never", "ssh")
+
+
+@pytest.mark.parametrize("study, arms, sizes", [("width", 2, [128, 256, 512, 1024]), ("depth", 4, [2, 4, 8, 16])])
+def test_hp_transfer_sweep_files_hold_the_documented_design(study, arms, sizes):
+    spec = sweep.load_sweep_file(train_runs.REPO / f"train_configs/hp_transfer/{study}_sweep.toml")
+    grid = spec.grid  # docs/hp_transfer/README.md's design table: sizes x 6 lrs 2x apart x 3 seeds x arms
+    assert grid["model.dim" if study == "width" else "model.n_layers"] == sizes and grid["job.seed"] == [0, 1, 2]
+    lrs = grid["optimizer.lr"]
+    assert len(lrs) == 6 and all(b == 2 * a for a, b in zip(lrs, lrs[1:])) and len(spec.arms) == arms
+    labels = set()
+    for arm, keys in spec.arms.items():  # each arm at the largest size and lr resolves to a valid config
+        cfg = sweep.make_point(spec, arm, keys, {k: v[-1] for k, v in grid.items()}).config
+        flat = {"parametrization": vars(cfg.parametrization), "training": {"steps": 1}, "model": vars(cfg.model),
+                "optimizer": {"lr": lrs[-1]}, "job": {"seed": 2}}
+        labels.add(lr_transfer.row_of_run(flat, [], False, study)["parametrization"])
+    assert labels == ({"sp", "mup"} if study == "width" else {"sp", "mup", "completep", "completep:0.5"})
