@@ -55,13 +55,13 @@ class MetricsLogger:
             truncate_jsonl(self.jsonl_path, resume_step)
             self.last_step = resume_step
         run_dir.mkdir(parents=True, exist_ok=True)
+        if wandb is not None:  # first: a run that cannot reach W&B stops before any file is opened
+            self._wandb = start_wandb_run(wandb)
         _quiet_writer_thread_errors()
         self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
         # purge_step writes a SessionLog.START at resume_step + 1: readers drop older events from that step on.
         self._writer = SummaryWriter(log_dir=str(run_dir),
                                      purge_step=None if resume_step is None else resume_step + 1)
-        if wandb is not None:
-            self._wandb = import_wandb().init(**wandb)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         """One logged step to both sinks (flushed); non-finite values become JSON null (JSON has no NaN)."""
@@ -191,6 +191,17 @@ def import_wandb():
         raise ValueError("metrics.wandb = true needs the wandb package: pip install wandb (or set "
                          "--metrics.wandb false)") from None
     return wandb
+
+
+def start_wandb_run(init_args: dict):
+    """``wandb.init(**init_args)``; any failure (not logged in, no network, a bad entity) as one ValueError line."""
+    wandb = import_wandb()
+    try:
+        return wandb.init(**init_args)
+    except Exception as error:  # wandb raises its own error types, which differ between versions
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ValueError(f"could not start the W&B run ({reason}); run `wandb login`, or log without a network "
+                         f"with --metrics.wandb_mode offline") from None
 
 
 def wandb_init_args(cfg: Metrics, run_name: str, config: dict, run_dir: Path) -> dict | None:

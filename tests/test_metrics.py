@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,15 @@ def test_wandb_missing_or_off(tmp_path, monkeypatch):
                                                                              str(tmp_path.resolve()))
     MetricsLogger(tmp_path / "rank1", enabled=False, wandb=args).close()  # ranks other than 0 log nothing
     assert not (tmp_path / "rank1").exists() and not (tmp_path / "wandb").exists()
+    def init(**kwargs):
+        raise RuntimeError("No API key configured. Use `wandb login` to log in.\nTraceback details")
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))  # online, never logged in
+    with pytest.raises(ValueError) as caught:
+        MetricsLogger(tmp_path / "run", enabled=True, wandb=args)
+    assert str(caught.value) == ("could not start the W&B run (No API key configured. Use `wandb login` to log in.); "
+                                 "run `wandb login`, or log without a network with --metrics.wandb_mode offline")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing opened
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: import wandb raises ImportError
     with pytest.raises(ValueError) as caught:
         MetricsLogger(tmp_path, enabled=True, wandb=args)
