@@ -11,6 +11,8 @@ Layout of ``<output_dir>/<run_name>/``::
     finished.json            written once the run has trained all its steps
     abandoned/<UTC time>/    files of an earlier attempt that died before its first checkpoint
 
+``RunDir`` (at the end) is the read side: config, metrics, finished or not, provenance, for the report code.
+
 The lock is an advisory ``flock`` on ``.lock``: the kernel drops it when its holder exits, however it
 exits (kill -9 included), so a stale lock never blocks a restart; a live holder (e.g. ranks orphaned
 by a killed torchrun, still training) blocks a second job, which stops naming the holder. ``flock``
@@ -20,11 +22,16 @@ it, give each job its own ``job.run_name``.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import fcntl
+import functools
 import json
+import math
 import os
 import socket
+import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,7 @@ from components.checkpoint import complete_steps, partial_dirs
 from components.config import (
     Config,
     ConfigError,
+    config_from_dict,
     describe_changes,
     flat_config,
     is_identity_key,
@@ -224,3 +232,208 @@ def record_resume(run_dir: Path, step: int, cfg: Config) -> Path:
     path = run_dir / f"config.resume_{step}.toml"
     path.write_text(to_toml(cfg))
     return path
+
+
+# ------------------------------------------------------------------------------------------ read
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.toml"
+TORCHTITAN_TABLE = "torchtitan"
+FOREIGN_TABLES = (TORCHTITAN_TABLE,)
+"""config.toml tables that are no initlab option (integrations/torchtitan_ext.py writes ``[torchtitan]``): left out
+of the resolved config; in ``RunDir.tables`` they set such a run apart from train.py's runs."""
+LOSS_KEYS = ("loss/train", "loss/val")
+COMMIT_KEYS = ("commit", "git_commit", "git_sha", "sha")
+"""Names under which a run's provenance may record its code version (the first one present is used)."""
+
+
+RENAMED_TAGS = {"grad_norm": "grad_norm_total"}
+"""Tags that older runs logged under another name -> today's (the global gradient norm was ``grad_norm``, the
+prefix of the per-layer ``grad_norm/<role>/layer_NN`` tags): read under today's name."""
+
+
+class NotARunDir(FileNotFoundError):
+    """A path that is not a run directory (no config.toml and no metrics.jsonl): skipped by readers of many runs."""
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl (docs/design.md §8), merged per step (later keys win) and sorted by step.
+
+    NaN/Infinity literals (a diverged loss) parse as float nan/inf. A malformed last line (a run killed
+    mid-write) is skipped with a warning on stderr; a malformed earlier line is an error.
+    """
+    lines = path.read_text().splitlines()
+    by_step: dict[int, dict[str, Any]] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                print(f"warning: {path}:{number}: skipping a truncated last line ({exc.msg})", file=sys.stderr)
+                continue
+            raise ValueError(f"{path}:{number} is not valid JSON ({exc.msg}); fix or delete that line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"{path}:{number} has no integer \"step\"; every line must be "
+                             "a JSON object with a step (docs/design.md §8)")
+        by_step.setdefault(record["step"], {}).update({RENAMED_TAGS.get(key, key): v for key, v in record.items()})
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def header_provenance(text: str) -> dict[str, str]:
+    """``# key: value`` / ``# key = value`` comment lines at the top of a config.toml (before its first table)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            break
+        if stripped.startswith("#"):
+            key, sep, value = stripped.lstrip("#").strip().partition(":" if ":" in stripped else "=")
+            if sep and key.strip() and " " not in key.strip():
+                found[key.strip()] = value.strip().strip('"')
+    return found
+
+
+class RunDir:
+    """The read side of a run directory written by train.py (or the torchtitan extension): what it is
+    (resolved config), what it logged (metrics), whether it finished, and where it came from (provenance).
+
+    Files are read on first use and cached. ``status`` is "finished" (finished.json, or, for runs written
+    before it existed, a logged step >= ``training.steps``), "diverged" (a non-finite loss logged, the
+    trainer's stop) or "unfinished" (stopped or still running before its last step). ``RunDir.open`` checks
+    the files a reader needs and raises one-line errors; ``NotARunDir`` for a folder of neither file.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.name = self.path.resolve().name  # display name; readers may change it to tell runs apart
+
+    @classmethod
+    def open(cls, path: str | Path, need_metrics: bool = True) -> RunDir:
+        """A checked run directory: it exists, holds a config.toml (and a non-empty metrics.jsonl if asked)."""
+        run = cls(path)
+        hint = "pass a run directory written by train.py (outputs/<run_name>/)"
+        if not run.path.exists():
+            raise FileNotFoundError(f"run directory {run.path} does not exist; {hint}")
+        if not run.path.is_dir():
+            raise NotARunDir(f"{run.path} is not a directory; {hint}")
+        metrics, config = run.path / METRICS_FILE, run.path / CONFIG_FILE
+        if not metrics.is_file() and not config.is_file():
+            raise NotARunDir(f"{run.path} holds neither {CONFIG_FILE} nor {METRICS_FILE}; {hint}")
+        if not config.is_file():
+            raise FileNotFoundError(f"{config} is missing; {hint} (train.py writes the resolved config there)")
+        _ = run.tables  # parse now, so a damaged file is reported here
+        if need_metrics:
+            if not metrics.is_file():
+                raise FileNotFoundError(f"{metrics} is missing; {hint} that has logged at least one step")
+            if not run.records:
+                raise ValueError(f"{metrics} has no records; the run has not logged a step yet")
+        return run
+
+    @functools.cached_property
+    def config_text(self) -> str:
+        return (self.path / CONFIG_FILE).read_text()
+
+    @functools.cached_property
+    def tables(self) -> dict[str, Any]:
+        """config.toml as written (raw TOML tables, foreign ones included)."""
+        try:
+            return tomllib.loads(self.config_text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{self.path / CONFIG_FILE} is not valid TOML ({exc}); restore the file train.py "
+                             "wrote") from None
+
+    @functools.cached_property
+    def config(self) -> Config:
+        """The resolved config through the config system (validated, defaults filled in, foreign tables left out)."""
+        tables = {section: table for section, table in self.tables.items() if section not in FOREIGN_TABLES}
+        return config_from_dict(tables, origin=str(self.path / CONFIG_FILE))
+
+    def config_value(self, section: str, key: str) -> Any:
+        """``[section].key`` of config.toml, or the config system's default when the file omits it."""
+        table = self.tables.get(section, {})
+        return table[key] if key in table else getattr(getattr(Config(), section), key)
+
+    @functools.cached_property
+    def records(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's records merged per step (``read_metrics``); [] when the file is absent."""
+        path = self.path / METRICS_FILE
+        return read_metrics(path) if path.is_file() else []
+
+    @functools.cached_property
+    def summary(self) -> dict[str, Any] | None:
+        """finished.json (the trainer's end-of-run summary), or None while the run has not finished."""
+        path = self.path / FINISHED_FILE
+        if not path.is_file():
+            return None
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc.msg}); delete it and resubmit the run") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path} is not a JSON object; delete it and resubmit the run")
+        return summary
+
+    @property
+    def steps_planned(self) -> int:
+        """``training.steps`` of the newest start (a resume may raise it)."""
+        resumes = sorted(self.path.glob("config.resume_*.toml"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        if resumes:
+            try:
+                return int(tomllib.loads(resumes[-1].read_text()).get("training", {}).get("steps"))
+            except (tomllib.TOMLDecodeError, TypeError, ValueError):
+                pass
+        return int(self.config_value("training", "steps"))
+
+    @property
+    def steps_done(self) -> int:
+        """The last logged step (0 before any), or finished.json's step count when it says more."""
+        logged = self.records[-1]["step"] if self.records else 0
+        finished = self.summary.get("steps") if self.summary else None
+        return max(logged, finished) if isinstance(finished, int) else logged
+
+    @property
+    def last_step(self) -> int:
+        return self.records[-1]["step"]
+
+    @property
+    def finished(self) -> bool:
+        return self.steps_done >= self.steps_planned and (self.summary is not None or bool(self.records))
+
+    @property
+    def diverged(self) -> str:
+        """'' or where the first non-finite loss was logged (the trainer stops on one)."""
+        for record in self.records:
+            for key in LOSS_KEYS:
+                value = record.get(key, 0.0)
+                if value is None or not math.isfinite(value):
+                    return f"{key} = {value} at step {record['step']}"
+        return ""
+
+    @property
+    def status(self) -> str:
+        if self.finished:
+            return "finished"
+        return "diverged" if self.diverged else "unfinished"
+
+    @functools.cached_property
+    def provenance(self) -> dict[str, Any]:
+        """What the run recorded of its origin: config.toml's header comments, then finished.json's
+        ``provenance`` table and top-level commit keys (later wins); {} for runs that recorded none."""
+        found: dict[str, Any] = header_provenance(self.config_text) if (self.path / CONFIG_FILE).is_file() else {}
+        summary = self.summary or {}
+        if isinstance(summary.get("provenance"), dict):
+            found.update(summary["provenance"])
+        found.update({key: summary[key] for key in COMMIT_KEYS if key in summary})
+        return found
+
+    @property
+    def commit(self) -> str | None:
+        """The code version the run recorded, or None (runs written before provenance was recorded)."""
+        return next((str(self.provenance[key]) for key in COMMIT_KEYS if self.provenance.get(key)), None)
+
+    def truncated(self, step: int) -> RunDir:
+        """A view of this run whose records stop at ``step`` (the other files read as before)."""
+        view = copy.copy(self)
+        view.__dict__["records"] = [record for record in self.records if record["step"] <= step]
+        return view

@@ -48,6 +48,7 @@ from components.activation_stats import STAT_ATTR, ActivationStats, logit_max
 from components.config import Config, ConfigError, Data, Init, Tokenizer, config_from_dict, to_toml
 from components.data import TokenBatches, TokenDataset, ensure_dataset, read_manifest
 from components.metrics import truncate_jsonl
+from components.run_dir import TORCHTITAN_TABLE
 from components.tokenizer import build_tokenizer
 from components.torchtitan_names import from_torchtitan
 from components.weight_stats import WeightStats
@@ -57,7 +58,6 @@ from init_schemes import WeightInitializer
 from models import make_model_args
 from models.common import ModelArgs
 from roles import canonical_name, layer_of, role_of
-from scripts.report_common import TORCHTITAN_TABLE
 
 TRAIN_SPEC_NAME = "initlab_llama3"
 TORCHTITAN_VERSION = "0.2.2"

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.report_common import read_metrics  # noqa: E402
+from components.run_dir import read_metrics  # noqa: E402
 
 VARIANTS = {  # name -> train.py overrides
     "sync_save": ["--checkpoint.async_mode", "disabled", "--training.nonfinite_check", "step"],

@@ -22,6 +22,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python scripts/bench_scaling.py` puts scripts/, not the repo root, on sys.path
+    sys.path.insert(0, str(REPO))
+
+from components.run_dir import read_metrics  # noqa: E402
 
 
 def run_world(n: int, args, extra: list[str], scratch: Path) -> dict:
@@ -35,7 +39,7 @@ def run_world(n: int, args, extra: list[str], scratch: Path) -> dict:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"{n} ranks failed (exit {proc.returncode}): {tail[0]}")
-    records = [json.loads(line) for line in (scratch / run_name / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(scratch / run_name / "metrics.jsonl")
     steady = [r["throughput/tokens_per_sec_per_device"] for r in records if r["step"] > args.steps // 3]
     return {"ranks": n, "global_batch_sequences": n * args.local_batch,
             "tokens_per_sec_per_device": statistics.median(steady),

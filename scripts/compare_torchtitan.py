@@ -35,8 +35,10 @@ if REPO not in sys.path:  # `python scripts/compare_torchtitan.py` puts scripts/
     sys.path.insert(0, REPO)
 
 from components.activation_stats import FAMILIES as ACTIVATION_FAMILIES  # noqa: E402
+from reporting.cli import INPUT_ERRORS, error_exit, prepare_out_dir  # noqa: E402
+from reporting.figures import pyplot  # noqa: E402
+from reporting.runs import load_run  # noqa: E402
 from roles import MEAN_OVER_LAYERS, format_tag, parse_tag  # noqa: E402
-from scripts.report_common import INPUT_ERRORS, error_exit, load_run, prepare_out_dir, pyplot  # noqa: E402
 
 TORCHTITAN_LOSS = "loss_metrics/global_avg_loss"  # torchtitan 0.2.2 MetricsProcessor.log
 INITLAB_LOSS = "loss/train"

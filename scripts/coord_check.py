@@ -43,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, so `python scripts/...` works
 
 from components.activation_stats import rms_by_depth  # noqa: E402
+from reporting.figures import pyplot  # noqa: E402
 from roles import parse_tag  # noqa: E402
 from scripts.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 
@@ -185,10 +186,7 @@ def verdict(by_step: dict[int, dict[str, float]], mode: str, tolerance: float = 
 
 def plot(rows: list[dict], mode: str, path: Path) -> None:
     """The standard coordinate-check figure: rows = parametrizations, columns = steps, log-log axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     curves = mean_curves(rows)
     parametrizations = sorted({k[0] for k in curves}, key=[r["parametrization"] for r in rows].index)

@@ -39,8 +39,9 @@ from components.checkpoint import (  # noqa: E402
     read_checkpoint_metadata,
     saved_model_shapes,
 )
-from components.config import Config, ConfigError, load_config  # noqa: E402
+from components.config import Config, ConfigError  # noqa: E402
 from components.hf_tokenizer import tokenizer_config, tokenizer_json  # noqa: E402
+from components.run_dir import RunDir  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
 from models import build_model  # noqa: E402
 from models.common import ModelArgs  # noqa: E402
@@ -77,7 +78,7 @@ def run_config(run_dir: Path) -> Config:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing; export needs the config.toml that train.py wrote "
                                 "into the run directory")
-    return load_config(["--config", str(config_path)])[0]
+    return RunDir(run_dir).config
 
 
 def model_args_of_run(run_dir: Path, vocab_size: int) -> ModelArgs:

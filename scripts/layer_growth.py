@@ -15,7 +15,7 @@ Relative growth, so schemes whose init std depends on depth (the Lingua bug) are
 Per run and role, two numbers: the least-squares slope of growth_l vs l (per layer; negative =
 shallow layers grow more) and the shallow-half minus deep-half difference (mean growth of layers
 l < L/2 minus that of l >= L/2; positive = shallow layers grow more). Per group: mean ± 95 %
-Student-t interval over seeds and the verdict of ``scripts/stats.py`` ("differs" from zero only
+Student-t interval over seeds and the verdict of ``reporting/stats.py`` ("differs" from zero only
 when the interval excludes zero).
 
 It also reports the depth profile at the first and last logged step of the activation statistics
@@ -43,19 +43,13 @@ if REPO not in sys.path:  # `python scripts/layer_growth.py` puts scripts/, not 
 
 import numpy as np  # noqa: E402
 
-from scripts.compare_runs import SeedGroup, group_runs, plot_band, run_seed, unique_names  # noqa: E402
-from scripts.report_common import (  # noqa: E402
-    INPUT_ERRORS,
-    RunData,
-    error_exit,
-    layer_std_matrix,
-    load_run,
-    metric_series,
-    prepare_out_dir,
-    pyplot,
-    std_roles,
-)
-from scripts.stats import Interval, mean_interval, verdict  # noqa: E402
+from components.run_dir import RunDir  # noqa: E402
+from reporting.cli import INPUT_ERRORS, error_exit, prepare_out_dir  # noqa: E402
+from reporting.figures import plot_band, pyplot  # noqa: E402
+from reporting.groups import SeedGroup, group_runs, run_seed  # noqa: E402
+from reporting.layers import layer_std_matrix, std_roles  # noqa: E402
+from reporting.runs import load_run, metric_series, unique_names  # noqa: E402
+from reporting.stats import Interval, mean_interval, verdict  # noqa: E402
 
 OUTPUT_FILES = ["layer_growth.md", "growth.csv", "growth_summary.csv", "depth_profile.csv", "layer_growth.png"]
 DEPTH_STATISTICS = ("act_rms/residual", "attn_logit_max")
@@ -63,7 +57,7 @@ EMBEDDING = -1  # layer index of a statistic's "/embedding" key (the residual be
 SLOPE, SHALLOW_MINUS_DEEP = "slope per layer", "shallow half - deep half"
 
 
-def growth_matrix(run: RunData, role: str) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+def growth_matrix(run: RunDir, role: str) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
     """(steps [S], layers [L], std [L, S], growth [L, S] = std / std at the first step - 1) of one role."""
     steps, layers, std = layer_std_matrix(run.records, role)
     std = np.asarray(std, dtype=float)
@@ -104,7 +98,7 @@ def summary_rows(groups: list[SeedGroup], roles: list[str], growth: dict) -> lis
             for group in groups for role in roles for quantity in (SLOPE, SHALLOW_MINUS_DEEP)]
 
 
-def step_profile(run: RunData, statistic: str, last: bool) -> dict[int, float]:
+def step_profile(run: RunDir, statistic: str, last: bool) -> dict[int, float]:
     """{layer: value} of ``<statistic>/layer_NN`` (and ``<statistic>/embedding`` as layer EMBEDDING) at
     the run's first or last step that logged it."""
     keys = {int(m[1]) if m[1] else EMBEDDING: key for record in run.records for key in record
@@ -218,11 +212,11 @@ step 1, one optimizer step after init). *slope per layer*: least-squares slope o
 against the layer index, in percentage points per layer (negative: shallow layers grew more).
 *shallow half − deep half*: mean growth of layers 0 .. L/2−1 minus that of layers L/2 .. L−1
 (positive: shallow layers grew more). Values are mean ± half-width of the 95 % Student-t interval
-over the group's seeds (`scripts/stats.py`); *verdict* "differs" when the interval excludes zero,
+over the group's seeds (`reporting/stats.py`); *verdict* "differs" when the interval excludes zero,
 "not resolved" when it contains zero (not evidence of no depth trend)."""
 
 
-def report_text(runs: list[RunData], growth_md: str, profile_md: str) -> str:
+def report_text(runs: list[RunDir], growth_md: str, profile_md: str) -> str:
     sources = "\n".join(f"- `{run.path}`" for run in runs)
     return (f"# Per-layer weight std growth by depth\n\nRuns:\n{sources}\n\n## Growth by depth\n\n{growth_md}\n\n"
             f"{NOTES}\n\n## Activation statistics by depth at the first and last logged step (mean ± 95 % "
@@ -238,7 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def checked_roles(runs: list[RunData], roles_arg: str) -> list[str]:
+def checked_roles(runs: list[RunDir], roles_arg: str) -> list[str]:
     """The --roles every run logged per layer; a one-line error names the first run that lacks one."""
     roles = [role.strip() for role in roles_arg.split(",") if role.strip()]
     if not roles:

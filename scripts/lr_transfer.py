@@ -43,7 +43,8 @@ from components.config import ConfigError  # noqa: E402
 from components.run_dir import FINISHED_FILE  # noqa: E402
 from components.sweep import DIVERGED_FILE  # noqa: E402
 from reporting import lr_optimum  # noqa: E402
-from scripts.report_common import load_run  # noqa: E402
+from reporting.figures import pyplot  # noqa: E402
+from reporting.runs import load_run  # noqa: E402
 from scripts.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 
 
@@ -104,7 +105,7 @@ def rows_from_runs(runs_dir: Path, mode: str) -> list[dict]:
             unfinished.append(run_dir.name)
             continue
         run = load_run(run_dir)
-        rows.append(row_of_run(run.config, run.records, diverged, mode))
+        rows.append(row_of_run(run.tables, run.records, diverged, mode))
     if unfinished:
         print(f"note: {len(unfinished)} run directories under {runs_dir} are not finished and are left out "
               f"(e.g. {unfinished[0]}); run the sweep again to finish them", flush=True)
@@ -196,15 +197,6 @@ def plot_optima(result: dict, mode: str, path: Path) -> None:
     left.set_ylabel("log2 optimal lr (95 % bootstrap interval)")
     right.set_ylabel("validation loss at the proxy's best lr")
     save(fig, path)
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def save(fig, path: Path) -> None:

@@ -38,21 +38,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from components.config import Config  # noqa: E402
+from components.run_dir import RunDir  # noqa: E402
 from init_schemes import WeightInitializer  # noqa: E402
 from models.common import ModelArgs  # noqa: E402
+from reporting.cli import INPUT_ERRORS, error_exit, prepare_out_dir  # noqa: E402
+from reporting.figures import pyplot  # noqa: E402
+from reporting.layers import layer_std_matrix, std_roles  # noqa: E402
+from reporting.runs import build_meta_model, load_run  # noqa: E402
 from roles import layer_of, role_of  # noqa: E402
-from scripts.report_common import (  # noqa: E402
-    INPUT_ERRORS,
-    RunData,
-    build_meta_model,
-    error_exit,
-    layer_std_matrix,
-    load_run,
-    load_run_config,
-    prepare_out_dir,
-    pyplot,
-    std_roles,
-)
 
 OUTPUT_FILES = ["std_heatmap.png", "std_lines.png", "variance_heatmap.png", "sparsity.csv", "sparsity.md"]
 VARIANCE_FAMILIES = ("act_rms/residual", "act_rms/attn_out", "act_rms/mlp_out", "act_std/mlp_pre", "attn_logit_max")
@@ -76,7 +69,7 @@ def step_edges(steps: list[int]) -> np.ndarray:
     return np.concatenate([[2 * centers[0] - mids[0]], mids, [2 * centers[-1] - mids[-1]]])
 
 
-def plot_heatmaps(run: RunData, roles: list[str], path: Path) -> None:
+def plot_heatmaps(run: RunDir, roles: list[str], path: Path) -> None:
     """One panel per role: x = step, y = layer, colour = weight std (blank where not logged)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(roles), figsize=(5 * len(roles), 4), squeeze=False)
@@ -107,7 +100,7 @@ def depth_matrix(records: list[dict], family: str) -> tuple[list[int], list[int]
     return steps, depths, np.array([[cells.get((d, s), math.nan) for s in steps] for d in depths])
 
 
-def plot_variance_heatmaps(run: RunData, roles: list[str], path: Path) -> bool:
+def plot_variance_heatmaps(run: RunDir, roles: list[str], path: Path) -> bool:
     """Layer x step heatmaps (log colour) of the variance statistics the run logged; False if it logged none."""
     from matplotlib.colors import LogNorm
 
@@ -136,7 +129,7 @@ def plot_variance_heatmaps(run: RunData, roles: list[str], path: Path) -> bool:
     return True
 
 
-def plot_layer_lines(run: RunData, roles: list[str], path: Path) -> None:
+def plot_layer_lines(run: RunDir, roles: list[str], path: Path) -> None:
     """Per role: std over steps (top) and std / first logged std (bottom), one line per layer, colour = depth."""
     plt = pyplot()
     cmap = plt.get_cmap("viridis")
@@ -309,7 +302,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def checked_roles(run: RunData, roles_arg: str) -> list[str]:
+def checked_roles(run: RunDir, roles_arg: str) -> list[str]:
     roles = [role.strip() for role in roles_arg.split(",") if role.strip()]
     logged = std_roles(run.records)
     unknown = [role for role in roles if role not in logged]
@@ -319,9 +312,9 @@ def checked_roles(run: RunData, roles_arg: str) -> list[str]:
     return roles
 
 
-def write_sparsity(run: RunData, roles: list[str], args: argparse.Namespace, out_dir: Path) -> str:
+def write_sparsity(run: RunDir, roles: list[str], args: argparse.Namespace, out_dir: Path) -> str:
     """Compute the sparsity table, write sparsity.csv/.md and return the markdown."""
-    cfg = load_run_config(run)
+    cfg = run.config
     model, model_args = build_meta_model(cfg)
     names = tracked_params(model, roles)
     end, source = end_weights(run.path, names)

@@ -54,6 +54,7 @@ from components.data import TokenBatches, TokenDataset, ensure_dataset  # noqa: 
 from components.tokenizer import build_tokenizer  # noqa: E402
 from init_schemes import REGISTRY  # noqa: E402
 from init_schemes.meanfield import activation_moments  # noqa: E402
+from reporting.figures import pyplot  # noqa: E402
 from roles import PROJECTION_ROLES  # noqa: E402
 
 USAGE = ("usage: variance_at_init.py --config PATH [--init.scheme a,b,...] [--batches N] [--out DIR] "
@@ -231,10 +232,7 @@ def summary_rows(results: dict) -> list[str]:
 
 def plot(results: dict, n_layers: int, title: str, path: Path) -> None:
     """Residual RMS and residual-gradient RMS vs depth: measured solid, predicted dashed, a color per scheme."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     depth = list(range(-1, n_layers))

@@ -1,4 +1,4 @@
-"""scripts/compare_runs.py (and the run-directory reading of scripts/report_common.py) on synthetic runs.
+"""scripts/compare_runs.py (and the run-directory reading of components/run_dir.py and reporting/) on synthetic runs.
 
 Run directories are built in tmp_path: config.toml from the config system, metrics.jsonl with
 planted numbers, so every table cell has a known expected value.
@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 from components.config import load_config, to_toml
+from components.run_dir import read_metrics
+from reporting import compare, groups, tables
+from reporting.layers import final_layer_std, layer_std_matrix
+from reporting.runs import load_run
 from scripts import compare_runs
-from scripts.report_common import final_layer_std, layer_std_matrix, load_run, read_metrics
 from tests.launch import python
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -134,19 +137,19 @@ def test_existing_report_is_not_overwritten(two_runs, tmp_path, capsys):
 
 def test_loss_at_fraction_nearest_step_earlier_on_tie():
     steps, losses = [1, 10, 20, 30, 40, 50], [5.0, 4.0, 3.0, 2.5, 2.2, 2.0]
-    assert compare_runs.loss_at_fraction(steps, losses, 50, 0.25) == (10, 4.0)  # 12.5 -> 10
-    assert compare_runs.loss_at_fraction(steps, losses, 50, 0.5) == (20, 3.0)  # 25: tie 20/30 -> 20
-    assert compare_runs.loss_at_fraction(steps, losses, 50, 0.75) == (40, 2.2)  # 37.5 -> 40
+    assert compare.loss_at_fraction(steps, losses, 50, 0.25) == (10, 4.0)  # 12.5 -> 10
+    assert compare.loss_at_fraction(steps, losses, 50, 0.5) == (20, 3.0)  # 25: tie 20/30 -> 20
+    assert compare.loss_at_fraction(steps, losses, 50, 0.75) == (40, 2.2)  # 37.5 -> 40
 
 
 def test_divergence_from_rising_loss(tmp_path):
     records = [{"step": 1, "loss/train": 3.0}, {"step": 10, "loss/train": 2.0}, {"step": 20, "loss/train": 3.5}]
     run = load_run(write_run(tmp_path, "rising", GPT2_RUN, records))
-    assert compare_runs.divergence(run) == "yes: final train loss 3.5000 > initial 3.0000"
+    assert compare.divergence(run) == "yes: final train loss 3.5000 > initial 3.0000"
     run.records[-1]["loss/train"] = 2.9
-    assert compare_runs.divergence(run) == ""
+    assert compare.divergence(run) == ""
     run.records[1]["loss/val"] = math.inf
-    assert compare_runs.divergence(run) == "yes: loss/val = inf at step 10"
+    assert compare.divergence(run) == "yes: loss/val = inf at step 10"
 
 
 @pytest.mark.parametrize("init_table, expected", [
@@ -156,11 +159,11 @@ def test_divergence_from_rising_loss(tmp_path):
      "lingua + scale_all_projections (std_factor=current_depth)"),
 ])
 def test_init_description(init_table, expected):
-    assert compare_runs.init_description(init_table) == expected
+    assert compare.init_description(init_table) == expected
 
 
 def test_fmt_count():
-    assert [compare_runs.fmt_count(v) for v in (None, 512, 1500, 999_999, 1_048_576, 124_439_808, 2.1e9)] == [
+    assert [tables.fmt_count(v) for v in (None, 512, 1500, 999_999, 1_048_576, 124_439_808, 2.1e9)] == [
         "n/a", "512", "1.5k", "1M", "1.05M", "124M", "2.1B"]
 
 
@@ -262,7 +265,7 @@ def test_seed_groups_intervals_and_paired_verdicts(seed_family, tmp_path):
 
 def test_group_key_ignores_run_identity_only(seed_family):
     runs = [load_run(path) for path in seed_family]
-    keys = [compare_runs.experiment_key(run) for run in runs]
+    keys = [groups.experiment_key(run) for run in runs]
     assert keys[0] == keys[1] == keys[2] != keys[3] == keys[4] == keys[5] != keys[6]
 
 
@@ -281,8 +284,8 @@ def test_unknown_metric_is_an_error(seed_family, tmp_path, capsys):
 
 def test_group_curve_band_matches_interval(seed_family):
     runs = [load_run(path) for path in seed_family[:3]]
-    [group] = compare_runs.group_runs(runs)
-    steps, intervals = compare_runs.group_curve(group, "loss/train")
+    [group] = groups.group_runs(runs)
+    steps, intervals = groups.group_curve(group, "loss/train")
     assert steps == [1, 20, 40]
     # step 20: 3.5, 3.6, 3.7 -> mean 3.6, s = 0.1
     assert intervals[1].mean == pytest.approx(3.6) and intervals[1].half_width == pytest.approx(4.302652729911275 * 0.1 / math.sqrt(3))

@@ -15,8 +15,8 @@ import json
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+from reporting.runs import load_run
 from scripts.compare_torchtitan import INITLAB_LOSS, TORCHTITAN_LOSS, main
-from scripts.report_common import load_run
 from tests.launch import python, torchrun
 
 STEPS = 4

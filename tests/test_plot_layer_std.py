@@ -8,6 +8,7 @@ and the "init" tensors are drawn here through the config system and the model's 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 
 from components.build import model_args_from_config
 from components.config import load_config
+from components.run_dir import RunDir
 from init_schemes import WeightInitializer
 from models import build_model
 from scripts import plot_layer_std
@@ -198,9 +200,13 @@ def test_variance_heatmap_rows_are_depths_with_the_embedding_first(tmp_path):
     np.testing.assert_array_equal(values, [[0.5, 0.5], [1.0, 1.5], [2.0, math.nan]])
     steps, depths, values = plot_layer_std.depth_matrix(records, "attn_logit_max")
     assert steps == [1] and depths == [0] and values.tolist() == [[3.0]]
-    run = plot_layer_std.RunData(path=tmp_path, name="r", config={}, records=records)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    run = RunDir(tmp_path / "r")
     assert plot_layer_std.plot_variance_heatmaps(run, ["attn.q"], tmp_path / "v.png")
     assert (tmp_path / "v.png").read_bytes()[:8] == PNG_MAGIC
-    empty = plot_layer_std.RunData(path=tmp_path, name="r", config={}, records=[{"step": 1}])
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "metrics.jsonl").write_text('{"step": 1}\n')
+    empty = RunDir(tmp_path / "e")
     assert not plot_layer_std.plot_variance_heatmaps(empty, [], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()

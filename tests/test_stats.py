@@ -1,4 +1,4 @@
-"""scripts/stats.py: t-intervals and paired verdicts against scipy.stats and hand-computed values."""
+"""reporting/stats.py: t-intervals and paired verdicts against scipy.stats and hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from scripts import stats
+from reporting import stats
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -1,5 +1,5 @@
 """integrations/torchtitan_ext.py's ``initlab.run_dir``: torchtitan 0.2.2's own trainer (on a CPU, through
-tests/torchtitan_cpu_trainer.py) writes an initlab run directory that scripts/report_common.py loads and
+tests/torchtitan_cpu_trainer.py) writes an initlab run directory that components/run_dir.py reads and
 scripts/compare_runs.py reports next to train.py's runs, with the numbers torchtitan logged to TensorBoard."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from torchtitan.models import llama3
 from torchtitan.models.llama3.model.model import Transformer
 
 import integrations.torchtitan_ext as ext
+from reporting.runs import count_run_params, load_run
+from reporting.tables import fmt_count
 from scripts import compare_runs
 from scripts.compare_torchtitan import torchtitan_series
-from scripts.report_common import count_run_params, load_run, load_run_config
 from tests.launch import python, torchrun
 from tests.test_torchtitan_ext import parse_job_config
 
@@ -79,8 +80,8 @@ def test_the_run_directory_holds_the_metrics_torchtitan_logged(runs):
 def test_the_run_config_is_initlabs_schema_for_the_torchtitan_run(runs):
     run_dir, _, initlab_dir = runs
     run = load_run(run_dir)
-    cfg, ours = load_run_config(run), load_run_config(load_run(initlab_dir))
-    assert run.config["torchtitan"] == {"version": "0.2.2", "train_spec": "initlab_llama3", "flavor": ext.DEBUG_FLAVOR,
+    cfg, ours = run.config, load_run(initlab_dir).config
+    assert run.tables["torchtitan"] == {"version": "0.2.2", "train_spec": "initlab_llama3", "flavor": ext.DEBUG_FLAVOR,
                                         "lr_decay_type": "linear", "lr_decay_ratio": 0.0, "lr_min_factor": 0.0}
     assert (cfg.job.seed, cfg.job.run_name, cfg.init, cfg.data.dataset) == (0, "initlab_run", ours.init, ours.data.dataset)
     assert cfg.training.steps == STEPS and (cfg.training.seq_len, cfg.training.global_batch_size,
@@ -114,7 +115,7 @@ def test_compare_runs_reports_the_torchtitan_run_in_its_own_group(runs, tmp_path
     groups = {row["group"]: row for row in csv.DictReader((out / "groups.csv").open()) if row["quantity"] == "final train"}
     assert sorted(row["seeds"] for row in groups.values()) == ["0", "0 1"]
     report = (out / "report.md").read_text()
-    assert f"| initlab_run | 0 | depth_aware | {compare_runs.fmt_count(int(titan['params']))} | 1.02k | " \
+    assert f"| initlab_run | 0 | depth_aware | {fmt_count(int(titan['params']))} | 1.02k | " \
            f"{last['loss/train']:.4f} |" in report
     assert (out / "final_layer_std.png").stat().st_size > 10_000 and (out / "loss_curves.png").stat().st_size > 10_000
 
@@ -165,9 +166,9 @@ def test_a_torchtitan_run_config_is_checked_as_load_config_checks_it_but_its_tab
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss/train": 2.5}\n')
     table = '[torchtitan]\nversion = "0.2.2"\nflavor = "debugmodel"\n'
     (tmp_path / "config.toml").write_text(f'[job]\nseed = 4\n[model]\nn_layers = 3\n{table}')
-    cfg = load_run_config(load_run(tmp_path))
+    cfg = load_run(tmp_path).config
     assert (cfg.job.seed, cfg.model.n_layers, cfg.model.dim) == (4, 3, None)
     (tmp_path / "config.toml").write_text(f"[model]\nn_layer = 3\n{table}")
     with pytest.raises(ext.ConfigError, match=f"^unknown key model.n_layer \\({tmp_path / 'config.toml'}\\); "
                                               "did you mean 'n_layers'\\?$"):
-        load_run_config(load_run(tmp_path))
+        _ = load_run(tmp_path).config

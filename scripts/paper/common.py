@@ -14,7 +14,6 @@ import argparse
 import csv
 import gzip
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from reporting import cli as reporting_cli
+from reporting.figures import pyplot  # noqa: F401 -- the paper scripts' matplotlib, imported from here
 
 CHANCE_LOSS_10 = math.log(10.0)  # cross-entropy of a uniform guess over 10 classes
 EVAL_SAMPLES = 4096  # full-batch metrics (loss, grad norm at init) use at most this many train samples
@@ -303,16 +305,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (no display on CI/servers)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def save_figure(fig, path: Path, dpi: int = 100) -> None:
     """PNG; at 72-100 dpi the figures here stay under the docs' 200 KB budget."""
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
@@ -332,9 +324,4 @@ def positive_int(text: str) -> int:
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a script's ``main`` on one CPU thread; bad input -> 'error: ...' on stderr and exit status 2."""
-    torch.set_num_threads(1)
-    try:
-        return main(argv)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return reporting_cli.run_cli(main, argv, threads=1)

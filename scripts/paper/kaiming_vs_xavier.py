@@ -12,7 +12,7 @@ seeds; steps to reach train loss <= LOSS_THRESHOLD (0.1), at that 10-step resolu
 std, variance and median over seeds; test accuracy; weight-gradient norm at init; seeds that diverged
 (non-finite loss, or final loss > 10 ln 10); seeds that end above the threshold (a late loss spike).
 
-Paired comparison per lr (``scripts/stats.py``), Xavier minus Kaiming over the seeds: steps to the
+Paired comparison per lr (``reporting/stats.py``), Xavier minus Kaiming over the seeds: steps to the
 threshold and ln(final loss), each with its 95 % t-interval and a verdict ("differs" iff the
 interval excludes 0). The spread claim compares std(ln final loss), which is about the coefficient
 of variation for small spreads and, unlike the variance of the loss itself, does not grow with the
@@ -38,6 +38,14 @@ import torch
 
 if __package__ in (None, ""):  # run as `python scripts/paper/...py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from reporting.stats import (  # noqa: E402
+    DIFFERS,
+    NOT_RESOLVED,
+    coefficient_of_variation,
+    mean_interval,
+    paired_difference,
+    paired_variance_test,
+)
 from scripts.paper.common import (  # noqa: E402
     Dataset,
     RunResult,
@@ -54,14 +62,6 @@ from scripts.paper.common import (  # noqa: E402
     train_classifier,
     write_csv,
     xavier_std,
-)
-from scripts.stats import (  # noqa: E402
-    DIFFERS,
-    NOT_RESOLVED,
-    coefficient_of_variation,
-    mean_interval,
-    paired_difference,
-    paired_variance_test,
 )
 
 METHODS = {"kaiming": kaiming_std, "xavier": xavier_std}

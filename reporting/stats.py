@@ -1,4 +1,4 @@
-"""Seed statistics for the report and paper scripts: Student-t confidence intervals and paired differences.
+"""Seed statistics for the reports and paper scripts: Student-t confidence intervals and paired differences.
 
 Runs of one configuration that differ only in their seed are independent draws of a noisy
 outcome (a final loss, a step count). Over n seeds the 95 % confidence interval of the mean is
