@@ -29,6 +29,7 @@ import functools
 import json
 import math
 import os
+import re
 import socket
 import sys
 import tomllib
@@ -50,6 +51,7 @@ from components.config import (
 
 LOCK_FILE = ".lock"
 FINISHED_FILE = "finished.json"
+DIVERGED_FILE = "diverged.json"  # written by components/sweep.py when train.py stopped on a non-finite loss
 INIT_STDS_FILE = "init_stds.json"
 ABANDONED_DIR = "abandoned"
 # Entries of a run directory that are not an attempt's files.
@@ -242,8 +244,9 @@ FOREIGN_TABLES = (TORCHTITAN_TABLE,)
 """config.toml tables that are no initlab option (integrations/torchtitan_ext.py writes ``[torchtitan]``): left out
 of the resolved config; in ``RunDir.tables`` they set such a run apart from train.py's runs."""
 LOSS_KEYS = ("loss/train", "loss/val")
-COMMIT_KEYS = ("commit", "git_commit", "git_sha", "sha")
-"""Names under which a run's provenance may record its code version (the first one present is used)."""
+PROVENANCE_JSON = "provenance.json"  # {"starts": [{"commit": ..., "dirty": ..., ...}, ...]}, one record per start
+HEADER_COMMIT = re.compile(r"^# initlab (?P<commit>[0-9a-f]{7,40}|unknown)\b")
+UNKNOWN_COMMIT = "unknown"
 
 
 RENAMED_TAGS = {"grad_norm": "grad_norm_total"}
@@ -280,18 +283,15 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [by_step[step] for step in sorted(by_step)]
 
 
-def header_provenance(text: str) -> dict[str, str]:
-    """``# key: value`` / ``# key = value`` comment lines at the top of a config.toml (before its first table)."""
-    found: dict[str, str] = {}
+def header_commit(text: str) -> str | None:
+    """The commit named by a config.toml's provenance header (``# initlab <commit>...`` before its first table)."""
     for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("["):
+        if line.startswith("["):
             break
-        if stripped.startswith("#"):
-            key, sep, value = stripped.lstrip("#").strip().partition(":" if ":" in stripped else "=")
-            if sep and key.strip() and " " not in key.strip():
-                found[key.strip()] = value.strip().strip('"')
-    return found
+        match = HEADER_COMMIT.match(line)
+        if match:
+            return match["commit"]
+    return None
 
 
 class RunDir:
@@ -307,6 +307,7 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.name = self.path.resolve().name  # display name; readers may change it to tell runs apart
+        self.original = self  # a truncated view's full run
 
     @classmethod
     def open(cls, path: str | Path, need_metrics: bool = True) -> RunDir:
@@ -348,6 +349,11 @@ class RunDir:
         """The resolved config through the config system (validated, defaults filled in, foreign tables left out)."""
         tables = {section: table for section, table in self.tables.items() if section not in FOREIGN_TABLES}
         return config_from_dict(tables, origin=str(self.path / CONFIG_FILE))
+
+    @property
+    def flat_config(self) -> dict[str, Any]:
+        """The resolved config as ``{"section.key": value}``."""
+        return _flat(self.config)
 
     def config_value(self, section: str, key: str) -> Any:
         """``[section].key`` of config.toml, or the config system's default when the file omits it."""
@@ -402,7 +408,16 @@ class RunDir:
 
     @property
     def diverged(self) -> str:
-        """'' or where the first non-finite loss was logged (the trainer stops on one)."""
+        """'' or why the run counts as diverged: diverged.json (the sweep's record of train.py's non-finite stop,
+        which may come before any non-finite value is logged), else the first non-finite loss logged."""
+        path = self.path / DIVERGED_FILE
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                record = {}
+            step = record.get("step") if isinstance(record, dict) else None
+            return f"stopped on a non-finite loss or gradient{f' at step {step}' if step else ''} ({DIVERGED_FILE})"
         for record in self.records:
             for key in LOSS_KEYS:
                 value = record.get(key, 0.0)
@@ -417,23 +432,33 @@ class RunDir:
         return "diverged" if self.diverged else "unfinished"
 
     @functools.cached_property
-    def provenance(self) -> dict[str, Any]:
-        """What the run recorded of its origin: config.toml's header comments, then finished.json's
-        ``provenance`` table and top-level commit keys (later wins); {} for runs that recorded none."""
-        found: dict[str, Any] = header_provenance(self.config_text) if (self.path / CONFIG_FILE).is_file() else {}
-        summary = self.summary or {}
-        if isinstance(summary.get("provenance"), dict):
-            found.update(summary["provenance"])
-        found.update({key: summary[key] for key in COMMIT_KEYS if key in summary})
-        return found
+    def starts(self) -> list[dict[str, Any]]:
+        """Provenance records of the run's starts (code version, software, machine): provenance.json, else
+        finished.json's copy, else the commit of config.toml's header; [] for runs from before provenance."""
+        for source in (self._provenance_file(), (self.summary or {}).get("provenance")):
+            if isinstance(source, dict) and isinstance(source.get("starts"), list) and source["starts"]:
+                return [start for start in source["starts"] if isinstance(start, dict)]
+        config = self.path / CONFIG_FILE
+        commit = header_commit(self.config_text) if config.is_file() else None
+        return [{"commit": commit}] if commit else []
+
+    def _provenance_file(self) -> dict[str, Any] | None:
+        path = self.path / PROVENANCE_JSON
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except json.JSONDecodeError:
+            return None
 
     @property
-    def commit(self) -> str | None:
-        """The code version the run recorded, or None (runs written before provenance was recorded)."""
-        return next((str(self.provenance[key]) for key in COMMIT_KEYS if self.provenance.get(key)), None)
+    def commits(self) -> list[str]:
+        """Distinct commits of the run's starts in start order ("unknown" where a start could not tell), with
+        `` (uncommitted changes)`` where a start ran a changed tree; ["unknown"] when nothing was recorded."""
+        labels = [f"{start.get('commit') or UNKNOWN_COMMIT}{' (uncommitted changes)' if start.get('dirty') else ''}"
+                  for start in self.starts]
+        return list(dict.fromkeys(labels)) or [UNKNOWN_COMMIT]
 
     def truncated(self, step: int) -> RunDir:
-        """A view of this run whose records stop at ``step`` (the other files read as before)."""
+        """A view of this run whose records stop at ``step`` (``original`` is the full run)."""
         view = copy.copy(self)
         view.__dict__["records"] = [record for record in self.records if record["step"] <= step]
         return view

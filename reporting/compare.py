@@ -15,13 +15,15 @@ from components.run_dir import RunDir
 from reporting.figures import plot_band, pyplot
 from reporting.groups import SeedGroup, group_curve, run_seed
 from reporting.layers import final_layer_std, order_roles
-from reporting.runs import config_defaults, count_run_params, final_value, metric_series
+from reporting.runs import RunSelection, config_defaults, count_run_params, final_value, metric_series, selection_text
 from reporting.stats import Interval, mean_interval, paired_difference
 from reporting.tables import fmt_count, fmt_loss, markdown_rows
 
 FRACTIONS = (0.25, 0.5, 0.75)
 OUTPUT_FILES = ["report.md", "summary.csv", "groups.csv", "differences.csv", "loss_curves.png",
                 "final_layer_std.png"]
+
+
 @dataclass
 class RunSummary:
     """The table row of one run (raw numbers; formatting happens in ``markdown_table``)."""
@@ -36,6 +38,10 @@ class RunSummary:
     train_at: dict[float, tuple[int, float]] = field(default_factory=dict)  # fraction -> (step, loss)
     tokens_per_sec: float | None = None
     diverged: str = ""  # empty = no; else the reason
+    steps_done: int = 0  # of the whole run (a report may cut its records earlier)
+    steps_planned: int = 0
+    status: str = ""  # RunDir.status: finished | diverged | unfinished
+    commits: str = "unknown"  # the code version(s) of the run's starts
 
 
 def init_description(init_table: dict) -> str:
@@ -106,15 +112,20 @@ def summarize_run(run: RunDir, params: int | None) -> RunSummary:
         train_at={f: loss_at_fraction(steps, train, total_steps, f) for f in FRACTIONS},
         tokens_per_sec=statistics.median(tput_after_first) if tput_after_first else None,
         diverged=divergence(run),
+        steps_done=run.original.steps_done,
+        steps_planned=run.original.steps_planned,
+        status=run.original.status,
+        commits=", ".join(run.commits),
     )
 
 
 def markdown_table(summaries: list[RunSummary]) -> str:
     header = ["run", "seed", "init", "params", "tokens", "final train", "final val",
-              *[f"train @{round(f * 100)}%" for f in FRACTIONS], "tokens/s", "diverged?"]
+              *[f"train @{round(f * 100)}%" for f in FRACTIONS], "tokens/s", "diverged?", "steps", "status", "commit"]
     rows = [[s.name, str(s.seed), s.init, fmt_count(s.params), fmt_count(s.tokens), fmt_loss(s.final_train),
              fmt_loss(s.final_val), *[fmt_loss(s.train_at[f][1]) for f in FRACTIONS],
-             fmt_count(s.tokens_per_sec), s.diverged or "no"] for s in summaries]
+             fmt_count(s.tokens_per_sec), s.diverged or "no", f"{s.steps_done}/{s.steps_planned}", s.status,
+             s.commits] for s in summaries]
     return markdown_rows(header, rows)
 
 
@@ -125,7 +136,10 @@ global_batch_size x seq_len; *final train/val* = last logged value; *train @p%* 
 the logged step nearest to p% of `training.steps` (the earlier on a tie; steps in summary.csv);
 *tokens/s* = median of `throughput/tokens_per_sec` over logged steps except step 1 (warm-up and
 compilation); *diverged?* = a non-finite train/val loss anywhere, or final train loss > the first
-logged one."""
+logged one; *steps* = steps done / `training.steps`; *status* = finished (finished.json, or the last
+step logged), diverged (stopped on a non-finite loss: a result, kept) or unfinished (left out
+unless --include-unfinished); *commit* = the code version the run recorded (provenance), unknown
+for runs from before it was recorded."""
 
 GROUP_NOTES = """\
 A *group* is the runs whose config.toml differ only in `job.seed` (and run name, output dir,
@@ -169,13 +183,14 @@ def value_format(quantity: str) -> str:
 
 
 def groups_table(groups: list[SeedGroup], quantities: list[str]) -> str:
-    header = ["group", "init", "seeds", *quantities, "diverged"]
+    header = ["group", "init", "seeds", *quantities, "diverged", "commit"]
     rows = []
     for group in groups:
         cells = [mean_interval(list(group_values(group, q).values())).text(value_format(q)) for q in quantities]
         diverged = sum(bool(s.diverged) for s in group.summaries)
+        commits = dict.fromkeys(commit for run in group.runs for commit in run.commits)
         rows.append([group.name, group.summaries[0].init, ",".join(map(str, group.seeds)), *cells,
-                     f"{diverged}/{len(group.runs)}"])
+                     f"{diverged}/{len(group.runs)}", ", ".join(commits)])
     return markdown_rows(header, rows)
 
 
@@ -209,13 +224,14 @@ def write_summary_csv(summaries: list[RunSummary], groups: list[SeedGroup], path
         pct = [round(f * 100) for f in FRACTIONS]
         writer.writerow(["run", "group", "seed", "init", "params", "tokens", "final_train_loss", "final_val_loss",
                          *[c for p in pct for c in (f"step_at_{p}pct", f"train_loss_at_{p}pct")],
-                         "tokens_per_sec_median", "diverged"])
+                         "tokens_per_sec_median", "diverged", "steps_done", "steps_planned", "status", "commit"])
         for s in summaries:
             at = [v for f in FRACTIONS for v in s.train_at[f]]
             writer.writerow([s.name, group_of[id(s)], s.seed, s.init, "" if s.params is None else s.params, s.tokens,
                              repr(s.final_train), "" if s.final_val is None else repr(s.final_val),
                              *[repr(v) for v in at],
-                             "" if s.tokens_per_sec is None else repr(s.tokens_per_sec), s.diverged or "no"])
+                             "" if s.tokens_per_sec is None else repr(s.tokens_per_sec), s.diverged or "no",
+                             s.steps_done, s.steps_planned, s.status, s.commits])
 
 
 def write_group_csvs(groups: list[SeedGroup], quantities: list[str], diff_rows: list, out_dir: Path) -> None:
@@ -305,14 +321,15 @@ def plot_final_layer_std(groups: list[SeedGroup], path: Path, title: str) -> boo
     return True
 
 
-def report_text(runs: list[RunDir], summaries: list[RunSummary], groups: list[SeedGroup], quantities: list[str],
+def report_text(selection: RunSelection, summaries: list[RunSummary], groups: list[SeedGroup], quantities: list[str],
                 diff_rows: list, title: str, with_std_figure: bool) -> str:
-    sources = "\n".join(f"- `{run.path}`" for run in runs)
+    runs = selection.runs
+    sources = "\n".join(f"- `{run.path}`" for run in runs) + "\n" + selection_text(selection)
     figures = "![loss curves](loss_curves.png)\n"
     if with_std_figure:
         figures += "\n![final per-layer weight std](final_layer_std.png)\n"
     diff_section = (f"## Paired differences (B − A over shared seeds)\n\n{differences_table(diff_rows)}\n\n"
                     if diff_rows else "")
-    return (f"# {title}\n\nRuns:\n{sources}\n\n## Groups (mean ± 95 % interval over seeds)\n\n"
+    return (f"# {title}\n\nRuns:\n{sources}\n## Groups (mean ± 95 % interval over seeds)\n\n"
             f"{groups_table(groups, quantities)}\n\n{diff_section}{GROUP_NOTES}\n\n## Runs\n\n"
             f"{markdown_table(summaries)}\n\n{COLUMN_NOTES}\n\n{figures}")

@@ -8,16 +8,88 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from components import config as config_mod
-from components.run_dir import RunDir
+from components.run_dir import NotARunDir, RunDir
+from reporting.cli import warn
 
 
 def load_run(path: str | Path) -> RunDir:
     """A run directory with its config.toml and at least one logged step; one-line errors for bad input."""
     return RunDir.open(path)
+
+
+@dataclass
+class RunSelection:
+    """The runs a report computes statistics over, and what it left out (every exclusion is said on stderr)."""
+
+    runs: list[RunDir]  # included (finished and diverged runs; unfinished ones only when asked)
+    unfinished: list[RunDir] = field(default_factory=list)  # left out of the statistics
+    skipped: list[str] = field(default_factory=list)  # arguments that are no run directory: "<path>: <why>"
+    common_step: int | None = None  # unfinished runs included: every run's records cut at this step
+
+    @property
+    def commits(self) -> list[str]:
+        """Distinct commits of the included runs (docs/design.md §9), "unknown" for runs that recorded none."""
+        return list(dict.fromkeys(commit for run in self.runs for commit in run.commits))
+
+
+def steps_text(run: RunDir) -> str:
+    return f"{run.steps_done}/{run.steps_planned}"
+
+
+def select_runs(paths: list[str | Path], include_unfinished: bool = False) -> RunSelection:
+    """Open ``paths`` as run directories: folders that are none are skipped with a note; unfinished runs (status
+    "unfinished": neither finished nor diverged) are left out with a warning naming them, unless
+    ``include_unfinished``: then every included run is cut at the last step that all included runs that did not
+    diverge reached (their last common step). A path that does not exist stays an error."""
+    selection = RunSelection([])
+    for path in paths:
+        try:
+            run = RunDir.open(path, need_metrics=False)
+        except NotARunDir as exc:
+            selection.skipped.append(str(exc).split(";")[0])
+            continue
+        if run.status != "unfinished" or (include_unfinished and run.records):
+            selection.runs.append(run)
+        else:
+            selection.unfinished.append(run)
+    for note in selection.skipped:
+        warn(f"skipped {note}", kind="note")
+    if selection.unfinished:
+        left = ", ".join(f"{run.path} (step {steps_text(run)})" for run in selection.unfinished)
+        how = ("they have logged no step" if include_unfinished else
+               "pass --include-unfinished to include them at their last common step")
+        warn(f"left out {len(selection.unfinished)} unfinished run(s) ({how}): {left}")
+    if not selection.runs:
+        raise ValueError(f"no finished or diverged run among the {len(paths)} path(s) given"
+                         f"{'' if include_unfinished else '; pass --include-unfinished to compare unfinished runs'}")
+    if include_unfinished and any(run.status == "unfinished" for run in selection.runs):
+        growing = [run for run in selection.runs if not run.diverged] or selection.runs
+        selection.common_step = min(run.last_step for run in growing)
+        selection.runs = [run.truncated(selection.common_step) for run in selection.runs]
+        warn(f"unfinished runs included: every run's values are taken at step {selection.common_step}, the last step "
+             "all runs that did not diverge reached")
+    if len(selection.commits) > 1:
+        warn(f"the runs come from different commits ({', '.join(selection.commits)}); differences between them may "
+             "be the code's")
+    return selection
+
+
+def selection_text(selection: RunSelection) -> str:
+    """What the statistics rest on: runs left out, folders skipped, the cut step, mixed commits (Markdown)."""
+    lines = [f"- left out (unfinished, step {steps_text(run)}): `{run.path}`" for run in selection.unfinished]
+    lines += [f"- skipped (not a run directory): {note}" for note in selection.skipped]
+    if selection.common_step is not None:
+        lines.append(f"- unfinished runs included: every value is taken at step {selection.common_step}, the last "
+                     "step all runs that did not diverge reached")
+    if len(selection.commits) > 1:
+        lines.append(f"- **the runs come from different commits** ({', '.join(selection.commits)}): a difference "
+                     "between groups may be the code's")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def metric_series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -1,6 +1,7 @@
 """Ablation report over run directories: per-run and per-seed-group tables, paired differences, figures.
 
     python scripts/compare_runs.py outputs/<family>/* [--metric KEY ...] [--out DIR] [--title T] [--overwrite]
+        [--include-unfinished]
 
 Runs whose ``config.toml`` files differ only in ``job.seed`` (and in where they were written:
 ``job.run_name``, ``job.output_dir``, ``job.description``, ``checkpoint.resume``) form one *group*,
@@ -9,6 +10,14 @@ names). Per group: mean ± 95 % t-interval over seeds of the final train and val
 the final value of every ``--metric``. Per pair of groups: the paired difference over the seeds
 both have, its interval and a verdict ("differs" only when the interval excludes zero; one
 seed gives no verdict); see ``reporting/stats.py``.
+
+Which runs count: a finished run (finished.json, or its last step logged) and a diverged one (stopped
+on a non-finite loss: a result). An unfinished run (killed, or still running) is left out of the
+statistics with a warning naming it and its steps done / planned; ``--include-unfinished`` keeps it,
+and then every run's values are taken at the last step all runs that did not diverge reached. A
+folder among the arguments that is no run directory (no config.toml, no metrics.jsonl) is skipped
+with a note. Each run's and group's commit (the provenance the trainer records; "unknown" for older
+runs) is shown, with a warning when the runs come from different commits.
 
 Writes to DIR (default ``outputs/reports/compare_<YYYYmmdd-HHMMSS>``): ``report.md`` (also
 printed), ``summary.csv`` (one row per run, unrounded), ``groups.csv`` and ``differences.csv``
@@ -44,7 +53,7 @@ from reporting.compare import (  # noqa: E402
     write_summary_csv,
 )
 from reporting.groups import group_runs  # noqa: E402
-from reporting.runs import load_run, unique_names  # noqa: E402
+from reporting.runs import select_runs, unique_names  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="output directory (default outputs/reports/compare_<time>)")
     parser.add_argument("--title", default="Ablation report", help="report heading and figure title")
     parser.add_argument("--overwrite", action="store_true", help="replace existing report files in --out")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="include unfinished runs (left out by default, with a warning), every run's values "
+                             "taken at the last step all runs that did not diverge reached")
     return parser.parse_args(argv)
 
 
@@ -64,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = args.out or Path("outputs") / "reports" / f"compare_{datetime.now():%Y%m%d-%H%M%S}"
     try:
-        runs = [load_run(path) for path in args.run_dirs]
+        selection = select_runs(args.run_dirs, args.include_unfinished)
+        runs = selection.runs
         unique_names(runs)
         check_metrics(runs, args.metric)
         groups = group_runs(runs)
@@ -79,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     diff_rows = differences(groups, quantities)
     plot_loss_curves(groups, out_dir / "loss_curves.png", args.title)
     with_std_figure = plot_final_layer_std(groups, out_dir / "final_layer_std.png", args.title)
-    report = report_text(runs, summaries, groups, quantities, diff_rows, args.title, with_std_figure)
+    report = report_text(selection, summaries, groups, quantities, diff_rows, args.title, with_std_figure)
     (out_dir / "report.md").write_text(report)
     write_summary_csv(summaries, groups, out_dir / "summary.csv")
     write_group_csvs(groups, quantities, diff_rows, out_dir)

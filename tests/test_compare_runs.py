@@ -104,10 +104,11 @@ def test_report_table_numbers_and_figures(two_runs, tmp_path, capsys):
     lines = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if line.startswith("| ")}
     # Run A: params by formula (V=64, T=16, d=32, L=3) = 40,736 -> "40.7k"; tokens 40 x 4 x 16 = 2560.
     assert lines["mitchell_bug"] == ("| mitchell_bug | 0 | mitchell + scale_all_projections | 40.7k | 2.56k | 2.8000 | "
-                                     "2.9500 | 3.5000 | 3.1000 | 2.9000 | 5.15k | no |")
+                                     "2.9500 | 3.5000 | 3.1000 | 2.9000 | 5.15k | no | 40/40 | finished | unknown |")
     # Run B: llama ffn = ceil64(int(2*4*32/3)) = 128; tokens 30 x 8 x 32; 75% of 50 steps -> nearest step 30.
     assert lines["depth_flat"] == ("| depth_flat | 0 | depth_aware (base_std=0.01, depth_init=false) | 37k | 7.68k | "
-                                   "nan | n/a | 4.0000 | 3.7000 | nan | 820 | yes: loss/train = nan at step 30 |")
+                                   "nan | n/a | 4.0000 | 3.7000 | nan | 820 | yes: loss/train = nan at step 30 | 30/50 | diverged | "
+                                   "unknown |")
     rows = read_rows(out / "summary.csv")
     assert int(rows["mitchell_bug"]["params"]) == gpt2_param_formula(64, 16, 32, 3) == 40736
     assert int(rows["depth_flat"]["params"]) == llama_param_formula(96, 32, 2, 16, 128) == 37024
@@ -187,22 +188,28 @@ def test_metrics_reading_merges_steps_and_parses_nan(tmp_path):
     assert read_metrics(path) == [{"step": 1, "grad_norm_total": 2.5, "grad_norm/attn.q/layer_00": 0.5}]
 
 
-def bad_run_dirs(root: Path) -> dict[str, tuple[Path, str]]:
-    """Each bad input -> (path, a phrase its error names)."""
-    no_metrics = root / "no_metrics"
+def test_bad_and_unfinished_inputs(two_runs, tmp_path, capsys):
+    """A missing path stops with one line; a run that logged nothing is left out; a non-run folder is skipped."""
+    assert compare_runs.main([str(two_runs[0]), str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:") and "does not exist" in err and str(tmp_path / "nope") in err
+    assert not (tmp_path / "r").exists()  # nothing written for a bad input
+    no_metrics = tmp_path / "bad" / "no_metrics"
     no_metrics.mkdir(parents=True)
     (no_metrics / "config.toml").write_text(to_toml(load_config(GPT2_RUN)[0]))
-    empty = write_run(root, "empty", GPT2_RUN, [])
-    return {"missing": (root / "nope", "does not exist"), "no_metrics": (no_metrics, "metrics.jsonl is missing"),
-            "empty": (empty, "has no records")}
-
-
-def test_bad_inputs_exit_2_with_one_line(two_runs, tmp_path, capsys):
-    for path, phrase in bad_run_dirs(tmp_path / "bad").values():
-        assert compare_runs.main([str(two_runs[0]), str(path), "--out", str(tmp_path / "r")]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("error:") and phrase in err and str(path) in err
-    assert not (tmp_path / "r").exists()  # nothing written for a bad input
+    empty = write_run(tmp_path / "bad", "empty", GPT2_RUN, [])
+    (tmp_path / "bad" / "plots").mkdir()
+    argv = [str(two_runs[0]), str(no_metrics), str(empty), str(tmp_path / "bad" / "plots")]
+    assert compare_runs.main([*argv, "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: skipped {tmp_path / 'bad' / 'plots'} holds neither config.toml nor metrics.jsonl" in err)
+    assert (f"warning: left out 2 unfinished run(s) (pass --include-unfinished to include them at their last common "
+            f"step): {no_metrics} (step 0/40), {empty} (step 0/40)") in err
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert f"- left out (unfinished, step 0/40): `{empty}`" in report and "| mitchell_bug |" in report
+    assert compare_runs.main([str(no_metrics), "--out", str(tmp_path / "r2")]) == 2  # nothing left to compare
+    assert capsys.readouterr().err.splitlines()[-1] == ("error: no finished or diverged run among the 1 path(s) given; "
+                                                        "pass --include-unfinished to compare unfinished runs")
 
 
 @pytest.mark.multiprocess
@@ -290,3 +297,42 @@ def test_group_curve_band_matches_interval(seed_family):
     # step 20: 3.5, 3.6, 3.7 -> mean 3.6, s = 0.1
     assert intervals[1].mean == pytest.approx(3.6) and intervals[1].half_width == pytest.approx(4.302652729911275 * 0.1 / math.sqrt(3))
     assert intervals[0].half_width == 0.0  # every seed starts at 4.0
+
+
+def plant_commit(run_dir: Path, commit: str) -> None:
+    """provenance.json as the trainer writes it: one record per start."""
+    (run_dir / "provenance.json").write_text(json.dumps({"starts": [{"commit": commit, "dirty": False}]}))
+
+
+def test_unfinished_runs_are_left_out_or_cut_at_the_common_step(seed_family, tmp_path, capsys):
+    """A seed at step 20 of 40 would drag its group's final loss (3.1 over seeds 0-2) towards its step-20 loss."""
+    family = seed_family[0].parent
+    late = write_run(family, "normal_seed3", [*GPT2_RUN, "--init.scheme", "normal", "--job.seed", "3",
+                                               "--job.run_name", "normal_seed3"],
+                     [{"step": 1, "loss/train": 4.0}, {"step": 20, "loss/train": 3.8, "loss/val": 3.9}])
+    for path in seed_family[:3]:
+        plant_commit(path, "aaaaaaa")
+    for path in seed_family[3:6]:
+        plant_commit(path, "bbbbbbb")
+    (family / "plots").mkdir()
+    t2, t3 = 4.302652729911275, 3.182446305284263  # t(0.975, 2 dof), t(0.975, 3 dof)
+    args = [*map(str, seed_family), str(late), str(family / "plots")]
+    assert compare_runs.main([*args, "--out", str(tmp_path / "default")]) == 0
+    err = capsys.readouterr().err
+    assert f"left out 1 unfinished run(s) (pass --include-unfinished to include them at their last common step): {late} (step 20/40)" in err
+    assert "warning: the runs come from different commits (aaaaaaa, bbbbbbb, unknown)" in err
+    report = (tmp_path / "default" / "report.md").read_text()
+    assert f"| normal | normal | 0,1,2 | 3.1000 ± {t2 * 0.1 / math.sqrt(3):.4f} |" in report
+    assert report.count("| aaaaaaa |") == 1 + 3 and "| mitchell | mitchell | 0 | 2.0000 | 3.0000 | 0/1 | unknown |" in report
+    assert "| normal_seed0 | 0 | normal |" in report and "| 40/40 | finished | aaaaaaa |" in report
+    assert "**the runs come from different commits** (aaaaaaa, bbbbbbb, unknown)" in report
+    assert compare_runs.main([*args, "--out", str(tmp_path / "cut"), "--include-unfinished"]) == 0
+    assert "every run's values are taken at step 20" in capsys.readouterr().err
+    groups_csv = {(r["group"], r["quantity"]): r for r in csv.DictReader((tmp_path / "cut" / "groups.csv").open())}
+    train = groups_csv[("normal", "final train")]  # step 20: 3.5, 3.6, 3.7 (seeds 0-2) and 3.8 (seed 3)
+    assert (train["seeds"], train["n"]) == ("0 1 2 3", "4") and float(train["mean"]) == pytest.approx(3.65)
+    assert float(train["ci95_half_width"]) == pytest.approx(t3 * math.sqrt(0.05 / 3) / 2)
+    assert float(groups_csv[("normal", "final val")]["mean"]) == pytest.approx(3.9)
+    rows = read_rows(tmp_path / "cut" / "summary.csv")
+    assert (rows["normal_seed3"]["steps_done"], rows["normal_seed3"]["status"]) == ("20", "unfinished")
+    assert (rows["normal_seed0"]["steps_done"], rows["normal_seed0"]["tokens"]) == ("40", str(20 * 4 * 16))

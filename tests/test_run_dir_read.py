@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from components.config import load_config, to_toml
-from components.run_dir import NotARunDir, RunDir, header_provenance
+from components.run_dir import NotARunDir, RunDir, header_commit
 from tests.launch import python
 
 STEPS = 3
@@ -36,7 +36,7 @@ def test_a_finished_train_py_run_reads_back(real_run: Path, tmp_path: Path) -> N
     assert run.summary["steps"] == STEPS and run.config.training.steps == STEPS and run.config.model.n_layers == 1
     assert run.records[-1]["step"] == STEPS and math.isfinite(run.records[-1]["loss/train"])
     assert run.tables["model"]["n_layers"] == 1
-    assert run.commit is None or len(run.commit) >= 7  # a commit where the trainer records one
+    assert len(run.commits) == 1  # the one start's commit, or "unknown" where the trainer records none
     # The same run killed after step 2: no finished.json, the last line cut mid-write.
     cut = tmp_path / "cut"
     shutil.copytree(real_run, cut, ignore=shutil.ignore_patterns("checkpoints"))
@@ -62,19 +62,25 @@ def planted(root: Path, name: str, records: list[dict], steps: int = 10, header:
 
 def test_status_steps_and_provenance_of_planted_runs(tmp_path: Path) -> None:
     old = RunDir.open(planted(tmp_path, "old", [{"step": 1, "loss/train": 4.0}, {"step": 10, "loss/train": 3.0}]))
-    assert (old.status, old.steps_done, old.commit, old.provenance) == ("finished", 10, None, {})
+    assert (old.status, old.steps_done, old.commits, old.starts) == ("finished", 10, ["unknown"], [])
     diverged = RunDir.open(planted(tmp_path, "nan", [{"step": 1, "loss/train": 4.0}, {"step": 4, "loss/train": math.nan}]))
     assert diverged.status == "diverged" and diverged.diverged == "loss/train = nan at step 4"
     assert diverged.steps_done == 4
     stopped = RunDir.open(planted(tmp_path, "stopped", [{"step": 1, "loss/train": 4.0}, {"step": 5, "loss/train": 3.5}]))
     assert (stopped.status, stopped.steps_done, stopped.steps_planned) == ("unfinished", 5, 10)
+    (stopped.path / "diverged.json").write_text('{"step": 6, "error": "error: loss ... non-finite at step 6"}')
+    assert RunDir(stopped.path).status == "diverged"  # the sweep's record of a stop before any nan was logged
+    assert RunDir(stopped.path).diverged == "stopped on a non-finite loss or gradient at step 6 (diverged.json)"
     assert stopped.truncated(1).records == [{"step": 1, "loss/train": 4.0}] and len(stopped.records) == 2
-    header = "# initlab run config\n# commit: 0123abcd\n# dirty = true\n"
-    new = RunDir.open(planted(tmp_path, "new", [{"step": 10, "loss/train": 3.0}], header=header,
-                              finished={"steps": 10, "provenance": {"host": "h1"}}))
-    assert new.commit == "0123abcd" and new.provenance == {"commit": "0123abcd", "dirty": "true", "host": "h1"}
-    top = RunDir.open(planted(tmp_path, "top", [{"step": 10, "loss/train": 3.0}], finished={"steps": 10, "git_commit": "feed"}))
-    assert top.commit == "feed"
+    header = "# initlab 0123abcd (with uncommitted changes), torch 2.13.0, CUDA none\n# 1 x cpu on h1\n"
+    assert RunDir.open(planted(tmp_path, "header", [{"step": 10, "loss/train": 3.0}], header=header)).commits == [
+        "0123abcd"]
+    starts = [{"commit": "0123abcd", "dirty": False}, {"commit": "4567ef01", "dirty": True}]
+    both = RunDir.open(planted(tmp_path, "resumed", [{"step": 10, "loss/train": 3.0}], header=header,
+                               finished={"steps": 10, "provenance": {"starts": starts}}))
+    assert both.commits == ["0123abcd", "4567ef01 (uncommitted changes)"]
+    (both.path / "provenance.json").write_text(json.dumps({"starts": starts[:1]}))
+    assert RunDir(both.path).commits == ["0123abcd"]  # provenance.json is the record; finished.json its copy
 
 
 def test_non_run_folders_and_bad_files_are_one_line_errors(tmp_path: Path) -> None:
@@ -95,6 +101,7 @@ def test_non_run_folders_and_bad_files_are_one_line_errors(tmp_path: Path) -> No
         RunDir.open(run_dir)
 
 
-def test_header_provenance_stops_at_the_first_table() -> None:
-    text = "# commit: abc\n# a sentence with spaces: no\n[job]\n# later: ignored\n"
-    assert header_provenance(text) == {"commit": "abc"}
+def test_header_commit_stops_at_the_first_table() -> None:
+    assert header_commit("# initlab 1a2b3c4, torch 2.13.0\n[job]\n") == "1a2b3c4"
+    assert header_commit("# initlab unknown (uncommitted changes unknown), torch 2.13.0\n") == "unknown"
+    assert header_commit("[job]\n# initlab 1a2b3c4\n") is None and header_commit("# a comment\n") is None
