@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from components import config as config_mod
-from components.run_dir import FINISHED_FILE, LAUNCH_KEYS, latest_config
+from components.run_dir import DIVERGED_FILE, FINISHED_FILE, LAUNCH_KEYS, latest_config
 
 try:
     import tomllib
@@ -60,7 +60,6 @@ except ImportError:  # Python < 3.11
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parent.parent
-DIVERGED_FILE = "diverged.json"
 # The sweep's own files, in a dot-folder so that <output_dir>/* is only run directories.
 LOG_DIR, CACHE_DIR, SUMMARY_FILE = ".sweep/logs", ".sweep/cache", ".sweep/summary.json"
 # Keys the sweep sets per point; a grid, an arm or an override may not set them.

@@ -1,0 +1,387 @@
+"""Learning-rate sensitivity of a sweep over lr x arm x seed (``scripts/lr_sensitivity.py``).
+
+An *arm* is a setting of the config keys that are neither the learning rate, the seed, nor where a run
+was written (e.g. ``init.scheme`` plus overrides); ``arm_keys`` names them, or they are the keys whose
+resolved values differ between the runs. Per run, the outcome is the last logged value of a metric
+(default ``loss/val``), *capped at the loss at init* ℓ0 as Wortsman et al. (2023) do: min(ℓ, ℓ0), and
+ℓ0 for a run that diverged or logged a non-finite value. ℓ0 is the run's step-0 value of the metric when
+it logged one (the loss of the initial weights), else its step-1 ``loss/train`` (computed by the forward
+pass before the first update, on one batch), else ln(vocabulary size) (a uniform prediction's loss).
+
+Per arm and lr: mean ± 95 % Student-t interval over seeds (``reporting/stats.py``). Per arm: the best lr
+(lowest mean), the lowest lr at which a seed diverged, and the LR sensitivity of Wortsman et al. 2023
+("Small-scale proxies for large-scale Transformer training instabilities", arXiv:2309.14322, §3.2):
+E_η[min(ℓ(η), ℓ0) − ℓ*] over the lr range, ℓ* = min_η ℓ(η), computed per seed over the lrs every arm ran
+and given as mean ± interval over seeds. Between arms: the paired difference (same seed) of the capped
+outcome, each arm at its own best lr; that best lr is picked on the same seeds, so the difference favours
+arms whose best lr is noisy (the selection is not corrected for).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.run_dir import RunDir
+from reporting.groups import NOT_EXPERIMENT_KEYS
+from reporting.runs import metric_series, model_vocab
+from reporting.stats import Interval, mean_interval, paired_difference
+
+LR_KEY = "optimizer.lr"
+SEED_KEY = "job.seed"
+PLACEMENT_KEYS = {f"{section}.{key}" for section, key in NOT_EXPERIMENT_KEYS} - {SEED_KEY}
+LOGIT_MAX_FAMILY = "attn_logit_max/layer_"  # components/activation_stats.py names
+RESIDUAL_FAMILY = "act_rms/residual/layer_"
+
+
+@dataclass
+class Point:
+    """One run of the sweep: its coordinates and outcome."""
+
+    run: RunDir
+    arm: str
+    lr: float
+    seed: int
+    final: float  # last logged value of the metric (nan if none)
+    init_loss: float  # ℓ0
+    init_source: str  # where ℓ0 came from (module docstring)
+    diverged: str  # '' or why
+    logit_max: float = math.nan  # max over layers of attn_logit_max at its last logged step
+    residual_rms: float = math.nan  # act_rms/residual of the last block at its last logged step
+
+    @property
+    def capped(self) -> float:
+        """min(final, ℓ0); ℓ0 for a diverged run or a non-finite value (Wortsman et al. 2023)."""
+        if self.diverged or not math.isfinite(self.final):
+            return self.init_loss
+        return min(self.final, self.init_loss)
+
+
+@dataclass
+class Arm:
+    name: str
+    setting: dict[str, Any]  # arm key -> value
+    points: dict[float, dict[int, Point]] = field(default_factory=dict)  # lr -> seed -> point
+
+    @property
+    def lrs(self) -> list[float]:
+        return sorted(self.points)
+
+    def curve(self, value=lambda p: p.capped, skip_diverged: bool = False) -> dict[float, Interval]:
+        """Per lr: mean and 95 % interval over seeds of ``value(point)`` (default the capped outcome); with
+        ``skip_diverged``, over the seeds that did not diverge and have a finite value."""
+        def values(lr: float) -> list[float]:
+            found = [value(p) for _, p in sorted(self.points[lr].items())
+                     if not skip_diverged or (not p.diverged and math.isfinite(value(p)))]
+            return found
+        return {lr: mean_interval(values(lr)) for lr in self.lrs}
+
+    def best(self) -> tuple[float, Interval]:
+        """(lr of the lowest mean capped outcome, its interval); the lower lr on a tie."""
+        curve = self.curve()
+        lr = min(self.lrs, key=lambda x: (curve[x].mean, x))
+        return lr, curve[lr]
+
+    def divergence_lr(self) -> float | None:
+        """The lowest lr at which any seed diverged (None if none did)."""
+        return next((lr for lr in self.lrs if any(p.diverged for p in self.points[lr].values())), None)
+
+    def sensitivity(self, lrs: list[float]) -> tuple[Interval, list[int]]:
+        """Wortsman et al.'s LR sensitivity over ``lrs`` per seed that ran them all; (interval, those seeds)."""
+        seeds = sorted(set.intersection(*(set(self.points[lr]) for lr in lrs)))
+        values = []
+        for seed in seeds:
+            capped = [self.points[lr][seed].capped for lr in lrs]
+            values.append(math.fsum(capped) / len(capped) - min(capped))
+        return mean_interval(values), seeds
+
+
+def flat_value(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def derive_arm_keys(runs: list[RunDir], arm_keys: list[str] | None) -> list[str]:
+    """``arm_keys`` checked against the configs, or (None) the keys whose values differ between the runs."""
+    flats = [run.flat_config for run in runs]
+    known = set(flats[0])
+    for key in arm_keys or []:
+        if key not in known:
+            raise ValueError(f"--arm-keys {key}: no such config key; name keys as section.key, e.g. init.scheme")
+    differing = sorted(key for key in known - PLACEMENT_KEYS - {LR_KEY, SEED_KEY}
+                       if len({flat_value(flat.get(key)) for flat in flats}) > 1)
+    if arm_keys is None:
+        return differing
+    unnamed = [key for key in differing if key not in arm_keys]
+    if unnamed:
+        example = next(run.path for run in runs if flat_value(run.flat_config.get(unnamed[0])) !=
+                       flat_value(flats[0].get(unnamed[0])))
+        raise ValueError(f"the runs also differ in {unnamed[0]} ({runs[0].path} vs {example}), which is not an arm "
+                         f"key; add it to --arm-keys or leave those runs out")
+    return list(arm_keys)
+
+
+def arm_label(setting: dict[str, Any]) -> str:
+    """``mitchell`` for one key; ``scheme=mitchell, lr_warmup=...`` (last key part) for several; ``all`` for none."""
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else flat_value(value)
+
+    if not setting:
+        return "all"
+    if len(setting) == 1:
+        return text(next(iter(setting.values())))
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={text(value)}" for key, value in setting.items())
+
+
+def init_loss(run: RunDir, metric: str) -> tuple[float, str]:
+    """ℓ0 of a run and where it came from (module docstring)."""
+    steps, values = metric_series(run.original.records, metric)
+    if steps and steps[0] == 0 and math.isfinite(values[0]):
+        return values[0], f"step-0 {metric}"
+    steps, values = metric_series(run.original.records, "loss/train")
+    if steps and steps[0] == 1 and math.isfinite(values[0]):
+        return values[0], "step-1 loss/train"
+    return math.log(model_vocab(run.config)), "ln(vocab)"
+
+
+def last_layer_value(records: list[dict[str, Any]], prefix: str, reduce) -> float:
+    """``reduce`` over layers of ``<prefix>NN`` values in the last record that logged any (nan if none)."""
+    for record in reversed(records):
+        layers = {key: value for key, value in record.items() if key.startswith(prefix)}
+        if layers:
+            values = [math.nan if v is None else float(v) for _, v in sorted(layers.items())]
+            return reduce(values)
+    return math.nan
+
+
+def make_point(run: RunDir, arm: str, metric: str) -> Point:
+    _, values = metric_series(run.records, metric)
+    ell0, source = init_loss(run, metric)
+    return Point(run=run, arm=arm, lr=float(run.config.optimizer.lr), seed=run.config.job.seed,
+                 final=values[-1] if values else math.nan, init_loss=ell0, init_source=source,
+                 diverged=run.original.diverged,
+                 logit_max=last_layer_value(run.records, LOGIT_MAX_FAMILY, max),
+                 residual_rms=last_layer_value(run.records, RESIDUAL_FAMILY, lambda v: v[-1]))
+
+
+def build_arms(runs: list[RunDir], arm_keys: list[str] | None, metric: str) -> tuple[list[str], list[Arm]]:
+    """(arm keys, arms in order of first appearance); a repeated (arm, lr, seed) is an error."""
+    if not any(metric in record for run in runs for record in run.records):
+        raise ValueError(f"--metric {metric}: no run logged it; pass --metric loss/train, or runs with validation "
+                         "(metrics.val_freq > 0)")
+    keys = derive_arm_keys(runs, arm_keys)
+    arms: dict[str, Arm] = {}
+    for run in runs:
+        setting = {key: run.flat_config.get(key) for key in keys}
+        name = arm_label(setting)
+        arm = arms.setdefault(name, Arm(name, setting))
+        point = make_point(run, name, metric)
+        seeds = arm.points.setdefault(point.lr, {})
+        if point.seed in seeds:
+            raise ValueError(f"{seeds[point.seed].run.path} and {run.path} are both arm {name}, lr {point.lr:g}, seed "
+                             f"{point.seed}; pass only one of them")
+        seeds[point.seed] = point
+    return keys, list(arms.values())
+
+
+def common_lrs(arms: list[Arm]) -> list[float]:
+    """The lrs every arm ran (the range the sensitivity is averaged over)."""
+    shared = set.intersection(*(set(arm.lrs) for arm in arms))
+    if not shared:
+        raise ValueError("no lr is shared by all arms, so their LR sensitivities are not comparable; sweep the same "
+                         "lrs for every arm")
+    return sorted(shared)
+
+
+def best_lr_differences(arms: list[Arm]) -> list[tuple[str, str, float, float, Interval, str]]:
+    """(A, B, A's best lr, B's best lr, interval of B − A over shared seeds, verdict) per pair of arms."""
+    rows = []
+    for first, second in itertools.combinations(arms, 2):
+        lr_a, lr_b = first.best()[0], second.best()[0]
+        a = {seed: p.capped for seed, p in first.points[lr_a].items()}
+        b = {seed: p.capped for seed, p in second.points[lr_b].items()}
+        interval, verdict = paired_difference(a, b)
+        rows.append((first.name, second.name, lr_a, lr_b, interval, verdict))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- output
+OUTPUT_FILES = ["lr_sensitivity.md", "lr_sensitivity.csv", "arms.csv", "differences.csv", "lr_sensitivity.png",
+                "lr_sensitivity.pdf", "lr_activations.png", "lr_activations.pdf"]
+BAND_NOTE = "mean ± 95 % Student-t interval over seeds"
+
+
+def fmt(value: float, spec: str = ".4f") -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def arms_table(arms: list[Arm], lrs: list[float], metric: str) -> str:
+    from reporting.tables import markdown_rows
+
+    rows = []
+    for arm in arms:
+        lr, at_best = arm.best()
+        sens, seeds = arm.sensitivity(lrs)
+        div = arm.divergence_lr()
+        n_div = sum(bool(p.diverged) for per_seed in arm.points.values() for p in per_seed.values())
+        n_runs = sum(len(per_seed) for per_seed in arm.points.values())
+        rows.append([arm.name, f"{lr:g}", at_best.text(), sens.text(), ",".join(map(str, seeds)),
+                     "none" if div is None else f"{div:g}", f"{n_div}/{n_runs}"])
+    header = ["arm", "best lr", f"capped final {metric} at best lr", "LR sensitivity", "seeds (sensitivity)",
+              "lowest lr with a divergence", "diverged runs"]
+    return markdown_rows(header, rows)
+
+
+def points_table(arms: list[Arm], with_activations: bool) -> str:
+    from reporting.tables import markdown_rows
+
+    header = ["arm", "lr", "seeds", "capped final", "diverged", "ℓ0 (mean)"]
+    header += ["attn logit max", "residual RMS"] * with_activations
+    rows = []
+    for arm in arms:
+        curve = arm.curve()
+        logits = arm.curve(lambda p: p.logit_max, skip_diverged=True)
+        rms = arm.curve(lambda p: p.residual_rms, skip_diverged=True)
+        init = arm.curve(lambda p: p.init_loss)
+        for lr in arm.lrs:
+            points = arm.points[lr]
+            row = [arm.name, f"{lr:g}", ",".join(map(str, sorted(points))), curve[lr].text(),
+                   f"{sum(bool(p.diverged) for p in points.values())}/{len(points)}", fmt(init[lr].mean)]
+            row += [logits[lr].text(".3g"), rms[lr].text(".3g")] * with_activations
+            rows.append(row)
+    return markdown_rows(header, rows)
+
+
+def differences_table(rows: list[tuple[str, str, float, float, Interval, str]]) -> str:
+    from reporting.tables import markdown_rows
+
+    cells = [[a, b, f"{lr_a:g}", f"{lr_b:g}", str(i.n), fmt(i.mean),
+              f"[{fmt(i.low)}, {fmt(i.high)}]" if i.n >= 2 and math.isfinite(i.half_width) else "n/a", verdict]
+             for a, b, lr_a, lr_b, i, verdict in rows]
+    return markdown_rows(["A", "B", "A's best lr", "B's best lr", "shared seeds", "B − A", "95 % interval", "verdict"],
+                         cells)
+
+
+def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
+    sources = sorted({p.init_source for arm in arms for per_seed in arm.points.values() for p in per_seed.values()})
+    return (f"Outcome: the last logged `{metric}` of each run, capped at its loss at init ℓ0 (min(ℓ, ℓ0); ℓ0 for a "
+            f"run that diverged or logged a non-finite value), as Wortsman et al. 2023 (arXiv:2309.14322, §3.2) do. "
+            f"ℓ0 here: {', '.join(sources)} (order of preference: the step-0 value of the metric, the step-1 train "
+            "loss, which the initial weights compute, ln(vocabulary size)). Values are "
+            f"{BAND_NOTE} (mean ± t(0.975, n-1)·s/√n). *LR sensitivity* = mean over the lrs "
+            f"{', '.join(f'{lr:g}' for lr in lrs)} (those every arm ran) of (capped outcome − its minimum over them), "
+            "per seed that ran them all, then mean ± interval over those seeds. *Lowest lr with a divergence*: "
+            "the lowest lr at which any seed stopped on a non-finite loss. *B − A*: per seed, B's capped outcome at "
+            "B's best lr minus A's at A's best lr (best = lowest mean over seeds); 'differs' only when the interval "
+            "excludes zero. The best lrs are picked on the same seeds, which favours an arm with a noisy minimum; "
+            "the lr grid's spacing bounds how well a best lr is located. *attn logit max* = max over layers of "
+            "`attn_logit_max/layer_NN`, *residual RMS* = `act_rms/residual` of the last block, both at the last "
+            "step that logged them (metrics.log_variance_stats).")
+
+
+def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> None:
+    import csv
+
+    with (out_dir / "lr_sensitivity.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["arm", "lr", "seed", "run", "status", "final", "init_loss", "init_loss_source", "capped",
+                         "diverged", "attn_logit_max", "residual_rms"])
+        for arm in arms:
+            for lr in arm.lrs:
+                for seed, p in sorted(arm.points[lr].items()):
+                    writer.writerow([arm.name, repr(lr), seed, str(p.run.path), p.run.original.status, repr(p.final),
+                                     repr(p.init_loss), p.init_source, repr(p.capped), p.diverged or "no",
+                                     repr(p.logit_max), repr(p.residual_rms)])
+    with (out_dir / "arms.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["arm", "best_lr", "n", "mean_at_best", "ci95_half_width", "sensitivity", "sensitivity_ci95",
+                         "sensitivity_seeds", "lowest_divergent_lr"])
+        for arm in arms:
+            lr, best = arm.best()
+            sens, seeds = arm.sensitivity(lrs)
+            div = arm.divergence_lr()
+            writer.writerow([arm.name, repr(lr), best.n, repr(best.mean), repr(best.half_width), repr(sens.mean),
+                             repr(sens.half_width), " ".join(map(str, seeds)), "" if div is None else repr(div)])
+    with (out_dir / "differences.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["a", "b", "best_lr_a", "best_lr_b", "shared_seeds", "mean_b_minus_a", "ci95_half_width",
+                         "ci95_low", "ci95_high", "verdict"])
+        for a, b, lr_a, lr_b, i, verdict in diff_rows:
+            writer.writerow([a, b, repr(lr_a), repr(lr_b), i.n, repr(i.mean), repr(i.half_width), repr(i.low),
+                             repr(i.high), verdict])
+
+
+def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
+    """Capped final metric vs lr (log axis), a line per arm with its band, best lr starred, divergences crossed."""
+    from reporting.figures import plot_band, pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    init = [p.init_loss for arm in arms for per_seed in arm.points.values() for p in per_seed.values()]
+    for index, arm in enumerate(arms):
+        colour, curve = f"C{index % 10}", arm.curve()
+        seeds = max(len(per_seed) for per_seed in arm.points.values())
+        plot_band(ax, arm.lrs, [curve[lr] for lr in arm.lrs], colour, marker="o", markersize=4,
+                  label=f"{arm.name} ({seeds} seeds)")
+        lr, best = arm.best()
+        ax.plot([lr], [best.mean], marker="*", markersize=14, color=colour, markeredgecolor="black", linestyle="none")
+        diverged = [lr for lr in arm.lrs if any(p.diverged for p in arm.points[lr].values())]
+        ax.plot(diverged, [curve[lr].mean for lr in diverged], marker="X", markersize=11, color=colour,
+                markeredgecolor="black", linestyle="none")
+    ax.axhline(math.fsum(init) / len(init), color="grey", linestyle=":", lw=1, label="loss at init ℓ0 (mean; the cap)")
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (optimizer.lr)", ylabel=f"final {metric}, capped at ℓ0",
+           title=f"{title}\n{BAND_NOTE}; ★ best lr, × a seed diverged")
+    ax.title.set_fontsize("medium")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    save_figure(fig, path, pdf=True)
+
+
+def plot_activations(arms: list[Arm], title: str, path) -> bool:
+    """Final attention-logit max and last-block residual RMS vs lr (log-log), per arm with bands; False (nothing
+    written) when no run logged them."""
+    from reporting.figures import plot_band, pyplot, save_figure
+
+    panels = [("logit_max", "max attention logit (over layers)"), ("residual_rms", "residual RMS, last block")]
+    logged = [name for name, _ in panels
+              if any(math.isfinite(getattr(p, name)) for arm in arms for s in arm.points.values() for p in s.values())]
+    if not logged:
+        return False
+    plt = pyplot()
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, axes = plt.subplots(1, len(logged), figsize=(5.2 * len(logged), 4.0), squeeze=False)
+    for ax, name in zip(axes.flat, logged):
+        for index, arm in enumerate(arms):
+            curve = arm.curve(lambda p, name=name: getattr(p, name), skip_diverged=True)
+            plot_band(ax, arm.lrs, [curve[lr] for lr in arm.lrs], f"C{index % 10}", marker="o", markersize=4,
+                      label=arm.name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.set(xlabel="learning rate (optimizer.lr)", ylabel=dict(panels)[name])
+        ax.grid(alpha=0.3, which="both")
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle(f"{title}: at the last logged step ({BAND_NOTE}; diverged runs left out)", fontsize="medium")
+    fig.tight_layout()
+    save_figure(fig, path, pdf=True)
+    return True
+
+
+def report_text(selection, keys: list[str], arms: list[Arm], lrs: list[float], diff_rows: list, metric: str,
+                title: str, with_activations: bool) -> str:
+    from reporting.runs import selection_text
+
+    arm_keys = ", ".join(f"`{key}`" for key in keys) or "none (one arm)"
+    figures = "![capped final loss vs lr](lr_sensitivity.png)\n"
+    if with_activations:
+        figures += "\n![attention logit max and residual RMS vs lr](lr_activations.png)\n"
+    diffs = f"## Arms at their own best lr (paired by seed)\n\n{differences_table(diff_rows)}\n\n" if diff_rows else ""
+    return (f"# {title}\n\n{len(selection.runs)} runs; arm keys: {arm_keys}; lr key `{LR_KEY}`.\n"
+            f"{selection_text(selection)}\n## Arms\n\n{arms_table(arms, lrs, metric)}\n\n{diffs}"
+            f"## Per arm and lr\n\n{points_table(arms, with_activations)}\n\n{notes(metric, lrs, arms)}\n\n{figures}")

@@ -1,0 +1,88 @@
+"""LR-sensitivity report of a sweep over learning rate x arm x seed: best lr per arm, Wortsman et al.'s LR
+sensitivity, divergence, arms compared at their own best lr, attention logits and residual RMS vs lr.
+
+    python scripts/lr_sensitivity.py outputs/<sweep>/* [--arm-keys init.scheme,init.std_overrides]
+        [--metric loss/val] [--out DIR] [--title T] [--overwrite] [--include-unfinished]
+
+An arm is a setting of the config keys named by ``--arm-keys`` (default: every key whose resolved value
+differs between the runs, other than ``optimizer.lr``, ``job.seed`` and where a run was written). Each run's
+outcome is its last logged ``--metric``, capped at its loss at init (Wortsman et al. 2023); definitions are
+written under the tables and in ``reporting/lr_sensitivity.py``. Unfinished runs are left out with a warning
+(``--include-unfinished``: kept, every run taken at the last step all runs that did not diverge reached),
+folders that are no run directory are skipped with a note, and runs from different commits are warned about.
+
+Writes to DIR (default ``outputs/reports/lr_sensitivity_<YYYYmmdd-HHMMSS>``): ``lr_sensitivity.md`` (also
+printed), ``lr_sensitivity.csv`` (one row per run), ``arms.csv``, ``differences.csv``, ``lr_sensitivity.png``
+and ``.pdf`` (capped final metric vs lr per arm, 95 % t-interval bands over seeds) and, when the runs logged
+``metrics.log_variance_stats``, ``lr_activations.png`` and ``.pdf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+REPO = str(Path(__file__).resolve().parent.parent)
+if REPO not in sys.path:  # `python scripts/lr_sensitivity.py` puts scripts/, not the repo root, on sys.path
+    sys.path.insert(0, REPO)
+
+from reporting.cli import INPUT_ERRORS, error_exit, prepare_out_dir  # noqa: E402
+from reporting.lr_sensitivity import (  # noqa: E402
+    OUTPUT_FILES,
+    best_lr_differences,
+    build_arms,
+    common_lrs,
+    plot_activations,
+    plot_sensitivity,
+    report_text,
+    write_csvs,
+)
+from reporting.runs import select_runs  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dirs", nargs="+", help="run directories of the sweep (outputs/<sweep>/*)")
+    parser.add_argument("--arm-keys", default=None, metavar="KEYS",
+                        help="comma-separated config keys (section.key) whose values make an arm, e.g. "
+                             "init.scheme,init.std_overrides (default: every key that differs between the runs "
+                             "but optimizer.lr, job.seed and the run's name and place)")
+    parser.add_argument("--metric", default="loss/val",
+                        help="metrics.jsonl key whose last value is a run's outcome (default loss/val)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default outputs/reports/lr_sensitivity_<time>)")
+    parser.add_argument("--title", default="LR sensitivity", help="report heading and figure title")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing report files in --out")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="include unfinished runs (left out by default, with a warning), every run's values "
+                             "taken at the last step all runs that did not diverge reached")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out_dir = args.out or Path("outputs") / "reports" / f"lr_sensitivity_{datetime.now():%Y%m%d-%H%M%S}"
+    arm_keys = [key.strip() for key in args.arm_keys.split(",") if key.strip()] if args.arm_keys is not None else None
+    try:
+        selection = select_runs(args.run_dirs, args.include_unfinished)
+        keys, arms = build_arms(selection.runs, arm_keys, args.metric)
+        lrs = common_lrs(arms)
+        prepare_out_dir(out_dir, OUTPUT_FILES, args.overwrite)
+    except INPUT_ERRORS as exc:
+        return error_exit(exc)
+    diff_rows = best_lr_differences(arms)
+    plot_sensitivity(arms, args.metric, args.title, out_dir / "lr_sensitivity.png")
+    with_activations = plot_activations(arms, args.title, out_dir / "lr_activations.png")
+    report = report_text(selection, keys, arms, lrs, diff_rows, args.metric, args.title, with_activations)
+    (out_dir / "lr_sensitivity.md").write_text(report)
+    write_csvs(arms, lrs, diff_rows, out_dir)
+    print(report)
+    print(f"wrote lr_sensitivity.md, lr_sensitivity.csv, arms.csv, differences.csv and figures to {out_dir}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

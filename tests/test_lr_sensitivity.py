@@ -1,0 +1,126 @@
+"""scripts/lr_sensitivity.py on a planted sweep (lr x arm x seed): real config.toml / metrics.jsonl / finished.json /
+diverged.json files with known numbers, an unfinished run and a folder that is no run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from components.config import load_config, to_toml
+from scripts import lr_sensitivity
+
+PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF"
+TINY = ["--model.name", "gpt2", "--model.n_layers", "2", "--model.dim", "32", "--model.n_heads", "2",
+        "--model.vocab_size", "64", "--training.seq_len", "16", "--training.global_batch_size", "4",
+        "--training.steps", "40"]
+T2 = 4.302652729911275  # t(0.975, 2 dof)
+LN64 = math.log(64)
+# Final loss/val per (arm, lr) and seed 0, 1, 2; None: diverged (details in planted_run).
+FINALS = {("normal", 1e-3): [3.00, 3.10, 3.05], ("normal", 3e-3): [2.80, 2.90, 2.85], ("normal", 1e-2): [3.40, 3.50, 3.45],
+          ("mitchell", 1e-3): [2.95, 3.00, 2.90], ("mitchell", 3e-3): [2.70, 2.72, 2.74],
+          ("mitchell", 1e-2): [None, None, 4.50]}
+
+
+def activation_keys(lr: float, seed: int) -> dict[str, float]:
+    return {"attn_logit_max/layer_00": 2.0 + 1000 * lr, "attn_logit_max/layer_01": 3.0 + 1000 * lr,
+            "act_rms/residual/layer_00": 0.5, "act_rms/residual/layer_01": 1.0 + 100 * lr + 0.01 * seed}
+
+
+def planted_run(root: Path, arm: str, lr: float, seed: int, final: float | None, steps_done: int = 40) -> Path:
+    """A run as train.py leaves it. normal: step-0 val 4.2 (its loss at init); mitchell: step-1 train loss 4.1,
+    except lr 1e-2 seed 2, logged from step 10 on (so ln(64)); mitchell lr 1e-2: seed 0 logs a NaN at step 20,
+    seed 1 stopped at step 12 with diverged.json (the sweep's record), seed 2 finishes above ln(64)."""
+    name = f"{arm}_lr{lr:g}_seed{seed}"
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    cli = [*TINY, "--init.scheme", arm, "--optimizer.lr", str(lr), "--job.seed", str(seed), "--job.run_name", name]
+    (run_dir / "config.toml").write_text(to_toml(load_config(cli)[0]))
+    records = [{"step": 0, "loss/val": 4.2}] if arm == "normal" else []
+    if not (arm == "mitchell" and lr == 1e-2 and seed == 2):
+        records.append({"step": 1, "loss/train": 4.1})
+    records += [{"step": 10, "loss/train": 3.6}, {"step": 20, "loss/train": 3.3, "loss/val": 3.4}]
+    if arm == "mitchell" and lr == 1e-2 and seed == 0:
+        records[-1]["loss/train"] = math.nan
+    elif arm == "mitchell" and lr == 1e-2 and seed == 1:
+        records = records[:-1]
+        (run_dir / "diverged.json").write_text(json.dumps({"step": 12, "error": "error: ... non-finite at step 12"}))
+    elif steps_done == 40:
+        records.append({"step": 40, "loss/train": final - 0.1, "loss/val": final, **activation_keys(lr, seed)})
+        (run_dir / "finished.json").write_text(json.dumps({"steps": 40}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "sweep"
+    paths = [planted_run(root, arm, lr, seed, final)
+             for (arm, lr), finals in FINALS.items() for seed, final in enumerate(finals)]
+    unfinished = planted_run(root, "normal", 1e-3, 3, None, steps_done=20)
+    (root / "plots").mkdir()
+    return [*paths, unfinished, root / "plots"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_best_lr_sensitivity_divergence_and_paired_differences(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert lr_sensitivity.main([*map(str, sweep), "--out", str(out), "--title", "Planted sweep"]) == 0
+    err = capsys.readouterr().err
+    assert "left out 1 unfinished run(s)" in err and f"{sweep[-2]} (step 20/40)" in err
+    assert f"note: skipped {sweep[-1]} holds neither" in err
+    arms = {row["arm"]: row for row in read_csv(out / "arms.csv")}
+    assert sorted(arms) == ["mitchell", "normal"]  # the one differing key, init.scheme, makes the arms
+    normal, mitchell = arms["normal"], arms["mitchell"]
+    assert float(normal["best_lr"]) == 3e-3 and float(mitchell["best_lr"]) == 3e-3
+    assert float(normal["mean_at_best"]) == pytest.approx(2.85)
+    assert float(normal["ci95_half_width"]) == pytest.approx(T2 * 0.05 / math.sqrt(3))
+    # Sensitivity per seed = mean over the 3 lrs of the capped loss - its minimum.
+    assert float(normal["sensitivity"]) == pytest.approx(0.8 / 3) and float(normal["sensitivity_ci95"]) == 0.0
+    per_seed = [(2.95 + 2.70 + 4.1) / 3 - 2.70, (3.00 + 2.72 + 4.1) / 3 - 2.72, (2.90 + 2.74 + LN64) / 3 - 2.74]
+    assert float(mitchell["sensitivity"]) == pytest.approx(sum(per_seed) / 3)
+    assert normal["lowest_divergent_lr"] == "" and float(mitchell["lowest_divergent_lr"]) == 1e-2
+    [diff] = read_csv(out / "differences.csv")
+    assert (diff["a"], diff["b"], diff["shared_seeds"], diff["verdict"]) == ("normal", "mitchell", "3", "differs")
+    d = [2.70 - 2.80, 2.72 - 2.90, 2.74 - 2.85]  # mean -0.13, s = sqrt(0.0019)
+    assert float(diff["mean_b_minus_a"]) == pytest.approx(sum(d) / 3)
+    assert float(diff["ci95_half_width"]) == pytest.approx(T2 * math.sqrt(0.0019) / math.sqrt(3))
+    runs = {(r["arm"], float(r["lr"]), int(r["seed"])): r for r in read_csv(out / "lr_sensitivity.csv")}
+    assert len(runs) == 18  # the unfinished seed 3 left out
+    assert (runs["mitchell", 1e-2, 0]["capped"], runs["mitchell", 1e-2, 0]["init_loss_source"]) == ("4.1", "step-1 loss/train")
+    assert runs["mitchell", 1e-2, 1]["status"] == "diverged" and runs["mitchell", 1e-2, 1]["capped"] == "4.1"
+    assert float(runs["mitchell", 1e-2, 2]["capped"]) == pytest.approx(LN64)  # 4.5 capped; finished, not diverged
+    assert runs["mitchell", 1e-2, 2]["init_loss_source"] == "ln(vocab)" and runs["mitchell", 1e-2, 2]["diverged"] == "no"
+    assert runs["normal", 3e-3, 1]["init_loss_source"] == "step-0 loss/val"
+    assert float(runs["normal", 3e-3, 1]["attn_logit_max"]) == pytest.approx(6.0)
+    assert float(runs["normal", 3e-3, 1]["residual_rms"]) == pytest.approx(1.31)
+    report = (out / "lr_sensitivity.md").read_text()
+    assert f"| normal | 0.003 | 2.8500 ± {T2 * 0.05 / math.sqrt(3):.4f} |" in report
+    assert "| mitchell | 0.01 | 0,1,2 | " in report and "| 2/3 |" in report
+    for name in ("lr_sensitivity", "lr_activations"):
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC and (out / f"{name}.pdf").read_bytes()[:4] == PDF_MAGIC
+
+
+def test_arm_keys_option_and_bad_inputs(sweep, tmp_path, capsys):
+    runs = [str(p) for p in sweep[:-2]]
+    assert lr_sensitivity.main([*runs, "--arm-keys", "init.scheme", "--out", str(tmp_path / "a")]) == 0
+    assert {row["arm"] for row in read_csv(tmp_path / "a" / "arms.csv")} == {"normal", "mitchell"}
+    capsys.readouterr()
+    assert lr_sensitivity.main([*runs, "--arm-keys", "model.dim", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the runs also differ in init.scheme (") and "add it to --arm-keys" in err
+    assert err.count("\n") == 1 and not (tmp_path / "b").exists()
+    assert lr_sensitivity.main([*runs, "--arm-keys", "init.shceme", "--out", str(tmp_path / "c")]) == 2
+    assert "no such config key" in capsys.readouterr().err
+    assert lr_sensitivity.main([*runs, "--metric", "loss/vall", "--out", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err.startswith("error: --metric loss/vall: no run logged it")
+    twin = planted_run(tmp_path / "other", "normal", 1e-3, 0, 3.0)
+    assert lr_sensitivity.main([*runs, str(twin), "--out", str(tmp_path / "e")]) == 2
+    assert "are both arm normal, lr 0.001, seed 0" in capsys.readouterr().err
