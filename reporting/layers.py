@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
-WEIGHT_STD_KEY = re.compile(r"^weight_std/(?P<role>[^/]+)/layer_(?P<layer>\d+)$")
+from roles import PROJECTION_ROLES, Tag, parse_tag
+
 # Canonical order of the per-layer roles (docs/design.md §4), for stable subplot and table order.
-LAYER_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
+LAYER_ROLES = PROJECTION_ROLES
+
+
+def weight_std_tag(key: str) -> Tag | None:
+    """The parsed ``weight_std/<role>/layer_<NN>`` tag, or None for any other key."""
+    tag = parse_tag(key)
+    return tag if tag is not None and tag.family == "weight_std" and tag.layer is not None else None
 
 
 def order_roles(roles: set[str]) -> list[str]:
@@ -18,7 +24,7 @@ def order_roles(roles: set[str]) -> list[str]:
 
 def std_roles(records: list[dict[str, Any]]) -> list[str]:
     """Roles with per-layer ``weight_std/<role>/layer_<NN>`` keys, in canonical order."""
-    return order_roles({m["role"] for record in records for key in record if (m := WEIGHT_STD_KEY.match(key))})
+    return order_roles({tag.role for record in records for key in record if (tag := weight_std_tag(key))})
 
 
 def layer_std_matrix(records: list[dict[str, Any]], role: str) -> tuple[list[int], list[int], list[list[float]]]:
@@ -28,9 +34,9 @@ def layer_std_matrix(records: list[dict[str, Any]], role: str) -> tuple[list[int
     for record in records:
         logged = False
         for key, value in record.items():
-            match = WEIGHT_STD_KEY.match(key)
-            if match and match["role"] == role:
-                cells[(int(match["layer"]), record["step"])] = math.nan if value is None else float(value)
+            tag = weight_std_tag(key)
+            if tag and tag.role == role:
+                cells[(tag.layer, record["step"])] = math.nan if value is None else float(value)
                 logged = True
         if logged:
             steps.append(record["step"])
@@ -43,7 +49,7 @@ def final_layer_std(records: list[dict[str, Any]]) -> dict[str, dict[int, float]
     final: dict[str, dict[int, float]] = {}
     for record in records:
         for key, value in record.items():
-            match = WEIGHT_STD_KEY.match(key)
-            if match:
-                final.setdefault(match["role"], {})[int(match["layer"])] = math.nan if value is None else float(value)
+            tag = weight_std_tag(key)
+            if tag:
+                final.setdefault(tag.role, {})[tag.layer] = math.nan if value is None else float(value)
     return final

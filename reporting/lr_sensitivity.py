@@ -29,12 +29,13 @@ from components.run_dir import RunDir
 from reporting.groups import NOT_EXPERIMENT_KEYS
 from reporting.runs import metric_series, model_vocab
 from reporting.stats import Interval, mean_interval, paired_difference
+from roles import parse_tag
 
 LR_KEY = "optimizer.lr"
 SEED_KEY = "job.seed"
 PLACEMENT_KEYS = {f"{section}.{key}" for section, key in NOT_EXPERIMENT_KEYS} - {SEED_KEY}
-LOGIT_MAX_FAMILY = "attn_logit_max/layer_"  # components/activation_stats.py names
-RESIDUAL_FAMILY = "act_rms/residual/layer_"
+LOGIT_MAX_FAMILY = "attn_logit_max"  # components/activation_stats.py's families (tags: roles.format_tag)
+RESIDUAL_FAMILY = "act_rms/residual"
 
 
 @dataclass
@@ -146,13 +147,14 @@ def init_loss(run: RunDir, metric: str) -> tuple[float, str]:
     return math.log(model_vocab(run.config)), "ln(vocab)"
 
 
-def last_layer_value(records: list[dict[str, Any]], prefix: str, reduce) -> float:
-    """``reduce`` over layers of ``<prefix>NN`` values in the last record that logged any (nan if none)."""
+def last_layer_value(records: list[dict[str, Any]], family: str, reduce) -> float:
+    """``reduce`` over the blocks' ``<family>/layer_NN`` values, in depth order, of the last record that logged any
+    (nan if none)."""
     for record in reversed(records):
-        layers = {key: value for key, value in record.items() if key.startswith(prefix)}
+        layers = {tag.layer: value for key, value in record.items()
+                  if (tag := parse_tag(key)) is not None and tag.family == family and tag.layer is not None}
         if layers:
-            values = [math.nan if v is None else float(v) for _, v in sorted(layers.items())]
-            return reduce(values)
+            return reduce([math.nan if layers[layer] is None else float(layers[layer]) for layer in sorted(layers)])
     return math.nan
 
 

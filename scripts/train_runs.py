@@ -31,9 +31,9 @@ if str(REPO) not in sys.path:  # `python scripts/x.py` puts scripts/, not the re
 from components.config import load_config  # noqa: E402
 from components.data import ensure_dataset  # noqa: E402
 from components.metrics import NonFiniteLossError  # noqa: E402
+from components.run_dir import read_metrics  # noqa: E402
 from components.sweep import DIVERGED_FILE, record_divergence  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
-from scripts.report_common import read_metrics  # noqa: E402
 
 LAUNCHERS = ("inprocess", "subprocess")
 
