@@ -353,7 +353,7 @@ class RunDir:
     @property
     def flat_config(self) -> dict[str, Any]:
         """The resolved config as ``{"section.key": value}``."""
-        return _flat(self.config)
+        return flat_config(self.config)
 
     def config_value(self, section: str, key: str) -> Any:
         """``[section].key`` of config.toml, or the config system's default when the file omits it."""

@@ -22,11 +22,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from components.run_dir import RunDir
-from reporting.groups import NOT_EXPERIMENT_KEYS
+from reporting.groups import NOT_EXPERIMENT_KEYS, SEED_SUFFIX
 from reporting.runs import metric_series, model_vocab
 from reporting.stats import Interval, mean_interval, paired_difference
 from roles import parse_tag
@@ -34,6 +35,7 @@ from roles import parse_tag
 LR_KEY = "optimizer.lr"
 SEED_KEY = "job.seed"
 PLACEMENT_KEYS = {f"{section}.{key}" for section, key in NOT_EXPERIMENT_KEYS} - {SEED_KEY}
+SWEEP_COORDS = re.compile(r"_lr[0-9.e+-]+(?=_|$)")  # the lr coordinate of scripts/sweep.py's run names
 LOGIT_MAX_FAMILY = "attn_logit_max"  # components/activation_stats.py's families (tags: roles.format_tag)
 RESIDUAL_FAMILY = "act_rms/residual"
 
@@ -168,16 +170,29 @@ def make_point(run: RunDir, arm: str, metric: str) -> Point:
                  residual_rms=last_layer_value(run.records, RESIDUAL_FAMILY, lambda v: v[-1]))
 
 
+def sweep_names(runs: list[RunDir], keys: list[str]) -> dict[str, str]:
+    """{key-value label: name} where every run of an arm is named ``<name>_lr<lr>[...]_seed<k>`` (scripts/sweep.py's
+    names) with one ``<name>`` per arm and distinct names across arms; {} otherwise."""
+    stems: dict[str, set[str]] = {}
+    for run in runs:
+        label = arm_label({key: run.flat_config.get(key) for key in keys})
+        stems.setdefault(label, set()).add(SWEEP_COORDS.sub("", SEED_SUFFIX.sub("", run.name)))
+    names = {label: next(iter(found)) for label, found in stems.items() if len(found) == 1}
+    return names if len(names) == len(stems) and len(set(names.values())) == len(names) else {}
+
+
 def build_arms(runs: list[RunDir], arm_keys: list[str] | None, metric: str) -> tuple[list[str], list[Arm]]:
-    """(arm keys, arms in order of first appearance); a repeated (arm, lr, seed) is an error."""
+    """(arm keys, arms in order of first appearance); a repeated (arm, lr, seed) is an error. An arm is named
+    after its runs' names when scripts/sweep.py named them (``<arm>_lr<lr>_seed<k>``), else by its setting."""
     if not any(metric in record for run in runs for record in run.records):
         raise ValueError(f"--metric {metric}: no run logged it; pass --metric loss/train, or runs with validation "
                          "(metrics.val_freq > 0)")
     keys = derive_arm_keys(runs, arm_keys)
+    names = sweep_names(runs, keys)
     arms: dict[str, Arm] = {}
     for run in runs:
         setting = {key: run.flat_config.get(key) for key in keys}
-        name = arm_label(setting)
+        name = names.get(arm_label(setting), arm_label(setting))
         arm = arms.setdefault(name, Arm(name, setting))
         point = make_point(run, name, metric)
         seeds = arm.points.setdefault(point.lr, {})

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from components.config import load_config, to_toml
+from components.run_dir import RunDir
+from reporting.lr_sensitivity import build_arms
 from scripts import lr_sensitivity
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF"
@@ -124,3 +126,18 @@ def test_arm_keys_option_and_bad_inputs(sweep, tmp_path, capsys):
     twin = planted_run(tmp_path / "other", "normal", 1e-3, 0, 3.0)
     assert lr_sensitivity.main([*runs, str(twin), "--out", str(tmp_path / "e")]) == 2
     assert "are both arm normal, lr 0.001, seed 0" in capsys.readouterr().err
+
+
+def test_arms_are_named_after_the_sweeps_run_names(sweep, tmp_path):
+    renamed = []
+    for path in sweep[:-2]:  # the sweep would name the mitchell arm "olmo": olmo_lr0.001_seed0, ...
+        target = tmp_path / "renamed" / path.name.replace("mitchell_", "olmo_")
+        target.parent.mkdir(exist_ok=True)
+        path.rename(target)
+        renamed.append(RunDir.open(target))
+    keys, arms = build_arms(renamed, None, "loss/val")
+    assert keys == ["init.scheme"] and [arm.name for arm in arms] == ["normal", "olmo"]
+    assert arms[1].setting == {"init.scheme": "mitchell"} and arms[1].lrs == [1e-3, 3e-3, 1e-2]
+    (tmp_path / "renamed" / "olmo_lr0.001_seed0").rename(tmp_path / "renamed" / "other_lr0.001_seed0")
+    _, arms = build_arms([RunDir.open(p) for p in sorted((tmp_path / "renamed").iterdir())], None, "loss/val")
+    assert sorted(arm.name for arm in arms) == ["mitchell", "normal"]  # two stems for one arm: named by setting
