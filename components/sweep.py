@@ -455,7 +455,12 @@ def import_previous(source: Path, output_dir: Path) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         if source.is_file():
             with tarfile.open(source) as tar:
-                tar.extractall(tmp, filter="data")
+                try:
+                    tar.extractall(tmp, filter="data")  # no links or paths out of tmp (Python >= 3.11.4)
+                except TypeError:  # an older Python: its members are checked by hand instead
+                    if any(m.issym() or m.islnk() or m.name.startswith("/") or ".." in m.name for m in tar):
+                        raise SweepError(f"--previous {source}: the archive holds links or paths outside it") from None
+                    tar.extractall(tmp)
             source = Path(tmp)
         names = []
         for run_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
