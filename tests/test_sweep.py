@@ -234,6 +234,7 @@ def test_an_unreadable_finished_run_is_a_mismatch_not_a_crash(tmp_path):
 
 
 
+@pytest.mark.slow  # plans 90 points through the config system (a few seconds)
 def test_every_shipped_sweep_file_plans():
     files = [p for p in (REPO / "train_configs").rglob("*.toml") if "sweep" in tomllib.loads(p.read_text())]
     assert files
