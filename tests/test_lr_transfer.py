@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -105,3 +106,10 @@ def test_hp_transfer_sweep_files_hold_the_documented_design(study, arms, sizes):
                 "optimizer": {"lr": lrs[-1]}, "job": {"seed": 2}}
         labels.add(lr_transfer.row_of_run(flat, [], False, study)["parametrization"])
     assert labels == ({"sp", "mup"} if study == "width" else {"sp", "mup", "completep", "completep:0.5"})
+
+
+def test_gpu_entry_point_refuses_bad_input_in_one_line(tmp_path):
+    script = str(train_runs.REPO / "scripts/hp_transfer_gpu.sh")
+    bad_study = subprocess.run(["bash", script, "sideways", str(tmp_path)], capture_output=True, text=True)
+    assert bad_study.returncode == 2 and bad_study.stderr.startswith("error: the study is 'width' or 'depth'")
+    assert list(tmp_path.iterdir()) == []
