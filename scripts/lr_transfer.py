@@ -175,7 +175,7 @@ def plot_optima(result: dict, mode: str, path: Path) -> None:
     """Left: log2 lr* against size with 95 % bootstrap intervals (hollow = at a grid edge). Right: the loss
     at the proxy's best grid lr against size."""
     plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2 + 0.25 * len(result)))
     for group, entry in result.items():
         sizes = list(entry["optimum_log2_lr"])
         opts = list(entry["optimum_log2_lr"].values())
@@ -185,22 +185,25 @@ def plot_optima(result: dict, mode: str, path: Path) -> None:
         line = left.errorbar(sizes, values, yerr=errors, marker="o", capsize=3,
                              label=f"{group}: drift {drift_text(entry['drift_octaves'])}")
         edges = [(s, v) for s, v, o in zip(sizes, values, opts) if o["at_edge"]]
-        if edges:
-            left.plot(*zip(*edges), "o", markerfacecolor="white", color=line[0].get_color())
+        if edges:  # hollow: a bound, not an estimate
+            left.plot(*zip(*edges), "o", markersize=8, markerfacecolor="white", color=line[0].get_color(), zorder=3)
         at = entry["at_proxy_lr"]
         known = [(s, v) for s, v in at["loss_by_size"].items() if v is not None]
         right.plot(*zip(*known), marker="o", label=f"{group} (lr {at['lr']:.3g})")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xlabel(mode)
-        ax.legend(fontsize=7)
+    right.legend(fontsize=7)
+    handles, labels = left.get_legend_handles_labels()  # the drift texts are long: one legend below both panels
+    fig.legend(handles, labels, loc="lower left", fontsize=7)
+    bottom = (0.25 * len(result) + 0.2) / fig.get_figheight()
     left.set_ylabel("log2 optimal lr (95 % bootstrap interval)")
     right.set_ylabel("validation loss at the proxy's best lr")
-    save(fig, path)
+    save(fig, path, rect=(0, bottom, 1, 1))
 
 
-def save(fig, path: Path) -> None:
-    fig.tight_layout()
+def save(fig, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     fig.savefig(path.with_suffix(".pdf"))
     pyplot().close(fig)
