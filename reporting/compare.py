@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.run_dir import RunDir
-from reporting.figures import plot_band, pyplot
+from reporting.figures import plot_band, pyplot, save_figure
 from reporting.groups import SeedGroup, group_curve, run_seed
 from reporting.layers import final_layer_std, order_roles
 from reporting.runs import RunSelection, config_defaults, count_run_params, final_value, metric_series, selection_text
-from reporting.stats import Interval, mean_interval, paired_difference
+from reporting.stats import BANDS, Band, Interval, band, mean_interval, paired_difference
 from reporting.tables import fmt_count, fmt_loss, markdown_rows
 
 FRACTIONS = (0.25, 0.5, 0.75)
-OUTPUT_FILES = ["report.md", "summary.csv", "groups.csv", "differences.csv", "loss_curves.png",
-                "final_layer_std.png"]
+OUTPUT_FILES = ["report.md", "summary.csv", "groups.csv", "differences.csv", "loss_curves.png", "loss_curves.pdf",
+                "final_layer_std.png", "final_layer_std.pdf"]
 
 
 @dataclass
@@ -252,45 +252,60 @@ def write_group_csvs(groups: list[SeedGroup], quantities: list[str], diff_rows: 
             writer.writerow([a, b, quantity, i.n, repr(i.mean), repr(i.half_width), repr(i.low), repr(i.high), verdict])
 
 
-def plot_loss_curves(groups: list[SeedGroup], path: Path, title: str) -> None:
-    """Per group: mean train (solid) and val (dashed) loss vs step with the 95 % band over seeds."""
+def loss_panels(groups: list[SeedGroup]) -> list[str]:
+    """The loss keys that get a panel: loss/train, and loss/val when any run logged it (no empty panel)."""
+    return [key for key in ("loss/train", "loss/val")
+            if any(key in record for group in groups for run in group.runs for record in run.records)]
+
+
+def plot_loss_curves(groups: list[SeedGroup], path: Path, title: str, band_kind: str = "ci95") -> list[Path]:
+    """Train and validation loss vs step in two panels (the second only when a run logged validation), per group
+    the mean over seeds with a ``band_kind`` band (``reporting.stats.BANDS``), and the group's loss at init (its
+    step-0 row, where logged) as a dotted line; PNG and PDF."""
+    keys = loss_panels(groups)
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    first_losses, highest = [], -math.inf
-    for index, group in enumerate(groups):
-        colour = f"C{index % 10}"
-        label = group.name if len(group.runs) == 1 else f"{group.name} ({len(group.runs)} seeds)"
-        train = plot_band(ax, *group_curve(group, "loss/train"), colour, label=f"{label} train")
-        val_steps, val_intervals = group_curve(group, "loss/val")
-        val = plot_band(ax, val_steps, val_intervals, colour, linestyle="--", marker="o", markersize=3,
-                        label=f"{label} val") if val_steps else []
-        first_losses += train[:1]
-        highest = max([highest, *train, *val])
-    if first_losses and highest > 1.5 * max(first_losses):  # a blow-up would flatten every other curve
-        ax.set_ylim(top=1.5 * max(first_losses))
-    ax.set(xlabel="step", ylabel="loss (mean over seeds, 95 % band)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.6), squeeze=False, sharex=True, sharey=True)
+    for ax, key in zip(axes.flat, keys):
+        starts, highest = [], -math.inf
+        for index, group in enumerate(groups):
+            colour = f"C{index % 10}"
+            label = group.name if len(group.runs) == 1 else f"{group.name} ({len(group.runs)} seeds)"
+            steps, bands = group_curve(group, key, band_kind)
+            after_init = [(step, b) for step, b in zip(steps, bands) if step > 0]
+            means = plot_band(ax, [s for s, _ in after_init], [b for _, b in after_init], colour, label=label,
+                              **({"marker": "o", "markersize": 3} if key == "loss/val" else {}))
+            at_init = [b.mean for step, b in zip(steps, bands) if step == 0 and math.isfinite(b.mean)]
+            if at_init:
+                ax.axhline(at_init[0], color=colour, linestyle=":", lw=1)
+            starts += at_init or means[:1]
+            highest = max([highest, *means])
+        if starts and highest > 1.5 * max(starts):  # a blow-up would flatten every other curve
+            ax.set_ylim(top=1.5 * max(starts))
+        ax.set(xlabel="step", title=f"{'train' if key == 'loss/train' else 'validation'} loss ({key})")
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel(f"loss: mean over seeds, band = {BANDS[band_kind]}")
+    axes.flat[0].legend(fontsize="small", title="dotted: loss at init (step 0)" if any(
+        0 in dict(zip(*metric_series(run.records, key))) for g in groups for run in g.runs for key in keys) else None,
+        title_fontsize="small")
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path, pdf=True)
 
 
-def group_final_std(group: SeedGroup) -> dict[str, dict[int, Interval]]:
-    """{role: {layer: interval over seeds}} of the newest logged per-layer weight std."""
+def group_final_std(group: SeedGroup, band_kind: str = "ci95") -> dict[str, dict[int, Band]]:
+    """{role: {layer: mean and band over seeds}} of the newest logged per-layer weight std."""
     finals = [final_layer_std(run.records) for run in group.runs]
     roles = {role for final in finals for role in final}
-    return {role: {layer: mean_interval([final.get(role, {}).get(layer, math.nan) for final in finals])
+    return {role: {layer: band([final.get(role, {}).get(layer, math.nan) for final in finals], band_kind)
                    for layer in sorted({layer for final in finals for layer in final.get(role, {})})}
             for role in roles}
 
 
-def plot_final_layer_std(groups: list[SeedGroup], path: Path, title: str) -> bool:
-    """Newest logged weight std vs layer index, one subplot per role, group mean with its band.
-
-    Returns False (and writes nothing) when no run logged per-layer std.
+def plot_final_layer_std(groups: list[SeedGroup], path: Path, title: str, band_kind: str = "ci95") -> bool:
+    """Newest logged weight std vs layer index, one subplot per role, group mean with its ``band_kind`` band;
+    PNG and PDF. Returns False (and writes nothing) when no run logged per-layer std.
     """
-    finals = [group_final_std(group) for group in groups]
+    finals = [group_final_std(group, band_kind) for group in groups]
     roles = order_roles({role for final in finals for role in final})
     if not roles:
         print("warning: no run logged weight_std/<role>/layer_<NN> (metrics.log_weight_std); "
@@ -314,18 +329,19 @@ def plot_final_layer_std(groups: list[SeedGroup], path: Path, title: str) -> boo
     for ax in list(axes.flat)[len(roles):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize="small")
-    fig.suptitle(f"{title}: final per-layer weight std")
+    fig.suptitle(f"{title}: final per-layer weight std (mean over seeds, band = {BANDS[band_kind]})")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # keep 0.5 inch for the title
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, pdf=True)
     return True
 
 
 def report_text(selection: RunSelection, summaries: list[RunSummary], groups: list[SeedGroup], quantities: list[str],
-                diff_rows: list, title: str, with_std_figure: bool) -> str:
+                diff_rows: list, title: str, with_std_figure: bool, band_kind: str = "ci95") -> str:
     runs = selection.runs
     sources = "\n".join(f"- `{run.path}`" for run in runs) + "\n" + selection_text(selection)
-    figures = "![loss curves](loss_curves.png)\n"
+    figures = (f"Figures (PNG, and PDF next to them): lines are means over a group's seeds, bands the "
+               f"{BANDS[band_kind]} over them (none for one seed); dotted lines the loss at init (the step-0 row, "
+               "where logged).\n\n![loss curves](loss_curves.png)\n")
     if with_std_figure:
         figures += "\n![final per-layer weight std](final_layer_std.png)\n"
     diff_section = (f"## Paired differences (B − A over shared seeds)\n\n{differences_table(diff_rows)}\n\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from reporting.stats import Interval
+from reporting.stats import Band, Interval
 
 
 def pyplot():
@@ -27,16 +27,18 @@ def save_figure(fig, path: Path, dpi: int = 120, pdf: bool = False, **savefig_kw
     return paths
 
 
-def plot_band(ax, xs: Sequence[float], intervals: Sequence[Interval], colour: str, **line_kwargs) -> list[float]:
-    """The mean line (non-finite points left out) and, where defined, the band mean ± half-width; returns the
-    finite means."""
+def plot_band(ax, xs: Sequence[float], intervals: Sequence[Interval | Band], colour: str,
+              **line_kwargs) -> list[float]:
+    """The mean line (non-finite points left out) and, where defined, the band [low, high] (an Interval's mean ±
+    half-width, or a Band); returns the finite means."""
     import numpy as np
 
     mean = np.array([i.mean for i in intervals], dtype=float)
-    half = np.array([i.half_width for i in intervals], dtype=float)
+    low = np.array([i.low for i in intervals], dtype=float)
+    high = np.array([i.high for i in intervals], dtype=float)
     finite = np.isfinite(mean)
     ax.plot(np.array(xs)[finite], mean[finite], color=colour, **line_kwargs)
-    banded = finite & np.isfinite(half)
+    banded = finite & np.isfinite(low) & np.isfinite(high)
     if banded.any():
-        ax.fill_between(xs, mean - half, mean + half, where=banded, color=colour, alpha=0.2, lw=0)
+        ax.fill_between(xs, low, high, where=banded, color=colour, alpha=0.2, lw=0)
     return mean[finite].tolist()

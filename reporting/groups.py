@@ -11,7 +11,7 @@ from typing import Any
 
 from components.run_dir import RunDir
 from reporting.runs import metric_series
-from reporting.stats import Interval, mean_interval
+from reporting.stats import Band, band
 
 # Config keys that name or place a run rather than define the experiment: runs that differ only in these
 # and job.seed are seeds of one group.
@@ -75,8 +75,9 @@ def group_runs(runs: list[RunDir], key: Callable[[RunDir], str] = experiment_key
     return groups
 
 
-def group_curve(group: SeedGroup, key: str) -> tuple[list[int], list[Interval]]:
-    """Mean and 95 % interval over the group's seeds at every step that all its runs logged ``key`` at."""
+def group_curve(group: SeedGroup, key: str, kind: str = "ci95") -> tuple[list[int], list[Band]]:
+    """Mean over the group's seeds and its ``kind`` band (``reporting.stats.BANDS``; default the 95 % t-interval) at
+    every step that all its runs logged ``key`` at."""
     per_run = [dict(zip(*metric_series(run.records, key))) for run in group.runs]
     steps = sorted(set.intersection(*(set(values) for values in per_run)))
-    return steps, [mean_interval([values[step] for values in per_run]) for step in steps]
+    return steps, [band([values[step] for values in per_run], kind) for step in steps]

@@ -127,3 +127,37 @@ def paired_variance_test(x: Sequence[float], y: Sequence[float]) -> tuple[float,
     sums = [a + b for a, b in zip(x, y)]
     diffs = [a - b for a, b in zip(x, y)]
     return sample_std(y) / sample_std(x), float(pearsonr(sums, diffs).pvalue)
+
+
+BANDS = {"ci95": "95 % Student-t interval", "se": "± 1 standard error", "minmax": "min–max"}
+"""Bands a figure may draw around a mean over seeds: with 2-3 seeds the t-interval is wide (t(0.975, 1) = 12.7),
+so a figure may show the standard error s/√n or the range of the seeds instead, and says which."""
+
+
+@dataclass(frozen=True)
+class Band:
+    """Mean of n values and the band [low, high] drawn around it (nan where undefined)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def band(values: Sequence[float], kind: str = "ci95") -> Band:
+    """``kind`` (a key of BANDS) around the mean of ``values``; a non-finite value makes all nan, one value no band."""
+    if kind not in BANDS:
+        raise ValueError(f"band {kind!r}: choose one of {', '.join(BANDS)}")
+    if kind == "ci95":
+        interval = mean_interval(values)
+        return Band(interval.mean, interval.low, interval.high, interval.n)
+    n = len(values)
+    if n == 0 or not all(math.isfinite(v) for v in values):
+        return Band(math.nan, math.nan, math.nan, n)
+    mean = math.fsum(values) / n
+    if n == 1:
+        return Band(mean, math.nan, math.nan, 1)
+    if kind == "se":
+        half = sample_std(values) / math.sqrt(n)
+        return Band(mean, mean - half, mean + half, n)
+    return Band(mean, min(values), max(values), n)

@@ -1,7 +1,7 @@
 """Ablation report over run directories: per-run and per-seed-group tables, paired differences, figures.
 
     python scripts/compare_runs.py outputs/<family>/* [--metric KEY ...] [--out DIR] [--title T] [--overwrite]
-        [--include-unfinished]
+        [--include-unfinished] [--band ci95|se|minmax]
 
 Runs whose ``config.toml`` files differ only in ``job.seed`` (and in where they were written:
 ``job.run_name``, ``job.output_dir``, ``job.description``, ``checkpoint.resume``) form one *group*,
@@ -21,9 +21,11 @@ runs) is shown, with a warning when the runs come from different commits.
 
 Writes to DIR (default ``outputs/reports/compare_<YYYYmmdd-HHMMSS>``): ``report.md`` (also
 printed), ``summary.csv`` (one row per run, unrounded), ``groups.csv`` and ``differences.csv``
-(the group tables, unrounded), ``loss_curves.png`` (per group the mean over seeds, train solid
-and val dashed, with the 95 % band where a group has several seeds) and ``final_layer_std.png``
-(newest logged per-layer weight std vs depth, one subplot per role, group mean with its band).
+(the group tables, unrounded), ``loss_curves.png`` and ``.pdf`` (train and validation loss in two
+panels, per group the mean over seeds with a band where a group has several seeds: the 95 % t-interval,
+or with ``--band`` the standard error or the seeds' range; the loss at init, the step-0 row, dotted)
+and ``final_layer_std.png`` and ``.pdf`` (newest logged per-layer weight std vs depth, one subplot per
+role, group mean with its band).
 Column definitions are written under the tables.
 """
 
@@ -54,6 +56,7 @@ from reporting.compare import (  # noqa: E402
 )
 from reporting.groups import group_runs  # noqa: E402
 from reporting.runs import select_runs, unique_names  # noqa: E402
+from reporting.stats import BANDS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,6 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="output directory (default outputs/reports/compare_<time>)")
     parser.add_argument("--title", default="Ablation report", help="report heading and figure title")
     parser.add_argument("--overwrite", action="store_true", help="replace existing report files in --out")
+    parser.add_argument("--band", choices=list(BANDS), default="ci95",
+                        help="band around the mean over seeds in the figures: ci95 (95 %% Student-t interval, the "
+                             "default; wide with 2-3 seeds), se (± 1 standard error) or minmax (the seeds' range); "
+                             "the tables always give 95 %% t-intervals")
     parser.add_argument("--include-unfinished", action="store_true",
                         help="include unfinished runs (left out by default, with a warning), every run's values "
                              "taken at the last step all runs that did not diverge reached")
@@ -90,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         group.summaries = [summary_of[id(run)] for run in group.runs]
     quantities = quantity_names(groups, args.metric)
     diff_rows = differences(groups, quantities)
-    plot_loss_curves(groups, out_dir / "loss_curves.png", args.title)
-    with_std_figure = plot_final_layer_std(groups, out_dir / "final_layer_std.png", args.title)
-    report = report_text(selection, summaries, groups, quantities, diff_rows, args.title, with_std_figure)
+    plot_loss_curves(groups, out_dir / "loss_curves.png", args.title, args.band)
+    with_std_figure = plot_final_layer_std(groups, out_dir / "final_layer_std.png", args.title, args.band)
+    report = report_text(selection, summaries, groups, quantities, diff_rows, args.title, with_std_figure, args.band)
     (out_dir / "report.md").write_text(report)
     write_summary_csv(summaries, groups, out_dir / "summary.csv")
     write_group_csvs(groups, quantities, diff_rows, out_dir)

@@ -3,11 +3,11 @@
     python scripts/plot_layer_std.py <run_dir> [--roles attn.q,attn.k,attn.v] [--out DIR]
         [--rel-eps 0.1] [--abs-eps 1e-3] [--overwrite]
 
-From ``metrics.jsonl`` (docs/design.md §8) it writes to DIR (default ``<run_dir>/plots``):
-``std_heatmap.png`` (layer x step, colour = std, one panel per role) and ``std_lines.png`` (one
-line per layer coloured by depth; top row the std, bottom row the std relative to its first
-logged value, which shows how fast each depth grows). A run trained with
-``--metrics.log_variance_stats true`` also gets ``variance_heatmap.png``: layer x step, log colour,
+From ``metrics.jsonl`` (docs/design.md §8) it writes to DIR (default ``<run_dir>/plots``), each figure as
+PNG and PDF: ``std_heatmap`` (layer x step, colour = std, one panel per role) and ``std_lines`` (one
+line per layer coloured by depth, named in a legend for up to 8 layers; top row the std, bottom row
+the std relative to its first logged value, which shows how fast each depth grows). A run trained with
+``--metrics.log_variance_stats true`` also gets ``variance_heatmap``: layer x step, log colour,
 one panel per statistic (act_rms/residual, act_rms/attn_out, act_rms/mlp_out, act_std/mlp_pre,
 attn_logit_max) and per chosen role's grad_rms (docs/variance_dynamics.md).
 
@@ -42,12 +42,13 @@ from components.run_dir import RunDir  # noqa: E402
 from init_schemes import WeightInitializer  # noqa: E402
 from models.common import ModelArgs  # noqa: E402
 from reporting.cli import INPUT_ERRORS, error_exit, prepare_out_dir  # noqa: E402
-from reporting.figures import pyplot  # noqa: E402
+from reporting.figures import pyplot, save_figure  # noqa: E402
 from reporting.layers import layer_std_matrix, std_roles  # noqa: E402
 from reporting.runs import build_meta_model, load_run  # noqa: E402
-from roles import layer_of, role_of  # noqa: E402
+from roles import EMBEDDING, layer_of, parse_tag, role_of  # noqa: E402
 
-OUTPUT_FILES = ["std_heatmap.png", "std_lines.png", "variance_heatmap.png", "sparsity.csv", "sparsity.md"]
+OUTPUT_FILES = ["std_heatmap.png", "std_heatmap.pdf", "std_lines.png", "std_lines.pdf", "variance_heatmap.png",
+                "variance_heatmap.pdf", "sparsity.csv", "sparsity.md"]
 VARIANCE_FAMILIES = ("act_rms/residual", "act_rms/attn_out", "act_rms/mlp_out", "act_std/mlp_pre", "attn_logit_max")
 CSV_COLUMNS = ["role", "layer", "name", "numel", "std_init", "std_end", "eps_rel", "frac_below_eps_rel_init",
                "frac_below_eps_rel_end", "frac_below_eps_abs_init", "frac_below_eps_abs_end",
@@ -83,8 +84,7 @@ def plot_heatmaps(run: RunDir, roles: list[str], path: Path) -> None:
         fig.colorbar(mesh, ax=ax, label="std")
     fig.suptitle(run.name)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, pdf=True)
 
 
 def depth_matrix(records: list[dict], family: str) -> tuple[list[int], list[int], np.ndarray]:
@@ -92,8 +92,10 @@ def depth_matrix(records: list[dict], family: str) -> tuple[list[int], list[int]
     cells: dict[tuple[int, int], float] = {}
     for record in records:
         for key, value in record.items():
-            if key.startswith(f"{family}/") and (key.endswith("/embedding") or "/layer_" in key):
-                depth = -1 if key.endswith("/embedding") else int(key.rsplit("_", 1)[1])
+            tag = parse_tag(key)
+            name = None if tag is None else tag.family if tag.role is None else f"{tag.family}/{tag.role}"
+            if name == family and (tag.layer is not None or tag.where == EMBEDDING):
+                depth = -1 if tag.layer is None else tag.layer
                 cells[(depth, record["step"])] = math.nan if value is None else float(value)
     steps = sorted({step for _, step in cells})
     depths = sorted({depth for depth, _ in cells})
@@ -124,35 +126,48 @@ def plot_variance_heatmaps(run: RunDir, roles: list[str], path: Path) -> bool:
         fig.colorbar(mesh, ax=ax)
     fig.suptitle(f"{run.name}: variance dynamics")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, pdf=True)
     return True
 
 
+LEGEND_LAYERS = 8  # up to this many layers get a legend entry each; more share a colour bar
+
+
 def plot_layer_lines(run: RunDir, roles: list[str], path: Path) -> None:
-    """Per role: std over steps (top) and std / first logged std (bottom), one line per layer, colour = depth."""
+    """Per role: std over steps (top) and std / first logged std (bottom), one line per layer, colour = depth
+    (a legend entry per layer for up to LEGEND_LAYERS layers, else a colour bar); PNG and PDF."""
     plt = pyplot()
-    cmap = plt.get_cmap("viridis")
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(plt.get_cmap("viridis")(np.linspace(0, 0.9, 256)))  # without the yellow, faint on white
     fig, axes = plt.subplots(2, len(roles), figsize=(5 * len(roles), 7), squeeze=False, sharex="col",
                              layout="constrained")
     for column, role in enumerate(roles):
         steps, layers, std = layer_std_matrix(run.records, role)
         depth_norm = plt.Normalize(vmin=min(layers), vmax=max(max(layers), min(layers) + 1))
+        few = len(layers) <= LEGEND_LAYERS
+        ratios = 0
         for layer, values in zip(layers, std):
             values = np.asarray(values)
             colour = cmap(depth_norm(layer))
-            axes[0, column].plot(steps, values, color=colour, linewidth=1.2)
+            axes[0, column].plot(steps, values, color=colour, linewidth=1.2, label=f"layer {layer}")
             first = values[np.isfinite(values)][0]
             if first > 0:  # a zero-initialized tensor has no growth ratio
                 axes[1, column].plot(steps, values / first, color=colour, linewidth=1.2)
+                ratios += 1
+        if not ratios:
+            axes[1, column].text(0.5, 0.5, "zero at the first logged step:\nno growth ratio", ha="center",
+                                 va="center", transform=axes[1, column].transAxes, color="grey")
         axes[0, column].set(title=role, ylabel="weight std")
         axes[1, column].set(xlabel="step", ylabel="std / std at first logged step")
         for ax in axes[:, column]:
             ax.grid(alpha=0.3)
-        fig.colorbar(plt.cm.ScalarMappable(norm=depth_norm, cmap=cmap), ax=axes[:, column], label="layer")
+        if few:
+            axes[0, column].legend(fontsize="small", ncols=2 if len(layers) > 4 else 1)
+        else:
+            fig.colorbar(plt.cm.ScalarMappable(norm=depth_norm, cmap=cmap), ax=axes[:, column], label="layer")
     fig.suptitle(f"{run.name}: per-layer weight std")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, pdf=True)
 
 
 # ---------------------------------------------------------------- weights at init and at the end

@@ -118,9 +118,10 @@ def test_report_table_numbers_and_figures(two_runs, tmp_path, capsys):
     # Median over steps 10..40 (step 1 skipped): median(5000, 5200, 5100, 5300) = 5150.
     assert float(rows["mitchell_bug"]["tokens_per_sec_median"]) == 5150.0
     assert float(rows["depth_flat"]["tokens_per_sec_median"]) == 820.0  # median(810, 820, 830)
-    for name in ("loss_curves.png", "final_layer_std.png"):
-        data = (out / name).read_bytes()
+    for name in ("loss_curves", "final_layer_std"):
+        data = (out / f"{name}.png").read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000
+        assert (out / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
 
 
 def test_existing_report_is_not_overwritten(two_runs, tmp_path, capsys):
@@ -295,8 +296,13 @@ def test_group_curve_band_matches_interval(seed_family):
     steps, intervals = groups.group_curve(group, "loss/train")
     assert steps == [1, 20, 40]
     # step 20: 3.5, 3.6, 3.7 -> mean 3.6, s = 0.1
-    assert intervals[1].mean == pytest.approx(3.6) and intervals[1].half_width == pytest.approx(4.302652729911275 * 0.1 / math.sqrt(3))
-    assert intervals[0].half_width == 0.0  # every seed starts at 4.0
+    assert intervals[1].mean == pytest.approx(3.6)
+    assert intervals[1].high - intervals[1].mean == pytest.approx(4.302652729911275 * 0.1 / math.sqrt(3))
+    assert intervals[0].high == intervals[0].low == 4.0  # every seed starts at 4.0
+    _, ranges = groups.group_curve(group, "loss/train", "minmax")
+    assert (ranges[1].low, ranges[1].high) == (3.5, pytest.approx(3.7))  # the seeds' range at step 20
+    _, errors = groups.group_curve(group, "loss/train", "se")
+    assert errors[1].high - errors[1].mean == pytest.approx(0.1 / math.sqrt(3))
 
 
 def plant_commit(run_dir: Path, commit: str) -> None:
@@ -336,3 +342,19 @@ def test_unfinished_runs_are_left_out_or_cut_at_the_common_step(seed_family, tmp
     rows = read_rows(tmp_path / "cut" / "summary.csv")
     assert (rows["normal_seed3"]["steps_done"], rows["normal_seed3"]["status"]) == ("20", "unfinished")
     assert (rows["normal_seed0"]["steps_done"], rows["normal_seed0"]["tokens"]) == ("40", str(20 * 4 * 16))
+
+
+def test_loss_panels_and_the_band_option(seed_family, two_runs, tmp_path, capsys):
+    """A validation panel only where a run logged loss/val; --band names its band in the report."""
+    no_val = write_run(tmp_path / "nv", "train_only", GPT2_RUN, [{"step": s, "loss/train": 4.0 - 0.01 * s}
+                                                                 for s in (0, 1, 20, 40)])
+    assert compare.loss_panels(groups.group_runs([load_run(no_val)])) == ["loss/train"]
+    assert compare.loss_panels(groups.group_runs([load_run(p) for p in two_runs])) == ["loss/train", "loss/val"]
+    out = tmp_path / "se"
+    assert compare_runs.main([*map(str, seed_family), "--band", "se", "--out", str(out)]) == 0
+    assert "bands the ± 1 standard error over them" in (out / "report.md").read_text()
+    assert (out / "loss_curves.pdf").read_bytes()[:4] == b"%PDF"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        compare_runs.main([*map(str, seed_family), "--band", "sd"])
+    assert "invalid choice: 'sd'" in capsys.readouterr().err

@@ -96,6 +96,8 @@ def test_std_figures_without_checkpoint(run_dir, capsys):
     assert plot_layer_std.main([str(run_dir)]) == 0
     assert_png(run_dir / "plots" / "std_heatmap.png")
     assert_png(run_dir / "plots" / "std_lines.png")
+    for name in ("std_heatmap.pdf", "std_lines.pdf"):
+        assert (run_dir / "plots" / name).read_bytes()[:4] == b"%PDF"
     assert not (run_dir / "plots" / "sparsity.csv").exists()
     err = capsys.readouterr().err.splitlines()
     assert [line for line in err if "sparsity" in line] == [
@@ -210,3 +212,25 @@ def test_variance_heatmap_rows_are_depths_with_the_embedding_first(tmp_path):
     empty = RunDir(tmp_path / "e")
     assert not plot_layer_std.plot_variance_heatmaps(empty, [], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_std_lines_legend_for_few_layers_colour_bar_for_many(tmp_path, monkeypatch):
+    """3 layers: one legend entry per layer, no colour bar; 12 layers: a colour bar, no legend."""
+    drawn = {}
+
+    def keep(fig, path, **kwargs):
+        drawn[path.name] = ([ax.get_legend() for ax in fig.axes], [ax.get_label() for ax in fig.axes])
+        return [path]
+
+    monkeypatch.setattr(plot_layer_std, "save_figure", keep)
+    for n_layers in (3, 12):
+        records = [{"step": s, **{f"weight_std/attn.q/layer_{layer:02d}": 0.02 + s * 1e-4 / (layer + 1)
+                                  for layer in range(n_layers)}} for s in (1, 10)]
+        (tmp_path / f"r{n_layers}").mkdir()
+        (tmp_path / f"r{n_layers}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        plot_layer_std.plot_layer_lines(RunDir(tmp_path / f"r{n_layers}"), ["attn.q"], tmp_path / f"l{n_layers}.png")
+    legends, labels = drawn["l3.png"]
+    assert [t.get_text() for t in legends[0].get_texts()] == ["layer 0", "layer 1", "layer 2"]
+    assert "<colorbar>" not in labels and len(labels) == 2
+    legends, labels = drawn["l12.png"]
+    assert all(legend is None for legend in legends) and "<colorbar>" in labels

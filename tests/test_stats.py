@@ -69,3 +69,15 @@ def test_paired_variance_test_against_hand_computed_correlation():
     assert p_value == pytest.approx(2 * scipy_stats.t.sf(abs(t), 3), rel=1e-9)
     scaled = [3 * v for v in x]  # var 9x larger, perfectly correlated: detected
     assert stats.paired_variance_test(x, scaled)[1] < 1e-6
+
+
+def test_bands_standard_error_and_range():
+    values = [1.0, 2.0, 4.0]  # mean 7/3, s = sqrt(7/3)
+    se = stats.band(values, "se")
+    assert se.mean == pytest.approx(7 / 3) and se.high - se.mean == pytest.approx(math.sqrt(7 / 3) / math.sqrt(3))
+    assert (stats.band(values, "minmax").low, stats.band(values, "minmax").high) == (1.0, 4.0)
+    ci = stats.band(values, "ci95")
+    assert ci.high - ci.mean == pytest.approx(stats.mean_interval(values).half_width)
+    assert math.isnan(stats.band([3.0], "se").low) and math.isnan(stats.band([1.0, math.nan], "minmax").mean)
+    with pytest.raises(ValueError, match="choose one of ci95, se, minmax"):
+        stats.band(values, "sd")
