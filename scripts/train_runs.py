@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:  # `python scripts/x.py` puts scripts/, not the re
     sys.path.insert(0, str(REPO))
 
 from components.config import load_config  # noqa: E402
-from components.data import ensure_dataset  # noqa: E402
+from components.data import HeldOutPrefix, TokenDataset, ensure_dataset  # noqa: E402
 from components.metrics import NonFiniteLossError  # noqa: E402
 from components.run_dir import read_metrics  # noqa: E402
 from components.sweep import DIVERGED_FILE, record_divergence  # noqa: E402
@@ -64,9 +64,14 @@ def prepared_dataset(args: list[str]) -> str:
     """The token-shard directory of the data and tokenizer that ``args`` select, built once here.
 
     Passing it as ``--data.dataset`` to every run spares each run the embedded corpus's scan of the
-    standard library (~0.3 s); the shards are the same files either way."""
+    standard library (~0.3 s); the shards are the same files either way. When the runs validate, the
+    val split is checked to hold ``metrics.val_tokens`` here (ValueError, the trainer's one line), so that
+    a too-short split stops a sweep before its first run, not in every one of them."""
     cfg, _ = load_config(list(args))
-    return str(ensure_dataset(cfg.data, build_tokenizer(cfg.tokenizer)))
+    path = ensure_dataset(cfg.data, build_tokenizer(cfg.tokenizer))
+    if cfg.metrics.val_freq:
+        HeldOutPrefix(TokenDataset(path, "val"), cfg.training.seq_len, cfg.metrics.val_tokens)
+    return str(path)
 
 
 def run_training(args: list[str], run_dir: Path, launcher: str = "inprocess") -> RunResult:
