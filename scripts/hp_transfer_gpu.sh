@@ -42,7 +42,6 @@ fi
 # PARALLEL processes share the machine's cores: 2 threads each for their CPU work (the init draws, the loop).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 runs=${RUNS:-/tmp/hp_transfer/$study}
-mkdir -p "$out" "$runs"
 # Tokenize the corpus once here (on first use), not in the first PARALLEL runs at once.
 python -c '
 import sys
@@ -52,6 +51,7 @@ try:
 except (ValueError, OSError) as err:  # ConfigError is a ValueError: one line, as train.py would say it
     sys.exit(print(f"error: {err}", file=sys.stderr) or 2)
 ' --config "train_configs/hp_transfer/${study}.toml" "$@"
+mkdir -p "$out" "$runs"  # after the checks: bad input leaves no directory behind
 sweep_args=("train_configs/hp_transfer/${study}_sweep.toml" --output-dir "$runs" --parallel "$parallel"
             --deadline "${DEADLINE:-380}" --archive "$out/runs.tar.gz")
 if [[ -n "${PREVIOUS:-}" ]]; then sweep_args+=(--previous "$PREVIOUS"); fi
