@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from init_schemes.parametrization import forward_multiplier
 from models.common import ModelArgs
 from roles import is_adapter
 
@@ -154,16 +155,15 @@ def fold_multipliers(state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict
     and bias as logit_multiplier / e. Tensors are scaled in float64. A state with every multiplier 1 is
     returned as is.
     """
-    attn = 1.0 if args.attn_scale is None else args.attn_scale * math.sqrt(args.head_dim)
     tied_logits = args.logit_multiplier / args.embedding_multiplier
-    factors = {"tok_embedding": args.embedding_multiplier, "pos_embedding": args.embedding_multiplier,
-               "attn.out": args.residual_multiplier, "mlp.out": args.residual_multiplier, "attn.q": attn,
-               "lm_head": args.logit_multiplier, "final_norm": tied_logits if args.tie_embeddings else 1.0}
     out = dict(state)
     for name, tensor in state.items():
         module = name.rsplit(".", 1)[0]
-        role = module.split(".", 2)[2] if module.startswith("layers.") else module
-        factor = factors.get(role, 1.0)
+        role = module.split(".", 2)[2] if module.startswith("layers.") else module  # a bias takes its layer's factor
+        if role == "final_norm":
+            factor = tied_logits if args.tie_embeddings else 1.0
+        else:
+            factor = forward_multiplier(role, args)
         if factor != 1.0:
             out[name] = (tensor.double() * factor).to(tensor.dtype)
     return out

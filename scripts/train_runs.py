@@ -88,7 +88,7 @@ def run_training(args: list[str], run_dir: Path, launcher: str = "inprocess") ->
     if (run_dir / DIVERGED_FILE).is_file():  # an earlier call's result
         error = json.loads((run_dir / DIVERGED_FILE).read_text())["error"]
     elif launcher == "inprocess":
-        import train  # the entry script's loop, in this interpreter (scripts/bench_train.py does the same)
+        import train  # the entry script's loop, in this interpreter (benchmarks/bench_train.py does the same)
 
         try:
             train.run(cfg)

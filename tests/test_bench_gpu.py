@@ -1,4 +1,4 @@
-"""scripts/bench_gpu.py on CPU (--quick, the debug model): each variant in its own process, one record each,
+"""benchmarks/bench_gpu.py on CPU (--quick, the debug model): each variant in its own process, one record each,
 carrying what docs/performance.md's tables need (date, torch, commit, batch split, compile, both MFUs)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.multiprocess
 
 
 def test_each_variant_is_one_record_with_its_batch_and_provenance(tmp_path):
-    proc = python(["scripts/bench_gpu.py", "--quick", "--out", str(tmp_path), "--variants", "before,current"],
+    proc = python(["benchmarks/bench_gpu.py", "--quick", "--out", str(tmp_path), "--variants", "before,current"],
                   env={"INITLAB_COMMIT": "abc1234"})
     records = json.loads((tmp_path / "cpu.json").read_text())["results"]
     assert [r["variant"] for r in records] == ["before", "current"]
@@ -34,7 +34,7 @@ def test_each_variant_is_one_record_with_its_batch_and_provenance(tmp_path):
     (["--steps", "0"], "--steps 0 and --warmup 5 must both be >= 1"),
 ])
 def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, argv, message):
-    proc = python(["scripts/bench_gpu.py", "--out", str(tmp_path / "out"), *argv], check=False)
+    proc = python(["benchmarks/bench_gpu.py", "--out", str(tmp_path / "out"), *argv], check=False)
     assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
 
@@ -46,7 +46,7 @@ def test_idle_gap_report_finds_the_waits_between_overlapping_kernels_and_names_t
 
     from torch.autograd import DeviceType
 
-    from scripts.bench_gpu import idle_gap_report
+    from benchmarks.bench_gpu import idle_gap_report
 
     def op(id_, name, parent=None):
         return SimpleNamespace(id=id_, name=name, cpu_parent=parent, device_type=DeviceType.CPU)

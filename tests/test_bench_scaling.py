@@ -1,4 +1,4 @@
-"""scripts/bench_scaling.py and the 8-rank llama_1b family on CPU (gloo): the multi-GPU path, shrunk."""
+"""benchmarks/bench_scaling.py and the 8-rank llama_1b family on CPU (gloo): the multi-GPU path, shrunk."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ TINY = ["--model.n_layers", "2", "--training.seq_len", "32", "--tokenizer.max_vo
 
 
 def test_weak_scaling_script_reports_every_world_size(tmp_path):
-    proc = python(["scripts/bench_scaling.py", "--config", "train_configs/debug.toml", "--ranks", "1,2",
+    proc = python(["benchmarks/bench_scaling.py", "--config", "train_configs/debug.toml", "--ranks", "1,2",
                    "--local-batch", "2", "--steps", "6", "--out", str(tmp_path), "--device-name", "cpu-test",
                    "--", *TINY], env={"OMP_NUM_THREADS": "1"})
     record = json.loads((tmp_path / "weak_scaling_cpu-test.json").read_text())
@@ -30,7 +30,7 @@ def test_weak_scaling_script_reports_every_world_size(tmp_path):
 
 
 def test_bad_config_path_is_one_line_error(tmp_path):
-    proc = python(["scripts/bench_scaling.py", "--config", "train_configs/nope.toml", "--out", str(tmp_path)],
+    proc = python(["benchmarks/bench_scaling.py", "--config", "train_configs/nope.toml", "--out", str(tmp_path)],
                   check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: config train_configs/nope.toml not found; pass --config train_configs/..."

@@ -1,4 +1,4 @@
-"""scripts/bench_variance_stats.py on CPU (debug model): the record performance.md and variance_dynamics.md
+"""benchmarks/bench_variance_stats.py on CPU (debug model): the record performance.md and variance_dynamics.md
 quote, with its provenance, from a real run."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.multiprocess
 
 
 def test_logging_cost_record_carries_its_provenance_and_consistent_overheads(tmp_path):
-    python(["scripts/bench_variance_stats.py", "--model", "debug", "--compile", "off", "--steps", "3", "--warmup", "2",
+    python(["benchmarks/bench_variance_stats.py", "--model", "debug", "--compile", "off", "--steps", "3", "--warmup", "2",
             "--out", str(tmp_path)], env={"INITLAB_COMMIT": "abc1234"})
     record = json.loads((tmp_path / "variance_stats_cpu_debug.json").read_text())
     assert record["commit"] == "abc1234" and record["torch"] and record["date"].endswith("UTC")

@@ -1,4 +1,4 @@
-"""Every script in scripts/ and scripts/paper/ answers ``--help`` with exit 0, and every argparse option it
+"""Every script in scripts/, scripts/paper/ and benchmarks/ answers ``--help`` with exit 0, and every argparse option it
 declares has a help string (library modules without a ``__main__`` block are not scripts)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = sorted(path for folder in ("scripts", "scripts/paper") for path in (REPO / folder).glob("*.py")
+SCRIPTS = sorted(path for folder in ("scripts", "scripts/paper", "benchmarks") for path in (REPO / folder).glob("*.py")
                  if '__name__ == "__main__"' in path.read_text())
 
 
@@ -52,9 +52,9 @@ def undocumented(parser: argparse.ArgumentParser) -> list[str]:
 
 def test_every_script_is_found():
     names = {path.relative_to(REPO).as_posix() for path in SCRIPTS}
-    assert {"scripts/export.py", "scripts/sample.py", "scripts/bench_init.py", "scripts/inspect_init.py",
+    assert {"scripts/export.py", "scripts/sample.py", "benchmarks/bench_init.py", "scripts/inspect_init.py",
             "scripts/paper/mlp_std_sweep.py"} <= names
-    assert "scripts/bench_common.py" not in names
+    assert "benchmarks/bench_common.py" not in names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.relative_to(REPO).as_posix())

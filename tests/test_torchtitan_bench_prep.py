@@ -237,18 +237,18 @@ def test_config_parses_with_torchtitans_config_manager(assets):
     assert job.activation_checkpoint.mode == "none" and not job.checkpoint.enable
     assert job.compile.enable is False
     assert ConfigManager().parse_args(["--job.config_file", str(CONFIG)]).compile.enable is True
-    assert job.experimental.custom_import == "benchmarks.torchtitan.llama_1b_flavor"
+    assert job.experimental.custom_import == "integrations.torchtitan.flavors"
 
 
 def test_registered_flavor_has_initlabs_llama_1b_shape():
     from torchtitan.models.llama3 import Transformer, llama3_args
 
-    from benchmarks.torchtitan.llama_1b_flavor import FLAVOR_NAME, register
+    from integrations.torchtitan.flavors import LLAMA_1B_FLAVOR, register_flavors
     from models import build_model, make_model_args
 
-    assert register() == FLAVOR_NAME and FLAVOR_NAME in llama3_args
+    register_flavors()
     with torch.device("meta"):
-        titan = Transformer(llama3_args[FLAVOR_NAME])
+        titan = Transformer(llama3_args[LLAMA_1B_FLAVOR])
         ours = build_model(make_model_args("llama", "llama_1b", vocab_size=128256, max_seq_len=2048))
     titan_shapes = sorted(tuple(p.shape) for p in titan.parameters())
     assert titan_shapes == sorted(tuple(p.shape) for p in ours.parameters())

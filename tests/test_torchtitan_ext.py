@@ -1,4 +1,4 @@
-"""integrations/torchtitan_ext.py: torchtitan 0.2.2's llama3, built through the registered TrainSpec and
+"""integrations/torchtitan/: torchtitan 0.2.2's llama3, built through the registered TrainSpec and
 initialized by the extension, against initlab's own init (tensor for tensor) and torchtitan's own
 init_weights (call for call, for depth_aware); sharded draws on 2 FSDP2 ranks; one-line config errors."""
 
@@ -9,11 +9,14 @@ import dataclasses
 import pytest
 import torch
 
-import integrations.torchtitan_ext as ext
 from components.build import build_local_model
 from components.config import Config, ConfigError, Init, Job, Model, Training
 from components.torchtitan_names import from_torchtitan, to_torchtitan
 from components.weight_stats import WeightStats
+from integrations.torchtitan import config as tt_config
+from integrations.torchtitan import flavors as tt_flavors
+from integrations.torchtitan import metrics as tt_metrics
+from integrations.torchtitan import spec as tt_spec
 from models import build_model, make_model_args
 from roles import layer_of, role_of
 from tests.launch import torchrun
@@ -28,8 +31,8 @@ def parse_job_config(extra: list[str], flavor: str = "debugmodel"):
     """torchtitan's JobConfig with the [initlab] table, as its trainer parses the command line."""
     from torchtitan.config import ConfigManager
 
-    return ConfigManager().parse_args(["--job.custom_config_module", "integrations.torchtitan_ext", "--model.name",
-                                       ext.TRAIN_SPEC_NAME, "--model.flavor", flavor, "--training.seq_len",
+    return ConfigManager().parse_args(["--job.custom_config_module", "integrations.torchtitan.config", "--model.name",
+                                       tt_config.TRAIN_SPEC_NAME, "--model.flavor", flavor, "--training.seq_len",
                                        str(SEQ), *extra])
 
 
@@ -96,7 +99,7 @@ def test_depth_aware_through_the_extension_is_torchtitans_init_in_distribution(m
     model = build_on_meta(job_config)
     model.to_empty(device="cpu")
     args = model.model_args
-    initializer = ext.init_torchtitan_llama(model, args.initlab, args.initlab_seed, ext.initlab_args(args))
+    initializer = tt_spec.init_torchtitan_llama(model, args.initlab, args.initlab_seed, tt_config.initlab_args(args))
     for titan_name, param in plain.named_parameters():
         role, layer, spec = initializer.applied[from_torchtitan(titan_name)]
         assert (role, layer) == (role_of(from_torchtitan(titan_name)), layer_of(from_torchtitan(titan_name)))
@@ -119,7 +122,7 @@ def test_the_spec_has_initlabs_llama_1b_shape():
 
 @pytest.mark.slow
 def test_weight_std_of_torchtitans_model_has_initlabs_tags_and_values():
-    titan = ext.torchtitan_weight_stats([torchtitan_model(["--initlab.scheme", "mitchell"])]).compute()
+    titan = tt_metrics.torchtitan_weight_stats([torchtitan_model(["--initlab.scheme", "mitchell"])]).compute()
     ours = WeightStats(initlab_model(Init(scheme="mitchell"), 0)).compute()
     assert titan == ours  # same tensors, so the same numbers, under initlab's trainer's tags
     assert len([tag for tag in ours if tag.startswith("weight_std/attn.q/layer_")]) == DEBUGMODEL["n_layers"]
@@ -136,7 +139,7 @@ def test_two_fsdp_ranks_draw_the_single_process_weights(tmp_path):
     assert sorted(result["state"]) == sorted(single)
     for name, tensor in result["state"].items():
         assert torch.equal(tensor, single[name]), name
-    single_stats = ext.torchtitan_weight_stats([torchtitan_model(flags)]).compute()
+    single_stats = tt_metrics.torchtitan_weight_stats([torchtitan_model(flags)]).compute()
     assert result["weight_std"] == pytest.approx(single_stats, rel=1e-6, abs=0)  # 2 shards merged; fp32 var_mean
     assert result["refusal"] == ("initlab init of layers.0.attention.wo.weight: placement Shard(dim=1) (tensor "
                                  "parallelism) is not supported, only FSDP/HSDP's Shard(0) and Replicate; set "
@@ -159,9 +162,9 @@ def test_bad_initlab_options_are_one_line_errors(flags, message):
 def test_the_spec_without_the_initlab_table_is_a_one_line_error():
     from torchtitan.config import ConfigManager
 
-    job_config = ConfigManager().parse_args(["--model.name", ext.TRAIN_SPEC_NAME, "--model.flavor", "debugmodel"])
+    job_config = ConfigManager().parse_args(["--model.name", tt_config.TRAIN_SPEC_NAME, "--model.flavor", "debugmodel"])
     with pytest.raises(ConfigError, match="^model.name = 'initlab_llama3' needs the \\[initlab\\] table; add "
-                                          "--job.custom_config_module integrations.torchtitan_ext$"):
+                                          "--job.custom_config_module integrations.torchtitan.config$"):
         build_on_meta(job_config)
 
 
@@ -183,14 +186,14 @@ def token_dir(tmp_path_factory) -> str:
 
 def data_job_config(token_dir: str, local: int, global_: int, extra: tuple = ()):
     return parse_job_config(["--initlab.dataset", token_dir, "--initlab.seed", "3", "--training.local_batch_size",
-                             str(local), "--training.global_batch_size", str(global_), *extra], flavor=ext.DEBUG_FLAVOR)
+                             str(local), "--training.global_batch_size", str(global_), *extra], flavor=tt_flavors.DEBUG_FLAVOR)
 
 
 def torchtitan_micro_batches(job_config, dp_rank: int, dp_world_size: int, count: int) -> list:
     """The first ``count`` (input_dict, labels) the registered spec's dataloader gives torchtitan's trainer."""
     from torchtitan.protocols.train_spec import get_train_spec
 
-    spec = get_train_spec(ext.TRAIN_SPEC_NAME)
+    spec = get_train_spec(tt_config.TRAIN_SPEC_NAME)
     assert spec.build_tokenizer_fn(job_config) is None  # the batches are token ids already
     loader = spec.build_dataloader_fn(dp_world_size=dp_world_size, dp_rank=dp_rank, tokenizer=None,
                                       job_config=job_config)
@@ -239,7 +242,7 @@ def test_initlab_dataloader_resumes_after_the_checkpointed_micro_batches(token_d
     from torchtitan.protocols.train_spec import get_train_spec
 
     job_config = data_job_config(token_dir, 2, 4)
-    build = get_train_spec(ext.TRAIN_SPEC_NAME).build_dataloader_fn
+    build = get_train_spec(tt_config.TRAIN_SPEC_NAME).build_dataloader_fn
     first = build(dp_world_size=1, dp_rank=0, tokenizer=None, job_config=job_config)
     batches = iter(first)
     straight = [next(batches) for _ in range(5)]
@@ -259,9 +262,9 @@ def test_initlab_dataloader_resumes_after_the_checkpointed_micro_batches(token_d
 @pytest.mark.parametrize(("flags", "flavor", "message"), [
     ([], "debugmodel", "initlab.dataset {dir} has 4097 token ids but flavor 'debugmodel' embeds 2048; use a flavor "
                        "with vocab_size >= 4097"),
-    (["--validation.enable"], ext.DEBUG_FLAVOR, "initlab.dataset feeds training only (torchtitan's validator reads "
+    (["--validation.enable"], tt_flavors.DEBUG_FLAVOR, "initlab.dataset feeds training only (torchtitan's validator reads "
                                                 "its own data with its tokenizer); set validation.enable = false"),
-    (["--training.global_batch_size", "6"], ext.DEBUG_FLAVOR, "training.global_batch_size = 6 is not a multiple of "
+    (["--training.global_batch_size", "6"], tt_flavors.DEBUG_FLAVOR, "training.global_batch_size = 6 is not a multiple of "
                                                               "training.local_batch_size 4 x 1 dp ranks; pick a multiple"),
 ])
 def test_initlab_dataset_misfits_are_one_line_errors(token_dir, flags, flavor, message):
@@ -269,7 +272,7 @@ def test_initlab_dataset_misfits_are_one_line_errors(token_dir, flags, flavor, m
 
     job_config = parse_job_config(["--initlab.dataset", token_dir, "--training.local_batch_size", "4", *flags], flavor)
     with pytest.raises(ConfigError) as caught:
-        get_train_spec(ext.TRAIN_SPEC_NAME).build_dataloader_fn(dp_world_size=1, dp_rank=0, tokenizer=None,
+        get_train_spec(tt_config.TRAIN_SPEC_NAME).build_dataloader_fn(dp_world_size=1, dp_rank=0, tokenizer=None,
                                                                 job_config=job_config)
     assert str(caught.value) == message.format(dir=token_dir)
 
@@ -279,7 +282,7 @@ def test_torchtitan_and_initlab_models_compute_the_same_loss(token_dir):
     scaling, factor 8, set in initlab) give the same logits, so equal batches give equal step-1 losses."""
     from components.loss import next_token_loss
 
-    titan = torchtitan_model(["--initlab.scheme", "depth_aware", "--initlab.seed", "3"], ext.DEBUG_FLAVOR)
+    titan = torchtitan_model(["--initlab.scheme", "depth_aware", "--initlab.seed", "3"], tt_flavors.DEBUG_FLAVOR)
     cfg = Config(job=Job(seed=3), model=Model(flavor="debug", vocab_size=DEBUG_VOCAB, rope_scaling_factor=8.0),
                  init=Init(scheme="depth_aware"), training=Training(seq_len=SEQ))
     ours = build_local_model(cfg, DEBUG_VOCAB)[0]
@@ -311,17 +314,17 @@ def test_the_gpu_comparison_configs_match_hyperparameter_for_hyperparameter():
         o.steps, o.seq_len, o.global_batch_size, o.local_batch_size, o.max_norm)
     assert (s.scheme, s.seed, s.dataset, s.data_cache_dir) == (
         ours.init.scheme, ours.job.seed, ours.data.dataset, ours.data.cache_dir)
-    assert ext.checked_section(s) == ours.init  # every init option, defaults included
+    assert tt_config.checked_section(s) == ours.init  # every init option, defaults included
     opt = titan.optimizer
     assert (opt.name, opt.lr, [opt.beta1, opt.beta2], opt.eps, opt.weight_decay, opt.implementation) == (
         "AdamW", ours.optimizer.lr, ours.optimizer.betas, ours.optimizer.eps, ours.optimizer.weight_decay, "fused")
     assert (titan.metrics.log_freq, ours.metrics.log_freq, titan.compile.enable, ours.compile.enable) == (1, 1, False, False)
     assert (s.log_weight_std, s.log_activation_stats) == (ours.metrics.log_weight_std, ours.metrics.log_variance_stats)
 
-    titan_args = ext.Flavors()[titan.model.flavor]
+    titan_args = tt_spec.Flavors()[titan.model.flavor]
     titan_args.update_from_config(titan)
     args = model_args_from_config(ours, 100_000)  # vocab_size is set in the TOML
-    assert ext.initlab_args(titan_args) == dataclasses.replace(args, rope_scaling_factor=1.0)  # shapes
+    assert tt_config.initlab_args(titan_args) == dataclasses.replace(args, rope_scaling_factor=1.0)  # shapes
     assert torch.allclose(precompute_freqs_cis(args.head_dim, t.seq_len, titan_args.rope_theta,
                                                titan_args.rope_scaling_args), precompute_rope(args), atol=1e-6)
     with torch.device("meta"):
@@ -350,12 +353,12 @@ def test_activation_stats_through_torchtitan_are_initlabs_on_its_log_steps(token
     step, log steps 1, 2, 4), against initlab's ActivationStats on initlab's Llama with the same weights and batch."""
     from components.activation_stats import ActivationStats
 
-    titan = torchtitan_model(["--initlab.scheme", "depth_aware", "--initlab.seed", "3"], ext.DEBUG_FLAVOR)
+    titan = torchtitan_model(["--initlab.scheme", "depth_aware", "--initlab.seed", "3"], tt_flavors.DEBUG_FLAVOR)
     cfg = Config(job=Job(seed=3), model=Model(flavor="debug", vocab_size=DEBUG_VOCAB, rope_scaling_factor=8.0),
                  init=Init(scheme="depth_aware"), training=Training(seq_len=SEQ))
     ours = build_local_model(cfg, DEBUG_VOCAB)[0]
     oracle = ActivationStats(ours)
-    stats = ext.TorchtitanActivationStats(titan, accum_steps=2, should_log=lambda step: step == 1 or step % 2 == 0)
+    stats = tt_metrics.TorchtitanActivationStats(titan, accum_steps=2, should_log=lambda step: step == 1 or step % 2 == 0)
     batches = torchtitan_micro_batches(data_job_config(token_dir, 2, 4), 0, 1, 8)  # steps 1-4, 2 micro-batches each
     for step in (1, 2, 3, 4):
         for inputs, _labels in batches[2 * step - 2: 2 * step]:
@@ -376,8 +379,8 @@ def test_activation_stats_through_torchtitan_are_initlabs_on_its_log_steps(token
 
 
 def test_activation_stats_after_a_resume_start_at_the_second_log_step(token_dir):
-    titan = torchtitan_model(["--initlab.scheme", "mitchell"], ext.DEBUG_FLAVOR)
-    stats = ext.TorchtitanActivationStats(titan, accum_steps=1, should_log=lambda step: step == 1 or step % 2 == 0)
+    titan = torchtitan_model(["--initlab.scheme", "mitchell"], tt_flavors.DEBUG_FLAVOR)
+    stats = tt_metrics.TorchtitanActivationStats(titan, accum_steps=1, should_log=lambda step: step == 1 or step % 2 == 0)
     inputs = torchtitan_micro_batches(data_job_config(token_dir, 2, 2), 0, 1, 1)[0][0]["input"]
     with torch.no_grad():
         titan(inputs)  # the trainer's step 5 after resuming from step 4: counted as step 1
@@ -389,13 +392,13 @@ def test_activation_stats_after_a_resume_start_at_the_second_log_step(token_dir)
 def test_the_metrics_processor_hooks_the_model_when_the_trainer_hands_it_over():
     from torchtitan.distributed import ParallelDims
 
-    processor = object.__new__(ext.InitlabMetricsProcessor)  # its __init__ reads CUDA device properties
+    processor = object.__new__(tt_metrics.InitlabMetricsProcessor)  # its __init__ reads CUDA device properties
     processor.job_config = parse_job_config(["--initlab.log_activation_stats", "--training.local_batch_size", "2",
-                                             "--training.global_batch_size", "8"], ext.DEBUG_FLAVOR)
+                                             "--training.global_batch_size", "8"], tt_flavors.DEBUG_FLAVOR)
     processor.parallel_dims = ParallelDims(dp_replicate=1, dp_shard=2, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=2)
     processor.model_parts = None  # as MetricsProcessor.__init__ sets it
     assert processor.activation_stats is None
-    processor.model_parts = [torchtitan_model(["--initlab.scheme", "mitchell"], ext.DEBUG_FLAVOR)]
+    processor.model_parts = [torchtitan_model(["--initlab.scheme", "mitchell"], tt_flavors.DEBUG_FLAVOR)]
     assert processor.activation_stats.accum_steps == 2  # torchtitan's: 8 / (2 rows x 2 dp ranks)
     assert len(processor.activation_stats.probes) == 4 * 5 + 1
     with pytest.raises(ConfigError, match="^initlab.log_activation_stats needs one model part, got 2 "):

@@ -1,4 +1,4 @@
-"""integrations/torchtitan_ext.py's ``initlab.run_dir``: torchtitan 0.2.2's own trainer (on a CPU, through
+"""integrations/torchtitan/'s ``initlab.run_dir``: torchtitan 0.2.2's own trainer (on a CPU, through
 tests/torchtitan_cpu_trainer.py) writes an initlab run directory that components/run_dir.py reads and
 scripts/compare_runs.py reports next to train.py's runs, with the numbers torchtitan logged to TensorBoard."""
 
@@ -15,7 +15,9 @@ import torch
 from torchtitan.models import llama3
 from torchtitan.models.llama3.model.model import Transformer
 
-import integrations.torchtitan_ext as ext
+from integrations.torchtitan import config as tt_config
+from integrations.torchtitan import flavors as tt_flavors
+from integrations.torchtitan import metrics as tt_metrics
 from reporting.runs import count_run_params, load_run
 from reporting.tables import fmt_count
 from scripts import compare_runs
@@ -43,7 +45,7 @@ def runs(tmp_path_factory):
     token_dir = str(ensure_dataset(data, build_tokenizer(Tokenizer(max_vocab=4096)), max_bytes=300_000))
     flags = [f"--{key}={value}" for key, value in SHARED.items()]
     torchrun(["tests/torchtitan_cpu_trainer.py", "--job.config_file", "benchmarks/torchtitan/compare_torchtitan.toml",
-              "--job.dump_folder", str(base / "torchtitan"), "--model.flavor", ext.DEBUG_FLAVOR,
+              "--job.dump_folder", str(base / "torchtitan"), "--model.flavor", tt_flavors.DEBUG_FLAVOR,
               "--initlab.dataset", token_dir, *flags, "--training.mixed_precision_param", "float32",
               "--optimizer.implementation", "foreach"], nproc=1, timeout=300)
     python(["train.py", "--config", "benchmarks/torchtitan/compare_initlab.toml", "--job.output_dir", str(base),
@@ -63,7 +65,7 @@ def test_the_run_directory_holds_the_metrics_torchtitan_logged(runs):
     run_dir, tb, _ = runs
     run, events = load_run(run_dir), torchtitan_series(tb)
     assert [record["step"] for record in run.records] == LOG_STEPS
-    initlab_tags = sorted(tag for tag in events if tag.startswith(ext.INITLAB_FAMILIES))
+    initlab_tags = sorted(tag for tag in events if tag.startswith(tt_metrics.INITLAB_FAMILIES))
     assert len([tag for tag in initlab_tags if tag.startswith("weight_std/")]) == 37 and len(initlab_tags) == 37 + 21
     for record in run.records:
         step = record["step"]
@@ -81,7 +83,7 @@ def test_the_run_config_is_initlabs_schema_for_the_torchtitan_run(runs):
     run_dir, _, initlab_dir = runs
     run = load_run(run_dir)
     cfg, ours = run.config, load_run(initlab_dir).config
-    assert run.tables["torchtitan"] == {"version": "0.2.2", "train_spec": "initlab_llama3", "flavor": ext.DEBUG_FLAVOR,
+    assert run.tables["torchtitan"] == {"version": "0.2.2", "train_spec": "initlab_llama3", "flavor": tt_flavors.DEBUG_FLAVOR,
                                         "lr_decay_type": "linear", "lr_decay_ratio": 0.0, "lr_min_factor": 0.0}
     assert (cfg.job.seed, cfg.job.run_name, cfg.init, cfg.data.dataset) == (0, "initlab_run", ours.init, ours.data.dataset)
     assert cfg.training.steps == STEPS and (cfg.training.seq_len, cfg.training.global_batch_size,
@@ -91,7 +93,7 @@ def test_the_run_config_is_initlabs_schema_for_the_torchtitan_run(runs):
     assert cfg.lr_scheduler == dataclasses.replace(ours.lr_scheduler, min_lr_ratio=0.0)
     assert (cfg.metrics.log_freq, cfg.metrics.log_weight_std, cfg.metrics.log_variance_stats) == (2, True, True)
     with torch.device("meta"):
-        titan = Transformer(llama3.llama3_args[ext.DEBUG_FLAVOR])
+        titan = Transformer(llama3.llama3_args[tt_flavors.DEBUG_FLAVOR])
     assert count_run_params(run) == sum(p.numel() for p in titan.parameters()) == count_run_params(load_run(initlab_dir))
 
 
@@ -123,14 +125,14 @@ def test_compare_runs_reports_the_torchtitan_run_in_its_own_group(runs, tmp_path
 def test_a_restarted_run_drops_the_records_from_its_first_step_on(tmp_path):
     from torchtitan.components.metrics import BaseLogger
 
-    first = ext.InitlabRunLogger(BaseLogger(), tmp_path, world_size=2)
+    first = tt_metrics.InitlabRunLogger(BaseLogger(), tmp_path, world_size=2)
     for step in (1, 2, 3, 4):
         first.log({"loss_metrics/global_avg_loss": 10.0 - step, "throughput(tps)": 5.0, "tflops": 1.0}, step)
     first.log({"validation_metrics/loss": 9.5, "grad_norm": float("nan")}, 4)
     first.close()
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert last == {"step": 4, "loss/val": 9.5, "grad_norm_total": None}  # validation's own record; NaN as null
-    resumed = ext.InitlabRunLogger(BaseLogger(), tmp_path, world_size=2)  # resumed from a checkpoint at step 2
+    resumed = tt_metrics.InitlabRunLogger(BaseLogger(), tmp_path, world_size=2)  # resumed from a checkpoint at step 2
     resumed.log({"loss_metrics/global_avg_loss": 6.5, "weight_std/attn.q/layer_00": 0.02}, 3)
     resumed.close()
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -150,14 +152,14 @@ def test_a_restarted_run_drops_the_records_from_its_first_step_on(tmp_path):
 ])
 def test_torchtitans_lr_schedule_gets_initlabs_name(flags, expected):
     job_config = parse_job_config(flags)
-    schedule = ext.initlab_lr_scheduler(job_config.lr_scheduler, job_config.training.steps)
+    schedule = tt_config.initlab_lr_scheduler(job_config.lr_scheduler, job_config.training.steps)
     assert {key: schedule[key] for key in expected} == expected
 
 
 def test_a_run_directory_of_another_optimizer_is_a_one_line_error(tmp_path):
     job_config = parse_job_config(["--optimizer.name", "Adam"])
-    with pytest.raises(ext.ConfigError) as caught:
-        ext.initlab_run_config(job_config, llama3.llama3_args["debugmodel"], 1, tmp_path / "run")
+    with pytest.raises(tt_config.ConfigError) as caught:
+        tt_config.initlab_run_config(job_config, llama3.llama3_args["debugmodel"], 1, tmp_path / "run")
     assert str(caught.value) == ("initlab.run_dir describes AdamW runs (initlab's only optimizer), not optimizer.name = "
                                  "'Adam'; set initlab.run_dir = \"\" or optimizer.name = \"AdamW\"")
 
@@ -169,6 +171,6 @@ def test_a_torchtitan_run_config_is_checked_as_load_config_checks_it_but_its_tab
     cfg = load_run(tmp_path).config
     assert (cfg.job.seed, cfg.model.n_layers, cfg.model.dim) == (4, 3, None)
     (tmp_path / "config.toml").write_text(f"[model]\nn_layer = 3\n{table}")
-    with pytest.raises(ext.ConfigError, match=f"^unknown key model.n_layer \\({tmp_path / 'config.toml'}\\); "
+    with pytest.raises(tt_config.ConfigError, match=f"^unknown key model.n_layer \\({tmp_path / 'config.toml'}\\); "
                                               "did you mean 'n_layers'\\?$"):
         _ = load_run(tmp_path).config

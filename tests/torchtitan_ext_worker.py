@@ -17,7 +17,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Shard, distribute_tensor
 
 from distributed.env import distributed_session
-from integrations.torchtitan_ext import check_placements, torchtitan_weight_stats
+from integrations.torchtitan.metrics import torchtitan_weight_stats
+from integrations.torchtitan.spec import check_placements
 from tests.test_torchtitan_ext import build_on_meta, parse_job_config
 
 

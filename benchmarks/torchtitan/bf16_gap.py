@@ -47,16 +47,18 @@ def torchtitan_model(dim: int, layers: int, seq_len: int) -> torch.nn.Module:
 
     from torchtitan.config import ConfigManager
 
-    import integrations.torchtitan_ext as ext
+    from integrations.torchtitan import config as tt_config
+    from integrations.torchtitan import flavors as tt_flavors
+    from integrations.torchtitan import spec as tt_spec
 
-    job = ConfigManager().parse_args(["--job.custom_config_module", "integrations.torchtitan_ext", "--model.name",
-                                      ext.TRAIN_SPEC_NAME, "--initlab.scheme", SCHEME, "--initlab.seed", str(SEED),
+    job = ConfigManager().parse_args(["--job.custom_config_module", "integrations.torchtitan.config", "--model.name",
+                                      tt_config.TRAIN_SPEC_NAME, "--initlab.scheme", SCHEME, "--initlab.seed", str(SEED),
                                       "--training.seq_len", str(seq_len)])
-    args = dataclasses.replace(ext.Flavors()[ext.DEBUG_FLAVOR], dim=dim, n_layers=layers, n_heads=dim // 64,
+    args = dataclasses.replace(tt_spec.Flavors()[tt_flavors.DEBUG_FLAVOR], dim=dim, n_layers=layers, n_heads=dim // 64,
                                n_kv_heads=max(dim // 256, 1))
     args.update_from_config(job)
     with torch.device("meta"):
-        model = ext.InitlabTransformer(args)
+        model = tt_spec.InitlabTransformer(args)
     model.to_empty(device="cpu")
     model.init_weights()
     return model

@@ -6,7 +6,7 @@
 
 launches ``python -m torch.distributed.run --standalone --nproc_per_node=N -m torchtitan.train
 --job.config_file benchmarks/torchtitan/llama_1b_bench.toml ...`` from the repo root (so the config's
-``custom_import`` of ``benchmarks.torchtitan.llama_1b_flavor`` resolves), streams and saves its log,
+``custom_import`` of ``integrations.torchtitan.flavors`` resolves), streams and saves its log,
 and writes one JSON summary of the steps after the first ``--warmup``:
 
 * ``tokens_per_sec_per_device``: tokens of the measured steps / their wall time, i.e. the harmonic
@@ -210,7 +210,7 @@ def preflight(config: Path, assets: Path, extra: list[str]) -> dict:
     for name, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1")):
         os.environ.setdefault(name, value)  # read when `datasets` is first imported
     if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))  # for the config's custom_import, benchmarks.torchtitan.*
+        sys.path.insert(0, str(REPO_ROOT))  # for the config's custom_import, integrations.torchtitan.*
     import torch
     from torchtitan.config import ConfigManager
     from torchtitan.protocols.train_spec import get_train_spec

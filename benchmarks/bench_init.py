@@ -1,6 +1,6 @@
 """Benchmark model build + init on CPU: wall time and peak RSS per rank, for 1 and 2 ranks.
 
-    python scripts/bench_init.py [--ranks 1,2] [--threads 1] [--section.key VALUE ...]
+    python benchmarks/bench_init.py [--ranks 1,2] [--threads 1] [--section.key VALUE ...]
 
 Defaults to llama_1b with Llama 3's vocabulary (128256 rows), on CPU (gloo). For each world
 size it launches ``torchrun --standalone --nproc_per_node=N`` on this file in worker mode; each
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the repo root, so `python scripts/...` works
+sys.path.insert(0, str(REPO))  # the repo root, so `python benchmarks/...` works
 
 from components.config import ConfigError, load_config  # noqa: E402
 

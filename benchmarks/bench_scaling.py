@@ -1,6 +1,6 @@
 """Weak scaling of the trainer: 1 -> 2 -> 4 -> 8 ranks at a fixed per-rank batch.
 
-    python scripts/bench_scaling.py [--config train_configs/llama_1b/depth_aware.toml] [--ranks 1,2,4,8]
+    python benchmarks/bench_scaling.py [--config train_configs/llama_1b/depth_aware.toml] [--ranks 1,2,4,8]
                                     [--local-batch 4] [--steps 30] [--out benchmarks/results] [-- --section.key v ...]
 
 Each world size runs ``torchrun --standalone --nproc_per_node=N train.py`` for ``steps`` steps with

@@ -1,7 +1,7 @@
 """Cost of the fault-tolerance machinery through train.py itself: time blocked per checkpoint save (synchronous
 vs asynchronous DCP) and the per-step non-finite check (training.nonfinite_check = step vs log).
 
-    python scripts/bench_checkpoint.py --config train_configs/llama_1b/base.toml [--steps 30] [--interval 10]
+    python benchmarks/bench_checkpoint.py --config train_configs/llama_1b/base.toml [--steps 30] [--interval 10]
         [--out outputs/bench_checkpoint] [--section.key VALUE ...]
 
 Runs ``train.py`` three times in fresh run directories under ``--out``: (sync save, per-step check),

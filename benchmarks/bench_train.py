@@ -1,6 +1,6 @@
 """CPU benchmark: initlab's trainer vs a bare PyTorch loop, and the cost of weight-std logging.
 
-    python scripts/bench_train.py [--config train_configs/debug.toml] [--steps 20] [--warmup 3] [--json]
+    python benchmarks/bench_train.py [--config train_configs/debug.toml] [--steps 20] [--warmup 3] [--json]
 
 Both run the same model shapes on the same global batches (``TokenBatches.get(step)``): the
 trainer through FSDP2 on a world of one (its full step: microbatching, DTensor-aware clipping,
@@ -22,11 +22,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_common import std_call_ms, timed_steps  # noqa: E402
 from components.config import load_config  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
 from init_schemes import WeightInitializer  # noqa: E402
 from models import build_model  # noqa: E402
-from scripts.bench_common import std_call_ms, timed_steps  # noqa: E402
 from train import Trainer  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Time the token-cache check a run does when it opens its data (components/data.py: verify_shards).
 
-    python scripts/bench_data_checksums.py [--config train_configs/debug.toml] [--gb 2] [--scratch DIR]
+    python benchmarks/bench_data_checksums.py [--config train_configs/debug.toml] [--gb 2] [--scratch DIR]
 
 Two measurements: the cache of ``--config``'s dataset (the embedded corpus for the debug config; built first if
 missing), and a synthetic shard directory of ``--gb`` GB of random uint16 tokens written with ShardWriter into
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python scripts/bench_data_checksums.py` anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/bench_data_checksums.py` anywhere
 
 import numpy as np  # noqa: E402
 

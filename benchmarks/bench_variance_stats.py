@@ -1,9 +1,9 @@
 """Cost of the variance-dynamics logging (weight std + grad stats + activation statistics) in the real trainer.
 
-    python scripts/bench_variance_stats.py [--model llama_1b] [--compile on] [--steps 20] [--warmup 5]
+    python benchmarks/bench_variance_stats.py [--model llama_1b] [--compile on] [--steps 20] [--warmup 5]
                                            [--out benchmarks/results]
 
-Builds the Trainer of ``scripts/bench_gpu.py``'s setting for ``--model`` (one device, FSDP2 on a
+Builds the Trainer of ``benchmarks/bench_gpu.py``'s setting for ``--model`` (one device, FSDP2 on a
 world of one) with ``metrics.log_variance_stats = true``, compiles both block graphs in the warmup
 (a non-logging and a logging step), then runs ``2 x --steps`` steps alternating a plain step
 (``train_step(logging=False)``) and a logging step (``train_step(logging=True)``: the first
@@ -28,11 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_common import MODEL_SETTINGS, git_commit, settings_argv, sync  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.preemption import StopRequests  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
-from scripts.bench_common import sync  # noqa: E402
-from scripts.bench_gpu import MODEL_SETTINGS, git_commit, settings_argv  # noqa: E402
 from train import Trainer  # noqa: E402
 
 LOG_FREQS = (1, 10, 100)
@@ -82,7 +81,7 @@ def bench(args, env) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama_1b", choices=sorted(MODEL_SETTINGS),
-                        help="model setting of scripts/bench_gpu.py (default llama_1b)")
+                        help="model setting of benchmarks/bench_gpu.py (default llama_1b)")
     parser.add_argument("--compile", default="on", choices=("on", "off"), help="torch.compile the blocks (default on)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first, compiling both graphs (default 5)")

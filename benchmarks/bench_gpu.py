@@ -1,6 +1,6 @@
 """Throughput and MFU of initlab's trainer on one GPU, one lever at a time.
 
-    python scripts/bench_gpu.py [--models gpt2_124m,llama_1b] [--variants before,keep_gathered,...]
+    python benchmarks/bench_gpu.py [--models gpt2_124m,llama_1b] [--variants before,keep_gathered,...]
                                 [--steps 10] [--warmup 5] [--profile current] [--out benchmarks/results]
                                 [--torchtitan-summary tt.json]
 
@@ -35,22 +35,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_common import MODEL_SETTINGS, git_commit, settings_argv, timed_steps  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.metrics import MFU_TAGS  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
 from distributed.parallelize import compile_enabled  # noqa: E402
-from scripts.bench_common import timed_steps  # noqa: E402
 from train import Trainer  # noqa: E402
 
 RESULT_PREFIX = "bench_gpu result: "
-# model -> (config, sequence length, sequences per micro-batch, micro-batches per optimizer step).
-MODEL_SETTINGS = {
-    # One GPU's share of the family's 8-GPU step: 512 x 1024 tokens / 8 = 64 sequences in one micro-batch.
-    "gpt2_124m": ("train_configs/gpt2_124m/scaled_output.toml", 1024, 64, 1),
-    # The issue's speed point: 8 x 2048 tokens per micro-batch (fits an 80 GB H100), 2 per step.
-    "llama_1b": ("train_configs/llama_1b/depth_aware.toml", 2048, 8, 2),
-    "debug": ("train_configs/debug.toml", 128, 4, 2),
-}
 @dataclass(frozen=True)
 class Variant:
     """Overrides of the code's defaults: config flags, sequences per micro-batch per model (tokens per step stay
@@ -88,15 +80,6 @@ def applies(model: str, variant: str) -> bool:
     """Whether the variant's micro-batch divides the model's sequences per step (micro_64 does not fit debug)."""
     _, _, micro, accum = MODEL_SETTINGS[model]
     return (micro * accum) % variant_micro(model, variant) == 0
-
-
-def settings_argv(model: str, micro: int | None) -> tuple[str, list[str], int, int]:
-    """(config, overrides, micro, accumulation) for ``model`` with an optional micro-batch size."""
-    config, seq_len, model_micro, accum = MODEL_SETTINGS[model]
-    sequences = model_micro * accum
-    micro = micro or model_micro
-    return config, ["--training.seq_len", str(seq_len), "--training.global_batch_size", str(sequences),
-                    "--training.local_batch_size", str(micro)], micro, sequences // micro
 
 
 def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, steps: int = 3) -> None:
@@ -201,16 +184,6 @@ def torchtitan_record(path: Path, common: dict) -> dict:
             "step_time_s": summary["step_time_s"], "tokens_per_sec_per_device": summary["tokens_per_sec_per_device"],
             "mfu": summary["mfu"], "peak_memory_gib": summary.get("peak_memory_gib"),
             "peak_memory_kind": "reserved", "source": str(path)}
-
-
-def git_commit() -> str | None:
-    if os.environ.get("INITLAB_COMMIT"):  # the device machine's copy: its .git (if any) is not this tree's
-        return os.environ["INITLAB_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
