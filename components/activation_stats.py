@@ -215,7 +215,7 @@ def find_probes(model: nn.Module) -> list[Probe]:
         probes += [Probe(kind, layer, modules[prefix + name]) for name, kind in
                    (*BLOCK_PROBES.items(), (pre, "mlp_pre"))]
     probes.append(Probe("residual", n_layers - 1, modules["final_norm"]))
-    probes.append(Probe("logits", n_layers, model))  # the model's output: [B, T, vocab]
+    probes.append(Probe("logits", n_layers, modules.get("", model)))  # the model's output: [B, T, vocab]
     return probes
 
 

@@ -130,7 +130,10 @@ def weight_std_role(tag: str) -> str | None:
 
 
 def activation_family(tag: str) -> str | None:
-    """The family of an activation statistic's tag (components/activation_stats.py), e.g. 'act_rms/residual'."""
+    """The family of an activation statistic's tag (components/activation_stats.py), e.g. 'act_rms/residual'; a
+    statistic of the whole model (act_rms/logits) is its family alone."""
+    if tag in ACTIVATION_FAMILIES:
+        return tag
     parsed = parse_tag(tag)
     return parsed.family if parsed is not None and parsed.family in ACTIVATION_FAMILIES else None
 

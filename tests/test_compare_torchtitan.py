@@ -80,7 +80,7 @@ def test_comparison_finds_the_loss_shift_and_the_largest_std_difference(initlab_
     assert result["weight_std"]["only_torchtitan"] == ["weight_std/only_torchtitan"]
     assert result["within_tolerance"] == {"step1_loss": True, "weight_std": False}  # defaults 0.01, 0.01
     activations = result["activations"]
-    assert activations["tags_compared"] == len([t for t in records[0] if t.startswith(("act_", "attn_logit"))]) == 11
+    assert activations["tags_compared"] == len([t for t in records[0] if t.startswith(("act_", "attn_logit"))]) == 12
     assert activations["step1"]["max"]["rel_diff"] == pytest.approx(ACT_SCALE - 1, rel=1e-3)
     assert activations["step1"]["max"]["step"] == 1
     assert (activations["all_steps"]["max"]["tag"], activations["all_steps"]["max"]["step"]) == ACT_OUTLIER[:2]
@@ -134,4 +134,4 @@ def test_torchtitans_trainer_with_the_extension_and_train_py_agree_in_fp32(tmp_p
         assert titan_loss == pytest.approx(initlab_loss, rel=1e-6)  # float32 events; 4 steps of AdamW
     assert result["weight_std"]["tags_compared"] == 37 and result["weight_std"]["max"]["rel_diff"] < 1e-6
     assert result["weight_std"]["only_torchtitan"] == result["weight_std"]["only_initlab"] == []
-    assert result["activations"]["tags_compared"] == 21 and result["activations"]["all_steps"]["max"]["rel_diff"] < 1e-5
+    assert result["activations"]["tags_compared"] == 22 and result["activations"]["all_steps"]["max"]["rel_diff"] < 1e-5

@@ -370,7 +370,7 @@ def test_activation_stats_through_torchtitan_are_initlabs_on_its_log_steps(token
         with oracle.capture(), torch.no_grad():
             ours(batches[2 * step - 2][0]["input"])  # the step's first micro-batch
         expected = oracle.compute()
-        assert sorted(values) == sorted(expected) and len(expected) == 4 * 5 + 1  # residual incl. embedding
+        assert sorted(values) == sorted(expected) and len(expected) == 4 * 5 + 2  # residual incl. embedding; logits
         for tag, value in expected.items():
             assert values[tag] == pytest.approx(value, rel=1e-4), tag  # fp32, different attention/RoPE kernels
     titan.eval()
@@ -386,7 +386,7 @@ def test_activation_stats_after_a_resume_start_at_the_second_log_step(token_dir)
         titan(inputs)  # the trainer's step 5 after resuming from step 4: counted as step 1
         assert stats.values_for(5) == {}  # 5 is not a log step anyway; the count is resynchronized
         titan(inputs)  # step 6
-    assert stats.measured_step == 6 and len(stats.values_for(6)) == 21
+    assert stats.measured_step == 6 and len(stats.values_for(6)) == 22
 
 
 def test_the_metrics_processor_hooks_the_model_when_the_trainer_hands_it_over():
@@ -400,6 +400,6 @@ def test_the_metrics_processor_hooks_the_model_when_the_trainer_hands_it_over():
     assert processor.activation_stats is None
     processor.model_parts = [torchtitan_model(["--initlab.scheme", "mitchell"], tt_flavors.DEBUG_FLAVOR)]
     assert processor.activation_stats.accum_steps == 2  # torchtitan's: 8 / (2 rows x 2 dp ranks)
-    assert len(processor.activation_stats.probes) == 4 * 5 + 1
+    assert len(processor.activation_stats.probes) == 4 * 5 + 2
     with pytest.raises(ConfigError, match="^initlab.log_activation_stats needs one model part, got 2 "):
         processor.model_parts = [torch.nn.Linear(1, 1)] * 2

@@ -66,7 +66,7 @@ def test_the_run_directory_holds_the_metrics_torchtitan_logged(runs):
     run, events = load_run(run_dir), torchtitan_series(tb)
     assert [record["step"] for record in run.records] == LOG_STEPS
     initlab_tags = sorted(tag for tag in events if tag.startswith(tt_metrics.INITLAB_FAMILIES))
-    assert len([tag for tag in initlab_tags if tag.startswith("weight_std/")]) == 37 and len(initlab_tags) == 37 + 21
+    assert len([tag for tag in initlab_tags if tag.startswith("weight_std/")]) == 37 and len(initlab_tags) == 37 + 22
     for record in run.records:
         step = record["step"]
         assert sorted(record) == sorted(["step", *SAME_TAGS, "throughput/tokens_per_sec", *initlab_tags])

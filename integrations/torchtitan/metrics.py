@@ -81,11 +81,12 @@ def initlab_module_names(model: nn.Module) -> dict[str, nn.Module]:
 
 
 class InitlabModules:
-    """torchtitan's llama3 as initlab's ActivationStats reads a model: initlab's args, module names, layers."""
+    """torchtitan's llama3 as initlab's ActivationStats reads a model: initlab's args, module names (the root, whose
+    output is the logits, under ""), layers."""
 
     def __init__(self, model: nn.Module):
         self.args, self.layers = initlab_args(model.model_args), model.layers
-        self._named = initlab_module_names(model)
+        self._named = {"": model, **initlab_module_names(model)}
 
     def named_modules(self):
         return iter(self._named.items())
