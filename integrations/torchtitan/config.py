@@ -15,9 +15,9 @@ from pathlib import Path
 from torchtitan.models.llama3.model.args import TransformerModelArgs
 
 from components.config import Config, ConfigError, Init, config_from_dict, to_toml
+from components.run_dir import TORCHTITAN_TABLE
 from models import make_model_args
 from models.common import ModelArgs
-from components.run_dir import TORCHTITAN_TABLE
 
 TRAIN_SPEC_NAME = "initlab_llama3"
 
