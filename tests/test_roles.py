@@ -45,16 +45,8 @@ def vocabulary_copies(root: Path, skip: tuple[str, ...] = ("roles.py", "tests/")
     return found
 
 
-# Report modules still to switch to roles.parse_tag / roles.PROJECTION_ROLES; each entry must still hold a copy
-# (so this list only shrinks).
-PENDING = ()
-
-
 def test_no_role_list_or_tag_regex_outside_roles_py():
-    found = vocabulary_copies(REPO)
-    assert [f for f in found if not f.startswith(PENDING)] == []
-    for path in PENDING:
-        assert not (REPO / path).exists() or any(f.startswith(path) for f in found), f"{path} is clean: drop it from PENDING"
+    assert vocabulary_copies(REPO) == []
 
 
 def test_the_guard_finds_a_planted_role_list_and_tag_regex(tmp_path):
