@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `python scripts/bench_scaling.py` puts scripts/, not the repo root, on sys.path
+if str(REPO) not in sys.path:  # `python benchmarks/bench_scaling.py` puts benchmarks/, not the repo root, on sys.path
     sys.path.insert(0, str(REPO))
 
 from components.run_dir import read_metrics  # noqa: E402

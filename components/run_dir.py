@@ -241,7 +241,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.toml"
 TORCHTITAN_TABLE = "torchtitan"
 FOREIGN_TABLES = (TORCHTITAN_TABLE,)
-"""config.toml tables that are no initlab option (integrations/torchtitan_ext.py writes ``[torchtitan]``): left out
+"""config.toml tables that are no initlab option (integrations/torchtitan/config.py writes ``[torchtitan]``): left out
 of the resolved config; in ``RunDir.tables`` they set such a run apart from train.py's runs."""
 LOSS_KEYS = ("loss/train", "loss/val")
 PROVENANCE_JSON = "provenance.json"  # {"starts": [{"commit": ..., "dirty": ..., ...}, ...]}, one record per start
