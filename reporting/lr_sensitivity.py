@@ -73,14 +73,29 @@ class Arm:
     def lrs(self) -> list[float]:
         return sorted(self.points)
 
-    def curve(self, value=lambda p: p.capped, skip_diverged: bool = False) -> dict[float, Interval]:
+    def curve(self, value=lambda p: p.capped, finite_only: bool = False) -> dict[float, Interval]:
         """Per lr: mean and 95 % interval over seeds of ``value(point)`` (default the capped outcome); with
-        ``skip_diverged``, over the seeds that did not diverge and have a finite value."""
+        ``finite_only``, over the seeds whose value is finite."""
         def values(lr: float) -> list[float]:
-            found = [value(p) for _, p in sorted(self.points[lr].items())
-                     if not skip_diverged or (not p.diverged and math.isfinite(value(p)))]
-            return found
+            found = [value(p) for _, p in sorted(self.points[lr].items())]
+            return [v for v in found if math.isfinite(v)] if finite_only else found
         return {lr: mean_interval(values(lr)) for lr in self.lrs}
+
+    def best_without(self, seed: int) -> float:
+        """The best lr chosen on the other seeds (lowest mean capped outcome over them; the lower lr on a tie)."""
+        means = {lr: [p.capped for s, p in per_seed.items() if s != seed] for lr, per_seed in self.points.items()}
+        return min((lr for lr in self.lrs if means[lr]), key=lambda lr: (math.fsum(means[lr]) / len(means[lr]), lr))
+
+    def seed_best(self) -> dict[int, float]:
+        """Each seed's own best lr (over the lrs it ran)."""
+        seeds = sorted({seed for per_seed in self.points.values() for seed in per_seed})
+        return {seed: min((lr for lr in self.lrs if seed in self.points[lr]),
+                          key=lambda lr: (self.points[lr][seed].capped, lr)) for seed in seeds}
+
+    def at_cap(self) -> list[tuple[float, int]]:
+        """(lr, seed) of runs that stayed finite but ended no better than ℓ0 (capped, not diverged)."""
+        return [(lr, seed) for lr in self.lrs for seed, p in sorted(self.points[lr].items())
+                if not p.diverged and math.isfinite(p.final) and p.final >= p.init_loss]
 
     def best(self) -> tuple[float, Interval]:
         """(lr of the lowest mean capped outcome, its interval); the lower lr on a tie."""
@@ -138,14 +153,21 @@ def arm_label(setting: dict[str, Any]) -> str:
     return ", ".join(f"{key.rsplit('.', 1)[-1]}={text(value)}" for key, value in setting.items())
 
 
-def init_loss(run: RunDir, metric: str) -> tuple[float, str]:
-    """ℓ0 of a run and where it came from (module docstring)."""
-    steps, values = metric_series(run.original.records, metric)
-    if steps and steps[0] == 0 and math.isfinite(values[0]):
-        return values[0], f"step-0 {metric}"
-    steps, values = metric_series(run.original.records, "loss/train")
-    if steps and steps[0] == 1 and math.isfinite(values[0]):
-        return values[0], "step-1 loss/train"
+INIT_LOSS_SOURCES = ("auto", "train-step1", "ln-vocab")
+"""How ℓ0 is found: auto = the step-0 value of the metric, else the step-1 train loss, else ln(vocab);
+train-step1 = the step-1 train loss, else ln(vocab); ln-vocab = ln(vocabulary size) for every run."""
+
+
+def init_loss(run: RunDir, metric: str, source: str = "auto") -> tuple[float, str]:
+    """ℓ0 of a run and where it came from (``INIT_LOSS_SOURCES``)."""
+    if source == "auto":
+        steps, values = metric_series(run.original.records, metric)
+        if steps and steps[0] == 0 and math.isfinite(values[0]):
+            return values[0], f"step-0 {metric}"
+    if source in ("auto", "train-step1"):
+        steps, values = metric_series(run.original.records, "loss/train")
+        if steps and steps[0] == 1 and math.isfinite(values[0]):
+            return values[0], "step-1 loss/train"
     return math.log(model_vocab(run.config)), "ln(vocab)"
 
 
@@ -160,9 +182,9 @@ def last_layer_value(records: list[dict[str, Any]], family: str, reduce) -> floa
     return math.nan
 
 
-def make_point(run: RunDir, arm: str, metric: str) -> Point:
+def make_point(run: RunDir, arm: str, metric: str, init_source: str = "auto") -> Point:
     _, values = metric_series(run.records, metric)
-    ell0, source = init_loss(run, metric)
+    ell0, source = init_loss(run, metric, init_source)
     return Point(run=run, arm=arm, lr=float(run.config.optimizer.lr), seed=run.config.job.seed,
                  final=values[-1] if values else math.nan, init_loss=ell0, init_source=source,
                  diverged=run.original.diverged,
@@ -181,7 +203,8 @@ def sweep_names(runs: list[RunDir], keys: list[str]) -> dict[str, str]:
     return names if len(names) == len(stems) and len(set(names.values())) == len(names) else {}
 
 
-def build_arms(runs: list[RunDir], arm_keys: list[str] | None, metric: str) -> tuple[list[str], list[Arm]]:
+def build_arms(runs: list[RunDir], arm_keys: list[str] | None, metric: str,
+               init_source: str = "auto") -> tuple[list[str], list[Arm]]:
     """(arm keys, arms in order of first appearance); a repeated (arm, lr, seed) is an error. An arm is named
     after its runs' names when scripts/sweep.py named them (``<arm>_lr<lr>_seed<k>``), else by its setting."""
     if not any(metric in record for run in runs for record in run.records):
@@ -194,7 +217,7 @@ def build_arms(runs: list[RunDir], arm_keys: list[str] | None, metric: str) -> t
         setting = {key: run.flat_config.get(key) for key in keys}
         name = names.get(arm_label(setting), arm_label(setting))
         arm = arms.setdefault(name, Arm(name, setting))
-        point = make_point(run, name, metric)
+        point = make_point(run, name, metric, init_source)
         seeds = arm.points.setdefault(point.lr, {})
         if point.seed in seeds:
             raise ValueError(f"{seeds[point.seed].run.path} and {run.path} are both arm {name}, lr {point.lr:g}, seed "
@@ -212,15 +235,22 @@ def common_lrs(arms: list[Arm]) -> list[float]:
     return sorted(shared)
 
 
-def best_lr_differences(arms: list[Arm]) -> list[tuple[str, str, float, float, Interval, str]]:
-    """(A, B, A's best lr, B's best lr, interval of B − A over shared seeds, verdict) per pair of arms."""
+def best_lr_differences(arms: list[Arm]) -> list[tuple]:
+    """Per pair of arms: (A, B, A's best lr, B's best lr, interval of B − A over shared seeds, verdict, and the
+    same interval and verdict with each seed's lr* chosen on the other seeds: leave-one-seed-out)."""
     rows = []
     for first, second in itertools.combinations(arms, 2):
         lr_a, lr_b = first.best()[0], second.best()[0]
         a = {seed: p.capped for seed, p in first.points[lr_a].items()}
         b = {seed: p.capped for seed, p in second.points[lr_b].items()}
         interval, verdict = paired_difference(a, b)
-        rows.append((first.name, second.name, lr_a, lr_b, interval, verdict))
+        loso_a, loso_b = {}, {}
+        for seed in sorted(set(a) & set(b)):
+            lr_a_k, lr_b_k = first.best_without(seed), second.best_without(seed)
+            if seed in first.points[lr_a_k] and seed in second.points[lr_b_k]:
+                loso_a[seed], loso_b[seed] = first.points[lr_a_k][seed].capped, second.points[lr_b_k][seed].capped
+        loso, loso_verdict = paired_difference(loso_a, loso_b)
+        rows.append((first.name, second.name, lr_a, lr_b, interval, verdict, loso, loso_verdict))
     return rows
 
 
@@ -244,10 +274,12 @@ def arms_table(arms: list[Arm], lrs: list[float], metric: str) -> str:
         div = arm.divergence_lr()
         n_div = sum(bool(p.diverged) for per_seed in arm.points.values() for p in per_seed.values())
         n_runs = sum(len(per_seed) for per_seed in arm.points.values())
-        rows.append([arm.name, f"{lr:g}", at_best.text(), sens.text(), ",".join(map(str, seeds)),
-                     "none" if div is None else f"{div:g}", f"{n_div}/{n_runs}"])
-    header = ["arm", "best lr", f"capped final {metric} at best lr", "LR sensitivity", "seeds (sensitivity)",
-              "lowest lr with a divergence", "diverged runs"]
+        per_seed = ", ".join(f"{seed}: {best:g}" for seed, best in arm.seed_best().items())
+        capped = ", ".join(f"lr {lr:g} seed {seed}" for lr, seed in arm.at_cap()) or "none"
+        rows.append([arm.name, f"{lr:g}", per_seed, at_best.text(), sens.text(), ",".join(map(str, seeds)),
+                     "none" if div is None else f"{div:g}", f"{n_div}/{n_runs}", capped])
+    header = ["arm", "best lr", "each seed's best lr", f"capped final {metric} at best lr", "LR sensitivity",
+              "seeds (sensitivity)", "lowest lr with a divergence", "diverged runs", "finite but ≥ ℓ0"]
     return markdown_rows(header, rows)
 
 
@@ -259,8 +291,8 @@ def points_table(arms: list[Arm], with_activations: bool) -> str:
     rows = []
     for arm in arms:
         curve = arm.curve()
-        logits = arm.curve(lambda p: p.logit_max, skip_diverged=True)
-        rms = arm.curve(lambda p: p.residual_rms, skip_diverged=True)
+        logits = arm.curve(lambda p: p.logit_max, finite_only=True)
+        rms = arm.curve(lambda p: p.residual_rms, finite_only=True)
         init = arm.curve(lambda p: p.init_loss)
         for lr in arm.lrs:
             points = arm.points[lr]
@@ -271,31 +303,38 @@ def points_table(arms: list[Arm], with_activations: bool) -> str:
     return markdown_rows(header, rows)
 
 
-def differences_table(rows: list[tuple[str, str, float, float, Interval, str]]) -> str:
+def interval_cells(i: Interval) -> list[str]:
+    return [fmt(i.mean), f"[{fmt(i.low)}, {fmt(i.high)}]" if i.n >= 2 and math.isfinite(i.half_width) else "n/a"]
+
+
+def differences_table(rows: list[tuple]) -> str:
     from reporting.tables import markdown_rows
 
-    cells = [[a, b, f"{lr_a:g}", f"{lr_b:g}", str(i.n), fmt(i.mean),
-              f"[{fmt(i.low)}, {fmt(i.high)}]" if i.n >= 2 and math.isfinite(i.half_width) else "n/a", verdict]
-             for a, b, lr_a, lr_b, i, verdict in rows]
-    return markdown_rows(["A", "B", "A's best lr", "B's best lr", "shared seeds", "B − A", "95 % interval", "verdict"],
-                         cells)
+    cells = [[a, b, f"{lr_a:g}", f"{lr_b:g}", str(i.n), *interval_cells(i), verdict, *interval_cells(loso),
+              loso_verdict] for a, b, lr_a, lr_b, i, verdict, loso, loso_verdict in rows]
+    return markdown_rows(["A", "B", "A's best lr", "B's best lr", "shared seeds", "B − A", "95 % interval", "verdict",
+                          "B − A, lr* from the other seeds", "95 % interval", "verdict"], cells)
 
 
 def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
     sources = sorted({p.init_source for arm in arms for per_seed in arm.points.values() for p in per_seed.values()})
     return (f"Outcome: the last logged `{metric}` of each run, capped at its loss at init ℓ0 (min(ℓ, ℓ0); ℓ0 for a "
             f"run that diverged or logged a non-finite value), as Wortsman et al. 2023 (arXiv:2309.14322, §3.2) do. "
-            f"ℓ0 here: {', '.join(sources)} (order of preference: the step-0 value of the metric, the step-1 train "
-            "loss, which the initial weights compute, ln(vocabulary size)). Values are "
+            f"ℓ0 here: {', '.join(sources)} (--init-loss; auto prefers the step-0 value of the metric, then the step-1 "
+            "train loss, which the forward pass of the initial weights computes on one batch, then ln(vocabulary "
+            "size)). Values are "
             f"{BAND_NOTE} (mean ± t(0.975, n-1)·s/√n). *LR sensitivity* = mean over the lrs "
             f"{', '.join(f'{lr:g}' for lr in lrs)} (those every arm ran) of (capped outcome − its minimum over them), "
             "per seed that ran them all, then mean ± interval over those seeds. *Lowest lr with a divergence*: "
             "the lowest lr at which any seed stopped on a non-finite loss. *B − A*: per seed, B's capped outcome at "
             "B's best lr minus A's at A's best lr (best = lowest mean over seeds); 'differs' only when the interval "
             "excludes zero. The best lrs are picked on the same seeds, which favours an arm with a noisy minimum; "
-            "the lr grid's spacing bounds how well a best lr is located. *attn logit max* = max over layers of "
+            "the leave-one-seed-out columns pick each seed's lr* on the other seeds instead. The lr grid's spacing "
+            "bounds how well a best lr is located. *finite but ≥ ℓ0*: runs that did not diverge but ended no "
+            "better than their loss at init (capped like a divergence). *attn logit max* = max over layers of "
             "`attn_logit_max/layer_NN`, *residual RMS* = `act_rms/residual` of the last block, both at the last "
-            "step that logged them (metrics.log_variance_stats).")
+            "step that logged them (a diverged run's last before its stop; metrics.log_variance_stats), over the "
+            "seeds with a finite value.")
 
 
 def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> None:
@@ -324,10 +363,11 @@ def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> N
     with (out_dir / "differences.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "best_lr_a", "best_lr_b", "shared_seeds", "mean_b_minus_a", "ci95_half_width",
-                         "ci95_low", "ci95_high", "verdict"])
-        for a, b, lr_a, lr_b, i, verdict in diff_rows:
+                         "ci95_low", "ci95_high", "verdict", "loso_seeds", "loso_mean_b_minus_a", "loso_ci95_half_width",
+                         "loso_verdict"])
+        for a, b, lr_a, lr_b, i, verdict, loso, loso_verdict in diff_rows:
             writer.writerow([a, b, repr(lr_a), repr(lr_b), i.n, repr(i.mean), repr(i.half_width), repr(i.low),
-                             repr(i.high), verdict])
+                             repr(i.high), verdict, loso.n, repr(loso.mean), repr(loso.half_width), loso_verdict])
 
 
 def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
@@ -374,7 +414,7 @@ def plot_activations(arms: list[Arm], title: str, path) -> bool:
     fig, axes = plt.subplots(1, len(logged), figsize=(5.2 * len(logged), 4.0), squeeze=False)
     for ax, name in zip(axes.flat, logged):
         for index, arm in enumerate(arms):
-            curve = arm.curve(lambda p, name=name: getattr(p, name), skip_diverged=True)
+            curve = arm.curve(lambda p, name=name: getattr(p, name), finite_only=True)
             plot_band(ax, arm.lrs, [curve[lr] for lr in arm.lrs], f"C{index % 10}", marker="o", markersize=4,
                       label=arm.name)
         ax.set_xscale("log")
@@ -384,7 +424,8 @@ def plot_activations(arms: list[Arm], title: str, path) -> bool:
         ax.set(xlabel="learning rate (optimizer.lr)", ylabel=dict(panels)[name])
         ax.grid(alpha=0.3, which="both")
     axes.flat[0].legend(fontsize="small")
-    fig.suptitle(f"{title}: at the last logged step ({BAND_NOTE}; diverged runs left out)", fontsize="medium")
+    fig.suptitle(f"{title}: at the last logged step (a diverged run's last before its stop; {BAND_NOTE})",
+                 fontsize="medium")
     fig.tight_layout()
     save_figure(fig, path, pdf=True)
     return True

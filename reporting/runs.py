@@ -41,13 +41,29 @@ def steps_text(run: RunDir) -> str:
     return f"{run.steps_done}/{run.steps_planned}"
 
 
+def expand_folders(paths: list[str | Path]) -> list[Path]:
+    """Each path, except a folder that is no run directory but holds some (a sweep's output directory): its
+    subfolders instead (sorted; dot-folders such as the sweep's ``.sweep/`` left out)."""
+    expanded = []
+    for path in map(Path, paths):
+        children = (sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+                    if path.is_dir() and not ((path / "config.toml").exists() or (path / "metrics.jsonl").exists())
+                    else [])
+        if any((child / "config.toml").is_file() for child in children):
+            expanded += children
+        else:
+            expanded.append(path)
+    return expanded
+
+
 def select_runs(paths: list[str | Path], include_unfinished: bool = False) -> RunSelection:
-    """Open ``paths`` as run directories: folders that are none are skipped with a note; unfinished runs (status
+    """Open ``paths`` as run directories (a folder of run directories stands for them): folders that are none are
+    skipped with a note; unfinished runs (status
     "unfinished": neither finished nor diverged) are left out with a warning naming them, unless
     ``include_unfinished``: then every included run is cut at the last step that all included runs that did not
     diverge reached (their last common step). A path that does not exist stays an error."""
     selection = RunSelection([])
-    for path in paths:
+    for path in expand_folders(paths):
         try:
             run = RunDir.open(path, need_metrics=False)
         except NotARunDir as exc:

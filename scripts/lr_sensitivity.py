@@ -1,8 +1,11 @@
 """LR-sensitivity report of a sweep over learning rate x arm x seed: best lr per arm, Wortsman et al.'s LR
 sensitivity, divergence, arms compared at their own best lr, attention logits and residual RMS vs lr.
 
-    python scripts/lr_sensitivity.py outputs/<sweep>/* [--arm-keys init.scheme,init.std_overrides]
-        [--metric loss/val] [--out DIR] [--title T] [--overwrite] [--include-unfinished]
+    python scripts/lr_sensitivity.py outputs/<sweep> [--arm-keys init.scheme,init.std_overrides]
+        [--metric loss/val] [--init-loss auto|train-step1|ln-vocab] [--out DIR] [--title T] [--overwrite]
+        [--include-unfinished]
+
+The arguments are run directories, or folders of them (a sweep's output directory).
 
 An arm is a setting of the config keys named by ``--arm-keys`` (default: every key whose resolved value
 differs between the runs, other than ``optimizer.lr``, ``job.seed`` and where a run was written). Each run's
@@ -30,6 +33,7 @@ if REPO not in sys.path:  # `python scripts/lr_sensitivity.py` puts scripts/, no
 
 from reporting.cli import INPUT_ERRORS, error_exit, prepare_out_dir  # noqa: E402
 from reporting.lr_sensitivity import (  # noqa: E402
+    INIT_LOSS_SOURCES,
     OUTPUT_FILES,
     best_lr_differences,
     build_arms,
@@ -44,13 +48,18 @@ from reporting.runs import select_runs  # noqa: E402
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", nargs="+", help="run directories of the sweep (outputs/<sweep>/*)")
+    parser.add_argument("run_dirs", nargs="+",
+                        help="run directories of the sweep, or the folder holding them (outputs/<sweep>)")
     parser.add_argument("--arm-keys", default=None, metavar="KEYS",
                         help="comma-separated config keys (section.key) whose values make an arm, e.g. "
                              "init.scheme,init.std_overrides (default: every key that differs between the runs "
                              "but optimizer.lr, job.seed and the run's name and place)")
     parser.add_argument("--metric", default="loss/val",
                         help="metrics.jsonl key whose last value is a run's outcome (default loss/val)")
+    parser.add_argument("--init-loss", choices=list(INIT_LOSS_SOURCES), default="auto",
+                        help="the loss at init ℓ0 that caps each run: auto (the step-0 value of --metric, else the "
+                             "step-1 train loss, else ln(vocab)), train-step1 (the step-1 train loss, else ln(vocab)) "
+                             "or ln-vocab")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default outputs/reports/lr_sensitivity_<time>)")
     parser.add_argument("--title", default="LR sensitivity", help="report heading and figure title")
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     arm_keys = [key.strip() for key in args.arm_keys.split(",") if key.strip()] if args.arm_keys is not None else None
     try:
         selection = select_runs(args.run_dirs, args.include_unfinished)
-        keys, arms = build_arms(selection.runs, arm_keys, args.metric)
+        keys, arms = build_arms(selection.runs, arm_keys, args.metric, args.init_loss)
         lrs = common_lrs(arms)
         prepare_out_dir(out_dir, OUTPUT_FILES, args.overwrite)
     except INPUT_ERRORS as exc:

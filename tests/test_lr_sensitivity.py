@@ -94,6 +94,9 @@ def test_best_lr_sensitivity_divergence_and_paired_differences(sweep, tmp_path, 
     d = [2.70 - 2.80, 2.72 - 2.90, 2.74 - 2.85]  # mean -0.13, s = sqrt(0.0019)
     assert float(diff["mean_b_minus_a"]) == pytest.approx(sum(d) / 3)
     assert float(diff["ci95_half_width"]) == pytest.approx(T2 * math.sqrt(0.0019) / math.sqrt(3))
+    # lr* from the other two seeds is 3e-3 for every seed of both arms: the same differences.
+    assert (diff["loso_seeds"], diff["loso_verdict"]) == ("3", "differs")
+    assert float(diff["loso_mean_b_minus_a"]) == pytest.approx(sum(d) / 3)
     runs = {(r["arm"], float(r["lr"]), int(r["seed"])): r for r in read_csv(out / "lr_sensitivity.csv")}
     assert len(runs) == 18  # the unfinished seed 3 left out
     assert (runs["mitchell", 1e-2, 0]["capped"], runs["mitchell", 1e-2, 0]["init_loss_source"]) == ("4.1", "step-1 loss/train")
@@ -104,10 +107,21 @@ def test_best_lr_sensitivity_divergence_and_paired_differences(sweep, tmp_path, 
     assert float(runs["normal", 3e-3, 1]["attn_logit_max"]) == pytest.approx(6.0)
     assert float(runs["normal", 3e-3, 1]["residual_rms"]) == pytest.approx(1.31)
     report = (out / "lr_sensitivity.md").read_text()
-    assert f"| normal | 0.003 | 2.8500 ± {T2 * 0.05 / math.sqrt(3):.4f} |" in report
+    assert f"| normal | 0.003 | 0: 0.003, 1: 0.003, 2: 0.003 | 2.8500 ± {T2 * 0.05 / math.sqrt(3):.4f} |" in report
     assert "| mitchell | 0.01 | 0,1,2 | " in report and "| 2/3 |" in report
+    assert report.count("| lr 0.01 seed 2 |") == 1  # mitchell's finite run that ended above ln(64)
     for name in ("lr_sensitivity", "lr_activations"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC and (out / f"{name}.pdf").read_bytes()[:4] == PDF_MAGIC
+
+
+def test_a_sweep_folder_and_the_init_loss_option(sweep, tmp_path, capsys):
+    """The sweep's output folder stands for its run directories; --init-loss ln-vocab caps every run at ln(64)."""
+    assert lr_sensitivity.main([str(sweep[0].parent), "--init-loss", "ln-vocab", "--out", str(tmp_path / "f")]) == 0
+    assert f"note: skipped {sweep[-1]} holds neither" in capsys.readouterr().err
+    arms = {row["arm"]: row for row in read_csv(tmp_path / "f" / "arms.csv")}
+    per_seed = [(2.95 + 2.70 + LN64) / 3 - 2.70, (3.00 + 2.72 + LN64) / 3 - 2.72, (2.90 + 2.74 + LN64) / 3 - 2.74]
+    assert float(arms["mitchell"]["sensitivity"]) == pytest.approx(sum(per_seed) / 3)
+    assert {row["init_loss_source"] for row in read_csv(tmp_path / "f" / "lr_sensitivity.csv")} == {"ln(vocab)"}
 
 
 def test_arm_keys_option_and_bad_inputs(sweep, tmp_path, capsys):
