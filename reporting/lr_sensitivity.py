@@ -29,7 +29,7 @@ from typing import Any
 from components.run_dir import RunDir
 from reporting.groups import NOT_EXPERIMENT_KEYS, SEED_SUFFIX
 from reporting.runs import metric_series, model_vocab
-from reporting.stats import Interval, mean_interval, paired_difference
+from reporting.stats import Band, Interval, mean_interval, paired_difference
 from roles import parse_tag
 
 LR_KEY = "optimizer.lr"
@@ -334,7 +334,8 @@ def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
             "better than their loss at init (capped like a divergence). *attn logit max* = max over layers of "
             "`attn_logit_max/layer_NN`, *residual RMS* = `act_rms/residual` of the last block, both at the last "
             "step that logged them (a diverged run's last before its stop; metrics.log_variance_stats), over the "
-            "seeds with a finite value.")
+            "seeds with a finite value: in the table mean ± t-interval, in the figure (they span decades) the "
+            "geometric mean with the exponentiated t-interval of the log.")
 
 
 def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> None:
@@ -398,9 +399,20 @@ def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
     save_figure(fig, path, pdf=True)
 
 
+def geometric_curve(arm: Arm, name: str) -> list[Band]:
+    """Per lr of ``arm``: the geometric mean over seeds of a positive quantity and the 95 % t-interval of its log,
+    exponentiated (a band that stays positive on a log axis however few the seeds); non-positive values left out."""
+    bands = []
+    for lr in arm.lrs:
+        logs = [math.log(v) for p in arm.points[lr].values() if math.isfinite(v := getattr(p, name)) and v > 0]
+        i = mean_interval(logs)
+        bands.append(Band(*(math.exp(x) if math.isfinite(x) else math.nan for x in (i.mean, i.low, i.high)), i.n))
+    return bands
+
+
 def plot_activations(arms: list[Arm], title: str, path) -> bool:
-    """Final attention-logit max and last-block residual RMS vs lr (log-log), per arm with bands; False (nothing
-    written) when no run logged them."""
+    """Final attention-logit max and last-block residual RMS vs lr (log-log), per arm the geometric mean over seeds
+    with the exponentiated 95 % t-interval of the log; False (nothing written) when no run logged them."""
     from reporting.figures import plot_band, pyplot, save_figure
 
     panels = [("logit_max", "max attention logit (over layers)"), ("residual_rms", "residual RMS, last block")]
@@ -414,18 +426,19 @@ def plot_activations(arms: list[Arm], title: str, path) -> bool:
     fig, axes = plt.subplots(1, len(logged), figsize=(5.2 * len(logged), 4.0), squeeze=False)
     for ax, name in zip(axes.flat, logged):
         for index, arm in enumerate(arms):
-            curve = arm.curve(lambda p, name=name: getattr(p, name), finite_only=True)
-            plot_band(ax, arm.lrs, [curve[lr] for lr in arm.lrs], f"C{index % 10}", marker="o", markersize=4,
+            plot_band(ax, arm.lrs, geometric_curve(arm, name), f"C{index % 10}", marker="o", markersize=4,
                       label=arm.name)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        low, high = ax.get_ylim()
+        if high / low < 10:  # within a decade the log axis has no labelled tick of its own
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set(xlabel="learning rate (optimizer.lr)", ylabel=dict(panels)[name])
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3, which="major")
     axes.flat[0].legend(fontsize="small")
-    fig.suptitle(f"{title}: at the last logged step (a diverged run's last before its stop; {BAND_NOTE})",
-                 fontsize="medium")
+    fig.suptitle(f"{title}: at the last logged step (a diverged run's last before its stop)\ngeometric mean over "
+                 "seeds, band = 95 % Student-t interval of the log", fontsize="medium")
     fig.tight_layout()
     save_figure(fig, path, pdf=True)
     return True

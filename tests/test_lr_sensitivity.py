@@ -12,7 +12,7 @@ import pytest
 
 from components.config import load_config, to_toml
 from components.run_dir import RunDir
-from reporting.lr_sensitivity import build_arms
+from reporting.lr_sensitivity import build_arms, geometric_curve
 from scripts import lr_sensitivity
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF"
@@ -155,3 +155,16 @@ def test_arms_are_named_after_the_sweeps_run_names(sweep, tmp_path):
     (tmp_path / "renamed" / "olmo_lr0.001_seed0").rename(tmp_path / "renamed" / "other_lr0.001_seed0")
     _, arms = build_arms([RunDir.open(p) for p in sorted((tmp_path / "renamed").iterdir())], None, "loss/val")
     assert sorted(arm.name for arm in arms) == ["mitchell", "normal"]  # two stems for one arm: named by setting
+
+
+def test_activation_bands_are_geometric(sweep):
+    """Residual RMS of normal at lr 1e-2 over seeds 0-2: 2.00, 2.01, 2.02 (planted); the band is exp(mean ± t·s/√n)
+    of their logs."""
+    _, arms = build_arms([RunDir.open(p) for p in sweep[:-2]], None, "loss/val")
+    normal = next(arm for arm in arms if arm.name == "normal")
+    logs = [math.log(v) for v in (2.00, 2.01, 2.02)]
+    mean = sum(logs) / 3
+    half = T2 * math.sqrt(sum((x - mean) ** 2 for x in logs) / 2) / math.sqrt(3)
+    band = geometric_curve(normal, "residual_rms")[normal.lrs.index(1e-2)]
+    assert (band.mean, band.low, band.high, band.n) == (pytest.approx(math.exp(mean)), pytest.approx(math.exp(mean - half)),
+                                                        pytest.approx(math.exp(mean + half)), 3)
