@@ -42,6 +42,7 @@ from components.metrics import (
 )
 from components.optim import build_optimizer, clip_grad_norm_
 from components.preemption import INTERRUPTED_EXIT_CODE, RunStopped, StopRequests
+from components.provenance import header_comment, now_utc, start_record
 from components.run_dir import (
     INIT_STDS_FILE,
     RunDirLock,
@@ -50,7 +51,9 @@ from components.run_dir import (
     default_run_name,
     mark_finished,
     plan_start,
+    record_end,
     record_resume,
+    record_start,
     set_aside_attempt,
 )
 from components.tokenizer import build_tokenizer
@@ -364,7 +367,8 @@ def claim_run_dir(cfg: Config, lock: RunDirLock | None) -> RunStart:
 
 def open_run_dir(cfg: Config, env: DistEnv, start: RunStart, trainer: Trainer) -> int | None:
     """Fresh: set an abandoned attempt aside and write config.toml. Resume: load the newest checkpoint, record
-    this start's config and say what changed. Returns the resumed step (None when fresh)."""
+    this start's config and say what changed. Either way this start's provenance goes into provenance.json.
+    Returns the resumed step (None when fresh)."""
     run_dir = trainer.run_dir
     if start.mode == "fresh":
         if env.is_main:
@@ -372,13 +376,17 @@ def open_run_dir(cfg: Config, env: DistEnv, start: RunStart, trainer: Trainer) -
                 print(f"initlab: {start.note}", flush=True)
                 set_aside_attempt(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.toml").write_text(to_toml(cfg))
+            record = start_record(env.device, env.world_size, resumed_from=None)
+            (run_dir / "config.toml").write_text(header_comment(record) + to_toml(cfg))
+            record_start(run_dir, record)
             (run_dir / INIT_STDS_FILE).write_text(json.dumps(trainer.initializer.record(), indent=1) + "\n")
         barrier()
         return None
     step = trainer.checkpointer.load_for_resume()
     if env.is_main:
-        record_resume(run_dir, step, cfg)
+        record = start_record(env.device, env.world_size, resumed_from=step)
+        record_resume(run_dir, step, cfg, header_comment(record))
+        record_start(run_dir, record)
         print(f"initlab: resuming {run_dir} from step {step}/{cfg.training.steps} "
               f"({trainer.checkpointer.folder / f'step_{step}'})", flush=True)
         for key, old, new in start.changes:
@@ -456,6 +464,8 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDir
                            {k: v for k, v in final.items() if k.startswith("loss/")})
         logger.close()
         trainer.checkpointer.close()
+        if env.is_main:
+            record_end(trainer.run_dir, now_utc())
     if env.is_main:
         summary = run_summary(cfg, trainer, resumed, final)
         mark_finished(trainer.run_dir, summary)

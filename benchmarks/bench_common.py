@@ -3,15 +3,14 @@ commit a result was measured on."""
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 from components.host_gc import ScheduledGC
+from components.provenance import UNKNOWN, git_state
 from train import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,10 +66,6 @@ def settings_argv(model: str, micro: int | None) -> tuple[str, list[str], int, i
 
 
 def git_commit() -> str | None:
-    if os.environ.get("INITLAB_COMMIT"):  # the device machine's copy: its .git (if any) is not this tree's
-        return os.environ["INITLAB_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    """The code's short commit (INITLAB_COMMIT names it on a copied tree; components/provenance.py), or None."""
+    commit, _ = git_state()
+    return None if commit == UNKNOWN else commit

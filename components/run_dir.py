@@ -3,12 +3,14 @@
 Layout of ``<output_dir>/<run_name>/``::
 
     .lock                    flock()ed by rank 0 for the whole run; holds the holder's host, pid, job id, start
-    config.toml              the resolved config of the run's first start
-    config.resume_<N>.toml   the resolved config of each later start that resumed from step N
+    config.toml              the resolved config of the run's first start (a comment header names its provenance)
+    config.resume_<N>.toml   the resolved config of each later start that resumed from step N (header likewise)
     metrics.jsonl, events.*  metrics and TensorBoard events (components/metrics.py)
     checkpoints/step_<N>/    DCP checkpoints (components/checkpoint.py)
     init_stds.json           the init actually drawn: scheme, std_overrides, per role every tensor's std (fresh start)
-    finished.json            written once the run has trained all its steps
+    provenance.json          {"starts": [...]}: code version, software, machine and times of every start
+                             (components/provenance.py has the record's keys)
+    finished.json            written once the run has trained all its steps; its "provenance" is provenance.json's
     abandoned/<UTC time>/    files of an earlier attempt that died before its first checkpoint
 
 ``RunDir`` (at the end) is the read side: config, metrics, finished or not, provenance, for the report code.
@@ -52,6 +54,7 @@ from components.config import (
 LOCK_FILE = ".lock"
 FINISHED_FILE = "finished.json"
 DIVERGED_FILE = "diverged.json"  # written by components/sweep.py when train.py stopped on a non-finite loss
+PROVENANCE_FILE = "provenance.json"  # {"starts": [{"commit": ..., "dirty": ..., ...}, ...]}, one record per start
 INIT_STDS_FILE = "init_stds.json"
 ABANDONED_DIR = "abandoned"
 # Entries of a run directory that are not an attempt's files.
@@ -193,9 +196,36 @@ def _finished_steps(run_dir: Path) -> int | None:
 
 
 def mark_finished(run_dir: Path, summary: dict[str, Any]) -> None:
-    tmp = run_dir / (FINISHED_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, run_dir / FINISHED_FILE)
+    """``finished.json``: ``summary`` plus ``"provenance"``, the run's provenance.json (every start)."""
+    _write_json(run_dir / FINISHED_FILE, {**summary, "provenance": read_provenance(run_dir)})
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Replace ``path`` atomically: readers see the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_provenance(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """``{"starts": [record, ...]}`` of provenance.json (no starts for a run from before it existed)."""
+    path = run_dir / PROVENANCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"starts": []}
+
+
+def record_start(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append this start's record (components/provenance.py: start_record) to provenance.json (rank 0)."""
+    provenance = read_provenance(run_dir)
+    provenance["starts"].append(record)
+    _write_json(run_dir / PROVENANCE_FILE, provenance)
+
+
+def record_end(run_dir: Path, ended: str) -> None:
+    """Set the latest start's ``ended`` time (it finished, stopped or failed with an error) (rank 0)."""
+    provenance = read_provenance(run_dir)
+    if provenance["starts"]:
+        provenance["starts"][-1]["ended"] = ended
+        _write_json(run_dir / PROVENANCE_FILE, provenance)
 
 
 # ----------------------------------------------------------------------------------------- resume
@@ -229,10 +259,11 @@ def latest_config(run_dir: Path) -> Path:
     return path
 
 
-def record_resume(run_dir: Path, step: int, cfg: Config) -> Path:
-    """``config.resume_<step>.toml``: the config this start resumed step ``step`` with (rank 0)."""
+def record_resume(run_dir: Path, step: int, cfg: Config, header: str = "") -> Path:
+    """``config.resume_<step>.toml``: the config this start resumed step ``step`` with, after ``header``
+    (TOML comment lines) (rank 0)."""
     path = run_dir / f"config.resume_{step}.toml"
-    path.write_text(to_toml(cfg))
+    path.write_text(header + to_toml(cfg))
     return path
 
 
@@ -244,7 +275,6 @@ FOREIGN_TABLES = (TORCHTITAN_TABLE,)
 """config.toml tables that are no initlab option (integrations/torchtitan/config.py writes ``[torchtitan]``): left out
 of the resolved config; in ``RunDir.tables`` they set such a run apart from train.py's runs."""
 LOSS_KEYS = ("loss/train", "loss/val")
-PROVENANCE_JSON = "provenance.json"  # {"starts": [{"commit": ..., "dirty": ..., ...}, ...]}, one record per start
 HEADER_COMMIT = re.compile(r"^# initlab (?P<commit>[0-9a-f]{7,40}|unknown)\b")
 UNKNOWN_COMMIT = "unknown"
 
@@ -443,7 +473,7 @@ class RunDir:
         return [{"commit": commit}] if commit else []
 
     def _provenance_file(self) -> dict[str, Any] | None:
-        path = self.path / PROVENANCE_JSON
+        path = self.path / PROVENANCE_FILE
         try:
             return json.loads(path.read_text()) if path.is_file() else None
         except json.JSONDecodeError:

@@ -7,22 +7,26 @@ tests/test_checkpoint.py, killed, signalled, size-limited or resumed; the lock i
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from components.checkpoint import IDENTITY, MANIFEST, complete_steps, partial_dirs
 from components.config import ConfigError, load_config, to_toml
 from components.lr_schedule import lr_factor
 from components.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
+from components.provenance import header_comment
 from components.run_dir import RunDirLock, config_changes, default_run_name, plan_start
 from tests.launch import REPO, python
 from tests.test_checkpoint import logged_losses, snapshot, train_args
@@ -278,8 +282,33 @@ def test_a_kill_right_after_the_last_checkpoint_loses_no_logged_step(finished_ru
     assert logged_losses(tmp_path / "run") == logged_losses(finished_run)  # steps 1 .. 12, each once
     python(["train.py", *argv])  # resumes step 12 of 12
     assert logged_losses(tmp_path / "run") == logged_losses(finished_run)
-    final = json.loads((tmp_path / "run" / "finished.json").read_text())["final"]
-    assert final == {"loss/train": logged_losses(finished_run)[-1][1]}
+    finished = json.loads((tmp_path / "run" / "finished.json").read_text())
+    assert finished["final"] == {"loss/train": logged_losses(finished_run)[-1][1]}
+    killed_start, last_start = finished["provenance"]["starts"]  # the killed start never ended
+    assert (killed_start["resumed_from"], killed_start["ended"]) == (0, None)
+    assert last_start["resumed_from"] == STEPS and last_start["started"] <= last_start["ended"]
+    assert finished["provenance"] == json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert (tmp_path / "run" / f"config.resume_{STEPS}.toml").read_text().startswith(header_comment(last_start))
+
+
+def test_every_run_directory_records_the_code_software_and_machine_of_its_start(finished_run):
+    """provenance.json of a real run: this checkout's commit and dirty state, torch, the device, 1 rank, this
+    host, start <= end; finished.json carries it; config.toml begins with the same facts as comments."""
+    (start,) = json.loads((finished_run / "provenance.json").read_text())["starts"]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                            text=True)
+    expected = (head.stdout.strip(), bool(status.stdout.strip())) if head.returncode == 0 else ("unknown", None)
+    assert (start["commit"], start["dirty"]) == expected
+    assert {key: start[key] for key in ("torch", "cuda", "device", "world_size", "hostname", "resumed_from")} == {
+        "torch": torch.__version__, "cuda": torch.version.cuda, "device": "cpu", "world_size": 1,
+        "hostname": socket.gethostname(), "resumed_from": 0}
+    started, ended = (datetime.datetime.fromisoformat(start[key]) for key in ("started", "ended"))
+    assert started <= ended <= datetime.datetime.now(datetime.UTC)
+    assert json.loads((finished_run / "finished.json").read_text())["provenance"] == {"starts": [start]}
+    config = (finished_run / "config.toml").read_text()
+    assert config.startswith(header_comment(start)) and f"initlab {start['commit']}" in config.splitlines()[0]
+    assert load_config(["--config", str(finished_run / "config.toml")])[0].training.steps == STEPS
 
 
 # ---------------------------------------------------------------------------- failing saves
