@@ -181,6 +181,26 @@ class Trainer:
         self.model.train()
         return global_sum(total) / self.val_set.n_windows
 
+    @torch.no_grad()
+    def log_initial(self, logger: MetricsLogger) -> None:
+        """Step 0 of a fresh start, before any update: every statistic that needs no backward pass (weight std,
+        validation loss, the activation statistics of step 1's first micro-batch, forward only)."""
+        values = {}
+        if self.cfg.metrics.log_weight_std:  # (gradients do not exist yet: their columns are left out)
+            values.update({k: v for k, v in self.weight_stats.compute().items() if k.startswith("weight_std/")})
+        if self.val_set is not None:
+            values["loss/val"] = self.validate()
+        if self.activation_stats.probes:
+            start = self.env.dp_rank * self.local_batch
+            tokens = batch_to_device(self.train_batches.get(1, slice(start, start + self.micro_batch)), self.env.device)
+            self.model.eval()  # validation's (no-grad) graph when compiled
+            with self.activation_stats.capture():
+                self.model(tokens[:, :-1])
+            self.model.train()
+            values.update(self.activation_stats.compute())
+        if values:
+            logger.log(0, values)
+
     # ---------------------------------------------------------------- loop
     def train(self, logger: MetricsLogger) -> dict:
         """Steps ``state.step + 1 .. training.steps``; returns the last logged values.
@@ -456,6 +476,8 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDir
               flush=True)
     final = {}
     try:
+        if resumed is None:
+            trainer.log_initial(logger)
         final = trainer.train(logger)
         if resumed == cfg.training.steps:  # killed after its last save and row: the run only needs finishing
             final = logger.values_at(resumed)

@@ -35,7 +35,8 @@ VARIANTS = {  # name -> train.py overrides
 def summarize(run_dir: Path) -> dict:
     records = read_metrics(run_dir / "metrics.jsonl")
     blocked = [r["checkpoint/blocked_s"] for r in records if r.get("checkpoint/blocked_s") is not None]
-    steady = records[2:]  # after step 1 and the first interval
+    trained = [r for r in records if "throughput/tokens_per_sec" in r]  # (step 0 holds init statistics only)
+    steady = trained[2:]  # after step 1 and the first interval
     rates, mfus = [r["throughput/tokens_per_sec"] for r in steady], [r["mfu"] for r in steady if "mfu" in r]
     return {"blocked_s_per_save": blocked, "median_tokens_per_sec": statistics.median(rates) if rates else None,
             "mfu": statistics.median(mfus) if mfus else None, "logged_steps": [r["step"] for r in records]}

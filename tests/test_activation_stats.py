@@ -199,7 +199,12 @@ def runs(tmp_path_factory) -> dict[str, list[dict[str, float]]]:
 
 @pytest.mark.multiprocess
 def test_trainer_logs_every_statistic_at_every_logging_step(runs):
-    for record in runs["one"]:
+    """Steps 1, 2 carry every family; step 0 (before any update) the forward-only ones, measured on step 1's
+    first micro-batch with the same weights: step 1's values."""
+    initial, first, _ = runs["one"]
+    assert sorted(initial) == sorted(k for k in first if not k.startswith("grad_rms/"))
+    assert_close(initial, {k: first[k] for k in initial}, rel=1e-5)
+    for record in runs["one"][1:]:
         assert len([k for k in record if k.startswith(("act_", "attn_logit_max/"))]) == 1 + 5 * 2 + 1
         assert len([k for k in record if k.startswith("grad_rms/")]) == 7 * 2 + 2  # block roles + embedding, head
         assert all(math.isfinite(v) and v > 0 for v in record.values())

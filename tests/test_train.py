@@ -331,8 +331,10 @@ def test_metrics_jsonl_has_every_name_at_every_logged_step(single):
     the logged multiples of val_freq and the last step; no mfu on CPU; per-role means are the layer means."""
     run = single["metrics"]
     assert run.rc == 0, run.stderr
-    records = run.metrics()
+    initial, *records = run.metrics()
     assert [r["step"] for r in records] == expected_logged_steps() == [1, 2, 4, 6, 8, 9]
+    std_names = [name for name in llama_metric_names() if name.startswith("weight_std/")]
+    assert initial["step"] == 0 and sorted(initial) == sorted(["step", "loss/val", *std_names])  # no backward yet
     for record in records:
         missing = [name for name in llama_metric_names() if name not in record]
         assert not missing, f"step {record['step']} lacks {missing}"
@@ -343,13 +345,13 @@ def test_metrics_jsonl_has_every_name_at_every_logged_step(single):
         for role in LLAMA_ROLES:
             layers = [record[f"weight_std/{role}/layer_{layer:02d}"] for layer in range(N_LAYERS)]
             assert record[f"weight_std/{role}/mean_over_layers"] == pytest.approx(sum(layers) / N_LAYERS, rel=1e-12)
-    val_steps = [s for s in expected_logged_steps() if s % METRICS_VAL_FREQ == 0 or s == METRICS_STEPS]
-    assert sorted(run.column("loss/val")) == val_steps == [4, 8, 9]
+    val_steps = [0] + [s for s in expected_logged_steps() if s % METRICS_VAL_FREQ == 0 or s == METRICS_STEPS]
+    assert sorted(run.column("loss/val")) == val_steps == [0, 4, 8, 9]
 
 
 def test_gpt2_metrics_name_every_layer_of_its_roles(single):
     """GPT-2 (no gate, learned positions, tied head) logs weight_std/<role>/layer_<NN> for its own roles."""
-    for record in single["gpt2"].metrics():
+    for record in single["gpt2"].metrics()[1:]:  # (step 0 has the weight stds only)
         names = [f"weight_std/{role}/layer_{layer:02d}" for role in GPT2_ROLES for layer in range(N_LAYERS)]
         names += ["weight_std/tok_embedding", "weight_std/pos_embedding", *BASE_METRICS]
         assert not [n for n in names if n not in record], f"step {record['step']}"
@@ -426,14 +428,14 @@ def mitchell_numel(role: str) -> int:
             "tok_embedding": VOCAB * DIM, "lm_head": VOCAB * DIM}[role]
 
 
-def test_weight_std_after_first_step_is_the_mitchell_formula(single):
-    """lr 1e-9 (no real update): weight_std/attn.out/layer_01 = 1/sqrt(2 d (l+1)) * shrink within 4 sampling
-    SEs; pooled over all 2 x 7 + 2 weights (426k draws) the measured/expected ratio is 1 within 4 SEs
-    (0.4%), which tells the truncated draw (shrink 0.9866) from an untruncated one."""
+def test_weight_std_at_step_0_is_the_mitchell_formula(single):
+    """Step 0 (the initialized weights, before any update): weight_std/attn.out/layer_01 = 1/sqrt(2 d (l+1)) *
+    shrink within 4 sampling SEs; pooled over all 2 x 7 + 2 weights (426k draws) the measured/expected ratio is
+    1 within 4 SEs (0.4%), which tells the truncated draw (shrink 0.9866) from an untruncated one."""
     run = single["mitchell"]
     assert run.rc == 0, run.stderr
     record = run.metrics()[0]
-    assert record["step"] == 1
+    assert record["step"] == 0 and "loss/train" not in record
     # SE of a sample std relative to the std: sqrt((kurtosis - 1) / 4n) <= sqrt(1 / 2n) (kurtosis <= 3 here).
     measured, expected = record["weight_std/attn.out/layer_01"], mitchell_expected_std("attn.out", 1)
     assert abs(measured / expected - 1) < 4 * math.sqrt(1 / (2 * mitchell_numel("attn.out"))), (measured, expected)
@@ -444,6 +446,22 @@ def test_weight_std_after_first_step_is_the_mitchell_formula(single):
                  / mitchell_expected_std(role, layer) for role, layer in tensors) / total
     print(f"mitchell: attn.out/layer_01 {measured:.6f} vs {expected:.6f}; pooled ratio {pooled:.5f} over {total}")
     assert abs(pooled - 1) < 4 * math.sqrt(1 / (2 * total))
+
+
+def test_step_0_row_holds_the_stds_of_the_initial_weights(single, out, tmp_path):
+    """A fresh start from a seed checkpoint's weights: its step-0 row's weight_std values are the (unbiased)
+    stds of the checkpoint's tensors, to float32 rounding."""
+    run = single["val_seed0"]
+    assert run.rc == 0, run.stderr
+    initial, first = run.metrics()[:2]
+    dcp_to_torch_save(out / "val_start" / "checkpoints" / "step_0", tmp_path / "start.pt")
+    weights = torch.load(tmp_path / "start.pt", weights_only=True)["model"]
+    expected = {"weight_std/tok_embedding": weights["tok_embedding.weight"], "weight_std/lm_head": weights["lm_head.weight"],
+                "weight_std/attn.q/layer_01": weights["layers.1.attn.q.weight"],
+                "weight_std/mlp.out/layer_00": weights["layers.0.mlp.out.weight"]}
+    for name, tensor in expected.items():
+        assert initial[name] == pytest.approx(tensor.double().std().item(), rel=1e-6), name
+    assert (initial["step"], first["step"]) == (0, 1) and "loss/train" not in initial
 
 
 # --------------------------------------------------------------------------------- 5. non-finite loss
