@@ -7,6 +7,7 @@ train() -> train_step() -> forward_backward_step(), with metrics every ``metrics
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from components.activation_stats import ActivationStats
 from components.build import build_model_and_init, freeze_all_but_adapters, model_args_from_config
-from components.checkpoint import Checkpointer, CheckpointError
+from components.checkpoint import WEIGHTS_DIR, Checkpointer, CheckpointError
 from components.config import Config, ConfigError, help_text, load_config, parse_cli, run_identity, to_toml
 from components.data import HeldOutPrefix, TokenBatches, TokenDataset, batch_to_device, ensure_dataset
 from components.files import describe_os_error
@@ -253,6 +254,17 @@ class Trainer:
             print(f"checkpoint step {step}: staged in {blocked_s:.2f} s, writing in the background", flush=True)
         self.clock.exclude(blocked_s)
 
+    def save_final_weights(self) -> None:
+        """A run that kept no checkpoints (``checkpoint.final_weights``): its last weights, model only, into
+        ``weights/step_<N>/`` (the export, sample and plot scripts read them like a checkpoint)."""
+        if self.cfg.checkpoint.enable or not self.cfg.checkpoint.final_weights:
+            return
+        cfg = dataclasses.replace(self.cfg.checkpoint, async_mode="disabled")
+        saver = Checkpointer(self.run_dir / WEIGHTS_DIR, cfg, self.env, {"model": self.model}, self.checkpointer.identity)
+        seconds = saver.save(self.state.step, blocking=True)
+        if self.env.is_main:
+            print(f"final weights: saved in {seconds:.2f} s -> {saver.folder / f'step_{self.state.step}'}", flush=True)
+
     def report_checkpoint(self, step: int, blocked_s: float | None = None) -> None:
         if self.env.is_main:
             how = (f"saved in {blocked_s:.2f} s" if blocked_s is not None else
@@ -481,6 +493,7 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDir
         final = trainer.train(logger)
         if resumed == cfg.training.steps:  # killed after its last save and row: the run only needs finishing
             final = logger.values_at(resumed)
+        trainer.save_final_weights()
     finally:
         logger.log_hparams(hparams(cfg, resumed, trainer.initializer.record(), trainer.tokenizer.description),
                            {k: v for k, v in final.items() if k.startswith("loss/")})

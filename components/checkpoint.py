@@ -14,7 +14,9 @@ Contents: the model and optimizer through ``get/set_model_state_dict`` and
 1 -> 2 ranks), every other Stateful object (LR schedule, data position, train state) pickled into
 one leaf each, and the torch CPU/CUDA RNG states of all ranks. ``step_0`` (the seed checkpoint,
 ``save(0)``) holds the model only, as in torchtitan; resuming from it restores the weights and
-leaves the optimizer fresh. The seed checkpoint is never pruned. Before the rename, rank 0 writes
+leaves the optimizer fresh. The seed checkpoint is never pruned. A Checkpointer given the model alone writes
+the model only at any step: train.py's final weights of a run without checkpoints, ``<run_dir>/weights/step_<N>/``
+(:func:`weight_steps` finds them beside the checkpoints). Before the rename, rank 0 writes
 ``identity.json`` (the run's identity settings, ``config.run_identity``) and ``checksums.json`` (CRC-32 of
 every file, each rank hashing its own); a resume verifies both, refusing a checkpoint of another
 experiment with the same diff as a changed config. Non-finite weights are never saved, and a resume
@@ -63,6 +65,8 @@ PARTIAL_DIR = re.compile(r"\.(tmp|del)_step_\d+")
 MODEL_KEY = "model"
 MANIFEST = "checksums.json"  # {file name: CRC-32} of a complete checkpoint, written before its rename
 IDENTITY = "identity.json"  # {"section.key": value} of the run's identity settings (config.run_identity)
+CHECKPOINTS_DIR = "checkpoints"  # <run_dir>/checkpoints/step_<N>/: resume checkpoints
+WEIGHTS_DIR = "weights"  # <run_dir>/weights/step_<N>/: a finished run's model-only save when it kept no checkpoints
 
 
 class CheckpointError(Exception):
@@ -75,6 +79,15 @@ def complete_steps(folder: Path) -> list[int]:
     if not folder.is_dir():
         return []
     return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := STEP_DIR.fullmatch(p.name)))
+
+
+def weight_steps(run_dir: Path) -> dict[int, Path]:
+    """Step -> complete directory holding the model's weights at that step, ascending: the resume checkpoints
+    ``checkpoints/step_<N>`` and the final model-only save ``weights/step_<N>`` (a checkpoint wins a tie)."""
+    found = {step: run_dir / WEIGHTS_DIR / f"step_{step}" for step in complete_steps(run_dir / WEIGHTS_DIR)}
+    found.update({step: run_dir / CHECKPOINTS_DIR / f"step_{step}"
+                  for step in complete_steps(run_dir / CHECKPOINTS_DIR)})
+    return dict(sorted(found.items()))
 
 
 def partial_dirs(folder: Path) -> list[Path]:
@@ -376,7 +389,7 @@ class Checkpointer:
         return self.cfg.enable and (step % self.cfg.interval == 0 or step == total_steps)
 
     def _states_to_save(self, step: int) -> dict[str, Any]:
-        if step == 0:  # seed checkpoint: the initialized weights only
+        if step == 0 or self.states.keys() == {MODEL_KEY}:  # a seed checkpoint or final weights: the model only
             return {MODEL_KEY: self.states[MODEL_KEY]}
         ranks_rng = [None] * self.env.world_size
         dist.all_gather_object(ranks_rng, pickle.dumps(rng_state(self.env.device)))

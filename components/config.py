@@ -271,6 +271,9 @@ class Checkpoint:
     async_mode: Literal["disabled", "async"] = "disabled"
     """async: the save blocks only while tensors are staged to (pinned) CPU memory; files are written in a
     background thread while training continues (one save in flight at most)."""
+    final_weights: bool = True
+    """With enable = false, save the model's weights (model only, DCP) at the end of the run to
+    <run_dir>/weights/step_<N>/ for export, sampling and plots; false skips it."""
     verify_checksums: bool = True
     """Write a CRC-32 manifest of the checkpoint files at save and verify it before a resume (costs one read
     of the checkpoint per save and per resume; false skips both)."""

@@ -7,6 +7,7 @@ Layout of ``<output_dir>/<run_name>/``::
     config.resume_<N>.toml   the resolved config of each later start that resumed from step N (header likewise)
     metrics.jsonl, events.*  metrics and TensorBoard events (components/metrics.py)
     checkpoints/step_<N>/    DCP checkpoints (components/checkpoint.py)
+    weights/step_<N>/        without checkpoints: the final weights, model only (checkpoint.final_weights)
     init_stds.json           the init actually drawn: scheme, std_overrides, per role every tensor's std (fresh start)
     provenance.json          {"starts": [...]}: code version, software, machine and times of every start
                              (components/provenance.py has the record's keys)

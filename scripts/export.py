@@ -35,9 +35,9 @@ from components.checkpoint import (  # noqa: E402
     MODEL_KEY,
     CheckpointError,
     check_model_shapes,
-    complete_steps,
     read_checkpoint_metadata,
     saved_model_shapes,
+    weight_steps,
 )
 from components.config import Config, ConfigError  # noqa: E402
 from components.hf_tokenizer import tokenizer_config, tokenizer_json  # noqa: E402
@@ -60,16 +60,16 @@ def pick_checkpoint(run_dir: Path, step: int | None) -> Path:
     """The ``step_<N>`` directory to export, with one-line errors for a missing run/checkpoint."""
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist; pass <output_dir>/<run_name> of a run")
-    steps = complete_steps(run_dir / "checkpoints")
+    steps = weight_steps(run_dir)
     if not steps:
-        raise CheckpointError(f"{run_dir} has no complete checkpoint under checkpoints/; train it with "
-                              "--checkpoint.enable true (or write a seed checkpoint) before exporting")
+        raise CheckpointError(f"{run_dir} has no complete checkpoint under checkpoints/ nor final weights under "
+                              "weights/; let the run finish (or write a seed checkpoint) before exporting")
     if step is None:
-        step = steps[-1]
+        step = max(steps)
     elif step not in steps:
         raise CheckpointError(f"{run_dir} has no complete checkpoint for --step {step}; available steps: "
                               f"{', '.join(map(str, steps))}")
-    return run_dir / "checkpoints" / f"step_{step}"
+    return steps[step]
 
 
 def run_config(run_dir: Path) -> Config:

@@ -37,6 +37,7 @@ if REPO not in sys.path:  # `python scripts/plot_layer_std.py` puts scripts/, no
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from components.checkpoint import weight_steps  # noqa: E402
 from components.config import Config  # noqa: E402
 from components.run_dir import RunDir  # noqa: E402
 from init_schemes import WeightInitializer  # noqa: E402
@@ -201,10 +202,9 @@ def resolve_keys(available: set[str], names: list[str]) -> dict[str, str] | None
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The highest checkpoints/step_<N> that DCP finished (its .metadata is written last)."""
-    complete = [p for p in (run_dir / "checkpoints").glob("step_*")
-                if p.name.removeprefix("step_").isdigit() and (p / ".metadata").is_file()]
-    return max(complete, key=lambda p: int(p.name.removeprefix("step_")), default=None)
+    """The highest complete checkpoints/step_<N> or final weights/step_<N> (components/checkpoint.py)."""
+    steps = weight_steps(run_dir)
+    return steps[max(steps)] if steps else None
 
 
 def load_dcp_tensors(ckpt: Path, names: list[str]) -> dict[str, torch.Tensor]:

@@ -18,12 +18,13 @@ import torch.distributed.checkpoint as dcp
 
 from components import hf_convert
 from components.build import model_args_from_config
+from components.checkpoint import read_checkpoint_metadata, weight_steps
 from components.config import load_config
 from components.weights_import import load_initial_weights
 from init_schemes import WeightInitializer
 from models import build_model
 from roles import canonical_name
-from scripts import export
+from scripts import export, plot_layer_std
 from tests.launch import python, torchrun
 
 VOCAB = 513  # tokenizer.max_vocab 512 + the EOS token
@@ -41,6 +42,7 @@ FAMILY_ARGS = {
 # (all parameters trained), whose export must merge the adapters and carry the scaling.
 RUN_ARGS = {**FAMILY_ARGS, "llama_lora_rope": [*FAMILY_ARGS["llama"], *LLAMA32_ROPE, "--model.lora_rank", "4",
                                                "--init.lora_b_init", "gaussian"]}
+FINAL_WEIGHTS_RUN = "llama_final_weights"
 
 
 def train_args(output_dir: Path, family: str) -> list[str]:
@@ -52,15 +54,24 @@ def train_args(output_dir: Path, family: str) -> list[str]:
             "--metrics.val_freq", "0", "--metrics.log_weight_std", "false", "--init.scheme", "normal"]
 
 
+def final_weights_args(output_dir: Path) -> list[str]:
+    """The llama run without checkpoints (checkpoint.enable false): only its final weights are saved."""
+    argv = train_args(output_dir, "llama")
+    argv[argv.index("--job.run_name") + 1] = FINAL_WEIGHTS_RUN
+    return [*argv, "--checkpoint.enable", "false"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A trained 3-step run per RUN_ARGS entry (one interpreter for all), each with checkpoints/step_3."""
+    """A trained 3-step run per RUN_ARGS entry (one interpreter for all), each with checkpoints/step_3, and the
+    llama run again without checkpoints (FINAL_WEIGHTS_RUN)."""
     out = tmp_path_factory.mktemp("runs")
-    proc = python(["tests/train_main_worker.py", json.dumps([{"argv": train_args(out, f)} for f in RUN_ARGS])])
+    cases = [{"argv": train_args(out, f)} for f in RUN_ARGS] + [{"argv": final_weights_args(out)}]
+    proc = python(["tests/train_main_worker.py", json.dumps(cases)])
     results = [json.loads(line.removeprefix("RESULT ")) for line in proc.stdout.splitlines()
                if line.startswith("RESULT ")]
-    assert [r["rc"] for r in results] == [0] * len(RUN_ARGS), results
-    return {family: out / family for family in RUN_ARGS}
+    assert [r["rc"] for r in results] == [0] * len(cases), results
+    return {family: out / family for family in [*RUN_ARGS, FINAL_WEIGHTS_RUN]}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +100,21 @@ def hf_model(export_dir: Path):
     config = json.loads((export_dir / "config.json").read_text())
     cls = getattr(transformers, config["architectures"][0])
     return cls.from_pretrained(str(export_dir), dtype=torch.float32).eval()
+
+
+@pytest.mark.multiprocess
+def test_a_run_without_checkpoints_keeps_its_final_weights_for_export(runs, exports):
+    """checkpoint.enable false: no checkpoints/, the model alone (no optimizer) in weights/step_3, which
+    export.py turns into the same model.safetensors bytes as the same run's checkpoint; the plot script finds
+    it too."""
+    run_dir = runs[FINAL_WEIGHTS_RUN]
+    assert not (run_dir / "checkpoints").exists() and weight_steps(run_dir) == {3: run_dir / "weights" / "step_3"}
+    saved = read_checkpoint_metadata(run_dir / "weights" / "step_3").state_dict_metadata
+    assert saved and all(key.startswith("model.") for key in saved)
+    assert (exports[FINAL_WEIGHTS_RUN] / "model.safetensors").read_bytes() == \
+        (exports["llama"] / "model.safetensors").read_bytes()
+    assert json.loads((exports[FINAL_WEIGHTS_RUN] / "config.json").read_text())["initlab"]["step"] == 3
+    assert plot_layer_std.newest_checkpoint(run_dir) == run_dir / "weights" / "step_3"
 
 
 TOKENS = torch.randint(0, 500, (2, 16), generator=torch.Generator().manual_seed(0))
