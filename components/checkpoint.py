@@ -83,10 +83,13 @@ def complete_steps(folder: Path) -> list[int]:
 
 def weight_steps(run_dir: Path) -> dict[int, Path]:
     """Step -> complete directory holding the model's weights at that step, ascending: the resume checkpoints
-    ``checkpoints/step_<N>`` and the final model-only save ``weights/step_<N>`` (a checkpoint wins a tie)."""
-    found = {step: run_dir / WEIGHTS_DIR / f"step_{step}" for step in complete_steps(run_dir / WEIGHTS_DIR)}
-    found.update({step: run_dir / CHECKPOINTS_DIR / f"step_{step}"
-                  for step in complete_steps(run_dir / CHECKPOINTS_DIR)})
+    ``checkpoints/step_<N>`` and the final model-only save ``weights/step_<N>`` (a checkpoint wins a tie); a
+    ``step_<N>`` without DCP's ``.metadata`` (not written by the trainer, whose renames are atomic) is left out."""
+    found = {}
+    for folder in (WEIGHTS_DIR, CHECKPOINTS_DIR):
+        for step in complete_steps(run_dir / folder):
+            if (run_dir / folder / f"step_{step}" / ".metadata").is_file():
+                found[step] = run_dir / folder / f"step_{step}"
     return dict(sorted(found.items()))
 
 

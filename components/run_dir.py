@@ -51,6 +51,7 @@ from components.config import (
     load_config,
     to_toml,
 )
+from components.provenance import UNKNOWN as UNKNOWN_COMMIT
 
 LOCK_FILE = ".lock"
 FINISHED_FILE = "finished.json"
@@ -277,7 +278,6 @@ FOREIGN_TABLES = (TORCHTITAN_TABLE,)
 of the resolved config; in ``RunDir.tables`` they set such a run apart from train.py's runs."""
 LOSS_KEYS = ("loss/train", "loss/val")
 HEADER_COMMIT = re.compile(r"^# initlab (?P<commit>[0-9a-f]{7,40}|unknown)\b")
-UNKNOWN_COMMIT = "unknown"
 
 
 RENAMED_TAGS = {"grad_norm": "grad_norm_total"}
