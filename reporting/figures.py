@@ -39,6 +39,9 @@ def plot_band(ax, xs: Sequence[float], intervals: Sequence[Interval | Band], col
     finite = np.isfinite(mean)
     ax.plot(np.array(xs)[finite], mean[finite], color=colour, **line_kwargs)
     banded = finite & np.isfinite(low) & np.isfinite(high)
-    if banded.any():
+    if finite.sum() == 1 and banded.any():  # one point has no area to fill: an error bar instead
+        ax.errorbar(np.array(xs)[banded], mean[banded], yerr=[mean[banded] - low[banded], high[banded] - mean[banded]],
+                    color=colour, capsize=3, lw=1)
+    elif banded.any():
         ax.fill_between(xs, low, high, where=banded, color=colour, alpha=0.2, lw=0)
     return mean[finite].tolist()
