@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -70,3 +71,17 @@ def header_comment(record: dict[str, Any]) -> str:
     dirty = {True: " (with uncommitted changes)", False: "", None: " (uncommitted changes unknown)"}[record["dirty"]]
     return (f"# initlab {record['commit']}{dirty}, torch {record['torch']}, CUDA {record['cuda'] or 'none'}\n"
             f"# {record['world_size']} x {record['device']} on {record['hostname']}, started {record['started']}\n")
+
+
+HEADER_COMMIT = re.compile(r"^# initlab (?P<commit>[0-9a-f]{7,40}|unknown)\b")  # header_comment's first line
+
+
+def header_commit(text: str) -> str | None:
+    """The commit named by a config.toml's provenance header (``# initlab <commit>...`` before its first table)."""
+    for line in text.splitlines():
+        if line.startswith("["):
+            break
+        match = HEADER_COMMIT.match(line)
+        if match:
+            return match["commit"]
+    return None

@@ -32,7 +32,6 @@ import functools
 import json
 import math
 import os
-import re
 import socket
 import sys
 import tomllib
@@ -52,6 +51,7 @@ from components.config import (
     to_toml,
 )
 from components.provenance import UNKNOWN as UNKNOWN_COMMIT
+from components.provenance import header_commit
 
 LOCK_FILE = ".lock"
 FINISHED_FILE = "finished.json"
@@ -277,7 +277,6 @@ FOREIGN_TABLES = (TORCHTITAN_TABLE,)
 """config.toml tables that are no initlab option (integrations/torchtitan/config.py writes ``[torchtitan]``): left out
 of the resolved config; in ``RunDir.tables`` they set such a run apart from train.py's runs."""
 LOSS_KEYS = ("loss/train", "loss/val")
-HEADER_COMMIT = re.compile(r"^# initlab (?P<commit>[0-9a-f]{7,40}|unknown)\b")
 
 
 RENAMED_TAGS = {"grad_norm": "grad_norm_total"}
@@ -312,17 +311,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
                              "a JSON object with a step (docs/design.md §8)")
         by_step.setdefault(record["step"], {}).update({RENAMED_TAGS.get(key, key): v for key, v in record.items()})
     return [by_step[step] for step in sorted(by_step)]
-
-
-def header_commit(text: str) -> str | None:
-    """The commit named by a config.toml's provenance header (``# initlab <commit>...`` before its first table)."""
-    for line in text.splitlines():
-        if line.startswith("["):
-            break
-        match = HEADER_COMMIT.match(line)
-        if match:
-            return match["commit"]
-    return None
 
 
 class RunDir:
@@ -474,11 +462,10 @@ class RunDir:
         return [{"commit": commit}] if commit else []
 
     def _provenance_file(self) -> dict[str, Any] | None:
-        path = self.path / PROVENANCE_FILE
         try:
-            return json.loads(path.read_text()) if path.is_file() else None
+            return read_provenance(self.path)
         except json.JSONDecodeError:
-            return None
+            return None  # a damaged provenance.json: finished.json's copy or the config header still tell
 
     @property
     def commits(self) -> list[str]:

@@ -252,6 +252,16 @@ def write_group_csvs(groups: list[SeedGroup], quantities: list[str], diff_rows: 
             writer.writerow([a, b, quantity, i.n, repr(i.mean), repr(i.half_width), repr(i.low), repr(i.high), verdict])
 
 
+def init_loss(group: SeedGroup, band_kind: str) -> list[float]:
+    """[the group's mean step-0 loss] (validation preferred: the trainer logs it at step 0, before any update), or
+    [] when its runs logged no step-0 loss."""
+    for key in ("loss/val", "loss/train"):
+        steps, bands = group_curve(group, key, band_kind)
+        if steps and steps[0] == 0 and math.isfinite(bands[0].mean):
+            return [bands[0].mean]
+    return []
+
+
 def loss_panels(groups: list[SeedGroup]) -> list[str]:
     """The loss keys that get a panel: loss/train, and loss/val when any run logged it (no empty panel)."""
     return [key for key in ("loss/train", "loss/val")
@@ -274,7 +284,7 @@ def plot_loss_curves(groups: list[SeedGroup], path: Path, title: str, band_kind:
             after_init = [(step, b) for step, b in zip(steps, bands) if step > 0]
             means = plot_band(ax, [s for s, _ in after_init], [b for _, b in after_init], colour, label=label,
                               **({"marker": "o", "markersize": 3} if key == "loss/val" else {}))
-            at_init = [b.mean for step, b in zip(steps, bands) if step == 0 and math.isfinite(b.mean)]
+            at_init = init_loss(group, band_kind)
             if at_init:
                 ax.axhline(at_init[0], color=colour, linestyle=":", lw=1)
             starts += at_init or means[:1]
@@ -285,8 +295,7 @@ def plot_loss_curves(groups: list[SeedGroup], path: Path, title: str, band_kind:
         ax.grid(alpha=0.3)
     axes.flat[0].set_ylabel(f"loss: mean over seeds, band = {BANDS[band_kind]}")
     axes.flat[0].legend(fontsize="small", title="dotted: loss at init (step 0)" if any(
-        0 in dict(zip(*metric_series(run.records, key))) for g in groups for run in g.runs for key in keys) else None,
-        title_fontsize="small")
+        init_loss(group, band_kind) for group in groups) else None, title_fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path, pdf=True)

@@ -350,6 +350,8 @@ def test_loss_panels_and_the_band_option(seed_family, two_runs, tmp_path, capsys
                                                                  for s in (0, 1, 20, 40)])
     assert compare.loss_panels(groups.group_runs([load_run(no_val)])) == ["loss/train"]
     assert compare.loss_panels(groups.group_runs([load_run(p) for p in two_runs])) == ["loss/train", "loss/val"]
+    assert compare.init_loss(groups.group_runs([load_run(no_val)])[0], "ci95") == [4.0]  # the step-0 train loss
+    assert compare.init_loss(groups.group_runs([load_run(two_runs[0])])[0], "ci95") == []  # no step 0 logged
     out = tmp_path / "se"
     assert compare_runs.main([*map(str, seed_family), "--band", "se", "--out", str(out)]) == 0
     assert "bands the ± 1 standard error over them" in (out / "report.md").read_text()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from components.config import load_config, to_toml
-from components.run_dir import NotARunDir, RunDir, header_commit
+from components.provenance import header_commit
+from components.run_dir import NotARunDir, RunDir
 from tests.launch import python
 
 STEPS = 3
@@ -22,7 +23,7 @@ def real_run(tmp_path_factory) -> Path:
     """A 3-step debug run trained by train.py (one process, one thread)."""
     out = tmp_path_factory.mktemp("runs")
     python(["train.py", "--config", "train_configs/debug.toml", "--job.output_dir", str(out), "--job.run_name", "tiny",
-            "--training.steps", str(STEPS), "--metrics.log_freq", "1", "--metrics.val_freq", "0",
+            "--training.steps", str(STEPS), "--metrics.log_freq", "1", "--metrics.val_freq", str(STEPS),
             "--model.n_layers", "1", "--training.global_batch_size", "2", "--training.seq_len", "32"],
            env={"OMP_NUM_THREADS": "1"}, timeout=300)
     return out / "tiny"
@@ -36,7 +37,10 @@ def test_a_finished_train_py_run_reads_back(real_run: Path, tmp_path: Path) -> N
     assert run.summary["steps"] == STEPS and run.config.training.steps == STEPS and run.config.model.n_layers == 1
     assert run.records[-1]["step"] == STEPS and math.isfinite(run.records[-1]["loss/train"])
     assert run.tables["model"]["n_layers"] == 1
-    assert len(run.commits) == 1  # the one start's commit, or "unknown" where the trainer records none
+    [start] = run.starts  # provenance.json: one start, its commit also in config.toml's header
+    assert run.commits == [start["commit"] + (" (uncommitted changes)" if start["dirty"] else "")]
+    assert start["commit"] == header_commit(run.config_text) and start["torch"] and start["ended"]
+    assert run.records[0]["step"] == 0 and math.isfinite(run.records[0]["loss/val"])  # the loss at init
     # The same run killed after step 2: no finished.json, the last line cut mid-write.
     cut = tmp_path / "cut"
     shutil.copytree(real_run, cut, ignore=shutil.ignore_patterns("checkpoints"))
