@@ -235,6 +235,12 @@ def common_lrs(arms: list[Arm]) -> list[float]:
     return sorted(shared)
 
 
+def multi_seed_lrs(arms: list[Arm], lrs: list[float]) -> list[float]:
+    """Of ``lrs``, those at which every arm ran more than one seed: the range over which the LR sensitivity has an
+    interval over seeds when some lrs were run with one seed only."""
+    return [lr for lr in lrs if all(len(arm.points[lr]) > 1 for arm in arms)]
+
+
 def best_lr_differences(arms: list[Arm]) -> list[tuple]:
     """Per pair of arms: (A, B, A's best lr, B's best lr, interval of B − A over shared seeds, verdict, and the
     same interval and verdict with each seed's lr* chosen on the other seeds: leave-one-seed-out)."""
@@ -267,19 +273,28 @@ def fmt(value: float, spec: str = ".4f") -> str:
 def arms_table(arms: list[Arm], lrs: list[float], metric: str) -> str:
     from reporting.tables import markdown_rows
 
+    narrow = multi_seed_lrs(arms, lrs)
+    narrow = narrow if narrow and narrow != lrs else []
     rows = []
     for arm in arms:
         lr, at_best = arm.best()
         sens, seeds = arm.sensitivity(lrs)
+        if narrow:
+            sens_n, seeds_n = arm.sensitivity(narrow)
         div = arm.divergence_lr()
         n_div = sum(bool(p.diverged) for per_seed in arm.points.values() for p in per_seed.values())
         n_runs = sum(len(per_seed) for per_seed in arm.points.values())
         per_seed = ", ".join(f"{seed}: {best:g}" for seed, best in arm.seed_best().items())
         capped = ", ".join(f"lr {lr:g} seed {seed}" for lr, seed in arm.at_cap()) or "none"
-        rows.append([arm.name, f"{lr:g}", per_seed, at_best.text(), sens.text(), ",".join(map(str, seeds)),
-                     "none" if div is None else f"{div:g}", f"{n_div}/{n_runs}", capped])
+        row = [arm.name, f"{lr:g}", per_seed, at_best.text(), sens.text(), ",".join(map(str, seeds))]
+        row += [sens_n.text(), ",".join(map(str, seeds_n))] if narrow else []
+        rows.append([*row, "none" if div is None else f"{div:g}", f"{n_div}/{n_runs}", capped])
     header = ["arm", "best lr", "each seed's best lr", f"capped final {metric} at best lr", "LR sensitivity",
-              "seeds (sensitivity)", "lowest lr with a divergence", "diverged runs", "finite but ≥ ℓ0"]
+              "seeds (sensitivity)"]
+    if narrow:
+        span = f"{narrow[0]:g}–{narrow[-1]:g}"
+        header += [f"LR sensitivity over {span}", f"seeds ({span})"]
+    header += ["lowest lr with a divergence", "diverged runs", "finite but ≥ ℓ0"]
     return markdown_rows(header, rows)
 
 
@@ -325,7 +340,9 @@ def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
             "size)). Values are "
             f"{BAND_NOTE} (mean ± t(0.975, n-1)·s/√n). *LR sensitivity* = mean over the lrs "
             f"{', '.join(f'{lr:g}' for lr in lrs)} (those every arm ran) of (capped outcome − its minimum over them), "
-            "per seed that ran them all, then mean ± interval over those seeds. *Lowest lr with a divergence*: "
+            "per seed that ran them all, then mean ± interval over those seeds; where some of those lrs were run with one "
+            "seed only, also over the lrs at which every arm ran two or more seeds (the second column pair, with an "
+            "interval). *Lowest lr with a divergence*: "
             "the lowest lr at which any seed stopped on a non-finite loss. *B − A*: per seed, B's capped outcome at "
             "B's best lr minus A's at A's best lr (best = lowest mean over seeds); 'differs' only when the interval "
             "excludes zero. The best lrs are picked on the same seeds, which favours an arm with a noisy minimum; "
@@ -354,13 +371,18 @@ def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> N
     with (out_dir / "arms.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["arm", "best_lr", "n", "mean_at_best", "ci95_half_width", "sensitivity", "sensitivity_ci95",
-                         "sensitivity_seeds", "lowest_divergent_lr"])
+                         "sensitivity_seeds", "multiseed_lrs", "multiseed_sensitivity", "multiseed_sensitivity_ci95",
+                         "multiseed_sensitivity_seeds", "lowest_divergent_lr"])
+        narrow = multi_seed_lrs(arms, lrs)
         for arm in arms:
             lr, best = arm.best()
             sens, seeds = arm.sensitivity(lrs)
+            sens_n, seeds_n = arm.sensitivity(narrow) if narrow else (Interval(math.nan, math.nan, 0), [])
             div = arm.divergence_lr()
             writer.writerow([arm.name, repr(lr), best.n, repr(best.mean), repr(best.half_width), repr(sens.mean),
-                             repr(sens.half_width), " ".join(map(str, seeds)), "" if div is None else repr(div)])
+                             repr(sens.half_width), " ".join(map(str, seeds)), " ".join(map(repr, narrow)),
+                             repr(sens_n.mean), repr(sens_n.half_width), " ".join(map(str, seeds_n)),
+                             "" if div is None else repr(div)])
     with (out_dir / "differences.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "best_lr_a", "best_lr_b", "shared_seeds", "mean_b_minus_a", "ci95_half_width",
@@ -371,30 +393,44 @@ def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> N
                              repr(i.high), verdict, loso.n, repr(loso.mean), repr(loso.half_width), loso_verdict])
 
 
+def seed_counts(arm: Arm) -> str:
+    """'3 seeds', or '1–3 seeds' when the lrs were run with different numbers of seeds."""
+    counts = sorted({len(per_seed) for per_seed in arm.points.values()})
+    return f"{counts[0]} seed{'s' * (counts[0] > 1)}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds"
+
+
 def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
-    """Capped final metric vs lr (log axis), a line per arm with its band, best lr starred, divergences crossed."""
+    """Capped final metric vs lr (log axis), a line per arm with its band, best lr starred, divergences crossed,
+    points with one seed (no band) open; the ℓ0 line only when some run reached the cap."""
     from reporting.figures import plot_band, pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    init = [p.init_loss for arm in arms for per_seed in arm.points.values() for p in per_seed.values()]
+    points = [p for arm in arms for per_seed in arm.points.values() for p in per_seed.values()]
+    init = math.fsum(p.init_loss for p in points) / len(points)
     for index, arm in enumerate(arms):
         colour, curve = f"C{index % 10}", arm.curve()
-        seeds = max(len(per_seed) for per_seed in arm.points.values())
         plot_band(ax, arm.lrs, [curve[lr] for lr in arm.lrs], colour, marker="o", markersize=4,
-                  label=f"{arm.name} ({seeds} seeds)")
+                  label=f"{arm.name} ({seed_counts(arm)})")
+        single = [lr for lr in arm.lrs if len(arm.points[lr]) == 1]
+        ax.plot(single, [curve[lr].mean for lr in single], marker="o", markersize=7, markerfacecolor="white",
+                color=colour, linestyle="none")
         lr, best = arm.best()
         ax.plot([lr], [best.mean], marker="*", markersize=14, color=colour, markeredgecolor="black", linestyle="none")
         diverged = [lr for lr in arm.lrs if any(p.diverged for p in arm.points[lr].values())]
         ax.plot(diverged, [curve[lr].mean for lr in diverged], marker="X", markersize=11, color=colour,
                 markeredgecolor="black", linestyle="none")
-    ax.axhline(math.fsum(init) / len(init), color="grey", linestyle=":", lw=1, label="loss at init ℓ0 (mean; the cap)")
+    if any(p.capped >= p.init_loss for p in points):
+        ax.axhline(init, color="grey", linestyle=":", lw=1, label="loss at init ℓ0 (mean; the cap)")
+        cap_note = ""
+    else:
+        cap_note = f"; no run reached the cap ℓ0 (mean {init:.2f})"
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (optimizer.lr)", ylabel=f"final {metric}, capped at ℓ0",
-           title=f"{title}\n{BAND_NOTE}; ★ best lr, × a seed diverged")
-    ax.title.set_fontsize("medium")
+           title=f"{title}\n{BAND_NOTE}\n★ best lr, × a seed diverged, ○ one seed{cap_note}")
+    ax.title.set_fontsize("small")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
     save_figure(fig, path, pdf=True)
 
@@ -423,11 +459,11 @@ def plot_activations(arms: list[Arm], title: str, path) -> bool:
     plt = pyplot()
     from matplotlib.ticker import ScalarFormatter
 
-    fig, axes = plt.subplots(1, len(logged), figsize=(5.2 * len(logged), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(logged), figsize=(5.2 * len(logged), 4.2), squeeze=False)
     for ax, name in zip(axes.flat, logged):
         for index, arm in enumerate(arms):
             plot_band(ax, arm.lrs, geometric_curve(arm, name), f"C{index % 10}", marker="o", markersize=4,
-                      label=arm.name)
+                      label=f"{arm.name} ({seed_counts(arm)})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         low, high = ax.get_ylim()

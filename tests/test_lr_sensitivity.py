@@ -168,3 +168,25 @@ def test_activation_bands_are_geometric(sweep):
     band = geometric_curve(normal, "residual_rms")[normal.lrs.index(1e-2)]
     assert (band.mean, band.low, band.high, band.n) == (pytest.approx(math.exp(mean)), pytest.approx(math.exp(mean - half)),
                                                         pytest.approx(math.exp(mean + half)), 3)
+
+
+def test_single_seed_lrs_keep_a_multi_seed_sensitivity(sweep, tmp_path):
+    """Seed 0 alone at lr 3e-2 (both arms) and a missing seed: the sensitivity over all lrs rests on seed 0 and has
+    no interval; over the lrs every arm ran with more than one seed (1e-3..1e-2) it is the 3-seed value."""
+    root = sweep[0].parent
+    planted_run(root, "normal", 3e-2, 0, 3.9)
+    planted_run(root, "mitchell", 3e-2, 0, 3.8)
+    out = tmp_path / "r"
+    assert lr_sensitivity.main([str(root), "--out", str(out)]) == 0
+    arms = {row["arm"]: row for row in read_csv(out / "arms.csv")}
+    normal, mitchell = arms["normal"], arms["mitchell"]
+    assert normal["sensitivity_seeds"] == "0" and normal["sensitivity_ci95"] == "nan"
+    assert float(normal["sensitivity"]) == pytest.approx((3.00 + 2.80 + 3.40 + 3.9) / 4 - 2.80)
+    assert normal["multiseed_lrs"] == "0.001 0.003 0.01" and normal["multiseed_sensitivity_seeds"] == "0 1 2"
+    assert float(normal["multiseed_sensitivity"]) == pytest.approx(0.8 / 3)
+    per_seed = [(2.95 + 2.70 + 4.1) / 3 - 2.70, (3.00 + 2.72 + 4.1) / 3 - 2.72, (2.90 + 2.74 + LN64) / 3 - 2.74]
+    assert float(mitchell["multiseed_sensitivity"]) == pytest.approx(sum(per_seed) / 3)
+    report = (out / "lr_sensitivity.md").read_text()
+    assert "LR sensitivity over 0.001–0.01 | seeds (0.001–0.01) |" in report
+    assert f"| {float(normal['multiseed_sensitivity']):.4f} ± " in report
+    assert (out / "lr_sensitivity.png").read_bytes()[:8] == PNG_MAGIC
