@@ -54,6 +54,7 @@ class Point:
     diverged: str  # '' or why
     logit_max: float = math.nan  # max over layers of attn_logit_max at its last logged step
     residual_rms: float = math.nan  # act_rms/residual of the last block at its last logged step
+    peak_train: float = math.nan  # highest finite loss/train logged (a spike above ℓ0 that recovered shows here)
 
     @property
     def capped(self) -> float:
@@ -189,7 +190,9 @@ def make_point(run: RunDir, arm: str, metric: str, init_source: str = "auto") ->
                  final=values[-1] if values else math.nan, init_loss=ell0, init_source=source,
                  diverged=run.original.diverged,
                  logit_max=last_layer_value(run.records, LOGIT_MAX_FAMILY, max),
-                 residual_rms=last_layer_value(run.records, RESIDUAL_FAMILY, lambda v: v[-1]))
+                 residual_rms=last_layer_value(run.records, RESIDUAL_FAMILY, lambda v: v[-1]),
+                 peak_train=max((v for v in metric_series(run.records, "loss/train")[1] if math.isfinite(v)),
+                                default=math.nan))
 
 
 def sweep_names(runs: list[RunDir], keys: list[str]) -> dict[str, str]:
@@ -260,6 +263,29 @@ def best_lr_differences(arms: list[Arm]) -> list[tuple]:
     return rows
 
 
+def neighbour_differences(arms: list[Arm]) -> list[tuple]:
+    """Per arm: (arm, best lr, a neighbouring grid lr, interval of neighbour − best over the seeds both ran,
+    verdict): whether the best lr is resolved from the lrs next to it."""
+    rows = []
+    for arm in arms:
+        lr, _ = arm.best()
+        index = arm.lrs.index(lr)
+        for other in arm.lrs[max(index - 1, 0):index] + arm.lrs[index + 1:index + 2]:
+            best = {seed: p.capped for seed, p in arm.points[lr].items()}
+            interval, verdict = paired_difference(best, {seed: p.capped for seed, p in arm.points[other].items()})
+            rows.append((arm.name, lr, other, interval, verdict))
+    return rows
+
+
+def neighbours_table(arms: list[Arm]) -> str:
+    from reporting.tables import markdown_rows
+
+    cells = [[name, f"{lr:g}", f"{other:g}", str(i.n), *interval_cells(i), verdict]
+             for name, lr, other, i, verdict in neighbour_differences(arms)]
+    return markdown_rows(["arm", "best lr", "neighbouring lr", "shared seeds", "neighbour − best", "95 % interval",
+                          "verdict"], cells)
+
+
 # ------------------------------------------------------------------------------------------- output
 OUTPUT_FILES = ["lr_sensitivity.md", "lr_sensitivity.csv", "arms.csv", "differences.csv", "lr_sensitivity.png",
                 "lr_sensitivity.pdf", "lr_activations.png", "lr_activations.pdf"]
@@ -302,7 +328,7 @@ def points_table(arms: list[Arm], with_activations: bool) -> str:
     from reporting.tables import markdown_rows
 
     header = ["arm", "lr", "seeds", "capped final", "diverged", "ℓ0 (mean)"]
-    header += ["attn logit max", "residual RMS"] * with_activations
+    header += ["attn logit max", "residual RMS"] * with_activations + ["peak train loss"]
     rows = []
     for arm in arms:
         curve = arm.curve()
@@ -314,7 +340,7 @@ def points_table(arms: list[Arm], with_activations: bool) -> str:
             row = [arm.name, f"{lr:g}", ",".join(map(str, sorted(points))), curve[lr].text(),
                    f"{sum(bool(p.diverged) for p in points.values())}/{len(points)}", fmt(init[lr].mean)]
             row += [logits[lr].text(".3g"), rms[lr].text(".3g")] * with_activations
-            rows.append(row)
+            rows.append([*row, fmt(max(p.peak_train for p in points.values()), ".2f")])
     return markdown_rows(header, rows)
 
 
@@ -352,7 +378,9 @@ def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
             "`attn_logit_max/layer_NN`, *residual RMS* = `act_rms/residual` of the last block, both at the last "
             "step that logged them (a diverged run's last before its stop; metrics.log_variance_stats), over the "
             "seeds with a finite value: in the table mean ± t-interval, in the figure (they span decades) the "
-            "geometric mean with the exponentiated t-interval of the log.")
+            "geometric mean with the exponentiated t-interval of the log. *peak train loss*: the highest finite "
+            "`loss/train` any seed logged (above ℓ0: a loss spike the run recovered from or stopped on). *neighbour "
+            "− best*: per seed, the capped outcome at the grid lr next to the best lr minus that at the best lr.")
 
 
 def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> None:
@@ -361,13 +389,13 @@ def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> N
     with (out_dir / "lr_sensitivity.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["arm", "lr", "seed", "run", "status", "final", "init_loss", "init_loss_source", "capped",
-                         "diverged", "attn_logit_max", "residual_rms"])
+                         "diverged", "attn_logit_max", "residual_rms", "peak_train_loss"])
         for arm in arms:
             for lr in arm.lrs:
                 for seed, p in sorted(arm.points[lr].items()):
                     writer.writerow([arm.name, repr(lr), seed, str(p.run.path), p.run.original.status, repr(p.final),
                                      repr(p.init_loss), p.init_source, repr(p.capped), p.diverged or "no",
-                                     repr(p.logit_max), repr(p.residual_rms)])
+                                     repr(p.logit_max), repr(p.residual_rms), repr(p.peak_train)])
     with (out_dir / "arms.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["arm", "best_lr", "n", "mean_at_best", "ci95_half_width", "sensitivity", "sensitivity_ci95",
@@ -491,4 +519,5 @@ def report_text(selection, keys: list[str], arms: list[Arm], lrs: list[float], d
     diffs = f"## Arms at their own best lr (paired by seed)\n\n{differences_table(diff_rows)}\n\n" if diff_rows else ""
     return (f"# {title}\n\n{len(selection.runs)} runs; arm keys: {arm_keys}; lr key `{LR_KEY}`.\n"
             f"{selection_text(selection)}\n## Arms\n\n{arms_table(arms, lrs, metric)}\n\n{diffs}"
+            f"## Each arm's best lr vs its neighbouring grid lrs (paired by seed)\n\n{neighbours_table(arms)}\n\n"
             f"## Per arm and lr\n\n{points_table(arms, with_activations)}\n\n{notes(metric, lrs, arms)}\n\n{figures}")

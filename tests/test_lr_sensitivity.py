@@ -106,9 +106,17 @@ def test_best_lr_sensitivity_divergence_and_paired_differences(sweep, tmp_path, 
     assert runs["normal", 3e-3, 1]["init_loss_source"] == "step-0 loss/val"
     assert float(runs["normal", 3e-3, 1]["attn_logit_max"]) == pytest.approx(6.0)
     assert float(runs["normal", 3e-3, 1]["residual_rms"]) == pytest.approx(1.31)
+    assert float(runs["normal", 3e-3, 1]["peak_train_loss"]) == 4.1  # step 1's, the highest logged
+    assert float(runs["mitchell", 1e-2, 0]["peak_train_loss"]) == 4.1  # the NaN at step 20 is not a peak
     report = (out / "lr_sensitivity.md").read_text()
     assert f"| normal | 0.003 | 0: 0.003, 1: 0.003, 2: 0.003 | 2.8500 ± {T2 * 0.05 / math.sqrt(3):.4f} |" in report
     assert "| mitchell | 0.01 | 0,1,2 | " in report and "| 2/3 |" in report
+    # Best lr vs its neighbours, paired by seed: normal 1e-3 is 0.2 above 3e-3 in every seed; mitchell's 1e-2 is
+    # capped at 4.1, 4.1 and ln(64).
+    assert "| normal | 0.003 | 0.001 | 3 | 0.2000 | [0.2000, 0.2000] | differs |" in report
+    assert "| normal | 0.003 | 0.01 | 3 | 0.6000 | [0.6000, 0.6000] | differs |" in report
+    up = [4.1 - 2.70, 4.1 - 2.72, LN64 - 2.74]
+    assert f"| mitchell | 0.003 | 0.01 | 3 | {sum(up) / 3:.4f} |" in report
     assert report.count("| lr 0.01 seed 2 |") == 1  # mitchell's finite run that ended above ln(64)
     for name in ("lr_sensitivity", "lr_activations"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC and (out / f"{name}.pdf").read_bytes()[:4] == PDF_MAGIC
