@@ -98,16 +98,19 @@ class Model:
     """GPT-2: share the token embedding with the LM head (true/false)."""
 
 
-SCHEME_NAMES = (
-    "normal", "scaled_output", "depth_aware", "mitchell", "full_megatron", "lingua", "xavier",
-    "kaiming", "small_init", "wang", "zero_output", "zeros",
-)
+def scheme_names() -> list[str]:
+    """The registered init schemes, sorted: ``init_schemes.REGISTRY`` (each ``@register`` in
+    init_schemes/schemes.py) is the one list of names. Imported here, not at the top: the registry
+    sits above config in the import order (it is plain Python, so config stays free of torch)."""
+    from init_schemes import REGISTRY
+
+    return sorted(REGISTRY)
 
 
 @dataclass
 class Init:
     scheme: str = "depth_aware"
-    """Init scheme name (init_schemes/): normal, scaled_output, depth_aware, mitchell, full_megatron, lingua, xavier, kaiming, small_init, wang, zero_output, zeros."""
+    """Init scheme name: any scheme registered in init_schemes/schemes.py (normal, scaled_output, depth_aware, mitchell, ...; an unknown name lists them)."""
     base_std: float | None = None
     """Base std sigma0 (std units); omit for the scheme's reference default (0.02; lingua: d^-0.5)."""
     scale_all_projections: bool = False
@@ -608,8 +611,9 @@ def validate(cfg: Config) -> None:
                  f"model.lora_targets: {target!r} is not a projection role; {_suggest(target, list(PROJECTION_ROLES))}")
     _require(t.trainable != "lora" or m.lora_rank > 0,
              "training.trainable = 'lora' but the model has no adapters; set model.lora_rank > 0 or trainable = 'all'")
-    _require(cfg.init.scheme in SCHEME_NAMES,
-             f"init.scheme = {cfg.init.scheme!r} is unknown; {_suggest(cfg.init.scheme, list(SCHEME_NAMES))}")
+    schemes = scheme_names()
+    _require(cfg.init.scheme in schemes,
+             f"init.scheme = {cfg.init.scheme!r} is unknown; {_suggest(cfg.init.scheme, schemes)}")
     _require(cfg.init.base_std is None or cfg.init.base_std >= 0,
              f"init.base_std must be >= 0; got {cfg.init.base_std}")
     for role, std in cfg.init.std_overrides.items():
