@@ -34,6 +34,8 @@ import csv
 import json
 import math
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 
 from components.config import ConfigError  # noqa: E402
 from components.run_dir import FINISHED_FILE  # noqa: E402
-from components.sweep import DIVERGED_FILE  # noqa: E402
+from components.sweep import DIVERGED_FILE, import_previous  # noqa: E402
 from reporting import lr_optimum  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
 from reporting.runs import load_run  # noqa: E402
@@ -93,11 +95,21 @@ def sweep(opts: argparse.Namespace) -> list[dict]:
 
 def rows_from_runs(runs_dir: Path, mode: str) -> list[dict]:
     """The rows of the finished (or diverged) run directories under ``runs_dir``, e.g. a ``scripts/sweep.py``
-    output directory: parametrization, size (model.dim or model.n_layers), lr and seed from each config.toml,
-    the scores from metrics.jsonl; ``diverged.json`` (sweep.py's mark of a non-finite stop) means diverged.
-    Directories with neither ``finished.json`` nor ``diverged.json`` (still running, interrupted) are skipped."""
+    output directory, or in an archive of one (``--archive``'s .tar.gz, or a .tar.xz of the same files):
+    parametrization, size (model.dim or model.n_layers), lr and seed from each config.toml, the scores from
+    metrics.jsonl; ``diverged.json`` (sweep.py's mark of a non-finite stop) means diverged. Directories with
+    neither ``finished.json`` nor ``diverged.json`` (still running, interrupted) are skipped."""
+    if runs_dir.is_file():  # an archive: its finished and diverged run directories, unpacked as sweep.py does
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                import_previous(runs_dir, Path(tmp))
+            except tarfile.TarError:
+                raise ValueError(f"--runs {runs_dir} is not a readable archive (.tar.gz, .tar.xz); pass a sweep's "
+                                 "output directory or its runs.tar.gz") from None
+            return rows_from_runs(Path(tmp), mode)
     if not runs_dir.is_dir():
-        raise ValueError(f"--runs {runs_dir} is not a directory; pass a sweep's output directory")
+        raise ValueError(f"--runs {runs_dir} is neither a directory nor an archive; pass a sweep's output "
+                         "directory or its runs.tar.gz")
     rows, unfinished = [], []
     for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         diverged = (run_dir / DIVERGED_FILE).is_file()
@@ -149,14 +161,18 @@ def plot_curves(rows: list[dict], result: dict, mode: str, path: Path) -> None:
     groups = list(result)
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.8), squeeze=False, sharey=True)
     finite = [r["val_loss"] for r in rows if not r["diverged"]]
-    top = min(max(finite), min(finite) + 1.5)
+    top = min(max(finite), min(finite) + 3.0)  # a finite loss above it is drawn as a triangle on the top edge
+    grid = len({r["lr"] for r in rows})
     for ax, group in zip(axes[0], groups):
         colors = plt.cm.viridis([i / max(1, len(result[group]["optimum_log2_lr"]) - 1)
                                  for i in range(len(result[group]["optimum_log2_lr"]))])
         for color, (size, opt) in zip(colors, result[group]["optimum_log2_lr"].items()):
             curve = mean_losses(rows, group, size)
-            ok = [(lr, loss) for lr, loss in curve if math.isfinite(loss)]
-            ax.plot(*zip(*ok), marker=".", color=color, label=f"{mode} {size}")
+            ok = [(lr, min(loss, top)) for lr, loss in curve if math.isfinite(loss)]
+            missing = f" ({len(curve)} of {grid} lrs)" if len(curve) < grid else ""
+            ax.plot(*zip(*ok), marker=".", color=color, label=f"{mode} {size}{missing}")
+            high = [lr for lr, loss in curve if math.isfinite(loss) and loss > top]
+            ax.plot(high, [top] * len(high), "^", color=color)
             bad = [lr for lr, loss in curve if not math.isfinite(loss)]
             ax.plot(bad, [top] * len(bad), "x", color=color)
             y_star = min(loss for _, loss in ok)
@@ -167,13 +183,15 @@ def plot_curves(rows: list[dict], result: dict, mode: str, path: Path) -> None:
         ax.set_title(group)
         ax.set_xlabel("optimizer.lr (base-shape tensors)")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("validation loss (mean over seeds)")
+    n_seeds = len({r["seed"] for r in rows})
+    axes[0][0].set_ylabel("validation loss (1 seed)" if n_seeds == 1 else
+                          f"validation loss (mean over {n_seeds} seeds)")
     save(fig, path)
 
 
 def plot_optima(result: dict, mode: str, path: Path) -> None:
-    """Left: log2 lr* against size with 95 % bootstrap intervals (hollow = at a grid edge). Right: the loss
-    at the proxy's best grid lr against size."""
+    """Left: log2 lr* against size with 95 % bootstrap intervals (hollow = at a grid edge; none with 1 seed).
+    Right: the loss at the proxy's best grid lr against size."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2 + 0.25 * len(result)))
     for group, entry in result.items():
@@ -197,7 +215,10 @@ def plot_optima(result: dict, mode: str, path: Path) -> None:
     handles, labels = left.get_legend_handles_labels()  # the drift texts are long: one legend below both panels
     fig.legend(handles, labels, loc="lower left", fontsize=7)
     bottom = (0.25 * len(result) + 0.2) / fig.get_figheight()
-    left.set_ylabel("log2 optimal lr (95 % bootstrap interval)")
+    one_seed = all(o["n_seeds"] < 2 for e in result.values() for o in e["optimum_log2_lr"].values())
+    left.set_title("hollow: the optimum is at an edge (a bound)", fontsize=8)
+    left.set_ylabel("log2 optimal lr (1 seed, no interval)" if one_seed else
+                    "log2 optimal lr (95 % bootstrap interval)")
     right.set_ylabel("validation loss at the proxy's best lr")
     save(fig, path, rect=(0, bottom, 1, 1))
 
@@ -221,7 +242,7 @@ def drift_text(est: dict) -> str:
     """'-0.31 [-0.62, +0.05] octaves', or a bound: '-2.00 octaves, a bound (target at the low edge)'."""
     if est["at_edge"]:
         return f"{est['value']:+.2f} octaves, a bound ({edge_words(est['at_edge'])})"
-    interval = f" [{est['low']:+.2f}, {est['high']:+.2f}]" if est["low"] is not None else " (one seed: no interval)"
+    interval = f" [{est['low']:+.2f}, {est['high']:+.2f}]" if est["low"] is not None else " (1 seed, no interval)"
     return f"{est['value']:+.2f}{interval} octaves"
 
 
@@ -236,16 +257,22 @@ def report(result: dict, mode: str, rows: list[dict]) -> str:
     """The Markdown tables: optimum per size, drift, and loss by size at the proxy's lr."""
     sizes = sorted({r["size"] for r in rows})
     seeds = sorted({r["seed"] for r in rows})
-    lines = [f"# lr transfer over {mode}: {len(rows)} runs ({sum(r['diverged'] for r in rows)} diverged), seeds "
-             f"{', '.join(map(str, seeds))}", "",
+    grid = sorted({r["lr"] for r in rows})
+    interval = ("1 seed, no interval: nothing here is a claim" if len(seeds) == 1 else
+                f"[95 % bootstrap interval over the {len(seeds)} seeds]")
+    lines = [f"# lr transfer over {mode}: {len(rows)} runs ({sum(r['diverged'] for r in rows)} diverged), "
+             f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})", "",
              "lr* = the vertex of a quadratic in log2 lr around the grid minimum of the mean-over-seeds curve, "
-             "[95 % bootstrap interval over seeds] (reporting/lr_optimum.py); \"at an edge\": the minimum is on the "
-             "grid's edge (or next to a diverged lr), so lr* is only bounded there.", "",
+             f"{interval} (reporting/lr_optimum.py); \"at an edge\": the minimum is on the edge of the lrs that "
+             "ran (or next to a diverged lr), so lr* is only bounded there; \"k of N lrs\": only k of the "
+             f"grid's {len(grid)} lrs finished for that size.", "",
              "| parametrization | " + " | ".join(f"{mode} {s}: lr*" for s in sizes) + " | drift (largest - proxy) |",
              "|---" * (len(sizes) + 2) + "|"]
     for group, entry in result.items():
+        ran = {s: len({r["lr"] for r in rows if r["parametrization"] == group and r["size"] == s}) for s in sizes}
         cells = [optimum_text(entry["optimum_log2_lr"][s]) if s in entry["optimum_log2_lr"] else "all diverged"
                  if s in entry["all_diverged"] else "not run" for s in sizes]
+        cells = [c + (f", {ran[s]} of {len(grid)} lrs" if 0 < ran[s] < len(grid) else "") for c, s in zip(cells, sizes)]
         lines.append(f"| {group} | " + " | ".join(cells) + f" | {drift_text(entry['drift_octaves'])} |")
     lines += ["", f"Loss at the proxy's best grid lr, by {mode}:", "",
               "| parametrization | lr | " + " | ".join(f"{mode} {s}" for s in sizes) + " | improves with every step |",

@@ -113,3 +113,42 @@ def test_gpu_entry_point_refuses_bad_input_in_one_line(tmp_path):
     bad_study = subprocess.run(["bash", script, "sideways", str(tmp_path)], capture_output=True, text=True)
     assert bad_study.returncode == 2 and bad_study.stderr.startswith("error: the study is 'width' or 'depth'")
     assert list(tmp_path.iterdir()) == []
+
+
+GPU_RUNS = train_runs.REPO / "docs/hp_transfer/width_runs_seed0.tar.xz"  # the width study's seed 0 (README)
+
+
+def test_report_of_the_committed_one_seed_runs_prints_no_interval_and_names_missing_lrs(tmp_path, capsys):
+    assert lr_transfer.main(["--mode", "width", "--runs", str(GPU_RUNS), "--out", str(tmp_path / "one")]) == 0
+    report = (tmp_path / "one" / "report_width.md").read_text()
+    assert report.startswith("# lr transfer over width: 40 runs (0 diverged), 1 seed (0)")
+    assert "1 seed, no interval" in report and "95 %" not in report and "[2^" not in report
+    assert ("| mup | 2^-9.13 | 2^-9.00 | 2^-9.05 | 2^-9.00 (at the high edge), 2 of 6 lrs | +0.13 octaves, a bound "
+            "(target at the high edge) |") in report
+    assert "| sp | 0.001953 | 5.5345 | 5.6498 | 5.1353 | 5.0664 | no |" in report
+    result = json.loads((tmp_path / "one" / "optima_width.json").read_text())
+    optima = [o for entry in result.values() for o in entry["optimum_log2_lr"].values()]
+    assert len(optima) == 8 and all(o["n_seeds"] == 1 and o["low"] is None for o in optima)
+    # Planted: the same runs again as a second seed, 0.05 nats worse at the lowest lr. Now there is an interval,
+    # and the report prints it: the one-seed wording above is not printed regardless of the seed count.
+    runs = tmp_path / "runs"
+    sweep.import_previous(GPU_RUNS, runs)
+    for run_dir in sorted(runs.iterdir()):
+        twin = runs / run_dir.name.replace("seed0", "seed1")
+        shutil.copytree(run_dir, twin)
+        config = (twin / "config.toml").read_text()
+        (twin / "config.toml").write_text(config.replace("[job]\nseed = 0\n", "[job]\nseed = 1\n", 1))
+        if "lr0.000976562" in run_dir.name:
+            records = [json.loads(line) for line in (twin / "metrics.jsonl").read_text().splitlines()]
+            records[-1]["loss/val"] += 0.05
+            (twin / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert lr_transfer.main(["--mode", "width", "--runs", str(runs), "--out", str(tmp_path / "two")]) == 0
+    report = (tmp_path / "two" / "report_width.md").read_text()
+    assert "80 runs (0 diverged), 2 seeds (0, 1)" in report and "[95 % bootstrap interval over the 2 seeds]" in report
+    row = next(line for line in report.splitlines() if line.startswith("| mup | 2^"))
+    assert row.count(" [2^") == 3 and "1 seed" not in report  # widths 128..512 bracketed; 1024 still a bound
+    (tmp_path / "not_an_archive.tar.xz").write_text("plain text\n")
+    capsys.readouterr()
+    assert lr_transfer.main(["--runs", str(tmp_path / "not_an_archive.tar.xz"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --runs ") and "is not a readable archive" in err and err.count("\n") == 1
