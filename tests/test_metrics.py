@@ -120,7 +120,8 @@ def test_custom_scalars_activation_charts_one_per_statistic_a_line_per_layer(tmp
     charts = {c.title: {chart.title: list(chart.multiline.tag) for chart in c.chart} for c in layout.category}
     assert list(charts) == ["loss", "weight_std", "activations"]
     assert list(charts["activations"]) == ["act_rms/residual", "act_rms/attn_out", "act_rms/mlp_out",
-                                           "act_std/mlp_pre", "attn_logit_max"]
+                                           "act_std/mlp_pre", "attn_logit_max", "act_rms/logits"]
+    assert charts["activations"]["act_rms/logits"] == ["^act_rms/logits$"]
     assert charts["activations"]["act_rms/residual"] == [
         "^act_rms/residual/embedding$", "^act_rms/residual/layer_00$", "^act_rms/residual/layer_01$"]
     assert charts["activations"]["attn_logit_max"] == ["^attn_logit_max/layer_00$", "^attn_logit_max/layer_01$"]
