@@ -2,7 +2,7 @@
 
     python scripts/sweep.py SWEEP.toml [--grid KEY=V1,V2 ...] [--arms A,B] [--output-dir DIR] [--parallel N]
         [--launcher "torchrun --standalone --nproc_per_node=8"] [--fail-fast] [--dry-run] [--section.key value ...]
-    python scripts/sweep.py --config A.toml [--config B.toml ...] --grid job.seed=0-2 ...
+    python scripts/sweep.py --config A.toml [B.toml ...] [--config C.toml ...] --grid job.seed=0-2 ...
         [--deadline SECONDS] [--archive OUT.tar.gz] [--previous DIR_OR_TAR_GZ]
 
 The sweep file format, run names and what is skipped or resumed: components/sweep.py. ``--grid`` adds an
@@ -36,8 +36,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """(this script's options, the ``--section.key value`` overrides for every point)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_file", nargs="?", type=Path, help="sweep TOML ([sweep] base, [grid], [arms.<name>])")
-    parser.add_argument("--config", type=Path, action="append", default=[],
-                        help="without a sweep file: config files, one arm each, named by the file's stem (repeatable)")
+    parser.add_argument("--config", type=Path, action="extend", nargs="+", default=[],
+                        help="without a sweep file: config files, one arm each, named by the file's stem "
+                             "(repeatable; one --config takes several, e.g. a shell glob: --config dir/*.toml)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="an axis (repeatable)")
     parser.add_argument("--arms", help="comma-separated arm names to run (default: all)")
     parser.add_argument("--output-dir", type=Path, help="where the run directories go (default: the sweep file's)")

@@ -167,6 +167,16 @@ def test_config_files_are_arms_named_by_their_stem():
     assert points[1].train_args[:2] == ["--config", str(REPO / configs[1])]
 
 
+def test_one_config_flag_takes_a_shell_glob():
+    """``--config train_configs/debug_ablation/*.toml``: the shell passes every file after one flag."""
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "train_configs/debug_ablation").glob("*.toml"))
+    args, overrides = sweep_script.parse_args(["--config", *files, "--grid", "job.seed=0,1", "--training.steps", "3"])
+    points = sweep.plan(sweep_script.build_spec(args, overrides))
+    assert len(files) == 5 and len(points) == 10 and overrides == ["--training.steps", "3"]
+    assert sorted({p.config.init.scheme for p in points}) == ["depth_aware", "mitchell", "normal", "scaled_output"]
+    assert sorted(p.name for p in points) == sorted(f"{Path(f).stem}_seed{k}" for f in files for k in (0, 1))
+
+
 @pytest.mark.multiprocess
 def test_deadline_interrupts_the_running_point_and_starts_no_other(tmp_path, capsys):
     family, out = write_sweep(tmp_path, GRID), tmp_path / "out"
