@@ -93,6 +93,28 @@ class Arm:
         return {seed: min((lr for lr in self.lrs if seed in self.points[lr]),
                           key=lambda lr: (self.points[lr][seed].capped, lr)) for seed in seeds}
 
+    def tolerance_width(self, tolerance: float) -> tuple[float, bool]:
+        """(width in decades of lr of the range where the seed-mean capped outcome stays within ``tolerance`` of its
+        minimum, interpolated linearly in log10 lr between grid points; True when that range reaches an end of
+        the grid, so the width is a lower bound)."""
+        curve = self.curve()
+        x = [math.log10(lr) for lr in self.lrs]
+        y = [curve[lr].mean for lr in self.lrs]
+        best = min(range(len(y)), key=lambda i: (y[i], i))
+        level = y[best] + tolerance
+
+        def crossing(step: int) -> tuple[float, bool]:
+            i = best
+            while 0 <= i + step < len(y) and y[i + step] <= level:
+                i += step
+            if not 0 <= i + step < len(y):
+                return x[i], True
+            above = i + step  # the first grid point past the range: interpolate between it and x[i]
+            return x[above] + (level - y[above]) / (y[i] - y[above]) * (x[i] - x[above]), False
+
+        (left, left_edge), (right, right_edge) = crossing(-1), crossing(1)
+        return right - left, left_edge or right_edge
+
     def at_cap(self) -> list[tuple[float, int]]:
         """(lr, seed) of runs that stayed finite but ended no better than ℓ0 (capped, not diverged)."""
         return [(lr, seed) for lr in self.lrs for seed, p in sorted(self.points[lr].items())
@@ -296,7 +318,7 @@ def fmt(value: float, spec: str = ".4f") -> str:
     return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def arms_table(arms: list[Arm], lrs: list[float], metric: str) -> str:
+def arms_table(arms: list[Arm], lrs: list[float], metric: str, tolerance: float = 0.1) -> str:
     from reporting.tables import markdown_rows
 
     narrow = multi_seed_lrs(arms, lrs)
@@ -312,15 +334,18 @@ def arms_table(arms: list[Arm], lrs: list[float], metric: str) -> str:
         n_runs = sum(len(per_seed) for per_seed in arm.points.values())
         per_seed = ", ".join(f"{seed}: {best:g}" for seed, best in arm.seed_best().items())
         capped = ", ".join(f"lr {lr:g} seed {seed}" for lr, seed in arm.at_cap()) or "none"
+        width, at_edge = arm.tolerance_width(tolerance)
         row = [arm.name, f"{lr:g}", per_seed, at_best.text(), sens.text(), ",".join(map(str, seeds))]
         row += [sens_n.text(), ",".join(map(str, seeds_n))] if narrow else []
-        rows.append([*row, "none" if div is None else f"{div:g}", f"{n_div}/{n_runs}", capped])
+        rows.append([*row, f"{'≥ ' if at_edge else ''}{width:.2f}", "none" if div is None else f"{div:g}",
+                     f"{n_div}/{n_runs}", capped])
     header = ["arm", "best lr", "each seed's best lr", f"capped final {metric} at best lr", "LR sensitivity",
               "seeds (sensitivity)"]
     if narrow:
         span = f"{narrow[0]:g}–{narrow[-1]:g}"
         header += [f"LR sensitivity over {span}", f"seeds ({span})"]
-    header += ["lowest lr with a divergence", "diverged runs", "finite but ≥ ℓ0"]
+    header += [f"decades of lr within {tolerance:g} of the best", "lowest lr with a divergence", "diverged runs",
+               "finite but ≥ ℓ0"]
     return markdown_rows(header, rows)
 
 
@@ -374,7 +399,9 @@ def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
             "excludes zero. The best lrs are picked on the same seeds, which favours an arm with a noisy minimum; "
             "the leave-one-seed-out columns pick each seed's lr* on the other seeds instead. The lr grid's spacing "
             "bounds how well a best lr is located. *finite but ≥ ℓ0*: runs that did not diverge but ended no "
-            "better than their loss at init (capped like a divergence). *attn logit max* = max over layers of "
+            "better than their loss at init (capped like a divergence). *Decades of lr within t of the best*: the "
+            "width of the lr range whose seed-mean capped outcome is within t (nats) of the best, interpolated "
+            "linearly in log10 lr between grid points ('≥' where it reaches an end of the grid). *attn logit max* = max over layers of "
             "`attn_logit_max/layer_NN`, *residual RMS* = `act_rms/residual` of the last block, both at the last "
             "step that logged them (a diverged run's last before its stop; metrics.log_variance_stats), over the "
             "seeds with a finite value: in the table mean ± t-interval, in the figure (they span decades) the "
@@ -383,7 +410,7 @@ def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
             "− best*: per seed, the capped outcome at the grid lr next to the best lr minus that at the best lr.")
 
 
-def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> None:
+def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir, tolerance: float = 0.1) -> None:
     import csv
 
     with (out_dir / "lr_sensitivity.csv").open("w", newline="") as handle:
@@ -400,17 +427,19 @@ def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir) -> N
         writer = csv.writer(handle)
         writer.writerow(["arm", "best_lr", "n", "mean_at_best", "ci95_half_width", "sensitivity", "sensitivity_ci95",
                          "sensitivity_seeds", "multiseed_lrs", "multiseed_sensitivity", "multiseed_sensitivity_ci95",
-                         "multiseed_sensitivity_seeds", "lowest_divergent_lr"])
+                         "multiseed_sensitivity_seeds", "lowest_divergent_lr", "tolerance_width_decades",
+                         "width_at_grid_edge"])
         narrow = multi_seed_lrs(arms, lrs)
         for arm in arms:
             lr, best = arm.best()
             sens, seeds = arm.sensitivity(lrs)
             sens_n, seeds_n = arm.sensitivity(narrow) if narrow else (Interval(math.nan, math.nan, 0), [])
             div = arm.divergence_lr()
+            width, at_edge = arm.tolerance_width(tolerance)
             writer.writerow([arm.name, repr(lr), best.n, repr(best.mean), repr(best.half_width), repr(sens.mean),
                              repr(sens.half_width), " ".join(map(str, seeds)), " ".join(map(repr, narrow)),
                              repr(sens_n.mean), repr(sens_n.half_width), " ".join(map(str, seeds_n)),
-                             "" if div is None else repr(div)])
+                             "" if div is None else repr(div), repr(width), at_edge])
     with (out_dir / "differences.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "best_lr_a", "best_lr_b", "shared_seeds", "mean_b_minus_a", "ci95_half_width",
@@ -509,7 +538,7 @@ def plot_activations(arms: list[Arm], title: str, path) -> bool:
 
 
 def report_text(selection, keys: list[str], arms: list[Arm], lrs: list[float], diff_rows: list, metric: str,
-                title: str, with_activations: bool) -> str:
+                title: str, with_activations: bool, tolerance: float = 0.1) -> str:
     from reporting.runs import selection_text
 
     arm_keys = ", ".join(f"`{key}`" for key in keys) or "none (one arm)"
@@ -518,6 +547,6 @@ def report_text(selection, keys: list[str], arms: list[Arm], lrs: list[float], d
         figures += "\n![attention logit max and residual RMS vs lr](lr_activations.png)\n"
     diffs = f"## Arms at their own best lr (paired by seed)\n\n{differences_table(diff_rows)}\n\n" if diff_rows else ""
     return (f"# {title}\n\n{len(selection.runs)} runs; arm keys: {arm_keys}; lr key `{LR_KEY}`.\n"
-            f"{selection_text(selection)}\n## Arms\n\n{arms_table(arms, lrs, metric)}\n\n{diffs}"
+            f"{selection_text(selection)}\n## Arms\n\n{arms_table(arms, lrs, metric, tolerance)}\n\n{diffs}"
             f"## Each arm's best lr vs its neighbouring grid lrs (paired by seed)\n\n{neighbours_table(arms)}\n\n"
             f"## Per arm and lr\n\n{points_table(arms, with_activations)}\n\n{notes(metric, lrs, arms)}\n\n{figures}")

@@ -2,7 +2,7 @@
 sensitivity, divergence, arms compared at their own best lr, attention logits and residual RMS vs lr.
 
     python scripts/lr_sensitivity.py outputs/<sweep> [--arm-keys init.scheme,init.std_overrides]
-        [--metric loss/val] [--init-loss auto|train-step1|ln-vocab] [--out DIR] [--title T] [--overwrite]
+        [--metric loss/val] [--init-loss auto|train-step1|ln-vocab] [--tolerance 0.1] [--out DIR] [--title T] [--overwrite]
         [--include-unfinished]
 
 The arguments are run directories, or folders of them (a sweep's output directory).
@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the loss at init ℓ0 that caps each run: auto (the step-0 value of --metric, else the "
                              "step-1 train loss, else ln(vocab)), train-step1 (the step-1 train loss, else ln(vocab)) "
                              "or ln-vocab")
+    parser.add_argument("--tolerance", type=float, default=0.1,
+                        help="nats above the best seed-mean outcome that still count as good, for the width of the "
+                             "good lr range in decades (default 0.1)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default outputs/reports/lr_sensitivity_<time>)")
     parser.add_argument("--title", default="LR sensitivity", help="report heading and figure title")
@@ -73,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = args.out or Path("outputs") / "reports" / f"lr_sensitivity_{datetime.now():%Y%m%d-%H%M%S}"
+    if not args.tolerance > 0:
+        return error_exit(ValueError(f"--tolerance {args.tolerance} must be > 0 (nats above the best outcome)"))
     arm_keys = [key.strip() for key in args.arm_keys.split(",") if key.strip()] if args.arm_keys is not None else None
     try:
         selection = select_runs(args.run_dirs, args.include_unfinished)
@@ -84,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     diff_rows = best_lr_differences(arms)
     plot_sensitivity(arms, args.metric, args.title, out_dir / "lr_sensitivity.png")
     with_activations = plot_activations(arms, args.title, out_dir / "lr_activations.png")
-    report = report_text(selection, keys, arms, lrs, diff_rows, args.metric, args.title, with_activations)
+    report = report_text(selection, keys, arms, lrs, diff_rows, args.metric, args.title, with_activations,
+                         args.tolerance)
     (out_dir / "lr_sensitivity.md").write_text(report)
-    write_csvs(arms, lrs, diff_rows, out_dir)
+    write_csvs(arms, lrs, diff_rows, out_dir, args.tolerance)
     print(report)
     print(f"wrote lr_sensitivity.md, lr_sensitivity.csv, arms.csv, differences.csv and figures to {out_dir}",
           file=sys.stderr)

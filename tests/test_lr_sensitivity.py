@@ -198,3 +198,16 @@ def test_single_seed_lrs_keep_a_multi_seed_sensitivity(sweep, tmp_path):
     assert "LR sensitivity over 0.001–0.01 | seeds (0.001–0.01) |" in report
     assert f"| {float(normal['multiseed_sensitivity']):.4f} ± " in report
     assert (out / "lr_sensitivity.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_width_of_the_good_lr_range(sweep, tmp_path, capsys):
+    """normal: seed means 3.05, 2.85, 3.45 at lr 1e-3, 3e-3, 1e-2; within 0.1 of 2.85 from halfway (in log lr)
+    between 1e-3 and 3e-3 to 1/6 of the way from 3e-3 to 1e-2."""
+    _, arms = build_arms([RunDir.open(p) for p in sweep[:-2]], None, "loss/val")
+    normal = next(arm for arm in arms if arm.name == "normal")
+    x0, x1, x2 = math.log10(1e-3), math.log10(3e-3), -2.0
+    left, right = x0 + 0.5 * (x1 - x0), x2 + (2.95 - 3.45) / (2.85 - 3.45) * (x1 - x2)
+    assert normal.tolerance_width(0.1) == (pytest.approx(right - left), False)
+    assert normal.tolerance_width(1.0) == (pytest.approx(x2 - x0), True)  # the whole grid: a lower bound
+    assert lr_sensitivity.main([str(sweep[0].parent), "--tolerance", "0", "--out", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err.startswith("error: --tolerance 0.0 must be > 0")
