@@ -110,7 +110,7 @@ def scheme_names() -> list[str]:
 @dataclass
 class Init:
     scheme: str = "depth_aware"
-    """Init scheme name: any scheme registered in init_schemes/schemes.py (normal, scaled_output, depth_aware, mitchell, ...; an unknown name lists them)."""
+    """Init scheme name: any scheme registered in init_schemes/schemes.py (normal, scaled_output, depth_aware, mitchell, ...; an unknown name is refused, naming the closest registered one or all of them)."""
     base_std: float | None = None
     """Base std sigma0 (std units); omit for the scheme's reference default (0.02; lingua: d^-0.5)."""
     scale_all_projections: bool = False
