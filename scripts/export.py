@@ -21,31 +21,18 @@ import argparse
 import json
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python scripts/export.py` from anywhere
 
 import torch  # noqa: E402
-import torch.distributed.checkpoint as dcp  # noqa: E402
 
 from components import hf_convert  # noqa: E402
-from components.build import model_args_from_config  # noqa: E402
-from components.checkpoint import (  # noqa: E402
-    MODEL_KEY,
-    CheckpointError,
-    check_model_shapes,
-    read_checkpoint_metadata,
-    saved_model_shapes,
-    weight_steps,
-)
-from components.config import Config, ConfigError  # noqa: E402
+from components.checkpoint import CheckpointError  # noqa: E402
+from components.config import ConfigError  # noqa: E402
 from components.hf_tokenizer import tokenizer_config, tokenizer_json  # noqa: E402
-from components.run_dir import RunDir  # noqa: E402
+from components.run_weights import load_model_state, pick_checkpoint, run_config  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
-from models import build_model  # noqa: E402
-from models.common import ModelArgs  # noqa: E402
-from roles import canonical_name
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,57 +41,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step to export (default: the newest)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <run_dir>/export)")
     return parser.parse_args(argv)
-
-
-def pick_checkpoint(run_dir: Path, step: int | None) -> Path:
-    """The ``step_<N>`` directory to export, with one-line errors for a missing run/checkpoint."""
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass <output_dir>/<run_name> of a run")
-    steps = weight_steps(run_dir)
-    if not steps:
-        raise CheckpointError(f"{run_dir} has no complete checkpoint under checkpoints/ nor final weights under "
-                              "weights/; let the run finish (or write a seed checkpoint) before exporting")
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise CheckpointError(f"{run_dir} has no complete checkpoint for --step {step}; available steps: "
-                              f"{', '.join(map(str, steps))}")
-    return steps[step]
-
-
-def run_config(run_dir: Path) -> Config:
-    """The run's resolved config (the config.toml that train.py wrote)."""
-    config_path = run_dir / "config.toml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing; export needs the config.toml that train.py wrote "
-                                "into the run directory")
-    return RunDir(run_dir).config
-
-
-def model_args_of_run(run_dir: Path, vocab_size: int) -> ModelArgs:
-    """Model shapes from the run's resolved config, with the vocabulary read off the checkpoint."""
-    return model_args_from_config(run_config(run_dir), vocab_size)
-
-
-def load_model_state(checkpoint: Path, run_dir: Path) -> tuple[dict[str, torch.Tensor], ModelArgs]:
-    """Full (unsharded) float tensors of the checkpoint's model, keyed by canonical initlab names."""
-    metadata = read_checkpoint_metadata(checkpoint)
-    embedding = saved_model_shapes(metadata).get("tok_embedding.weight")
-    if not embedding:
-        raise CheckpointError(f"{checkpoint} holds no model.tok_embedding.weight tensor; is it an initlab checkpoint?")
-    args = model_args_of_run(run_dir, embedding[0])
-    with torch.device("meta"):
-        model = build_model(args)
-    model.to_empty(device="cpu")
-    state = {canonical_name(name): tensor for name, tensor in model.state_dict().items()}
-    check_model_shapes({name: tuple(t.shape) for name, t in state.items()}, metadata, checkpoint)
-    try:
-        with warnings.catch_warnings():  # one process reading a checkpoint of any world size is the intent
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-            dcp.load({MODEL_KEY: state}, checkpoint_id=str(checkpoint), no_dist=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read {checkpoint}: {' '.join(str(err).split())[:300]}") from None
-    return state, args
 
 
 def tokenizer_files(run_dir: Path, vocab_size: int, config: dict) -> dict[str, str]:

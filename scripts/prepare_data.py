@@ -12,7 +12,7 @@ order). A hub dataset is streamed with ``datasets.load_dataset(..., streaming=Tr
 downloaded whole; ``--hf-dataset`` also takes a local folder that ``load_dataset`` reads.
 ``--html-docs`` reads HTML documentation (Debian doc packages as downloaded by ``apt-get download``,
 or directories of .html files) and keeps the English prose of each page as one document, without
-code blocks, tables, navigation or repeated paragraphs (scripts/html_docs.py says exactly what is
+code blocks, tables, navigation or repeated paragraphs (components/html_docs.py says exactly what is
 kept): the offline natural-language corpus of docs/ablation_llama_1b/README.md.
 Empty documents are skipped; each other document is followed by EOS. ``--split-by document`` sends a
 whole document to the validation split when the hash of its text falls below ``--val-fraction``
@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python scrip
 
 from tqdm import tqdm  # noqa: E402
 
+from components import html_docs  # noqa: E402
 from components.config import ConfigError, Data, Tokenizer, load_config  # noqa: E402
 from components.data import (  # noqa: E402
     DEFAULT_SHARD_TOKENS,
@@ -52,7 +53,6 @@ from components.data import (  # noqa: E402
     tokenizer_flags,
 )
 from components.tokenizer import TextTokenizer, build_tokenizer  # noqa: E402
-from scripts import html_docs  # noqa: E402
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 _CHUNK_DOCUMENTS = 256  # documents per tiktoken thread-pool call

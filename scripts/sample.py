@@ -24,9 +24,9 @@ from torch import nn  # noqa: E402
 
 from components.checkpoint import CheckpointError  # noqa: E402
 from components.config import ConfigError  # noqa: E402
+from components.run_weights import load_model_state, pick_checkpoint, run_config  # noqa: E402
 from components.tokenizer import TextTokenizer, build_tokenizer  # noqa: E402
 from models import build_model  # noqa: E402
-from scripts.export import load_model_state, pick_checkpoint, run_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

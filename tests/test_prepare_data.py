@@ -308,7 +308,7 @@ def test_count_tokens_re_encodes_the_documents_with_another_vocabulary(tmp_path,
     ("usr/share/doc/openjdk-17-jre-headless/api/overview-tree.html", False),
 ])
 def test_html_docs_skip_generated_and_translated_pages(path, kept):
-    from scripts.html_docs import is_content_page
+    from components.html_docs import is_content_page
 
     assert is_content_page(path) is kept
 
