@@ -60,8 +60,10 @@ def write_torchtitan_events(folder, records: list[dict], skip_step1: bool = Fals
 
 
 def test_comparison_finds_the_loss_shift_and_the_largest_std_difference(initlab_run, tmp_path):
-    records = load_run(initlab_run).records
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    all_records = load_run(initlab_run).records
+    assert [r["step"] for r in all_records] == list(range(0, STEPS + 1))  # step 0: the init, before any update
+    assert INITLAB_LOSS not in all_records[0]
+    records = all_records[1:]  # torchtitan logs from step 1
     write_torchtitan_events(tmp_path / "tt" / "tb" / "20261129-0800", records)
     out = tmp_path / "report"
     assert main(["--torchtitan", str(tmp_path / "tt" / "tb"), "--initlab", str(initlab_run), "--out", str(out),
@@ -89,7 +91,7 @@ def test_comparison_finds_the_loss_shift_and_the_largest_std_difference(initlab_
 
 
 def test_bad_inputs_are_one_line_errors(initlab_run, tmp_path, capsys):
-    records = load_run(initlab_run).records
+    records = load_run(initlab_run).records[1:]  # torchtitan logs from step 1
     write_torchtitan_events(tmp_path / "two" / "a", records)
     write_torchtitan_events(tmp_path / "two" / "b", records)
     write_torchtitan_events(tmp_path / "no_step1", records, skip_step1=True)
