@@ -71,7 +71,8 @@ def train_and_measure(args: list[str], run_dir: Path, launcher: str) -> list[dic
     result = run_training(args, run_dir, launcher)
     if result.diverged:
         raise ValueError(f"the run in {run_dir} diverged; lower --lr")
-    return [{k: v for k, v in r.items() if k.startswith(STAT_PREFIXES)} for r in result.records]
+    # The step-0 row (logged before any update) repeats step 1's forward statistics: steps 1..N are the scan.
+    return [{k: v for k, v in r.items() if k.startswith(STAT_PREFIXES)} for r in result.records if r["step"] >= 1]
 
 
 def by_depth_summary(values: dict[str, float]) -> dict[str, float]:
