@@ -7,6 +7,7 @@ train() -> train_step() -> forward_backward_step(), with metrics every ``metrics
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -494,18 +495,33 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDir
         if resumed == cfg.training.steps:  # killed after its last save and row: the run only needs finishing
             final = logger.values_at(resumed)
         trainer.save_final_weights()
-    finally:
-        logger.log_hparams(hparams(cfg, resumed, trainer.initializer.record(), trainer.tokenizer.description),
-                           {k: v for k, v in final.items() if k.startswith("loss/")})
-        logger.close()
-        trainer.checkpointer.close()
-        if env.is_main:
-            record_end(trainer.run_dir, now_utc())
+    except BaseException:
+        close_run(cfg, env, trainer, logger, resumed, final, quiet=True)
+        raise
+    close_run(cfg, env, trainer, logger, resumed, final, quiet=False)
     if env.is_main:
         summary = run_summary(cfg, trainer, resumed, final)
         mark_finished(trainer.run_dir, summary)
         print(summary_line(summary), flush=True)
     return final
+
+
+def close_run(cfg: Config, env: DistEnv, trainer: Trainer, logger: MetricsLogger, resumed: int | None, final: dict,
+              quiet: bool) -> None:
+    """HParams, metrics files, background saves and the start's end time. ``quiet`` (an error is already on its
+    way out): a filesystem error of these steps (say, the disk that just filled) must not replace it."""
+    steps = [lambda: logger.log_hparams(hparams(cfg, resumed, trainer.initializer.record(),
+                                                trainer.tokenizer.description),
+                                        {k: v for k, v in final.items() if k.startswith("loss/")}),
+             logger.close, trainer.checkpointer.close]
+    if env.is_main:
+        steps.append(lambda: record_end(trainer.run_dir, now_utc()))
+    for step in steps:
+        if not quiet:
+            step()
+            continue
+        with contextlib.suppress(OSError):
+            step()
 
 
 def run_summary(cfg: Config, trainer: Trainer, resumed: int | None, final: dict) -> dict:
