@@ -18,7 +18,7 @@ def test_logging_cost_record_carries_its_provenance_and_consistent_overheads(tmp
     record = json.loads((tmp_path / "variance_stats_cpu_debug.json").read_text())
     assert record["commit"] == "abc1234" and record["torch"] and record["date"].endswith("UTC")
     assert (record["model"], record["compile"], record["seq_len"]) == ("debug", False, 128)
-    assert record["n_activation_statistics"] == 5 * 4 + 1  # 4 blocks x 5 statistics + the final residual
+    assert record["n_activation_statistics"] == 5 * 4 + 2  # 4 blocks x 5 statistics + the final residual + the logits
     cost, step = record["logging_call_ms"], record["plain_step_ms"]
     assert cost == pytest.approx(record["logging_step_ms"] - step)
     for log_freq, pct in record["overhead_pct_at_log_freq"].items():
