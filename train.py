@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -44,20 +43,8 @@ from components.metrics import (
 )
 from components.optim import build_optimizer, clip_grad_norm_
 from components.preemption import INTERRUPTED_EXIT_CODE, RunStopped, StopRequests
-from components.provenance import header_comment, now_utc, start_record
-from components.run_dir import (
-    INIT_STDS_FILE,
-    RunDirLock,
-    RunStart,
-    config_changes,
-    default_run_name,
-    mark_finished,
-    plan_start,
-    record_end,
-    record_resume,
-    record_start,
-    set_aside_attempt,
-)
+from components.provenance import now_utc, start_record
+from components.run_dir import RunDir, RunStart
 from components.tokenizer import build_tokenizer
 from components.weight_stats import WeightStats
 from distributed.env import DistEnv, any_and_all, barrier, decided_by_rank0, distributed_session
@@ -122,87 +109,6 @@ class Trainer:
         # Compiled, the fp32 upcast of the [tokens, vocab] logits fuses into the loss kernels (components/loss.py).
         self.loss_fn = build_next_token_loss(compile_enabled(cfg.compile.enable, env.device))
 
-    # ---------------------------------------------------------------- steps
-    def forward_backward_step(self, tokens: torch.Tensor, is_last_micro: bool, measure: bool = False) -> torch.Tensor:
-        """tokens [b, T+1] -> mean next-token loss of this microbatch / accum (detached), grads accumulated."""
-        tokens = batch_to_device(tokens, self.env.device)
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        start_micro_batch(self.model, is_last_micro, self.keep_gathered)  # reduce-scatter once per step
-        with self.activation_stats.capture(measure):  # this forward only: AC's recomputation is not measured
-            logits = self.model(inputs)
-        loss = self.loss_fn(logits, targets) / self.accum_steps
-        loss.backward()
-        return loss.detach()
-
-    def train_step(self, step: int, logging: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on global batch ``step``; returns (local mean loss, grad norm) as device tensors."""
-        rank_rows = self.env.dp_rank * self.local_batch
-        local_loss = torch.zeros((), device=self.env.device)
-        for micro in range(self.accum_steps):
-            start = rank_rows + micro * self.micro_batch
-            tokens = self.train_batches.get(step, slice(start, start + self.micro_batch))
-            local_loss += self.forward_backward_step(tokens, micro == self.accum_steps - 1, logging and micro == 0)
-        grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.training.max_norm)  # untouched if non-finite
-        guarded = self.cfg.training.nonfinite_check == "step"
-        # Fused AdamW skips the update on device when found_inf (the flag torch's GradScaler sets) is 1, leaving
-        # weights, moments and step counts as they were: the host then reads the norm once the update is
-        # queued. Other kernels would apply it, so the host reads the norm first.
-        skipped_on_device = guarded and self.optimizer.defaults["fused"]
-        if skipped_on_device:
-            self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
-        elif guarded and not torch.isfinite(grad_norm):
-            self.raise_nonfinite(step)
-        if logging and self.weight_stats.grad_stats:
-            self.weight_stats.snapshot()
-        self.step_lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a float: no sync)
-        self.optimizer.step()
-        if skipped_on_device and self.optimizer.found_inf.item():  # weights finite, gradients in place: name them
-            self.raise_nonfinite(step)
-        self.scheduler.step()
-        if logging and self.cfg.metrics.log_weight_std:  # here, as train() frees the grads before log_step
-            self.extra_values.update(self.weight_stats.compute())
-        return local_loss, grad_norm
-
-    @torch.no_grad()
-    def validate(self) -> float:
-        """Mean next-token loss over the held-out prefix (``metrics.val_tokens``, the same tokens for any seed or
-        world size). Each rank scores its contiguous share in micro-batches of the training shape (every rank
-        runs as many forwards; rows past its share are padding and not scored); one all-reduce sums the losses."""
-        self.model.eval()
-        total = torch.zeros((), device=self.env.device)
-        share = self.val_set.share(self.env.dp_rank, self.env.dp_size)
-        per_rank = -(-self.val_set.n_windows // self.env.dp_size)
-        for start in range(share.start, share.start + per_rank, self.micro_batch):
-            tokens = batch_to_device(self.val_set.get(start, self.micro_batch), self.env.device)
-            logits, targets = self.model(tokens[:, :-1]), tokens[:, 1:]
-            rows = max(0, min(self.micro_batch, share.stop - start))  # scored rows of this micro-batch
-            if rows == self.micro_batch:
-                total += self.loss_fn(logits, targets) * rows
-            elif rows:  # the short end of the share: torch's loss (the compiled one has the full shape only)
-                total += next_token_loss(logits[:rows], targets[:rows]) * rows
-        self.model.train()
-        return global_sum(total) / self.val_set.n_windows
-
-    @torch.no_grad()
-    def log_initial(self, logger: MetricsLogger) -> None:
-        """Step 0 of a fresh start, before any update: every statistic that needs no backward pass (weight std,
-        validation loss, the activation statistics of step 1's first micro-batch, forward only)."""
-        values = {}
-        if self.cfg.metrics.log_weight_std:  # (gradients do not exist yet: their columns are left out)
-            values.update({k: v for k, v in self.weight_stats.compute().items() if k.startswith("weight_std/")})
-        if self.val_set is not None:
-            values["loss/val"] = self.validate()
-        if self.activation_stats.probes:
-            start = self.env.dp_rank * self.local_batch
-            tokens = batch_to_device(self.train_batches.get(1, slice(start, start + self.micro_batch)), self.env.device)
-            self.model.eval()  # validation's (no-grad) graph when compiled
-            with self.activation_stats.capture():
-                self.model(tokens[:, :-1])
-            self.model.train()
-            values.update(self.activation_stats.compute())
-        if values:
-            logger.log(0, values)
-
     # ---------------------------------------------------------------- loop
     def train(self, logger: MetricsLogger) -> dict:
         """Steps ``state.step + 1 .. training.steps``; returns the last logged values.
@@ -245,6 +151,87 @@ class Trainer:
                 raise self.stopped(step, saved=saving)
             collector.step(step)
         return final
+
+    # ---------------------------------------------------------------- steps
+    def train_step(self, step: int, logging: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on global batch ``step``; returns (local mean loss, grad norm) as device tensors."""
+        rank_rows = self.env.dp_rank * self.local_batch
+        local_loss = torch.zeros((), device=self.env.device)
+        for micro in range(self.accum_steps):
+            start = rank_rows + micro * self.micro_batch
+            tokens = self.train_batches.get(step, slice(start, start + self.micro_batch))
+            local_loss += self.forward_backward_step(tokens, micro == self.accum_steps - 1, logging and micro == 0)
+        grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.training.max_norm)  # untouched if non-finite
+        guarded = self.cfg.training.nonfinite_check == "step"
+        # Fused AdamW skips the update on device when found_inf (the flag torch's GradScaler sets) is 1, leaving
+        # weights, moments and step counts as they were: the host then reads the norm once the update is
+        # queued. Other kernels would apply it, so the host reads the norm first.
+        skipped_on_device = guarded and self.optimizer.defaults["fused"]
+        if skipped_on_device:
+            self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+        elif guarded and not torch.isfinite(grad_norm):
+            self.raise_nonfinite(step)
+        if logging and self.weight_stats.grad_stats:
+            self.weight_stats.snapshot()
+        self.step_lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a float: no sync)
+        self.optimizer.step()
+        if skipped_on_device and self.optimizer.found_inf.item():  # weights finite, gradients in place: name them
+            self.raise_nonfinite(step)
+        self.scheduler.step()
+        if logging and self.cfg.metrics.log_weight_std:  # here, as train() frees the grads before log_step
+            self.extra_values.update(self.weight_stats.compute())
+        return local_loss, grad_norm
+
+    def forward_backward_step(self, tokens: torch.Tensor, is_last_micro: bool, measure: bool = False) -> torch.Tensor:
+        """tokens [b, T+1] -> mean next-token loss of this microbatch / accum (detached), grads accumulated."""
+        tokens = batch_to_device(tokens, self.env.device)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        start_micro_batch(self.model, is_last_micro, self.keep_gathered)  # reduce-scatter once per step
+        with self.activation_stats.capture(measure):  # this forward only: AC's recomputation is not measured
+            logits = self.model(inputs)
+        loss = self.loss_fn(logits, targets) / self.accum_steps
+        loss.backward()
+        return loss.detach()
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean next-token loss over the held-out prefix (``metrics.val_tokens``, the same tokens for any seed or
+        world size). Each rank scores its contiguous share in micro-batches of the training shape (every rank
+        runs as many forwards; rows past its share are padding and not scored); one all-reduce sums the losses."""
+        self.model.eval()
+        total = torch.zeros((), device=self.env.device)
+        share = self.val_set.share(self.env.dp_rank, self.env.dp_size)
+        per_rank = -(-self.val_set.n_windows // self.env.dp_size)
+        for start in range(share.start, share.start + per_rank, self.micro_batch):
+            tokens = batch_to_device(self.val_set.get(start, self.micro_batch), self.env.device)
+            logits, targets = self.model(tokens[:, :-1]), tokens[:, 1:]
+            rows = max(0, min(self.micro_batch, share.stop - start))  # scored rows of this micro-batch
+            if rows == self.micro_batch:
+                total += self.loss_fn(logits, targets) * rows
+            elif rows:  # the short end of the share: torch's loss (the compiled one has the full shape only)
+                total += next_token_loss(logits[:rows], targets[:rows]) * rows
+        self.model.train()
+        return global_sum(total) / self.val_set.n_windows
+
+    @torch.no_grad()
+    def log_initial(self, logger: MetricsLogger) -> None:
+        """Step 0 of a fresh start, before any update: every statistic that needs no backward pass (weight std,
+        validation loss, the activation statistics of step 1's first micro-batch, forward only)."""
+        values = {}
+        if self.cfg.metrics.log_weight_std:  # (gradients do not exist yet: their columns are left out)
+            values.update({k: v for k, v in self.weight_stats.compute().items() if k.startswith("weight_std/")})
+        if self.val_set is not None:
+            values["loss/val"] = self.validate()
+        if self.activation_stats.probes:
+            start = self.env.dp_rank * self.local_batch
+            tokens = batch_to_device(self.train_batches.get(1, slice(start, start + self.micro_batch)), self.env.device)
+            self.model.eval()  # validation's (no-grad) graph when compiled
+            with self.activation_stats.capture():
+                self.model(tokens[:, :-1])
+            self.model.train()
+            values.update(self.activation_stats.compute())
+        if values:
+            logger.log(0, values)
 
     def save_checkpoint(self, step: int, blocking: bool) -> None:
         blocked_s = self.checkpointer.save(step, blocking=blocking)
@@ -375,58 +362,6 @@ def batch_split(global_batch: int, dp_size: int, local_batch: int) -> tuple[int,
     return per_rank, micro, per_rank // micro
 
 
-def claim_run_dir(cfg: Config, lock: RunDirLock | None) -> RunStart:
-    """Lock the run directory (rank 0, for the whole run) and decide how this launch uses it.
-
-    Runs before anything expensive is built, so a second job on a locked directory, or a resume (or a
-    relaunch of a finished run) that would change the experiment, stops at once (on every rank, with
-    rank 0's one-line reason).
-    """
-    run_dir = Path(cfg.job.output_dir) / cfg.job.run_name
-
-    def decide() -> RunStart:
-        if cfg.checkpoint.resume == "true" and not run_dir.is_dir():
-            raise ConfigError(f"--checkpoint.resume true but run directory {run_dir} does not exist; check "
-                              "--job.output_dir/--job.run_name, or use --checkpoint.resume auto to start it")
-        lock.acquire()
-        resume = "false" if cfg.checkpoint.create_seed_checkpoint else cfg.checkpoint.resume
-        start = plan_start(run_dir, resume, cfg.training.steps)
-        if start.mode in ("resume", "finished"):  # a finished run relaunched as another experiment is refused too
-            start.changes = config_changes(run_dir, cfg)
-        return start
-
-    return decided_by_rank0(decide, ConfigError, OSError)
-
-
-def open_run_dir(cfg: Config, env: DistEnv, start: RunStart, trainer: Trainer) -> int | None:
-    """Fresh: set an abandoned attempt aside and write config.toml. Resume: load the newest checkpoint, record
-    this start's config and say what changed. Either way this start's provenance goes into provenance.json.
-    Returns the resumed step (None when fresh)."""
-    run_dir = trainer.run_dir
-    if start.mode == "fresh":
-        if env.is_main:
-            if start.note:
-                print(f"initlab: {start.note}", flush=True)
-                set_aside_attempt(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            record = start_record(env.device, env.world_size, resumed_from=None)
-            (run_dir / "config.toml").write_text(header_comment(record) + to_toml(cfg))
-            record_start(run_dir, record)
-            (run_dir / INIT_STDS_FILE).write_text(json.dumps(trainer.initializer.record(), indent=1) + "\n")
-        barrier()
-        return None
-    step = trainer.checkpointer.load_for_resume()
-    if env.is_main:
-        record = start_record(env.device, env.world_size, resumed_from=step)
-        record_resume(run_dir, step, cfg, header_comment(record))
-        record_start(run_dir, record)
-        print(f"initlab: resuming {run_dir} from step {step}/{cfg.training.steps} "
-              f"({trainer.checkpointer.folder / f'step_{step}'})", flush=True)
-        for key, old, new in start.changes:
-            print(f"initlab: resume changes {key}: {old!r} -> {new!r} (applies from step {step + 1})", flush=True)
-    return step
-
-
 def dry_run(cfg: Config) -> None:
     """Print the resolved config, parameter count and FLOPs/token, building nothing but shapes."""
     tokenizer = build_tokenizer(cfg.tokenizer)
@@ -455,19 +390,20 @@ def run(cfg: Config, config_path: str | None = None) -> dict:
         with distributed_session(cfg.training.device, cfg.parallelism.data_parallel_replicate_degree,
                                  cfg.parallelism.data_parallel_shard_degree) as env:
             cfg.job.run_name = decided_by_rank0(
-                lambda: cfg.job.run_name or default_run_name(cfg.job.output_dir, config_path))
-            lock = RunDirLock(Path(cfg.job.output_dir) / cfg.job.run_name) if env.is_main else None
+                lambda: cfg.job.run_name or RunDir.new_name(cfg.job.output_dir, config_path))
+            run_dir = RunDir(Path(cfg.job.output_dir) / cfg.job.run_name)
             try:
-                return train_in_run_dir(cfg, env, stop, lock)
+                return train_in_run_dir(cfg, env, stop, run_dir)
             finally:
-                if lock is not None:
-                    lock.release()
+                run_dir.release_lock()  # (rank 0 holds it, from claim() on)
     finally:
         stop.uninstall()
 
 
-def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDirLock | None) -> dict:
-    start = claim_run_dir(cfg, lock)
+def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, run_dir: RunDir) -> dict:
+    """Lock and claim the run directory (rank 0 decides, before anything expensive is built, so a second job on a
+    locked directory or a resume that would change the experiment stops at once on every rank), then train."""
+    start = decided_by_rank0(lambda: run_dir.claim(cfg), ConfigError, OSError)
     if start.mode == "finished":
         if env.is_main:
             print(f"initlab: {start.note}", flush=True)
@@ -475,7 +411,7 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDir
     if cfg.metrics.wandb:
         import_wandb()  # a missing package stops every rank before anything is built
     trainer = Trainer(cfg, env, stop)
-    resumed = open_run_dir(cfg, env, start, trainer)
+    resumed = open_run_dir(cfg, env, run_dir, start, trainer)
     if cfg.checkpoint.create_seed_checkpoint:
         trainer.checkpointer.save(0)
         return {}
@@ -496,18 +432,40 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, lock: RunDir
             final = logger.values_at(resumed)
         trainer.save_final_weights()
     except BaseException:
-        close_run(cfg, env, trainer, logger, resumed, final, quiet=True)
+        close_run(cfg, env, run_dir, trainer, logger, resumed, final, quiet=True)
         raise
-    close_run(cfg, env, trainer, logger, resumed, final, quiet=False)
+    close_run(cfg, env, run_dir, trainer, logger, resumed, final, quiet=False)
     if env.is_main:
         summary = run_summary(cfg, trainer, resumed, final)
-        mark_finished(trainer.run_dir, summary)
+        run_dir.mark_finished(summary)
         print(summary_line(summary), flush=True)
     return final
 
 
-def close_run(cfg: Config, env: DistEnv, trainer: Trainer, logger: MetricsLogger, resumed: int | None, final: dict,
-              quiet: bool) -> None:
+def open_run_dir(cfg: Config, env: DistEnv, run_dir: RunDir, start: RunStart, trainer: Trainer) -> int | None:
+    """Fresh: set an abandoned attempt aside and write config.toml. Resume: load the newest checkpoint, record
+    this start's config and say what changed. Either way this start's provenance goes into provenance.json.
+    Returns the resumed step (None when fresh)."""
+    if start.mode == "fresh":
+        if env.is_main:
+            if start.note:
+                print(f"initlab: {start.note}", flush=True)
+            record = start_record(env.device, env.world_size, resumed_from=None)
+            run_dir.start_fresh(start, cfg, record, trainer.initializer.record())
+        barrier()
+        return None
+    step = trainer.checkpointer.load_for_resume()
+    if env.is_main:
+        run_dir.start_resumed(step, cfg, start_record(env.device, env.world_size, resumed_from=step))
+        print(f"initlab: resuming {run_dir.path} from step {step}/{cfg.training.steps} "
+              f"({trainer.checkpointer.folder / f'step_{step}'})", flush=True)
+        for key, old, new in start.changes:
+            print(f"initlab: resume changes {key}: {old!r} -> {new!r} (applies from step {step + 1})", flush=True)
+    return step
+
+
+def close_run(cfg: Config, env: DistEnv, run_dir: RunDir, trainer: Trainer, logger: MetricsLogger,
+              resumed: int | None, final: dict, quiet: bool) -> None:
     """HParams, metrics files, background saves and the start's end time. ``quiet`` (an error is already on its
     way out): a filesystem error of these steps (say, the disk that just filled) must not replace it."""
     steps = [lambda: logger.log_hparams(hparams(cfg, resumed, trainer.initializer.record(),
@@ -515,7 +473,7 @@ def close_run(cfg: Config, env: DistEnv, trainer: Trainer, logger: MetricsLogger
                                         {k: v for k, v in final.items() if k.startswith("loss/")}),
              logger.close, trainer.checkpointer.close]
     if env.is_main:
-        steps.append(lambda: record_end(trainer.run_dir, now_utc()))
+        steps.append(lambda: run_dir.record_end(now_utc()))
     for step in steps:
         if not quiet:
             step()

@@ -14,7 +14,10 @@ Layout of ``<output_dir>/<run_name>/``::
     finished.json            written once the run has trained all its steps; its "provenance" is provenance.json's
     abandoned/<UTC time>/    files of an earlier attempt that died before its first checkpoint
 
-``RunDir`` (at the end) is the read side: config, metrics, finished or not, provenance, for the report code.
+``RunDir`` is the one object of a run directory. Its write side is train.py's lifecycle: a fresh name,
+the lock, the decision fresh / resume / finished (with the identity check of a resumed or finished run),
+the files of each start, its end and the finish mark; components/sweep.py marks a diverged run. Its read
+side serves the report code, export and the sweep: config, metrics, finished or not, provenance.
 
 The lock is an advisory ``flock`` on ``.lock``: the kernel drops it when its holder exits, however it
 exits (kill -9 included), so a stale lock never blocks a restart; a live holder (e.g. ranks orphaned
@@ -51,13 +54,15 @@ from components.config import (
     to_toml,
 )
 from components.provenance import UNKNOWN as UNKNOWN_COMMIT
-from components.provenance import header_commit
+from components.provenance import header_comment, header_commit
 
 LOCK_FILE = ".lock"
 FINISHED_FILE = "finished.json"
-DIVERGED_FILE = "diverged.json"  # written by components/sweep.py when train.py stopped on a non-finite loss
+DIVERGED_FILE = "diverged.json"  # written by components/sweep.py (RunDir.mark_diverged) when train.py stopped on a non-finite loss
 PROVENANCE_FILE = "provenance.json"  # {"starts": [{"commit": ..., "dirty": ..., ...}, ...]}, one record per start
 INIT_STDS_FILE = "init_stds.json"
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
 ABANDONED_DIR = "abandoned"
 # Entries of a run directory that are not an attempt's files.
 NOT_ATTEMPT_FILES = (LOCK_FILE, ABANDONED_DIR)
@@ -66,67 +71,10 @@ NOT_ATTEMPT_FILES = (LOCK_FILE, ABANDONED_DIR)
 LAUNCH_KEYS = ("checkpoint.resume", "checkpoint.create_seed_checkpoint", "job.output_dir")
 
 
-def default_run_name(output_dir: str, config_path: str | None, now: datetime.datetime | None = None) -> str:
-    """``<config stem>_<YYYYmmdd-HHMMSS>`` (UTC), a new directory per launch (``-2``, ``-3``... if that second is taken)."""
-    stem = Path(config_path).stem if config_path else "run"
-    now = now or datetime.datetime.now(datetime.UTC)
-    name = f"{stem}_{now:%Y%m%d-%H%M%S}"
-    suffix = 1
-    while (Path(output_dir) / (name if suffix == 1 else f"{name}-{suffix}")).exists():
-        suffix += 1
-    return name if suffix == 1 else f"{name}-{suffix}"
-
-
-# ------------------------------------------------------------------------------------------- lock
 class RunDirLocked(ConfigError):
     """Another live process holds the run directory."""
 
 
-class RunDirLock:
-    """An exclusive, kill-safe lock on a run directory, held by one process (rank 0) for the whole run."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
-        self.fd: int | None = None
-        self.created_dirs: list[Path] = []
-
-    def acquire(self) -> None:
-        missing = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
-        self.created_dirs = missing  # deepest first: what release() may remove again
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip() or "an unknown process"
-            os.close(fd)
-            raise RunDirLocked(f"run directory {self.path.parent} is in use by {holder}; wait for it to end, stop "
-                               "it, or choose another --job.run_name") from None
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID", ""),
-                  "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-        self.fd = fd  # before writing: a failed write (a full disk) still unlocks and cleans up in release()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
-
-    def release(self) -> None:
-        """Unlock. The file stays (unlinking a lock file lets two processes lock two different inodes), except
-        in a directory this lock created that holds nothing else: a launch that stopped at once leaves no trace
-        (nor the output directories created for it)."""
-        if self.fd is None:
-            return
-        os.ftruncate(self.fd, 0)
-        if self.created_dirs and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
-            self.path.unlink()
-            for directory in self.created_dirs:  # the run dir, then the output dirs this lock made for it
-                if any(directory.iterdir()):
-                    break
-                directory.rmdir()
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
-
-
-# ------------------------------------------------------------------------------------------ start
 @dataclass
 class RunStart:
     """How this launch uses its run directory (decided by rank 0, then shared with every rank)."""
@@ -136,72 +84,6 @@ class RunStart:
     changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # resume: (key, old, new) applied
 
 
-def attempt_files(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.iterdir() if p.name not in NOT_ATTEMPT_FILES) if run_dir.is_dir() else []
-
-
-def plan_start(run_dir: Path, resume: str, total_steps: int) -> RunStart:
-    """Decide fresh / resume / finished for ``checkpoint.resume`` = auto | true | false (no file is touched).
-
-    auto resumes the newest complete checkpoint; without one, a directory holding only an attempt that
-    never saved is reused (its files are moved to ``abandoned/`` by :func:`set_aside_attempt`). A run that
-    already trained all ``total_steps`` is "finished": the same command resubmitted does nothing; asked for
-    more steps, it continues from its last checkpoint, or is refused if it kept none.
-    """
-    checkpoints = complete_steps(run_dir / "checkpoints")
-    files = attempt_files(run_dir)
-    finished = _finished_steps(run_dir)
-    if resume == "false":
-        if files:
-            raise ConfigError(f"run directory {run_dir} already exists; use --checkpoint.resume auto to continue it, "
-                              "or choose another --job.run_name")
-        return RunStart("fresh")
-    if finished is not None and finished >= total_steps:
-        more = "raise --training.steps to continue it" if checkpoints else "it kept no checkpoint to continue from"
-        return RunStart("finished", f"run {run_dir} already trained all {finished} steps; nothing to do ({more})")
-    if checkpoints:
-        return RunStart("resume")
-    if resume == "true":
-        partial = ", ".join(p.name for p in partial_dirs(run_dir / "checkpoints"))
-        raise ConfigError(f"--checkpoint.resume true but {run_dir / 'checkpoints'} holds no complete checkpoint"
-                          f"{f' (only partial saves: {partial})' if partial else ''}; use --checkpoint.resume auto "
-                          "to start there, or choose another --job.run_name")
-    if finished is not None:
-        raise ConfigError(f"run {run_dir} finished {finished} steps without a checkpoint to continue from to "
-                          f"{total_steps}; choose another --job.run_name")
-    if files:
-        return RunStart("fresh", f"{run_dir} holds no complete checkpoint (an earlier attempt stopped before its "
-                                 f"first save): its files move to {run_dir / ABANDONED_DIR}/ and the run starts over")
-    return RunStart("fresh")
-
-
-def set_aside_attempt(run_dir: Path) -> Path | None:
-    """Move an attempt's files (metrics, events, config, partial saves) to ``abandoned/<UTC time>/`` (rank 0)."""
-    files = attempt_files(run_dir)
-    if not files:
-        return None
-    target = run_dir / ABANDONED_DIR / datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-%f")
-    target.mkdir(parents=True)
-    for path in files:
-        path.rename(target / path.name)
-    return target
-
-
-def _finished_steps(run_dir: Path) -> int | None:
-    path = run_dir / FINISHED_FILE
-    if not path.is_file():
-        return None
-    try:
-        return int(json.loads(path.read_text())["steps"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{path} is damaged ({type(err).__name__}); delete it and resubmit") from None
-
-
-def mark_finished(run_dir: Path, summary: dict[str, Any]) -> None:
-    """``finished.json``: ``summary`` plus ``"provenance"``, the run's provenance.json (every start)."""
-    _write_json(run_dir / FINISHED_FILE, {**summary, "provenance": read_provenance(run_dir)})
-
-
 def _write_json(path: Path, value: Any) -> None:
     """Replace ``path`` atomically: readers see the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
@@ -209,69 +91,12 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_provenance(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """``{"starts": [record, ...]}`` of provenance.json (no starts for a run from before it existed)."""
-    path = run_dir / PROVENANCE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {"starts": []}
-
-
-def record_start(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append this start's record (components/provenance.py: start_record) to provenance.json (rank 0)."""
-    provenance = read_provenance(run_dir)
-    provenance["starts"].append(record)
-    _write_json(run_dir / PROVENANCE_FILE, provenance)
-
-
-def record_end(run_dir: Path, ended: str) -> None:
-    """Set the latest start's ``ended`` time (it finished, stopped or failed with an error) (rank 0)."""
-    provenance = read_provenance(run_dir)
-    if provenance["starts"]:
-        provenance["starts"][-1]["ended"] = ended
-        _write_json(run_dir / PROVENANCE_FILE, provenance)
-
-
-# ----------------------------------------------------------------------------------------- resume
-def config_changes(run_dir: Path, cfg: Config) -> list[tuple[str, Any, Any]]:
-    """(key, value the run was last started with, value now) for every setting that differs.
-
-    Compared with the newest of ``config.toml`` / ``config.resume_<N>.toml``. Raises ConfigError with a
-    one-line diff when an identity setting changed (model, init, parametrization, data, tokenizer, seed,
-    sequence length, global batch).
-    """
-    saved_path = latest_config(run_dir)
-    try:
-        saved, _ = load_config(["--config", str(saved_path)])
-    except ConfigError as err:
-        raise ConfigError(f"cannot compare with the run's {saved_path.name}: {err}") from None
-    before, now = flat_config(saved), flat_config(cfg)
-    changes = [(key, before[key], now[key]) for key in now
-               if key in before and before[key] != now[key] and key not in LAUNCH_KEYS]
-    refused = [change for change in changes if is_identity_key(change[0])]
-    if refused:
-        raise ConfigError(f"cannot resume {run_dir} with a different experiment ({describe_changes(refused)}); "
-                          "restore those settings or start a new run with another --job.run_name")
-    return changes
-
-
-def latest_config(run_dir: Path) -> Path:
-    resumes = sorted(run_dir.glob("config.resume_*.toml"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    path = resumes[-1] if resumes else run_dir / "config.toml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} has checkpoints but no config.toml; it was not written by train.py")
-    return path
-
-
-def record_resume(run_dir: Path, step: int, cfg: Config, header: str = "") -> Path:
-    """``config.resume_<step>.toml``: the config this start resumed step ``step`` with, after ``header``
-    (TOML comment lines) (rank 0)."""
-    path = run_dir / f"config.resume_{step}.toml"
-    path.write_text(header + to_toml(cfg))
-    return path
+def _resume_configs(path: Path) -> list[Path]:
+    """``config.resume_<N>.toml`` files of a run directory, oldest (smallest N) first."""
+    return sorted(path.glob("config.resume_*.toml"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
 
 
 # ------------------------------------------------------------------------------------------ read
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.toml"
 TORCHTITAN_TABLE = "torchtitan"
 FOREIGN_TABLES = (TORCHTITAN_TABLE,)
 """config.toml tables that are no initlab option (integrations/torchtitan/config.py writes ``[torchtitan]``): left out
@@ -314,10 +139,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 class RunDir:
-    """The read side of a run directory written by train.py (or the torchtitan extension): what it is
-    (resolved config), what it logged (metrics), whether it finished, and where it came from (provenance).
+    """A run directory written by train.py (or the torchtitan extension).
 
-    Files are read on first use and cached. ``status`` is "finished" (finished.json, or, for runs written
+    Read side: what it is (resolved config), what it logged (metrics), whether it finished, and where it
+    came from (provenance); files are read on first use and cached. ``status`` is "finished" (finished.json, or, for runs written
     before it existed, a logged step >= ``training.steps``), "diverged" (a non-finite loss logged, the
     trainer's stop) or "unfinished" (stopped or still running before its last step). ``RunDir.open`` checks
     the files a reader needs and raises one-line errors; ``NotARunDir`` for a folder of neither file.
@@ -327,6 +152,8 @@ class RunDir:
         self.path = Path(path)
         self.name = self.path.resolve().name  # display name; readers may change it to tell runs apart
         self.original = self  # a truncated view's full run
+        self._lock_fd: int | None = None  # acquire_lock() .. release_lock()
+        self._lock_made: list[Path] = []  # directories acquire_lock() created, deepest first
 
     @classmethod
     def open(cls, path: str | Path, need_metrics: bool = True) -> RunDir:
@@ -402,7 +229,7 @@ class RunDir:
     @property
     def steps_planned(self) -> int:
         """``training.steps`` of the newest start (a resume may raise it)."""
-        resumes = sorted(self.path.glob("config.resume_*.toml"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        resumes = _resume_configs(self.path)
         if resumes:
             try:
                 return int(tomllib.loads(resumes[-1].read_text()).get("training", {}).get("steps"))
@@ -429,10 +256,9 @@ class RunDir:
     def diverged(self) -> str:
         """'' or why the run counts as diverged: diverged.json (the sweep's record of train.py's non-finite stop,
         which may come before any non-finite value is logged), else the first non-finite loss logged."""
-        path = self.path / DIVERGED_FILE
-        if path.is_file():
+        if (self.path / DIVERGED_FILE).is_file():
             try:
-                record = json.loads(path.read_text())
+                record = self.diverged_record()
             except json.JSONDecodeError:
                 record = {}
             step = record.get("step") if isinstance(record, dict) else None
@@ -463,7 +289,7 @@ class RunDir:
 
     def _provenance_file(self) -> dict[str, Any] | None:
         try:
-            return read_provenance(self.path)
+            return self.read_provenance()
         except json.JSONDecodeError:
             return None  # a damaged provenance.json: finished.json's copy or the config header still tell
 
@@ -480,3 +306,222 @@ class RunDir:
         view = copy.copy(self)
         view.__dict__["records"] = [record for record in self.records if record["step"] <= step]
         return view
+
+    # ----------------------------------------------------------------------------------- naming
+    @staticmethod
+    def new_name(output_dir: str, config_path: str | None, now: datetime.datetime | None = None) -> str:
+        """``<config stem>_<YYYYmmdd-HHMMSS>`` (UTC), a new directory per launch (``-2``, ``-3``... if that second
+        is taken)."""
+        stem = Path(config_path).stem if config_path else "run"
+        now = now or datetime.datetime.now(datetime.UTC)
+        name = f"{stem}_{now:%Y%m%d-%H%M%S}"
+        suffix = 1
+        while (Path(output_dir) / (name if suffix == 1 else f"{name}-{suffix}")).exists():
+            suffix += 1
+        return name if suffix == 1 else f"{name}-{suffix}"
+
+    # ------------------------------------------------------------------------------------- lock
+    def acquire_lock(self) -> None:
+        """Lock the directory (creating it) for this process: exclusive and kill-safe, held by rank 0 for the
+        whole run; RunDirLocked names a live holder."""
+        lock = self.path / LOCK_FILE
+        self._lock_made = [d for d in (self.path, *self.path.parents) if not d.exists()]
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "an unknown process"
+            os.close(fd)
+            raise RunDirLocked(f"run directory {self.path} is in use by {holder}; wait for it to end, stop "
+                               "it, or choose another --job.run_name") from None
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID", ""),
+                  "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        self._lock_fd = fd  # before writing: a failed write (a full disk) still unlocks and cleans up in release
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+
+    def release_lock(self) -> None:
+        """Unlock (nothing to do where this object holds no lock). The file stays (unlinking a lock file lets two
+        processes lock two different inodes), except in a directory the lock created that holds nothing else:
+        a launch that stopped at once leaves no trace (nor the output directories created for it)."""
+        if self._lock_fd is None:
+            return
+        os.ftruncate(self._lock_fd, 0)
+        if self._lock_made and [p.name for p in self.path.iterdir()] == [LOCK_FILE]:
+            (self.path / LOCK_FILE).unlink()
+            for directory in self._lock_made:  # the run dir, then the output dirs the lock made for it
+                if any(directory.iterdir()):
+                    break
+                directory.rmdir()
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    # ------------------------------------------------------------------------------------ start
+    def claim(self, cfg: Config) -> RunStart:
+        """Lock the directory and decide how this launch (``cfg``) uses it (rank 0, before anything expensive is
+        built): a second job on a locked directory, or a resume (or a relaunch of a finished run) that would
+        change the experiment, stops with a one-line reason."""
+        if cfg.checkpoint.resume == "true" and not self.path.is_dir():
+            raise ConfigError(f"--checkpoint.resume true but run directory {self.path} does not exist; check "
+                              "--job.output_dir/--job.run_name, or use --checkpoint.resume auto to start it")
+        self.acquire_lock()
+        resume = "false" if cfg.checkpoint.create_seed_checkpoint else cfg.checkpoint.resume
+        start = self.plan_start(resume, cfg.training.steps)
+        if start.mode in ("resume", "finished"):  # a finished run relaunched as another experiment is refused too
+            start.changes = self.config_changes(cfg)
+        return start
+
+    def attempt_files(self) -> list[Path]:
+        """The files of the current attempt (everything but the lock and earlier attempts set aside)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir() if p.name not in NOT_ATTEMPT_FILES)
+
+    def plan_start(self, resume: str, total_steps: int) -> RunStart:
+        """Decide fresh / resume / finished for ``checkpoint.resume`` = auto | true | false (no file is touched).
+
+        auto resumes the newest complete checkpoint; without one, a directory holding only an attempt that
+        never saved is reused (its files are moved to ``abandoned/`` by :meth:`set_aside_attempt`). A run that
+        already trained all ``total_steps`` is "finished": the same command resubmitted does nothing; asked for
+        more steps, it continues from its last checkpoint, or is refused if it kept none.
+        """
+        run_dir = self.path
+        checkpoints = complete_steps(run_dir / "checkpoints")
+        files = self.attempt_files()
+        finished = self.finished_steps()
+        if resume == "false":
+            if files:
+                raise ConfigError(f"run directory {run_dir} already exists; use --checkpoint.resume auto to continue "
+                                  "it, or choose another --job.run_name")
+            return RunStart("fresh")
+        if finished is not None and finished >= total_steps:
+            more = "raise --training.steps to continue it" if checkpoints else "it kept no checkpoint to continue from"
+            return RunStart("finished", f"run {run_dir} already trained all {finished} steps; nothing to do ({more})")
+        if checkpoints:
+            return RunStart("resume")
+        if resume == "true":
+            partial = ", ".join(p.name for p in partial_dirs(run_dir / "checkpoints"))
+            raise ConfigError(f"--checkpoint.resume true but {run_dir / 'checkpoints'} holds no complete checkpoint"
+                              f"{f' (only partial saves: {partial})' if partial else ''}; use --checkpoint.resume "
+                              "auto to start there, or choose another --job.run_name")
+        if finished is not None:
+            raise ConfigError(f"run {run_dir} finished {finished} steps without a checkpoint to continue from to "
+                              f"{total_steps}; choose another --job.run_name")
+        if files:
+            return RunStart("fresh", f"{run_dir} holds no complete checkpoint (an earlier attempt stopped before "
+                                     f"its first save): its files move to {run_dir / ABANDONED_DIR}/ and the run "
+                                     "starts over")
+        return RunStart("fresh")
+
+    def finished_steps(self) -> int | None:
+        """finished.json's step count (None without the file), for deciding a start: a damaged file is an error."""
+        path = self.path / FINISHED_FILE
+        if not path.is_file():
+            return None
+        try:
+            return int(json.loads(path.read_text())["steps"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path} is damaged ({type(err).__name__}); delete it and resubmit") from None
+
+    def set_aside_attempt(self) -> Path | None:
+        """Move an attempt's files (metrics, events, config, partial saves) to ``abandoned/<UTC time>/`` (rank 0)."""
+        files = self.attempt_files()
+        if not files:
+            return None
+        target = self.path / ABANDONED_DIR / datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-%f")
+        target.mkdir(parents=True)
+        for path in files:
+            path.rename(target / path.name)
+        return target
+
+    def start_fresh(self, start: RunStart, cfg: Config, record: dict[str, Any], init_stds: dict[str, Any]) -> None:
+        """A fresh start's files (rank 0): the abandoned attempt that ``start`` found set aside, config.toml (after
+        ``record``'s provenance header), the start's provenance record and init_stds.json (the initializer's
+        record)."""
+        if start.note:
+            self.set_aside_attempt()
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / CONFIG_FILE).write_text(header_comment(record) + to_toml(cfg))
+        self.record_start(record)
+        (self.path / INIT_STDS_FILE).write_text(json.dumps(init_stds, indent=1) + "\n")
+
+    def start_resumed(self, step: int, cfg: Config, record: dict[str, Any]) -> Path:
+        """A resumed start's files (rank 0): ``config.resume_<step>.toml`` and the start's provenance record."""
+        path = self.record_resume(step, cfg, header_comment(record))
+        self.record_start(record)
+        return path
+
+    # ----------------------------------------------------------------------------------- resume
+    def config_changes(self, cfg: Config) -> list[tuple[str, Any, Any]]:
+        """(key, value the run was last started with, value now) for every setting that differs.
+
+        Compared with the newest of ``config.toml`` / ``config.resume_<N>.toml``. Raises ConfigError with a
+        one-line diff when an identity setting changed (model, init, parametrization, data, tokenizer, seed,
+        sequence length, global batch).
+        """
+        before, now = flat_config(self.last_config()), flat_config(cfg)
+        changes = [(key, before[key], now[key]) for key in now
+                   if key in before and before[key] != now[key] and key not in LAUNCH_KEYS]
+        refused = [change for change in changes if is_identity_key(change[0])]
+        if refused:
+            raise ConfigError(f"cannot resume {self.path} with a different experiment ({describe_changes(refused)}); "
+                              "restore those settings or start a new run with another --job.run_name")
+        return changes
+
+    def last_config(self) -> Config:
+        """The config of the newest start (:meth:`latest_config`), loaded as a config file."""
+        saved_path = self.latest_config()
+        try:
+            return load_config(["--config", str(saved_path)])[0]
+        except ConfigError as err:
+            raise ConfigError(f"cannot compare with the run's {saved_path.name}: {err}") from None
+
+    def latest_config(self) -> Path:
+        """The newest of ``config.toml`` / ``config.resume_<N>.toml``."""
+        resumes = _resume_configs(self.path)
+        path = resumes[-1] if resumes else self.path / CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(f"{self.path} has checkpoints but no config.toml; it was not written by train.py")
+        return path
+
+    def record_resume(self, step: int, cfg: Config, header: str = "") -> Path:
+        """``config.resume_<step>.toml``: the config this start resumed step ``step`` with, after ``header``
+        (TOML comment lines) (rank 0)."""
+        path = self.path / f"config.resume_{step}.toml"
+        path.write_text(header + to_toml(cfg))
+        return path
+
+    # ------------------------------------------------------------------------- provenance, end
+    def read_provenance(self) -> dict[str, list[dict[str, Any]]]:
+        """``{"starts": [record, ...]}`` of provenance.json (no starts for a run from before it existed)."""
+        path = self.path / PROVENANCE_FILE
+        return json.loads(path.read_text()) if path.is_file() else {"starts": []}
+
+    def record_start(self, record: dict[str, Any]) -> None:
+        """Append this start's record (components/provenance.py: start_record) to provenance.json (rank 0)."""
+        provenance = self.read_provenance()
+        provenance["starts"].append(record)
+        _write_json(self.path / PROVENANCE_FILE, provenance)
+
+    def record_end(self, ended: str) -> None:
+        """Set the latest start's ``ended`` time (it finished, stopped or failed with an error) (rank 0)."""
+        provenance = self.read_provenance()
+        if provenance["starts"]:
+            provenance["starts"][-1]["ended"] = ended
+            _write_json(self.path / PROVENANCE_FILE, provenance)
+
+    def mark_finished(self, summary: dict[str, Any]) -> None:
+        """``finished.json``: ``summary`` plus ``"provenance"``, the run's provenance.json (every start)."""
+        _write_json(self.path / FINISHED_FILE, {**summary, "provenance": self.read_provenance()})
+
+    def mark_diverged(self, record: dict[str, Any]) -> None:
+        """``diverged.json``: train.py stopped this run on a non-finite loss/gradient (``record``: step, error, lr)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / DIVERGED_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+    def diverged_record(self) -> dict[str, Any] | None:
+        """diverged.json as written (None without the file; a damaged file raises json.JSONDecodeError)."""
+        path = self.path / DIVERGED_FILE
+        return json.loads(path.read_text()) if path.is_file() else None

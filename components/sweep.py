@@ -39,7 +39,6 @@ silently reused); one whose training diverged (train.py's non-finite stop, exit 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from components import config as config_mod
-from components.run_dir import DIVERGED_FILE, FINISHED_FILE, LAUNCH_KEYS, latest_config
+from components.run_dir import DIVERGED_FILE, FINISHED_FILE, LAUNCH_KEYS, RunDir
 
 try:
     import tomllib
@@ -250,31 +249,28 @@ def point_state(point: Point) -> tuple[str, str]:
 
 
 def _point_state(point: Point) -> tuple[str, str]:
-    run_dir = point.run_dir
-    if not run_dir.exists():
+    run = RunDir(point.run_dir)
+    if not run.path.exists():
         return "absent", ""
-    if (run_dir / DIVERGED_FILE).is_file():
-        return "diverged", json.loads((run_dir / DIVERGED_FILE).read_text()).get("error", "")
-    finished = run_dir / FINISHED_FILE
+    diverged = run.diverged_record()
+    if diverged is not None:
+        return "diverged", diverged.get("error", "")
+    finished = run.path / FINISHED_FILE
     if finished.is_file() and int(json.loads(finished.read_text()).get("steps", 0)) >= point.steps:
-        diff = config_difference(run_dir, point.config)
+        diff = config_difference(run, point.config)
         return ("mismatch", diff) if diff else ("finished", "")
     return "unfinished", ""
 
 
-def config_difference(run_dir: Path, cfg: config_mod.Config) -> str:
+def config_difference(run: RunDir, cfg: config_mod.Config) -> str:
     """'' when the run's last config equals ``cfg`` but for placement keys, else the first differing key, one line."""
-    saved = config_mod.load_config(["--config", str(latest_config(run_dir))])[0]
-    before, now = flat_config(saved), flat_config(cfg)
+    saved = config_mod.load_config(["--config", str(run.latest_config())])[0]
+    before, now = config_mod.flat_config(saved), config_mod.flat_config(cfg)
     for key, value in now.items():
         if key not in PLACEMENT_KEYS and key != "training.steps" and before.get(key) != value:
-            return (f"{run_dir} finished with {key} = {before.get(key)!r}, the sweep asks {value!r}; delete it or "
+            return (f"{run.path} finished with {key} = {before.get(key)!r}, the sweep asks {value!r}; delete it or "
                     "choose another --output-dir")
     return ""
-
-
-def flat_config(cfg: config_mod.Config) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, table in dataclasses.asdict(cfg).items() for k, v in table.items()}
 
 
 def error_line(log: Path) -> str:
@@ -289,9 +285,8 @@ def error_line(log: Path) -> str:
 def record_divergence(point: Point, line: str) -> None:
     """``diverged.json`` in the run directory: train.py stopped on a non-finite loss/gradient (a result)."""
     match = NONFINITE_PATTERN.search(line)
-    point.run_dir.mkdir(parents=True, exist_ok=True)
     record = {"step": int(match.group(1)) if match else None, "error": line, "lr": point.config.optimizer.lr}
-    (point.run_dir / DIVERGED_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    RunDir(point.run_dir).mark_diverged(record)
 
 
 # ------------------------------------------------------------------------------------------ launch

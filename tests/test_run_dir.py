@@ -27,7 +27,7 @@ from components.config import ConfigError, load_config, to_toml
 from components.lr_schedule import lr_factor
 from components.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from components.provenance import header_comment
-from components.run_dir import RunDirLock, config_changes, default_run_name, plan_start
+from components.run_dir import RunDir
 from tests.launch import REPO, python
 from tests.test_checkpoint import logged_losses, snapshot, train_args
 
@@ -96,8 +96,8 @@ def test_ctrl_c_is_one_line_exit_130_and_a_checkpoint(tmp_path):
 @pytest.mark.multiprocess
 def test_a_live_lock_holder_stops_a_second_job_at_once_and_a_killed_one_does_not(tmp_path):
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from components.run_dir import RunDirLock; "
-                               f"RunDirLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from components.run_dir import RunDir; "
+                               f"RunDir({str(run_dir)!r}).acquire_lock(); print('locked', flush=True); time.sleep(600)"],
                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     before = snapshot(tmp_path)
@@ -108,9 +108,9 @@ def test_a_live_lock_holder_stops_a_second_job_at_once_and_a_killed_one_does_not
     assert f'"pid": {holder.pid}' in second.stderr and snapshot(tmp_path) == before
     holder.kill()  # kill -9: the kernel drops the flock, no stale lock remains
     holder.wait()
-    lock = RunDirLock(run_dir)
-    lock.acquire()
-    lock.release()
+    run = RunDir(run_dir)
+    run.acquire_lock()
+    run.release_lock()
 
 
 @pytest.mark.multiprocess
@@ -135,35 +135,35 @@ def test_a_run_killed_before_its_first_checkpoint_is_restarted_by_the_same_comma
 
 def test_plan_start_for_every_directory_state(tmp_path):
     empty = tmp_path / "empty"
-    assert plan_start(empty, "auto", 10).mode == "fresh"
+    assert RunDir(empty).plan_start("auto", 10).mode == "fresh"
     with pytest.raises(ConfigError, match="holds no complete checkpoint; use --checkpoint.resume auto"):
-        plan_start(empty, "true", 10)
+        RunDir(empty).plan_start("true", 10)
     attempt = tmp_path / "attempt"
     (attempt / "checkpoints" / ".tmp_step_4").mkdir(parents=True)
     (attempt / "metrics.jsonl").write_text('{"step": 1}\n')
-    assert plan_start(attempt, "auto", 10).note.endswith("the run starts over")
+    assert RunDir(attempt).plan_start("auto", 10).note.endswith("the run starts over")
     with pytest.raises(ConfigError, match=r"\(only partial saves: \.tmp_step_4\)"):
-        plan_start(attempt, "true", 10)
+        RunDir(attempt).plan_start("true", 10)
     with pytest.raises(ConfigError, match="already exists; use --checkpoint.resume auto"):
-        plan_start(attempt, "false", 10)
+        RunDir(attempt).plan_start("false", 10)
     (attempt / "checkpoints" / "step_8").mkdir()
-    assert plan_start(attempt, "auto", 10).mode == "resume"
+    assert RunDir(attempt).plan_start("auto", 10).mode == "resume"
     (attempt / "finished.json").write_text('{"steps": 8}')
-    assert plan_start(attempt, "auto", 8).mode == "finished"
-    assert plan_start(attempt, "auto", 10).mode == "resume"  # more steps asked: continue the finished run
+    assert RunDir(attempt).plan_start("auto", 8).mode == "finished"
+    assert RunDir(attempt).plan_start("auto", 10).mode == "resume"  # more steps asked: continue the finished run
     shutil.rmtree(attempt / "checkpoints")
-    assert plan_start(attempt, "auto", 8).note.endswith("nothing to do (it kept no checkpoint to continue from)")
+    assert RunDir(attempt).plan_start("auto", 8).note.endswith("nothing to do (it kept no checkpoint to continue from)")
     with pytest.raises(ConfigError, match="finished 8 steps without a checkpoint to continue from to 10"):
-        plan_start(attempt, "auto", 10)
+        RunDir(attempt).plan_start("auto", 10)
 
 
 def test_default_run_names_are_new_directories(tmp_path):
     import datetime
 
     when = datetime.datetime(2026, 11, 29, 5, 6, 7, tzinfo=datetime.UTC)
-    assert default_run_name(str(tmp_path), "configs/debug.toml", when) == "debug_20261129-050607"
+    assert RunDir.new_name(str(tmp_path), "configs/debug.toml", when) == "debug_20261129-050607"
     (tmp_path / "debug_20261129-050607").mkdir()
-    assert default_run_name(str(tmp_path), "configs/debug.toml", when) == "debug_20261129-050607-2"
+    assert RunDir.new_name(str(tmp_path), "configs/debug.toml", when) == "debug_20261129-050607-2"
 
 
 def test_resume_refuses_identity_changes_with_a_diff_and_reports_the_others(tmp_path):
@@ -173,10 +173,10 @@ def test_resume_refuses_identity_changes_with_a_diff_and_reports_the_others(tmp_
     changed, _ = load_config(train_args(tmp_path, "run", "--init.scheme", "mitchell", "--job.seed", "3"))
     with pytest.raises(ConfigError, match=r"different experiment \(job.seed: 0 -> 3; init.scheme: 'normal' -> "
                                           r"'mitchell'\)"):
-        config_changes(tmp_path / "run", changed)
+        RunDir(tmp_path / "run").config_changes(changed)
     longer, _ = load_config(train_args(tmp_path, "run", "--training.steps", "20", "--optimizer.lr", "0.002",
                                        "--checkpoint.resume", "true"))
-    assert config_changes(tmp_path / "run", longer) == [("training.steps", 12, 20), ("optimizer.lr", 0.001, 0.002)]
+    assert RunDir(tmp_path / "run").config_changes(longer) == [("training.steps", 12, 20), ("optimizer.lr", 0.001, 0.002)]
 
 
 @pytest.mark.multiprocess
