@@ -11,7 +11,7 @@ correlated coordinates). The depth version (CompleteP, Dey et al. 2025, arXiv:25
 one width at depths 2..32: under completep the residual stream and logits stay flat in depth, under plain
 μP they grow.
 
-Every model is trained by train.py's own loop (``scripts/train_runs.py``: its step, loss, clipping,
+Every model is trained by train.py's own loop (``experiments/train_runs.py``: its step, loss, clipping,
 optimizer groups, FSDP2) on the embedded corpus, with constant lr, no weight decay and
 ``metrics.log_variance_stats`` at every step; the statistics of each step's forward (step 1 = the
 initial model, step k after k - 1 updates) are read back from metrics.jsonl
@@ -43,9 +43,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, so `python scripts/...` works
 
 from components.activation_stats import rms_by_depth  # noqa: E402
+from experiments.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
 from roles import parse_tag  # noqa: E402
-from scripts.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 
 STAT_PREFIXES = ("act_rms/", "act_std/", "attn_logit_max/")  # components/activation_stats.py's names
 

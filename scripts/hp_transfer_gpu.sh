@@ -45,7 +45,7 @@ runs=${RUNS:-/tmp/hp_transfer/$study}
 # Tokenize the corpus once here (on first use), not in the first PARALLEL runs at once.
 python -c '
 import sys
-from scripts.train_runs import prepared_dataset
+from experiments.train_runs import prepared_dataset
 try:
     print("hp_transfer: data", prepared_dataset(sys.argv[1:]), flush=True)
 except (ValueError, OSError) as err:  # ConfigError is a ValueError: one line, as train.py would say it

@@ -10,7 +10,7 @@ model's; under SP the optimum moves (roughly ∝ 1/width for Adam's hidden weigh
 2025, arXiv:2505.01618, Fig. 1) makes the same hold across depth. ``lr`` here is ``optimizer.lr``, the lr
 of the base-shape tensors; the parametrization scales each tensor's lr from it.
 
-Every point is one run of train.py's trainer (``scripts/train_runs.py``; in this process by default) of
+Every point is one run of train.py's trainer (``experiments/train_runs.py``; in this process by default) of
 ``--steps`` steps of the ``--config`` model with the scanned width or depth, scored by its validation loss
 over ``metrics.val_batches`` fixed batches at the last step; step 1's training loss is its loss at init.
 Runs go seed by seed (all of seed 0 first), each into ``<out>/runs/<name>/``; a finished run directory
@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from components.config import ConfigError  # noqa: E402
 from components.run_dir import FINISHED_FILE  # noqa: E402
 from components.sweep import DIVERGED_FILE, import_previous  # noqa: E402
+from experiments.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 from reporting import lr_optimum  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
 from reporting.runs import load_run  # noqa: E402
-from scripts.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 
 
 def run_args(opts: argparse.Namespace, parametrization: str, size: int, lr: float, seed: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""scripts/lr_transfer.py and scripts/train_runs.py: a real lr x width sweep through train.py's trainer."""
+"""scripts/lr_transfer.py and experiments/train_runs.py: a real lr x width sweep through train.py's trainer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from components import sweep
-from scripts import lr_transfer, train_runs
+from experiments import train_runs
+from scripts import lr_transfer
 
 TINY = ["--tokenizer.max_vocab", "512", "--training.seq_len", "32", "--training.global_batch_size", "2",
         "--metrics.val_batches", "2"]

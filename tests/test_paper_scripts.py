@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+from experiments import mlp as common
 from init_schemes.meanfield import ACTIVATIONS, activation_moments, gaussian_expectation
-from scripts.paper import common, kaiming_vs_xavier, mlp_std_sweep, variance_propagation
+from scripts.paper import kaiming_vs_xavier, mlp_std_sweep, variance_propagation
 from tests.launch import python
 
 MAX_FIGURE_BYTES = 200_000

@@ -38,15 +38,7 @@ import torch
 
 if __package__ in (None, ""):  # run as `python scripts/paper/...py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from reporting.stats import (  # noqa: E402
-    DIFFERS,
-    NOT_RESOLVED,
-    coefficient_of_variation,
-    mean_interval,
-    paired_difference,
-    paired_variance_test,
-)
-from scripts.paper.common import (  # noqa: E402
+from experiments.mlp import (  # noqa: E402
     Dataset,
     RunResult,
     TrainSettings,
@@ -62,6 +54,14 @@ from scripts.paper.common import (  # noqa: E402
     train_classifier,
     write_csv,
     xavier_std,
+)
+from reporting.stats import (  # noqa: E402
+    DIFFERS,
+    NOT_RESOLVED,
+    coefficient_of_variation,
+    mean_interval,
+    paired_difference,
+    paired_variance_test,
 )
 
 METHODS = {"kaiming": kaiming_std, "xavier": xavier_std}

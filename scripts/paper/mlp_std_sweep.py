@@ -42,8 +42,7 @@ import torch
 
 if __package__ in (None, ""):  # run as `python scripts/paper/...py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from reporting.stats import mean_interval  # noqa: E402
-from scripts.paper.common import (  # noqa: E402
+from experiments.mlp import (  # noqa: E402
     Dataset,
     TrainSettings,
     build_mlp,
@@ -58,6 +57,7 @@ from scripts.paper.common import (  # noqa: E402
     train_classifier,
     write_csv,
 )
+from reporting.stats import mean_interval  # noqa: E402
 
 SIGMAS = np.logspace(-4, 1, 25)
 HIDDEN = (128, 128)

@@ -48,10 +48,10 @@ import torch
 
 if __package__ in (None, ""):  # run as `python scripts/paper/...py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from experiments.mlp import positive_int, prepare_outputs, pyplot, run_cli, save_figure, write_csv  # noqa: E402
 from init_schemes.meanfield import ACTIVATIONS, activation_moments, fixed_point_slope  # noqa: E402
 from init_schemes.schemes import gaussian_second_moment, kaiming_gain  # noqa: E402
 from reporting.stats import mean_interval  # noqa: E402
-from scripts.paper.common import positive_int, prepare_outputs, pyplot, run_cli, save_figure, write_csv  # noqa: E402
 
 WITHIN = 0.10  # "kept within 10 %": a per-seed end-to-end ratio in [1/1.1, 1.1]
 VANISH = 1e-3  # an input "vanishes" when its end-to-end ratio is below this (30 dB down)

@@ -24,16 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `python scripts/x.py` puts scripts/, not the repo root, on sys.path
-    sys.path.insert(0, str(REPO))
+from components.config import load_config
+from components.data import HeldOutPrefix, TokenDataset, ensure_dataset
+from components.metrics import NonFiniteLossError
+from components.run_dir import read_metrics
+from components.sweep import DIVERGED_FILE, record_divergence
+from components.tokenizer import build_tokenizer
 
-from components.config import load_config  # noqa: E402
-from components.data import HeldOutPrefix, TokenDataset, ensure_dataset  # noqa: E402
-from components.metrics import NonFiniteLossError  # noqa: E402
-from components.run_dir import read_metrics  # noqa: E402
-from components.sweep import DIVERGED_FILE, record_divergence  # noqa: E402
-from components.tokenizer import build_tokenizer  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 LAUNCHERS = ("inprocess", "subprocess")
 

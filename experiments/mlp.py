@@ -1,6 +1,6 @@
-"""Shared pieces of the paper's MLP experiments (issue 5): data, MLPs, a small SGD trainer, output files.
+"""The paper's MLP experiments: data, MLPs, a small SGD trainer, output files.
 
-Used by ``variance_propagation.py``, ``mlp_std_sweep.py`` and ``kaiming_vs_xavier.py``. Everything
+Used by ``scripts/paper/variance_propagation.py``, ``mlp_std_sweep.py`` and ``kaiming_vs_xavier.py``. Everything
 runs on CPU with ``torch.manual_seed`` per run, so a run is a pure function of its seed.
 
 Datasets: scikit-learn's bundled ``digits`` (8x8 images, 1797 samples, 10 classes; no download)
