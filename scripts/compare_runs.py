@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 from pathlib import Path
 
 REPO = str(Path(__file__).resolve().parent.parent)
 if REPO not in sys.path:  # `python scripts/compare_runs.py` puts scripts/, not the repo root, on sys.path
     sys.path.insert(0, REPO)
 
-from reporting.cli import INPUT_ERRORS, error_exit, prepare_out_dir  # noqa: E402
+from reporting import cli  # noqa: E402
 from reporting.compare import (  # noqa: E402
     OUTPUT_FILES,
     check_metrics,
@@ -60,38 +59,31 @@ from reporting.stats import BANDS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", nargs="+", help="run directories (outputs/<run_name>/)")
+    parser = cli.report_parser(__doc__, "run directories (outputs/<run_name>/)")
     parser.add_argument("--metric", action="append", default=[], metavar="KEY",
                         help="also report the final value of this metrics.jsonl key per group (repeatable), "
                              "e.g. grad_norm_total or weight_std/attn.q/mean_over_layers")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output directory (default outputs/reports/compare_<time>)")
-    parser.add_argument("--title", default="Ablation report", help="report heading and figure title")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing report files in --out")
     parser.add_argument("--band", choices=list(BANDS), default="ci95",
                         help="band around the mean over seeds in the figures: ci95 (95 %% Student-t interval, the "
                              "default; wide with 2-3 seeds), se (± 1 standard error) or minmax (the seeds' range); "
                              "the tables always give 95 %% t-intervals")
-    parser.add_argument("--include-unfinished", action="store_true",
-                        help="include unfinished runs (left out by default, with a warning), every run's values "
-                             "taken at the last step all runs that did not diverge reached")
+    cli.add_output_options(parser, "compare", "Ablation report")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out_dir = args.out or Path("outputs") / "reports" / f"compare_{datetime.now():%Y%m%d-%H%M%S}"
+    out_dir = cli.output_dir(args.out, "compare")
     try:
         selection = select_runs(args.run_dirs, args.include_unfinished)
         runs = selection.runs
         unique_names(runs)
         check_metrics(runs, args.metric)
         groups = group_runs(runs)
-        prepare_out_dir(out_dir, OUTPUT_FILES, args.overwrite)
+        cli.prepare_out_dir(out_dir, OUTPUT_FILES, args.overwrite)
         summary_of = {id(run): summarize_run(run, run_params(run)) for run in runs}
-    except INPUT_ERRORS as exc:
-        return error_exit(exc)
+    except cli.INPUT_ERRORS as exc:
+        return cli.error_exit(exc)
     summaries = [summary_of[id(run)] for run in runs]
     for group in groups:
         group.summaries = [summary_of[id(run)] for run in group.runs]

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 from pathlib import Path
 
 REPO = str(Path(__file__).resolve().parent.parent)
 if REPO not in sys.path:  # `python scripts/lr_sensitivity.py` puts scripts/, not the repo root, on sys.path
     sys.path.insert(0, REPO)
 
-from reporting.cli import INPUT_ERRORS, error_exit, prepare_out_dir  # noqa: E402
+from reporting import cli  # noqa: E402
 from reporting.lr_sensitivity import (  # noqa: E402
     INIT_LOSS_SOURCES,
     OUTPUT_FILES,
@@ -47,9 +46,7 @@ from reporting.runs import select_runs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", nargs="+",
-                        help="run directories of the sweep, or the folder holding them (outputs/<sweep>)")
+    parser = cli.report_parser(__doc__, "run directories of the sweep, or the folder holding them (outputs/<sweep>)")
     parser.add_argument("--arm-keys", default=None, metavar="KEYS",
                         help="comma-separated config keys (section.key) whose values make an arm, e.g. "
                              "init.scheme,init.std_overrides (default: every key that differs between the runs "
@@ -63,29 +60,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=0.1,
                         help="nats above the best seed-mean outcome that still count as good, for the width of the "
                              "good lr range in decades (default 0.1)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output directory (default outputs/reports/lr_sensitivity_<time>)")
-    parser.add_argument("--title", default="LR sensitivity", help="report heading and figure title")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing report files in --out")
-    parser.add_argument("--include-unfinished", action="store_true",
-                        help="include unfinished runs (left out by default, with a warning), every run's values "
-                             "taken at the last step all runs that did not diverge reached")
+    cli.add_output_options(parser, "lr_sensitivity", "LR sensitivity")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out_dir = args.out or Path("outputs") / "reports" / f"lr_sensitivity_{datetime.now():%Y%m%d-%H%M%S}"
+    out_dir = cli.output_dir(args.out, "lr_sensitivity")
     if not args.tolerance > 0:
-        return error_exit(ValueError(f"--tolerance {args.tolerance} must be > 0 (nats above the best outcome)"))
+        return cli.error_exit(ValueError(f"--tolerance {args.tolerance} must be > 0 (nats above the best outcome)"))
     arm_keys = [key.strip() for key in args.arm_keys.split(",") if key.strip()] if args.arm_keys is not None else None
     try:
         selection = select_runs(args.run_dirs, args.include_unfinished)
         keys, arms = build_arms(selection.runs, arm_keys, args.metric, args.init_loss)
         lrs = common_lrs(arms)
-        prepare_out_dir(out_dir, OUTPUT_FILES, args.overwrite)
-    except INPUT_ERRORS as exc:
-        return error_exit(exc)
+        cli.prepare_out_dir(out_dir, OUTPUT_FILES, args.overwrite)
+    except cli.INPUT_ERRORS as exc:
+        return cli.error_exit(exc)
     diff_rows = best_lr_differences(arms)
     plot_sensitivity(arms, args.metric, args.title, out_dir / "lr_sensitivity.png")
     with_activations = plot_activations(arms, args.title, out_dir / "lr_activations.png")
