@@ -36,6 +36,12 @@ DRAWN_ROLES = tuple(role for role in ROLES if role not in NORM_BIAS_ROLES)
 """Roles whose tensors an init scheme draws: the roles ``init.std_overrides`` may give a std."""
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
 """A LoRA adapter's role is its projection's plus one of these, e.g. ``attn.q.lora_b``."""
+ROLE_GROUP_ENDINGS = ("ROLES", "PROJECTIONS", "SUFFIXES", "FAMILIES")
+"""How the names of this module's role groups (and tag families) end: a tuple named so is vocabulary, which
+tests/test_roles.py keeps from being copied elsewhere; other tuples here (a default) are not groups."""
+DEFAULT_LORA_TARGETS = ("attn.q", "attn.v")
+"""Projections that get LoRA adapters unless ``model.lora_targets`` says otherwise: q and v, as in the LoRA paper
+(Hu et al. 2021, §7.1)."""
 
 _WRAPPER_PARTS = re.compile(r"(_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module)\.")
 

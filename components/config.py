@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from roles import DRAWN_ROLES, PROJECTION_ROLES
+from roles import DEFAULT_LORA_TARGETS, DRAWN_ROLES, PROJECTION_ROLES
 
 try:
     import tomllib
@@ -88,7 +88,7 @@ class Model:
     """LoRA adapter rank r on the lora_targets projections (features; 0 = no adapters)."""
     lora_alpha: float | None = None
     """LoRA: the adapter output is scaled by lora_alpha / lora_rank (ratio numerator); omit = lora_rank (scale 1)."""
-    lora_targets: list[str] = field(default_factory=lambda: ["attn.q", "attn.v"])
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     """LoRA: projection roles that get adapters (attn.q/k/v/out, mlp.gate/up/out); default q and v as in the LoRA paper."""
     lora_rank_stabilized: bool = False
     """LoRA: scale the adapter output by lora_alpha / sqrt(lora_rank) (rsLoRA) instead of lora_alpha / lora_rank."""

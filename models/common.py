@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roles import EMBEDDING_ROLES, canonical_name, role_of
+from roles import DEFAULT_LORA_TARGETS, EMBEDDING_ROLES, canonical_name, role_of
 
 
 @dataclass
@@ -47,7 +47,7 @@ class ModelArgs:
     # LoRA adapters on the projections named in lora_targets; rank 0 = none.
     lora_rank: int = 0
     lora_alpha: float | None = None  # None = rank (alpha / rank = 1)
-    lora_targets: tuple[str, ...] = ("attn.q", "attn.v")
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     lora_rank_stabilized: bool = False  # scale alpha / sqrt(rank) (rsLoRA) instead of alpha / rank
     # Forward multipliers of a parametrization (init_schemes/parametrization.py); 1 / None = standard.
     embedding_multiplier: float = 1.0  # on the input embeddings

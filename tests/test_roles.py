@@ -15,7 +15,8 @@ from roles import ROLES, Tag, format_tag, layer_of, parse_tag, role_of
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE_SETS = {frozenset(getattr(roles, name)): name for name in dir(roles)
-             if name.isupper() and isinstance(getattr(roles, name), tuple)}
+             if name.endswith(roles.ROLE_GROUP_ENDINGS) and isinstance(getattr(roles, name), tuple)}
+"""roles.py's named role groups (and tag families): the vocabulary no other file may spell again."""
 SAMPLE_TAGS = ["weight_std/attn.q/layer_03", "grad_rms/mlp.out/layer_11", "weight_std/lm_head",
                "weight_std/attn.out/mean_over_layers", "act_rms/residual/layer_00", "attn_logit_max/layer_02",
                "act_rms/residual/embedding"]
@@ -47,6 +48,12 @@ def vocabulary_copies(root: Path, skip: tuple[str, ...] = ("roles.py", "tests/")
 
 def test_no_role_list_or_tag_regex_outside_roles_py():
     assert vocabulary_copies(REPO) == []
+
+
+def test_the_guard_knows_every_role_group_and_no_default():
+    assert sorted(ROLE_SETS.values()) == ["ADAPTER_SUFFIXES", "DRAWN_ROLES", "EMBEDDING_ROLES", "INPUT_PROJECTIONS",
+                                          "NORM_BIAS_ROLES", "OUTPUT_PROJECTIONS", "PROJECTION_ROLES", "ROLES",
+                                          "TENSOR_FAMILIES"]
 
 
 def test_the_guard_finds_a_planted_role_list_and_tag_regex(tmp_path):
