@@ -12,7 +12,11 @@ FORBIDDEN = {
     "models": ("components", "init_schemes", "distributed", "integrations", "scripts", "train", "torch.distributed"),
     "init_schemes": ("models", "components", "distributed", "integrations", "scripts", "train", "torch.distributed"),
     "distributed": ("components", "models", "init_schemes", "integrations", "scripts", "train"),
-    "integrations": ("benchmarks",),
+    "components": ("integrations", "train", "reporting", "experiments", "scripts", "benchmarks"),
+    "integrations": ("benchmarks", "experiments", "scripts"),
+    "reporting": ("train", "experiments", "scripts", "benchmarks"),
+    "experiments": ("scripts", "benchmarks"),
+    "scripts": ("scripts",),  # no script imports another: what scripts share lives in the library
 }
 
 
@@ -50,7 +54,11 @@ def test_the_check_finds_planted_upward_imports(tmp_path):
     (tmp_path / "integrations" / "torchtitan").mkdir(parents=True)
     (tmp_path / "integrations" / "torchtitan" / "spec.py").write_text("import benchmarks.torchtitan.flavor\n")
     (tmp_path / "roles.py").write_text("import re\n")
+    (tmp_path / "scripts" / "paper").mkdir(parents=True)
+    (tmp_path / "scripts" / "paper" / "sweep.py").write_text("from experiments.mlp import build_mlp\n"
+                                                             "from scripts.paper.common import write_csv\n")
     assert layer_violations(tmp_path) == [
         "init_schemes/apply.py:2 imports torch.distributed.tensor",
         "init_schemes/apply.py:3 imports models.common",
-        "integrations/torchtitan/spec.py:1 imports benchmarks.torchtitan.flavor"]
+        "integrations/torchtitan/spec.py:1 imports benchmarks.torchtitan.flavor",
+        "scripts/paper/sweep.py:2 imports scripts.paper.common"]
