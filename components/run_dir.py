@@ -521,6 +521,16 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / DIVERGED_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
+    @property
+    def marked_finished(self) -> bool:
+        """Whether train.py marked the run finished (finished.json)."""
+        return (self.path / FINISHED_FILE).is_file()
+
+    @property
+    def marked_diverged(self) -> bool:
+        """Whether the run is marked diverged (diverged.json: a sweep's record of train.py's non-finite stop)."""
+        return (self.path / DIVERGED_FILE).is_file()
+
     def diverged_record(self) -> dict[str, Any] | None:
         """diverged.json as written (None without the file; a damaged file raises json.JSONDecodeError)."""
         path = self.path / DIVERGED_FILE

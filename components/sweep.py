@@ -459,7 +459,7 @@ def import_previous(source: Path, output_dir: Path) -> list[str]:
             source = Path(tmp)
         names = []
         for run_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            done = (run_dir / FINISHED_FILE).is_file() or (run_dir / DIVERGED_FILE).is_file()
+            done = RunDir(run_dir).marked_finished or RunDir(run_dir).marked_diverged
             if done and not (output_dir / run_dir.name).exists():
                 shutil.copytree(run_dir, output_dir / run_dir.name)
                 names.append(run_dir.name)

@@ -17,7 +17,6 @@ training it again, and ``scripts/lr_transfer.py --runs`` reads either tool's run
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ from types import SimpleNamespace
 from components.config import load_config
 from components.data import HeldOutPrefix, TokenDataset, ensure_dataset
 from components.metrics import NonFiniteLossError
-from components.run_dir import read_metrics
-from components.sweep import DIVERGED_FILE, record_divergence
+from components.run_dir import RunDir
+from components.sweep import record_divergence
 from components.tokenizer import build_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,8 +82,9 @@ def run_training(args: list[str], run_dir: Path, launcher: str = "inprocess") ->
     full = [*args, "--job.output_dir", str(run_dir.parent), "--job.run_name", run_dir.name]
     cfg = load_config(full)[0]
     error = ""
-    if (run_dir / DIVERGED_FILE).is_file():  # an earlier call's result
-        error = json.loads((run_dir / DIVERGED_FILE).read_text())["error"]
+    marked = RunDir(run_dir).diverged_record()
+    if marked is not None:  # an earlier call's result
+        error = marked["error"]
     elif launcher == "inprocess":
         import train  # the entry script's loop, in this interpreter (benchmarks/bench_train.py does the same)
 
@@ -99,8 +99,6 @@ def run_training(args: list[str], run_dir: Path, launcher: str = "inprocess") ->
         if proc.returncode not in (0, 1) or (proc.returncode == 1 and "non-finite" not in tail):
             raise RuntimeError(f"train.py {' '.join(full)} failed with exit status {proc.returncode}: {tail}")
         error = tail if proc.returncode == 1 else ""
-    if error and not (run_dir / DIVERGED_FILE).is_file():  # marked as scripts/sweep.py marks it: a result
+    if error and marked is None:  # marked as scripts/sweep.py marks it: a result
         record_divergence(SimpleNamespace(run_dir=run_dir, config=cfg), error)
-    metrics = run_dir / "metrics.jsonl"
-    records = read_metrics(metrics) if metrics.is_file() else []
-    return RunResult(run_dir, records, bool(error))
+    return RunResult(run_dir, RunDir(run_dir).records, bool(error))

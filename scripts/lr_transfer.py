@@ -42,8 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, so `python scripts/...` works
 
 from components.config import ConfigError  # noqa: E402
-from components.run_dir import FINISHED_FILE  # noqa: E402
-from components.sweep import DIVERGED_FILE, import_previous  # noqa: E402
+from components.run_dir import RunDir  # noqa: E402
+from components.sweep import import_previous  # noqa: E402
 from experiments.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
 from reporting import lr_optimum  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
@@ -112,8 +112,8 @@ def rows_from_runs(runs_dir: Path, mode: str) -> list[dict]:
                          "directory or its runs.tar.gz")
     rows, unfinished = [], []
     for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        diverged = (run_dir / DIVERGED_FILE).is_file()
-        if not diverged and not (run_dir / FINISHED_FILE).is_file():
+        diverged = RunDir(run_dir).marked_diverged
+        if not diverged and not RunDir(run_dir).marked_finished:
             unfinished.append(run_dir.name)
             continue
         run = load_run(run_dir)
