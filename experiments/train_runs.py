@@ -17,8 +17,10 @@ training it again, and ``scripts/lr_transfer.py --runs`` reads either tool's run
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,6 +57,36 @@ def parametrization_args(label: str) -> list[str]:
     if alpha and name != "completep":
         raise ValueError(f"parametrization {label!r}: only completep takes an alpha (completep:0.5)")
     return ["--parametrization.name", name, *(["--parametrization.alpha", alpha] if alpha else [])]
+
+
+def add_study_options(parser: argparse.ArgumentParser, study: str) -> None:
+    """The options of a study of train.py runs over widths or depths (scripts/coord_check.py, scripts/lr_transfer.py):
+    --parametrizations (None until :func:`default_parametrizations`), --width / --depth (the fixed shape of the other
+    scan), --base-width / --base-depth and --launcher; ``study`` names the study in the help ('scan', 'sweep')."""
+    parser.add_argument("--parametrizations", type=lambda s: s.split(","), default=None,
+                        help="comma list of sp, mup, completep, completep:<alpha> "
+                             "(default: sp,mup for width; mup,completep for depth)")
+    parser.add_argument("--width", type=int, default=128, help=f"width of the depth {study} (features)")
+    parser.add_argument("--depth", type=int, default=2, help=f"depth of the width {study} (blocks)")
+    parser.add_argument("--base-width", type=int, default=64, help="parametrization.base_width (features)")
+    parser.add_argument("--base-depth", type=int, default=2, help="parametrization.base_depth (blocks)")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
+                        help="run train.py's trainer in this process or as one subprocess per run")
+
+
+def number_list(kind: type) -> Callable[[str], list]:
+    """argparse type of a comma list of numbers of ``kind`` ('64,128' -> [64, 128]; empty items skipped); a bad item
+    is argparse's one-line error naming the list's kind ('invalid int_list value')."""
+    def parse(text: str) -> list:
+        return [kind(v) for v in text.split(",") if v]
+
+    parse.__name__ = f"{kind.__name__}_list"
+    return parse
+
+
+def default_parametrizations(mode: str) -> list[str]:
+    """What a width study compares (sp, mup) and a depth study (mup, completep)."""
+    return ["sp", "mup"] if mode == "width" else ["mup", "completep"]
 
 
 def prepared_dataset(args: list[str]) -> str:

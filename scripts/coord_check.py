@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, so `python scripts/...` works
 
 from components.activation_stats import rms_by_depth  # noqa: E402
-from experiments.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
+from experiments import train_runs  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
 from roles import parse_tag  # noqa: E402
 
@@ -61,14 +61,14 @@ def run_args(opts: argparse.Namespace, parametrization: str, width: int, depth: 
             "--training.device", opts.device, "--optimizer.lr", repr(opts.lr), "--optimizer.weight_decay", "0",
             "--lr_scheduler.decay_type", "constant", "--lr_scheduler.warmup_steps", "0",
             "--metrics.log_freq", "1", "--metrics.val_freq", "0", "--metrics.log_variance_stats", "true",
-            "--metrics.log_weight_std", "false", *parametrization_args(parametrization),
+            "--metrics.log_weight_std", "false", *train_runs.parametrization_args(parametrization),
             "--parametrization.base_width", str(opts.base_width),
             "--parametrization.base_depth", str(opts.base_depth), *opts.extra]
 
 
 def train_and_measure(args: list[str], run_dir: Path, launcher: str) -> list[dict[str, float]]:
     """Per logged step 1..N (step k's forward has seen k - 1 updates): the activation statistics."""
-    result = run_training(args, run_dir, launcher)
+    result = train_runs.run_training(args, run_dir, launcher)
     if result.diverged:
         raise ValueError(f"the run in {run_dir} diverged; lower --lr")
     # The step-0 row (logged before any update) repeats step 1's forward statistics: steps 1..N are the scan.
@@ -97,7 +97,7 @@ def run_scan(opts: argparse.Namespace) -> list[dict]:
     The runs go to ``opts.runs_dir`` (kept) or a temporary directory (deleted)."""
     with tempfile.TemporaryDirectory(prefix="coord_check_") as tmp:
         runs_dir = Path(opts.runs_dir or tmp)
-        dataset = prepared_dataset(run_args(opts, "sp", opts.base_width, opts.base_depth, 0))
+        dataset = train_runs.prepared_dataset(run_args(opts, "sp", opts.base_width, opts.base_depth, 0))
         rows = []
         sizes = opts.widths if opts.mode == "width" else opts.depths
         for parametrization in opts.parametrizations:
@@ -216,26 +216,16 @@ def plot(rows: list[dict], mode: str, path: Path) -> None:
     plt.close(fig)
 
 
-def int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=("width", "depth"), default="width",
                         help="scan widths (μP check) or depths (CompleteP check)")
     parser.add_argument("--family", choices=("llama", "gpt2"), default="llama", help="model family")
-    parser.add_argument("--parametrizations", type=lambda s: s.split(","), default=None,
-                        help="comma list of sp, mup, completep, completep:<alpha> "
-                             "(default: sp,mup for width; mup,completep for depth)")
-    parser.add_argument("--widths", type=int_list, default=[64, 128, 256, 512, 1024],
+    train_runs.add_study_options(parser, "scan")
+    parser.add_argument("--widths", type=train_runs.number_list(int), default=[64, 128, 256, 512, 1024],
                         help="comma list of widths d (features) of the width scan")
-    parser.add_argument("--depths", type=int_list, default=[2, 4, 8, 16, 32],
+    parser.add_argument("--depths", type=train_runs.number_list(int), default=[2, 4, 8, 16, 32],
                         help="comma list of depths L (blocks) of the depth scan")
-    parser.add_argument("--width", type=int, default=128, help="width of the depth scan (features)")
-    parser.add_argument("--depth", type=int, default=2, help="depth of the width scan (blocks)")
-    parser.add_argument("--base-width", type=int, default=64, help="parametrization.base_width (features)")
-    parser.add_argument("--base-depth", type=int, default=2, help="parametrization.base_depth (blocks)")
     parser.add_argument("--steps", type=int, default=11,
                         help="training steps (measured at each: step k's forward has seen k - 1 updates)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds averaged per point (count)")
@@ -243,8 +233,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=512, help="tokenizer.max_vocab (tokens)")
     parser.add_argument("--lr", type=float, default=1e-2, help="AdamW lr at the base shape (constant)")
     parser.add_argument("--device", default="cpu", help="training.device: cpu or cuda")
-    parser.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
-                        help="run train.py's trainer in this process or as one subprocess per run")
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="keep every run directory here (default: a temporary directory, deleted)")
     parser.add_argument("--out", type=Path, default=Path("outputs/coord_check"),
@@ -252,7 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("extra", nargs="*", help="more --section.key value overrides for every model, after --")
     opts = parser.parse_args(argv)
     if opts.parametrizations is None:
-        opts.parametrizations = ["sp", "mup"] if opts.mode == "width" else ["mup", "completep"]
+        opts.parametrizations = train_runs.default_parametrizations(opts.mode)
     return opts
 
 

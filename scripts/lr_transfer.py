@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from components.config import ConfigError  # noqa: E402
 from components.run_dir import RunDir  # noqa: E402
 from components.sweep import import_previous  # noqa: E402
-from experiments.train_runs import LAUNCHERS, parametrization_args, prepared_dataset, run_training  # noqa: E402
+from experiments import train_runs  # noqa: E402
 from reporting import lr_optimum  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
 from reporting.runs import load_run  # noqa: E402
@@ -56,7 +56,7 @@ def run_args(opts: argparse.Namespace, parametrization: str, size: int, lr: floa
     fixed_key, fixed = ("--model.n_layers", opts.depth) if opts.mode == "width" else ("--model.dim", opts.width)
     return ["--config", str(opts.config), size_key, str(size), fixed_key, str(fixed), "--optimizer.lr", repr(lr),
             "--job.seed", str(seed), "--training.steps", str(opts.steps), "--training.device", opts.device,
-            *parametrization_args(parametrization), "--parametrization.base_width", str(opts.base_width),
+            *train_runs.parametrization_args(parametrization), "--parametrization.base_width", str(opts.base_width),
             "--parametrization.base_depth", str(opts.base_depth), "--metrics.log_freq", str(opts.steps),
             "--metrics.val_freq", str(opts.steps), "--metrics.log_weight_std", "false", *opts.extra]
 
@@ -64,7 +64,7 @@ def run_args(opts: argparse.Namespace, parametrization: str, size: int, lr: floa
 def point(opts: argparse.Namespace, args: list[str], run_dir: Path) -> dict:
     """Train (or read) one run: {val_loss, init_loss, diverged, seconds}."""
     start = time.perf_counter()
-    result = run_training(args, run_dir, opts.launcher)
+    result = train_runs.run_training(args, run_dir, opts.launcher)
     final = result.series("loss/val").get(opts.steps, math.inf) if not result.diverged else math.inf
     init = result.series("loss/train").get(1, math.nan)
     return {"val_loss": final, "init_loss": init, "diverged": lr_optimum.is_diverged(final, init),
@@ -73,7 +73,7 @@ def point(opts: argparse.Namespace, args: list[str], run_dir: Path) -> dict:
 
 def sweep(opts: argparse.Namespace) -> list[dict]:
     """Rows {parametrization, size, lr, seed, val_loss, init_loss, diverged, seconds}, seed by seed."""
-    dataset = prepared_dataset(["--config", str(opts.config), *opts.extra])
+    dataset = train_runs.prepared_dataset(["--config", str(opts.config), *opts.extra])
     rows, start = [], time.perf_counter()
     for seed in range(opts.seeds):
         for parametrization in opts.parametrizations:
@@ -285,32 +285,20 @@ def report(result: dict, mode: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def float_list(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=("width", "depth"), default="width",
                         help="sweep lr x width (μP) or lr x depth (CompleteP)")
     parser.add_argument("--config", type=Path, default=Path("train_configs/debug.toml"),
                         help="train.py config the swept models start from")
-    parser.add_argument("--parametrizations", type=lambda s: s.split(","), default=None,
-                        help="comma list of sp, mup, completep, completep:<alpha> "
-                             "(default: sp,mup for width; mup,completep for depth)")
+    train_runs.add_study_options(parser, "sweep")
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=None,
                         help="widths (default 64,128,256) or depths (default 2,4,8); the first is the proxy")
-    parser.add_argument("--lrs", type=float_list, default=[2.0 ** -k for k in range(12, 3, -1)],
+    parser.add_argument("--lrs", type=train_runs.number_list(float), default=[2.0 ** -k for k in range(12, 3, -1)],
                         help="comma list of optimizer.lr (default 2^-12 .. 2^-4)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per point (count; >= 3 for intervals)")
-    parser.add_argument("--width", type=int, default=128, help="width of the depth sweep (features)")
-    parser.add_argument("--depth", type=int, default=2, help="depth of the width sweep (blocks)")
-    parser.add_argument("--base-width", type=int, default=64, help="parametrization.base_width (features)")
-    parser.add_argument("--base-depth", type=int, default=2, help="parametrization.base_depth (blocks)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
     parser.add_argument("--device", default="auto", help="training.device: auto, cpu or cuda")
-    parser.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
-                        help="run train.py's trainer in this process or as one subprocess per run")
     parser.add_argument("--time-budget", type=float, default=0,
                         help="stop launching runs after this many seconds (0 = none); rerun to continue")
     parser.add_argument("--runs", type=Path, default=None,
@@ -321,7 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("extra", nargs="*", help="more --section.key value overrides for every run, after --")
     opts = parser.parse_args(argv)
     if opts.parametrizations is None:
-        opts.parametrizations = ["sp", "mup"] if opts.mode == "width" else ["mup", "completep"]
+        opts.parametrizations = train_runs.default_parametrizations(opts.mode)
     if opts.sizes is None:
         opts.sizes = [64, 128, 256] if opts.mode == "width" else [2, 4, 8]
     return opts
