@@ -157,6 +157,32 @@ def test_plan_start_for_every_directory_state(tmp_path):
         RunDir(attempt).plan_start("auto", 10)
 
 
+def test_run_dir_writes_a_start_its_end_and_the_finish_and_reads_them_back(tmp_path):
+    """The write side on real files: claim (lock + plan) a fresh start, its files, the end, the finish mark; a
+    relaunch of the finished run plans "finished"; a sweep's divergence mark is read back."""
+    cfg, _ = load_config(train_args(tmp_path, "run"))
+    record = {"commit": "abc1234", "dirty": False, "torch": "2.13.0", "cuda": None, "world_size": 1, "device": "cpu",
+              "hostname": "host", "started": "2026-12-06T08:00:00+00:00", "ended": None, "resumed_from": None}
+    run = RunDir(tmp_path / "run")
+    start = run.claim(cfg)
+    run.start_fresh(start, cfg, record, {"scheme": "normal"})
+    run.record_end("2026-12-06T08:01:00+00:00")
+    run.mark_finished({"steps": STEPS})
+    run.release_lock()
+    assert (start.mode, (run.path / "config.toml").read_text()) == ("fresh", header_comment(record) + to_toml(cfg))
+    assert json.loads((run.path / "init_stds.json").read_text()) == {"scheme": "normal"}
+    ended = {"starts": [{**record, "ended": "2026-12-06T08:01:00+00:00"}]}
+    assert run.read_provenance() == ended and RunDir(run.path).starts == ended["starts"]
+    assert json.loads((run.path / "finished.json").read_text()) == {"steps": STEPS, "provenance": ended}
+    again = RunDir(run.path)
+    assert (again.marked_finished, again.finished_steps(), again.claim(cfg).mode) == (True, STEPS, "finished")
+    again.release_lock()
+    assert (again.marked_diverged, again.diverged_record()) == (False, None)
+    again.mark_diverged({"step": 3, "error": "error: loss or gradient norm became non-finite at step 3", "lr": 1.0})
+    assert RunDir(run.path).marked_diverged and RunDir(run.path).diverged_record()["step"] == 3
+    assert RunDir(run.path).diverged == "stopped on a non-finite loss or gradient at step 3 (diverged.json)"
+
+
 def test_default_run_names_are_new_directories(tmp_path):
     import datetime
 
