@@ -51,7 +51,15 @@ from pathlib import Path
 from typing import Any
 
 from components import config as config_mod
-from components.run_dir import DIVERGED_FILE, FINISHED_FILE, LAUNCH_KEYS, RunDir
+from components.run_dir import (
+    CONFIG_FILE,
+    DIVERGED_FILE,
+    FINISHED_FILE,
+    INIT_STDS_FILE,
+    LAUNCH_KEYS,
+    METRICS_FILE,
+    RunDir,
+)
 
 try:
     import tomllib
@@ -412,7 +420,7 @@ def write_summary(outcomes: list[Outcome], output_dir: Path) -> Path:
 
 # ------------------------------------------------------------------------------ carrying results
 # The small files of a run directory (no checkpoints, no TensorBoard events): what a report needs.
-SMALL_FILES = ("config.toml", "config.resume_*.toml", "metrics.jsonl", FINISHED_FILE, DIVERGED_FILE, "init_stds.json")
+SMALL_FILES = (CONFIG_FILE, "config.resume_*.toml", METRICS_FILE, FINISHED_FILE, DIVERGED_FILE, INIT_STDS_FILE)
 
 
 def small_files(output_dir: Path) -> list[Path]:
