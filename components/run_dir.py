@@ -12,6 +12,7 @@ Layout of ``<output_dir>/<run_name>/``::
     provenance.json          {"starts": [...]}: code version, software, machine and times of every start
                              (components/provenance.py has the record's keys)
     finished.json            written once the run has trained all its steps; its "provenance" is provenance.json's
+    diverged.json            written by a sweep when train.py stopped the run on a non-finite loss: step, error, lr
     abandoned/<UTC time>/    files of an earlier attempt that died before its first checkpoint
 
 ``RunDir`` is the one object of a run directory. Its write side is train.py's lifecycle: a fresh name,
