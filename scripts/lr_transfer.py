@@ -129,7 +129,7 @@ def rows_from_runs(runs_dir: Path, mode: str) -> list[dict]:
 def row_of_run(config: dict, records: list[dict], diverged: bool, mode: str) -> dict:
     """One row from a run's resolved config (a dict) and metrics records."""
     p = config["parametrization"]
-    label = p["name"] if p["name"] != "completep" or p["alpha"] == 1.0 else f"completep:{p['alpha']:g}"
+    label = p["name"] if p["name"] != "completep" else f"completep:{p['alpha']:g}"  # the exponent, always said
     steps = config["training"]["steps"]
     final = next((r["loss/val"] for r in records if r["step"] == steps and "loss/val" in r), math.inf)
     init = next((r["loss/train"] for r in records if r["step"] == 1 and "loss/train" in r), math.nan)
@@ -198,10 +198,13 @@ def plot_optima(result: dict, mode: str, path: Path) -> None:
         sizes = list(entry["optimum_log2_lr"])
         opts = list(entry["optimum_log2_lr"].values())
         values = [o["value"] for o in opts]
-        errors = [[o["value"] - o["low"] if o["low"] is not None else 0 for o in opts],
-                  [o["high"] - o["value"] if o["high"] is not None else 0 for o in opts]]
-        line = left.errorbar(sizes, values, yerr=errors, marker="o", capsize=3,
-                             label=f"{group}: drift {drift_text(entry['drift_octaves'])}")
+        line = left.plot(sizes, values, marker="o", label=f"{group}: drift {drift_text(entry['drift_octaves'])}")
+        # The interval as drawn from low to high: a percentile bootstrap need not contain the estimate from the
+        # mean curve (e.g. when resampled seeds move the minimum to a grid edge), so no error bar around it.
+        for size, opt in zip(sizes, opts):
+            if opt["low"] is not None and opt["high"] is not None:
+                left.plot([size, size], [opt["low"], opt["high"]], marker="_", markersize=8,
+                          color=line[0].get_color(), linewidth=1)
         edges = [(s, v) for s, v, o in zip(sizes, values, opts) if o["at_edge"]]
         if edges:  # hollow: a bound, not an estimate
             left.plot(*zip(*edges), "o", markersize=8, markerfacecolor="white", color=line[0].get_color(), zorder=3)
@@ -214,7 +217,7 @@ def plot_optima(result: dict, mode: str, path: Path) -> None:
     right.legend(fontsize=7)
     handles, labels = left.get_legend_handles_labels()  # the drift texts are long: one legend below both panels
     fig.legend(handles, labels, loc="lower left", fontsize=7)
-    bottom = (0.25 * len(result) + 0.2) / fig.get_figheight()
+    bottom = (0.17 * len(result) + 0.15) / fig.get_figheight()
     one_seed = all(o["n_seeds"] < 2 for e in result.values() for o in e["optimum_log2_lr"].values())
     left.set_title("hollow: the optimum is at an edge (a bound)", fontsize=8)
     left.set_ylabel("log2 optimal lr (1 seed, no interval)" if one_seed else
