@@ -33,6 +33,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -285,7 +286,26 @@ def report(result: dict, mode: str, rows: list[dict]) -> str:
         cells = [f"{at['loss_by_size'][s]:.4f}" if at["loss_by_size"].get(s) is not None else "n/a" for s in sizes]
         lines.append(f"| {group} | {at['lr']:.4g} | " + " | ".join(cells) +
                      f" | {'yes' if at['improves_monotonically'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + loss_grid(rows, mode, sizes, grid)) + "\n"
+
+
+def loss_grid(rows: list[dict], mode: str, sizes: list[int], grid: list[float]) -> list[str]:
+    """Every curve's points: mean validation loss over seeds ± the seeds' sample std (no ± with one seed)."""
+    lines = ["", "Validation loss per point, mean ± sample std over seeds (\"diverged\" where a seed diverged):", "",
+             f"| parametrization | {mode} | " + " | ".join(f"lr 2^{math.log2(lr):.0f}" if math.log2(lr).is_integer()
+                                                         else f"lr {lr:.3g}" for lr in grid) + " |",
+             "|---" * (len(grid) + 2) + "|"]
+    for group in dict.fromkeys(r["parametrization"] for r in rows):
+        for size in sizes:
+            cells = []
+            for lr in grid:
+                runs = [r for r in rows if (r["parametrization"], r["size"], r["lr"]) == (group, size, lr)]
+                losses = [r["val_loss"] for r in runs]
+                cells.append("not run" if not runs else "diverged" if any(r["diverged"] for r in runs) else
+                             f"{statistics.mean(losses):.3f}" + (f" ± {statistics.stdev(losses):.3f}"
+                                                                 if len(losses) > 1 else ""))
+            lines.append(f"| {group} | {size} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
