@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 
 def fmt_count(value: float | None) -> str:
     """3 significant digits with a k/M/B/T suffix (``1048576 -> '1.05M'``); 'n/a' for None."""
@@ -22,3 +25,11 @@ def markdown_rows(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_rows_csv(rows: list[dict], path: Path) -> None:
+    """One CSV row per dict, the columns in the first row's key order."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -32,7 +32,6 @@ steps as columns, one line per metric). Default ``--out outputs/coord_check``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from components.activation_stats import rms_by_depth  # noqa: E402
 from experiments import train_runs  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
+from reporting.tables import write_rows_csv  # noqa: E402
 from roles import parse_tag  # noqa: E402
 
 STAT_PREFIXES = ("act_rms/", "act_std/", "attn_logit_max/")  # components/activation_stats.py's names
@@ -253,10 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     opts.out.mkdir(parents=True, exist_ok=True)
-    with open(opts.out / f"coord_{opts.mode}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(rows, opts.out / f"coord_{opts.mode}.csv")
     result = slopes(rows)
     (opts.out / f"slopes_{opts.mode}.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, opts.mode, opts.out / f"coord_{opts.mode}.png")

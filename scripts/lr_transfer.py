@@ -30,7 +30,6 @@ proxy's lr) and ``report_<mode>.md`` (the tables).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
@@ -49,6 +48,7 @@ from experiments import train_runs  # noqa: E402
 from reporting import lr_optimum  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
 from reporting.runs import load_run  # noqa: E402
+from reporting.tables import write_rows_csv  # noqa: E402
 
 
 def run_args(opts: argparse.Namespace, parametrization: str, size: int, lr: float, seed: int) -> list[str]:
@@ -350,10 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     opts.out.mkdir(parents=True, exist_ok=True)
-    with open(opts.out / f"lr_{opts.mode}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(rows, opts.out / f"lr_{opts.mode}.csv")
     (opts.out / f"optima_{opts.mode}.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_curves(rows, result, opts.mode, opts.out / f"lr_{opts.mode}.png")
     plot_optima(result, opts.mode, opts.out / f"optimum_{opts.mode}.png")
