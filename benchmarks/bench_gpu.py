@@ -68,6 +68,8 @@ VARIANTS = {
     "current_gc_scheduled": Variant(("--training.gc_freq", "50")),  # torchtitan's default schedule
     "current_expandable_segments": Variant(env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
     "micro_16_llama": Variant(micro={"llama_1b": 16}),  # llama_1b in one 16 x 2048 micro-batch (73 GiB)
+    # FSDP2 on one GPU without its staging copies: weights cast once, gradients accumulated in the packed buffer
+    "one_rank_in_place": Variant(("--parallelism.one_rank_in_place", "true")),
 }
 
 

@@ -13,6 +13,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from distributed.env import DistEnv
+from distributed.one_rank import OneRankReduceScatter, install_in_place
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -59,39 +60,11 @@ def reshards_after_forward(parallelism, env: DistEnv) -> bool:
     return shard_group_size(env) > 1
 
 
-class OneRankReduceScatter:
-    """FSDP2's reduce-scatter (its ``ReduceScatter`` interface: ``allocate`` + ``__call__``,
-    torch/distributed/fsdp/_fully_shard/_fsdp_api.py) for a shard group of one rank, without a copy.
-
-    There FSDP2 (torch >= 2.11, ``_fsdp_collectives.foreach_reduce``) allocates the reduce-scatter
-    input [n], packs the fp32 gradients into it, allocates an output [n] and copies the input into it
-    instead of calling the collective: one more read and write of every gradient (12 GB per step for
-    a 1.5 B-parameter model, ~4 ms on an H200). Here the output's allocation returns the input's
-    buffer, so that copy finds the same data and returns at once (``Tensor.copy_`` does nothing for
-    identical views) and the sharded gradients are views of the packed input. One instance per FSDP
-    module: its reduction allocates input, then output, once per step.
-    """
-
-    def __init__(self) -> None:
-        self._input: torch.Tensor | None = None
-
-    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        if self._input is None:  # the reduce-scatter input
-            self._input = torch.empty(*size, dtype=dtype, device=device)
-            return self._input
-        output, self._input = self._input, None  # its output: on one rank, the same numbers
-        if output.shape != torch.Size(size) or output.dtype != dtype:
-            raise RuntimeError(f"OneRankReduceScatter: output {tuple(size)} {dtype} does not match the input "
-                               f"{tuple(output.shape)} {output.dtype}; is the shard group larger than one rank?")
-        return output
-
-    def __call__(self, output_tensor, input_tensor, group, op, async_op: bool = False):
-        raise RuntimeError(f"OneRankReduceScatter was asked to reduce over {group.size()} ranks; it is installed "
-                           "only on one-rank shard groups, where FSDP2 copies instead of calling it")
-
-
-def apply_fsdp(model: nn.Module, env: DistEnv, mp: MixedPrecisionPolicy, reshard_after_forward: bool) -> None:
-    """fully_shard each block, then the root; on a 2-D mesh this is HSDP (replicate x shard)."""
+def apply_fsdp(model: nn.Module, env: DistEnv, mp: MixedPrecisionPolicy, reshard_after_forward: bool,
+               one_rank_in_place: bool = False) -> None:
+    """fully_shard each block, then the root; on a 2-D mesh this is HSDP (replicate x shard). On a one-rank shard
+    group the reduce-scatter aliases its output (distributed/one_rank.py), and with ``one_rank_in_place`` the
+    weights' casts and the gradients' accumulation skip FSDP2's staging copies too."""
     blocks = list(model.layers.values())
     for i, block in enumerate(blocks):
         # The last block's parameters are needed again at once by backward: keep them gathered.
@@ -100,7 +73,10 @@ def apply_fsdp(model: nn.Module, env: DistEnv, mp: MixedPrecisionPolicy, reshard
     fully_shard(model, mesh=env.mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     if shard_group_size(env) == 1:
         for module in (*blocks, model):
-            module.set_custom_reduce_scatter(OneRankReduceScatter())
+            comm = OneRankReduceScatter()
+            module.set_custom_reduce_scatter(comm)
+            if one_rank_in_place:
+                install_in_place(module, comm)
 
 
 def start_micro_batch(model: nn.Module, is_last: bool, keep_gathered: bool) -> None:
@@ -117,5 +93,6 @@ def parallelize(model: nn.Module, env: DistEnv, parallelism, training, compile_c
     apply_activation_checkpointing(model, ac_cfg.mode, ac_cfg.every_k)
     if compile_enabled(compile_cfg.enable, env.device):
         apply_compile(model)
-    apply_fsdp(model, env, mixed_precision(training, env.device), reshards_after_forward(parallelism, env))
+    apply_fsdp(model, env, mixed_precision(training, env.device), reshards_after_forward(parallelism, env),
+               parallelism.one_rank_in_place)
     return model

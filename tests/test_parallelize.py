@@ -10,7 +10,8 @@ from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from distributed.env import distributed_session
-from distributed.parallelize import OneRankReduceScatter, apply_fsdp, start_micro_batch
+from distributed.one_rank import OneRankReduceScatter
+from distributed.parallelize import apply_fsdp, start_micro_batch
 
 
 class TwoBlocks(nn.Module):

@@ -1,0 +1,103 @@
+"""distributed/one_rank.py: FSDP2 on a one-rank group with weights cast in one copy and gradients accumulated in
+place in the packed reduce-scatter buffer (``parallelism.one_rank_in_place``) gives FSDP2's own numbers bitwise.
+
+The lever acts only under mixed precision (bf16 weights, fp32 gradients), which train.py uses on CUDA only, so
+these CPU tests ask FSDP2 for that policy (gloo runs no collective on one rank)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.distributed.fsdp import MixedPrecisionPolicy
+
+import distributed.one_rank as one_rank
+import distributed.parallelize as parallelize
+from components.config import load_config
+from distributed.env import distributed_session
+from distributed.parallelize import apply_fsdp, start_micro_batch
+from tests.test_parallelize import TwoBlocks
+from train import Trainer
+
+BF16_FP32 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def gradients_of_two_steps(model, batches) -> list[dict[str, torch.Tensor]]:
+    steps = []
+    for _ in range(2):
+        for i, x in enumerate(batches):
+            start_micro_batch(model, is_last=i == len(batches) - 1, keep_gathered=True)
+            model(x).float().square().mean().backward()
+        steps.append({name: p.grad.full_tensor().clone() for name, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+    return steps
+
+
+def test_in_place_gradients_are_fsdp2s_bitwise_and_never_repacked(monkeypatch):
+    """Two steps of two micro-batches: every gradient equals FSDP2's own path's bitwise, and FSDP2's packing
+    (``foreach_reduce_scatter_copy_in``) never ran with the lever: the gradients were in the packed buffer."""
+    packings = []
+    original = one_rank._fsdp_copy_in
+    monkeypatch.setattr(one_rank, "_fsdp_copy_in", lambda *args: packings.append(1) or original(*args))
+    torch.manual_seed(0)
+    reference, batches = TwoBlocks(), [torch.randn(5, 6) for _ in range(2)]
+    grads, packed = {}, {}
+    with distributed_session("cpu") as env:
+        for in_place in (True, False):
+            model = copy.deepcopy(reference)
+            apply_fsdp(model, env, BF16_FP32, reshard_after_forward=False, one_rank_in_place=in_place)
+            params = [p for m in (*model.layers.values(), model) for p in m._get_fsdp_state()._fsdp_param_group.fsdp_params]
+            assert all(isinstance(p, one_rank.InPlaceParam) == in_place for p in params)
+            packings.clear()
+            grads[in_place] = gradients_of_two_steps(model, batches)
+            packed[in_place] = len(packings)
+    for own, in_place in zip(grads[False], grads[True]):
+        assert own.keys() == in_place.keys() and all(torch.equal(own[k], in_place[k]) for k in own)
+    assert packed == {True: 0, False: 2 * 3}  # FSDP2's own path packs once per step and FSDP module
+
+
+TINY = ["--config", "train_configs/debug.toml", "--model.n_layers", "2", "--training.seq_len", "32",
+        "--training.global_batch_size", "4", "--training.local_batch_size", "2", "--tokenizer.max_vocab", "512",
+        "--metrics.val_freq", "0", "--training.device", "cpu", "--compile.enable", "false"]
+STEPS = 3
+
+
+def trained(tmp_path, in_place: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Losses of STEPS optimizer steps (2 micro-batches each) of train.py's Trainer, and its final weights."""
+    cfg, _ = load_config([*TINY, "--job.output_dir", str(tmp_path), "--job.run_name", f"in_place_{in_place}",
+                          "--parallelism.one_rank_in_place", str(in_place).lower()])
+    with distributed_session("cpu") as env:
+        trainer = Trainer(cfg, env)
+        losses = []
+        for step in range(1, STEPS + 1):
+            losses.append(trainer.train_step(step, logging=False)[0].item())
+            trainer.optimizer.zero_grad(set_to_none=True)
+        weights = {name: p.full_tensor().clone() for name, p in trainer.model.named_parameters()}
+    return losses, weights
+
+
+@pytest.fixture
+def bf16_on_cpu(monkeypatch):
+    """train.py's CUDA policy (bf16 weights, fp32 gradient reduction) on CPU."""
+    monkeypatch.setattr(parallelize, "mixed_precision", lambda training, device: BF16_FP32)
+
+
+def test_train_runs_with_and_without_the_lever_are_bitwise_equal(tmp_path, bf16_on_cpu, monkeypatch):
+    """Real Trainer runs (debug Llama, embedded corpus, 3 steps of 2 micro-batches, bf16 weights): the same
+    losses and final weights bitwise; a planted defect (every gradient at the packed buffer's start instead of
+    its offset) changes the losses, so the comparison can fail."""
+    own_losses, own_weights = trained(tmp_path, in_place=False)
+    losses, weights = trained(tmp_path, in_place=True)
+    assert losses == own_losses and len(set(losses)) == STEPS
+    assert own_weights.keys() == weights.keys() and all(torch.equal(own_weights[k], weights[k]) for k in weights)
+
+    def slot_at_start(param):
+        comm, _, numel = param._packing
+        if comm.accumulated is None:
+            comm.accumulated = torch.empty(numel, dtype=param.reduce_dtype, device=param.device)
+        return comm.accumulated[:param._orig_size.numel()].view(param._orig_size)
+
+    monkeypatch.setattr(one_rank, "packed_slot", slot_at_start)
+    planted, _ = trained(tmp_path, in_place=True)
+    assert planted[0] == own_losses[0] and planted[1:] != own_losses[1:]  # step 1's loss precedes any update
