@@ -34,7 +34,9 @@ def gradients_of_two_steps(model, batches) -> list[dict[str, torch.Tensor]]:
     return steps
 
 
-def test_in_place_gradients_are_fsdp2s_bitwise_and_never_repacked(monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU (NCCL world of one)"))])
+def test_in_place_gradients_are_fsdp2s_bitwise_and_never_repacked(monkeypatch, device):
     """Two steps of two micro-batches: every gradient equals FSDP2's own path's bitwise, and FSDP2's packing
     (``foreach_reduce_scatter_copy_in``) never ran with the lever: the gradients were in the packed buffer."""
     packings = []
@@ -43,9 +45,10 @@ def test_in_place_gradients_are_fsdp2s_bitwise_and_never_repacked(monkeypatch):
     torch.manual_seed(0)
     reference, batches = TwoBlocks(), [torch.randn(5, 6) for _ in range(2)]
     grads, packed = {}, {}
-    with distributed_session("cpu") as env:
+    with distributed_session(device) as env:
+        batches = [x.to(env.device) for x in batches]
         for in_place in (True, False):
-            model = copy.deepcopy(reference)
+            model = copy.deepcopy(reference).to(env.device)
             apply_fsdp(model, env, BF16_FP32, reshard_after_forward=False, one_rank_in_place=in_place)
             params = [p for m in (*model.layers.values(), model) for p in m._get_fsdp_state()._fsdp_param_group.fsdp_params]
             assert all(isinstance(p, one_rank.InPlaceParam) == in_place for p in params)
