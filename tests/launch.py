@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +31,14 @@ def python(args: list[str], timeout: float = 600, env: dict | None = None,
     if check and proc.returncode != 0:
         raise AssertionError(f"python failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def pythons_side_by_side(commands: list[list[str]], timeout: float = 600,
+                         env: dict | None = None) -> list[subprocess.CompletedProcess]:
+    """``python <args>`` of each command, as many at once as the machine has cores (each process is meant to
+    use one thread); every one must succeed. Returns the processes in the order of ``commands``."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(commands), os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda args: python(args, timeout=timeout, env=env), commands))
 
 
 def children(pid: int) -> list[int]:

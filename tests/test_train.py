@@ -30,7 +30,7 @@ from components.data import ShardWriter
 from components.lr_schedule import lr_factor
 from components.tokenizer import build_tokenizer
 from init_schemes.base import truncation_shrink
-from tests.launch import python, torchrun
+from tests.launch import pythons_side_by_side, torchrun
 
 pytestmark = pytest.mark.multiprocess  # every test here launches training processes
 
@@ -90,11 +90,35 @@ class Run:
 
 def run_in_one_process(cases: dict[str, list[str]], scratch: Path) -> dict[str, dict]:
     """Each argv of ``cases`` as ``python train.py <argv>`` would run it, all in one interpreter, in order."""
+    return run_side_by_side([cases], scratch)
+
+
+def run_side_by_side(groups: list[dict[str, list[str]]], scratch: Path) -> dict[str, dict]:
+    """Each group of cases in its own interpreter, in order (as ``run_in_one_process``), the interpreters side by
+    side (one thread each, on the machine's cores)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    commands, results_files = [], []
+    for i, cases in enumerate(groups):
+        cases_file, results_file = scratch / f"cases_{i}.json", scratch / f"results_{i}.json"
+        cases_file.write_text(json.dumps(list(cases.values())))
+        commands.append(["tests/train_cases_worker.py", str(cases_file), str(results_file)])
+        results_files.append(results_file)
+    pythons_side_by_side(commands, env={"OMP_NUM_THREADS": "1"})
+    return {name: result for cases, results_file in zip(groups, results_files)
+            for name, result in zip(cases, json.loads(results_file.read_text()))}
+
+
+def run_in_two_ranks(cases: dict[str, list[str]], scratch: Path) -> dict[str, dict]:
+    """Each argv of ``cases`` as ``torchrun --nproc_per_node=2 train.py <argv>`` would run it, all in one
+    launch, in order; every case must succeed on both ranks. Returns rank 0's result of each case."""
     scratch.mkdir(parents=True, exist_ok=True)
     cases_file, results_file = scratch / "cases.json", scratch / "results.json"
     cases_file.write_text(json.dumps(list(cases.values())))
-    python(["tests/train_cases_worker.py", str(cases_file), str(results_file)], env={"OMP_NUM_THREADS": "1"})
-    return dict(zip(cases, json.loads(results_file.read_text())))
+    torchrun(["tests/train_cases_worker.py", str(cases_file), str(results_file)], nproc=2)
+    ranks = [json.loads(results_file.read_text()), json.loads(results_file.with_name("results.json.rank1").read_text())]
+    for name, *per_rank in zip(cases, *ranks):
+        assert all(result["rc"] == 0 for result in per_rank), f"{name}: {[r['stderr'][-2000:] for r in per_rank]}"
+    return dict(zip(cases, ranks[0]))
 
 
 def as_run(result: dict, out: Path, name: str) -> Run:
@@ -184,36 +208,64 @@ def single_process_cases(out: Path) -> dict[str, list[str]]:
     return {name: run_args(out, name, *argv) for name, argv in extra.items()}
 
 
+# The single-process runs in two interpreters side by side: the two 20-step runs of the debug shape (most of
+# the time) one in each; val_seed* read val_start's checkpoint, so they follow it in the same interpreter.
+SIDE_BY_SIDE = [("llama", "gpt2", "accumulation", "accumulation_resharded", "ac_full", "ac_selective", "learning"),
+                ("hsdp_reference", "metrics", "mitchell", "nonfinite", "existing", "tiny_lr", "lora", "lora_seed",
+                 "val_start", "val_seed0", "val_seed1")]
+
+
 @pytest.fixture(scope="module")
 def single(out) -> dict[str, Run]:
-    """All single-process runs (one interpreter): name -> Run."""
-    results = run_in_one_process(single_process_cases(out), out / "_single")
+    """All single-process runs (two interpreters, side by side): name -> Run."""
+    cases = single_process_cases(out)
+    assert sorted(name for group in SIDE_BY_SIDE for name in group) == sorted(cases)
+    results = run_side_by_side([{name: cases[name] for name in group} for group in SIDE_BY_SIDE], out / "_single")
+    return {name: as_run(result, out, name) for name, result in results.items()}
+
+
+def two_rank_cases() -> dict[str, list[str]]:
+    """Name -> argv of every 2-rank training run the tests read (the run dir is out/<name>)."""
+    return {
+        "llama_2rank": EQUIVALENCE,
+        "gpt2_2rank": [*EQUIVALENCE, "--model.name", "gpt2"],
+        # 2 micro-batches each, parameters gathered once per step and kept across micro-batches.
+        "kept_gathered_2rank": [*EQUIVALENCE, "--training.local_batch_size", "1",
+                                "--parallelism.reshard_after_forward", "false"],
+        # 2 replicas of a one-rank shard group (FSDP2's reduce-scatter without its copy, then the all-reduce),
+        # with 2 accumulated micro-batches per rank.
+        "replicate_2rank": [*HSDP_REFERENCE, "--parallelism.data_parallel_replicate_degree", "2",
+                            "--training.local_batch_size", "1"],
+        "lora_2rank": LORA,
+    }
+
+
+@pytest.fixture(scope="module")
+def two_rank(out) -> dict[str, Run]:
+    """All 2-rank runs, one after another in one torchrun launch (tests/train_cases_worker.py): name -> Run."""
+    results = run_in_two_ranks({name: run_args(out, name, *argv) for name, argv in two_rank_cases().items()},
+                               out / "_two_rank")
     return {name: as_run(result, out, name) for name, result in results.items()}
 
 
 @pytest.fixture(scope="module")
-def two_rank_llama(out) -> Run:
-    return run_torchrun(out, "llama_2rank", 2, EQUIVALENCE)
+def two_rank_llama(two_rank) -> Run:
+    return two_rank["llama_2rank"]
 
 
 @pytest.fixture(scope="module")
-def two_rank_gpt2(out) -> Run:
-    return run_torchrun(out, "gpt2_2rank", 2, [*EQUIVALENCE, "--model.name", "gpt2"])
+def two_rank_gpt2(two_rank) -> Run:
+    return two_rank["gpt2_2rank"]
 
 
 @pytest.fixture(scope="module")
-def two_rank_kept_gathered(out) -> Run:
-    """2 ranks, 2 micro-batches each, parameters gathered once per step and kept across micro-batches."""
-    return run_torchrun(out, "kept_gathered_2rank", 2, [*EQUIVALENCE, "--training.local_batch_size", "1",
-                                                         "--parallelism.reshard_after_forward", "false"])
+def two_rank_kept_gathered(two_rank) -> Run:
+    return two_rank["kept_gathered_2rank"]
 
 
 @pytest.fixture(scope="module")
-def replicated(out) -> Run:
-    """2 replicas of a one-rank shard group (FSDP2's reduce-scatter without its copy, then the all-reduce), with
-    2 accumulated micro-batches per rank."""
-    return run_torchrun(out, "replicate_2rank", 2, [*HSDP_REFERENCE, "--parallelism.data_parallel_replicate_degree",
-                                                    "2", "--training.local_batch_size", "1"])
+def replicated(two_rank) -> Run:
+    return two_rank["replicate_2rank"]
 
 
 @pytest.fixture(scope="module")
@@ -512,9 +564,9 @@ def test_lora_training_moves_only_the_adapters(single, tmp_path):
     assert "weight_std/attn.v.lora_a/mean_over_layers" in run.metrics()[0]
 
 
-def test_lora_two_ranks_match_one_process(single, out):
+def test_lora_two_ranks_match_one_process(single, two_rank):
     """FSDP2 with frozen and trainable tensors in one group: the same losses on 2 ranks."""
-    two = run_torchrun(out, "lora_2rank", 2, LORA)
+    two = two_rank["lora_2rank"]
     assert_close_series(two.column("loss/train"), single["lora"].column("loss/train"), REL_TOL_WORLD_SIZE, "loss")
     assert_close_series(two.column("grad_norm_total"), single["lora"].column("grad_norm_total"), REL_TOL_WORLD_SIZE, "grad_norm_total")
 
