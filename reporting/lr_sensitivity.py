@@ -28,7 +28,7 @@ from typing import Any
 
 from components.run_dir import RunDir
 from reporting.groups import NOT_EXPERIMENT_KEYS, SEED_SUFFIX
-from reporting.runs import metric_series, model_vocab
+from reporting.runs import device_counts, devices_text, metric_series, model_vocab, run_device
 from reporting.stats import Band, Interval, mean_interval, paired_difference
 from roles import parse_tag
 
@@ -98,22 +98,14 @@ class Arm:
         minimum, interpolated linearly in log10 lr between grid points; True when that range reaches an end of
         the grid, so the width is a lower bound)."""
         curve = self.curve()
-        x = [math.log10(lr) for lr in self.lrs]
-        y = [curve[lr].mean for lr in self.lrs]
-        best = min(range(len(y)), key=lambda i: (y[i], i))
-        level = y[best] + tolerance
+        return window_width(self.lrs, [curve[lr].mean for lr in self.lrs], tolerance)
 
-        def crossing(step: int) -> tuple[float, bool]:
-            i = best
-            while 0 <= i + step < len(y) and y[i + step] <= level:
-                i += step
-            if not 0 <= i + step < len(y):
-                return x[i], True
-            above = i + step  # the first grid point past the range: interpolate between it and x[i]
-            return x[above] + (level - y[above]) / (y[i] - y[above]) * (x[i] - x[above]), False
-
-        (left, left_edge), (right, right_edge) = crossing(-1), crossing(1)
-        return right - left, left_edge or right_edge
+    def seed_tolerance_widths(self, tolerance: float, lrs: list[float]) -> tuple[Interval, bool, list[int]]:
+        """``window_width`` of each seed's own capped outcomes over ``lrs`` (per seed that ran them all): (mean and
+        95 % interval over those seeds, True when some seed's range reaches an end of the grid, those seeds)."""
+        seeds = sorted(set.intersection(*(set(self.points[lr]) for lr in lrs)))
+        widths = [window_width(lrs, [self.points[lr][seed].capped for lr in lrs], tolerance) for seed in seeds]
+        return mean_interval([w for w, _ in widths]), any(edge for _, edge in widths), seeds
 
     def at_cap(self) -> list[tuple[float, int]]:
         """(lr, seed) of runs that stayed finite but ended no better than ℓ0 (capped, not diverged)."""
@@ -138,6 +130,27 @@ class Arm:
             capped = [self.points[lr][seed].capped for lr in lrs]
             values.append(math.fsum(capped) / len(capped) - min(capped))
         return mean_interval(values), seeds
+
+
+def window_width(lrs: list[float], values: list[float], tolerance: float) -> tuple[float, bool]:
+    """(width in decades of the lr range around the lowest of ``values`` (one per grid lr, ascending) where they stay
+    within ``tolerance`` of that minimum, interpolated linearly in log10 lr to where the curve crosses the level;
+    True when the range reaches an end of the grid, so the width is a lower bound)."""
+    x, y = [math.log10(lr) for lr in lrs], values
+    best = min(range(len(y)), key=lambda i: (y[i], i))
+    level = y[best] + tolerance
+
+    def crossing(step: int) -> tuple[float, bool]:
+        i = best
+        while 0 <= i + step < len(y) and y[i + step] <= level:
+            i += step
+        if not 0 <= i + step < len(y):
+            return x[i], True
+        above = i + step  # the first grid point past the range: interpolate between it and x[i]
+        return x[above] + (level - y[above]) / (y[i] - y[above]) * (x[i] - x[above]), False
+
+    (left, left_edge), (right, right_edge) = crossing(-1), crossing(1)
+    return right - left, left_edge or right_edge
 
 
 def flat_value(value: Any) -> str:
@@ -335,17 +348,19 @@ def arms_table(arms: list[Arm], lrs: list[float], metric: str, tolerance: float 
         per_seed = ", ".join(f"{seed}: {best:g}" for seed, best in arm.seed_best().items())
         capped = ", ".join(f"lr {lr:g} seed {seed}" for lr, seed in arm.at_cap()) or "none"
         width, at_edge = arm.tolerance_width(tolerance)
+        seed_width, seed_edge, width_seeds = arm.seed_tolerance_widths(tolerance, lrs)
         row = [arm.name, f"{lr:g}", per_seed, at_best.text(), sens.text(), ",".join(map(str, seeds))]
         row += [sens_n.text(), ",".join(map(str, seeds_n))] if narrow else []
-        rows.append([*row, f"{'≥ ' if at_edge else ''}{width:.2f}", "none" if div is None else f"{div:g}",
-                     f"{n_div}/{n_runs}", capped])
+        rows.append([*row, f"{'≥ ' if at_edge else ''}{width:.2f}",
+                     f"{'≥ ' if seed_edge else ''}{seed_width.text('.2f')} ({','.join(map(str, width_seeds))})",
+                     "none" if div is None else f"{div:g}", f"{n_div}/{n_runs}", capped])
     header = ["arm", "best lr", "each seed's best lr", f"capped final {metric} at best lr", "LR sensitivity",
               "seeds (sensitivity)"]
     if narrow:
         span = f"{narrow[0]:g}–{narrow[-1]:g}"
         header += [f"LR sensitivity over {span}", f"seeds ({span})"]
-    header += [f"decades of lr within {tolerance:g} of the best", "lowest lr with a divergence", "diverged runs",
-               "finite but ≥ ℓ0"]
+    header += [f"decades of lr within {tolerance:g} of the best", "the same per seed (seeds)",
+               "lowest lr with a divergence", "diverged runs", "finite but ≥ ℓ0"]
     return markdown_rows(header, rows)
 
 
@@ -401,7 +416,9 @@ def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
             "bounds how well a best lr is located. *finite but ≥ ℓ0*: runs that did not diverge but ended no "
             "better than their loss at init (capped like a divergence). *Decades of lr within t of the best*: the "
             "width of the lr range whose seed-mean capped outcome is within t (nats) of the best, interpolated "
-            "linearly in log10 lr between grid points ('≥' where it reaches an end of the grid). *attn logit max* = max over layers of "
+            "linearly in log10 lr between grid points ('≥' where it reaches an end of the grid); *the same per seed*: that "
+            "width of each seed's own curve over the lrs of the LR sensitivity (within t of that seed's best), mean ± "
+            "interval over the seeds that ran them all ('≥' where some seed's range reaches an end). *attn logit max* = max over layers of "
             "`attn_logit_max/layer_NN`, *residual RMS* = `act_rms/residual` of the last block, both at the last "
             "step that logged them (a diverged run's last before its stop; metrics.log_variance_stats), over the "
             "seeds with a finite value: in the table mean ± t-interval, in the figure (they span decades) the "
@@ -416,19 +433,21 @@ def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir, tole
     with (out_dir / "lr_sensitivity.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["arm", "lr", "seed", "run", "status", "final", "init_loss", "init_loss_source", "capped",
-                         "diverged", "attn_logit_max", "residual_rms", "peak_train_loss"])
+                         "diverged", "attn_logit_max", "residual_rms", "peak_train_loss", "device"])
         for arm in arms:
             for lr in arm.lrs:
                 for seed, p in sorted(arm.points[lr].items()):
                     writer.writerow([arm.name, repr(lr), seed, str(p.run.path), p.run.original.status, repr(p.final),
                                      repr(p.init_loss), p.init_source, repr(p.capped), p.diverged or "no",
-                                     repr(p.logit_max), repr(p.residual_rms), repr(p.peak_train)])
+                                     repr(p.logit_max), repr(p.residual_rms), repr(p.peak_train),
+                                     run_device(p.run)])
     with (out_dir / "arms.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["arm", "best_lr", "n", "mean_at_best", "ci95_half_width", "sensitivity", "sensitivity_ci95",
                          "sensitivity_seeds", "multiseed_lrs", "multiseed_sensitivity", "multiseed_sensitivity_ci95",
                          "multiseed_sensitivity_seeds", "lowest_divergent_lr", "tolerance_width_decades",
-                         "width_at_grid_edge"])
+                         "width_at_grid_edge", "seed_width_decades", "seed_width_ci95", "seed_width_at_grid_edge",
+                         "seed_width_seeds"])
         narrow = multi_seed_lrs(arms, lrs)
         for arm in arms:
             lr, best = arm.best()
@@ -436,10 +455,12 @@ def write_csvs(arms: list[Arm], lrs: list[float], diff_rows: list, out_dir, tole
             sens_n, seeds_n = arm.sensitivity(narrow) if narrow else (Interval(math.nan, math.nan, 0), [])
             div = arm.divergence_lr()
             width, at_edge = arm.tolerance_width(tolerance)
+            seed_width, seed_edge, width_seeds = arm.seed_tolerance_widths(tolerance, lrs)
             writer.writerow([arm.name, repr(lr), best.n, repr(best.mean), repr(best.half_width), repr(sens.mean),
                              repr(sens.half_width), " ".join(map(str, seeds)), " ".join(map(repr, narrow)),
                              repr(sens_n.mean), repr(sens_n.half_width), " ".join(map(str, seeds_n)),
-                             "" if div is None else repr(div), repr(width), at_edge])
+                             "" if div is None else repr(div), repr(width), at_edge, repr(seed_width.mean),
+                             repr(seed_width.half_width), seed_edge, " ".join(map(str, width_seeds))])
     with (out_dir / "differences.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "best_lr_a", "best_lr_b", "shared_seeds", "mean_b_minus_a", "ci95_half_width",
@@ -483,8 +504,10 @@ def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
     else:
         cap_note = f"; no run reached the cap ℓ0 (mean {init:.2f})"
     ax.set_xscale("log")
+    devices = device_counts([p.run for p in points])
+    device_note = f"\nruns on different devices ({devices_text(devices)})" if len(devices) > 1 else ""
     ax.set(xlabel="learning rate (optimizer.lr)", ylabel=f"final {metric}, capped at ℓ0",
-           title=f"{title}\n{BAND_NOTE}\n★ best lr, × a seed diverged, ○ one seed{cap_note}")
+           title=f"{title}\n{BAND_NOTE}\n★ best lr, × a seed diverged, ○ one seed{cap_note}{device_note}")
     ax.title.set_fontsize("small")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small", loc="best")

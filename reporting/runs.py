@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from components import config as config_mod
+from components.provenance import UNKNOWN
 from components.run_dir import NotARunDir, RunDir
 from reporting.cli import warn
 
@@ -35,6 +36,31 @@ class RunSelection:
     def commits(self) -> list[str]:
         """Distinct commits of the included runs (docs/design.md §9), "unknown" for runs that recorded none."""
         return list(dict.fromkeys(commit for run in self.runs for commit in run.commits))
+
+    @property
+    def devices(self) -> dict[str, int]:
+        """How many included runs ran on each device (``run_device``), in order of first appearance."""
+        return device_counts(self.runs)
+
+
+def run_device(run: RunDir) -> str:
+    """The device a run trained on, from its starts' provenance (``components/provenance.py``: "NVIDIA H200",
+    "cpu"); devices of a resumed run joined by " + "; "unknown" for a run that recorded none."""
+    names = list(dict.fromkeys(str(start.get("device") or UNKNOWN) for start in run.starts))
+    return " + ".join(names) if names else UNKNOWN
+
+
+def device_counts(runs: list[RunDir]) -> dict[str, int]:
+    """{device: number of runs} over ``runs`` (``run_device``), in order of first appearance."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run_device(run)] = counts.get(run_device(run), 0) + 1
+    return counts
+
+
+def devices_text(counts: dict[str, int]) -> str:
+    """``unknown: 73 runs, NVIDIA H200: 32 runs``."""
+    return ", ".join(f"{device}: {n} run{'s' * (n != 1)}" for device, n in counts.items())
 
 
 def steps_text(run: RunDir) -> str:
@@ -92,11 +118,14 @@ def select_runs(paths: list[str | Path], include_unfinished: bool = False) -> Ru
     if len(selection.commits) > 1:
         warn(f"the runs come from different commits ({', '.join(selection.commits)}); differences between them may "
              "be the code's")
+    if len(selection.devices) > 1:
+        warn(f"the runs ran on different devices ({devices_text(selection.devices)}); low-precision results are not "
+             "bitwise comparable across devices, so differences between them may be the hardware's")
     return selection
 
 
 def selection_text(selection: RunSelection) -> str:
-    """What the statistics rest on: runs left out, folders skipped, the cut step, mixed commits (Markdown)."""
+    """What the statistics rest on: runs left out, folders skipped, the cut step, mixed commits or devices (Markdown)."""
     lines = [f"- left out (unfinished, step {steps_text(run)}): `{run.path}`" for run in selection.unfinished]
     lines += [f"- skipped (not a run directory): {note}" for note in selection.skipped]
     if selection.common_step is not None:
@@ -105,6 +134,10 @@ def selection_text(selection: RunSelection) -> str:
     if len(selection.commits) > 1:
         lines.append(f"- **the runs come from different commits** ({', '.join(selection.commits)}): a difference "
                      "between groups may be the code's")
+    if len(selection.devices) > 1:
+        lines.append(f"- **the runs ran on different devices** ({devices_text(selection.devices)}): low-precision "
+                     "results are not bitwise comparable across devices, so a difference between groups may be the "
+                     "hardware's")
     return "\n".join(lines) + "\n" if lines else ""
 
 

@@ -17,7 +17,7 @@ statistics with a warning naming it and its steps done / planned; ``--include-un
 and then every run's values are taken at the last step all runs that did not diverge reached. A
 folder among the arguments that is no run directory (no config.toml, no metrics.jsonl) is skipped
 with a note. Each run's and group's commit (the provenance the trainer records; "unknown" for older
-runs) is shown, with a warning when the runs come from different commits.
+runs) is shown, with a warning when the runs come from different commits or ran on different devices.
 
 Writes to DIR (default ``outputs/reports/compare_<YYYYmmdd-HHMMSS>``): ``report.md`` (also
 printed), ``summary.csv`` (one row per run, unrounded), ``groups.csv`` and ``differences.csv``

@@ -12,7 +12,8 @@ differs between the runs, other than ``optimizer.lr``, ``job.seed`` and where a 
 outcome is its last logged ``--metric``, capped at its loss at init (Wortsman et al. 2023); definitions are
 written under the tables and in ``reporting/lr_sensitivity.py``. Unfinished runs are left out with a warning
 (``--include-unfinished``: kept, every run taken at the last step all runs that did not diverge reached),
-folders that are no run directory are skipped with a note, and runs from different commits are warned about.
+folders that are no run directory are skipped with a note, and runs from different commits or devices are warned about
+(``lr_sensitivity.csv`` names each run's device).
 
 Writes to DIR (default ``outputs/reports/lr_sensitivity_<YYYYmmdd-HHMMSS>``): ``lr_sensitivity.md`` (also
 printed), ``lr_sensitivity.csv`` (one row per run), ``arms.csv``, ``differences.csv``, ``lr_sensitivity.png``

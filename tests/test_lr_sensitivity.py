@@ -12,7 +12,7 @@ import pytest
 
 from components.config import load_config, to_toml
 from components.run_dir import RunDir
-from reporting.lr_sensitivity import build_arms, geometric_curve
+from reporting.lr_sensitivity import build_arms, geometric_curve, plot_sensitivity
 from scripts import lr_sensitivity
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF"
@@ -211,3 +211,53 @@ def test_width_of_the_good_lr_range(sweep, tmp_path, capsys):
     assert normal.tolerance_width(1.0) == (pytest.approx(x2 - x0), True)  # the whole grid: a lower bound
     assert lr_sensitivity.main([str(sweep[0].parent), "--tolerance", "0", "--out", str(tmp_path / "t")]) == 2
     assert capsys.readouterr().err.startswith("error: --tolerance 0.0 must be > 0")
+
+
+def test_each_seeds_width_of_the_good_lr_range(sweep):
+    """mitchell's seeds end at (2.95, 2.70, 4.1), (3.00, 2.72, 4.1), (2.90, 2.74, ln 64) at lr 1e-3, 3e-3, 1e-2 (the
+    last capped at ℓ0): each seed's own width within 0.1 of its own best, then mean ± t-interval over the seeds."""
+    from reporting.lr_sensitivity import window_width
+
+    _, arms = build_arms([RunDir.open(p) for p in sweep[:-2]], None, "loss/val")
+    mitchell = next(arm for arm in arms if arm.name == "mitchell")
+    x = [math.log10(1e-3), math.log10(3e-3), -2.0]
+    widths = []
+    for low, best, high in [(2.95, 2.70, 4.1), (3.00, 2.72, 4.1), (2.90, 2.74, LN64)]:
+        left = x[0] + (best + 0.1 - low) / (best - low) * (x[1] - x[0])
+        right = x[2] + (best + 0.1 - high) / (best - high) * (x[1] - x[2])
+        assert window_width([1e-3, 3e-3, 1e-2], [low, best, high], 0.1) == (pytest.approx(right - left), False)
+        widths.append(right - left)
+    interval, at_edge, seeds = mitchell.seed_tolerance_widths(0.1, [1e-3, 3e-3, 1e-2])
+    mean = sum(widths) / 3
+    std = math.sqrt(sum((w - mean) ** 2 for w in widths) / 2)
+    assert (interval.mean, interval.half_width) == (pytest.approx(mean), pytest.approx(T2 * std / math.sqrt(3)))
+    assert (at_edge, seeds) == (False, [0, 1, 2])
+    assert mitchell.seed_tolerance_widths(1.0, [1e-3, 3e-3])[1] is True  # both lrs within 1 nat: reaches the edge
+
+
+def test_runs_on_different_devices_are_named(sweep, tmp_path, capsys, monkeypatch):
+    """normal's three lr-1e-2 runs record an H200 (one resumed there after an H100); the others no device: the report,
+    its warning, the figure's title and the per-run CSV say so. One device everywhere: no such line."""
+    starts = {0: [{"device": "NVIDIA H200"}], 1: [{"device": "NVIDIA H200"}],
+              2: [{"device": "NVIDIA H100 80GB HBM3"}, {"device": "NVIDIA H200"}]}
+    for seed, records in starts.items():
+        (sweep[0].parent / f"normal_lr0.01_seed{seed}" / "provenance.json").write_text(json.dumps({"starts": records}))
+    out = tmp_path / "mixed"
+    assert lr_sensitivity.main([*map(str, sweep[:-2]), "--out", str(out)]) == 0
+    mix = "unknown: 15 runs, NVIDIA H200: 2 runs, NVIDIA H100 80GB HBM3 + NVIDIA H200: 1 run"
+    assert f"warning: the runs ran on different devices ({mix})" in capsys.readouterr().err
+    assert f"- **the runs ran on different devices** ({mix})" in (out / "lr_sensitivity.md").read_text()
+    devices = {(r["arm"], float(r["lr"]), int(r["seed"])): r["device"] for r in read_csv(out / "lr_sensitivity.csv")}
+    assert devices["normal", 1e-2, 2] == "NVIDIA H100 80GB HBM3 + NVIDIA H200" and devices["normal", 1e-3, 0] == "unknown"
+    titles = []
+    monkeypatch.setattr("reporting.figures.save_figure", lambda fig, path, pdf: titles.append(fig.axes[0].get_title()))
+    plot_sensitivity(build_arms([RunDir.open(p) for p in sweep[:-2]], None, "loss/val")[1], "loss/val", "T", out / "x")
+    assert titles[0].endswith(f"\nruns on different devices ({mix})")
+    for seed in starts:
+        (sweep[0].parent / f"normal_lr0.01_seed{seed}" / "provenance.json").unlink()
+    plot_sensitivity(build_arms([RunDir.open(p) for p in sweep[:-2]], None, "loss/val")[1], "loss/val", "T", out / "x")
+    assert "devices" not in titles[1]
+    same = tmp_path / "same"
+    assert lr_sensitivity.main([*map(str, sweep[:-2]), "--out", str(same)]) == 0
+    assert "different devices" not in capsys.readouterr().err + (same / "lr_sensitivity.md").read_text()
+    assert {r["device"] for r in read_csv(same / "lr_sensitivity.csv")} == {"unknown"}
