@@ -477,6 +477,12 @@ def seed_counts(arm: Arm) -> str:
     return f"{counts[0]} seed{'s' * (counts[0] > 1)}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds"
 
 
+def device_note(arms: list[Arm]) -> str:
+    """A figure title's last line naming the devices when the runs ran on more than one ("" otherwise)."""
+    devices = device_counts([p.run for arm in arms for per_seed in arm.points.values() for p in per_seed.values()])
+    return f"\nruns on different devices ({devices_text(devices)})" if len(devices) > 1 else ""
+
+
 def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
     """Capped final metric vs lr (log axis), a line per arm with its band, best lr starred, divergences crossed,
     points with one seed (no band) open; the ℓ0 line only when some run reached the cap."""
@@ -504,10 +510,8 @@ def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
     else:
         cap_note = f"; no run reached the cap ℓ0 (mean {init:.2f})"
     ax.set_xscale("log")
-    devices = device_counts([p.run for p in points])
-    device_note = f"\nruns on different devices ({devices_text(devices)})" if len(devices) > 1 else ""
     ax.set(xlabel="learning rate (optimizer.lr)", ylabel=f"final {metric}, capped at ℓ0",
-           title=f"{title}\n{BAND_NOTE}\n★ best lr, × a seed diverged, ○ one seed{cap_note}{device_note}")
+           title=f"{title}\n{BAND_NOTE}\n★ best lr, × a seed diverged, ○ one seed{cap_note}{device_note(arms)}")
     ax.title.set_fontsize("small")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small", loc="best")
@@ -554,7 +558,7 @@ def plot_activations(arms: list[Arm], title: str, path) -> bool:
         ax.grid(alpha=0.3, which="major")
     axes.flat[0].legend(fontsize="small")
     fig.suptitle(f"{title}: at the last logged step (a diverged run's last before its stop)\ngeometric mean over "
-                 "seeds, band = 95 % Student-t interval of the log", fontsize="medium")
+                 f"seeds, band = 95 % Student-t interval of the log{device_note(arms)}", fontsize="medium")
     fig.tight_layout()
     save_figure(fig, path, pdf=True)
     return True

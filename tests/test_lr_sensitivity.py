@@ -12,7 +12,7 @@ import pytest
 
 from components.config import load_config, to_toml
 from components.run_dir import RunDir
-from reporting.lr_sensitivity import build_arms, geometric_curve, plot_sensitivity
+from reporting.lr_sensitivity import build_arms, geometric_curve, plot_activations, plot_sensitivity
 from scripts import lr_sensitivity
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF"
@@ -237,7 +237,7 @@ def test_each_seeds_width_of_the_good_lr_range(sweep):
 
 def test_runs_on_different_devices_are_named(sweep, tmp_path, capsys, monkeypatch):
     """normal's three lr-1e-2 runs record an H200 (one resumed there after an H100); the others no device: the report,
-    its warning, the figure's title and the per-run CSV say so. One device everywhere: no such line."""
+    its warning, both figures' titles and the per-run CSV say so. One device everywhere: no such line."""
     starts = {0: [{"device": "NVIDIA H200"}], 1: [{"device": "NVIDIA H200"}],
               2: [{"device": "NVIDIA H100 80GB HBM3"}, {"device": "NVIDIA H200"}]}
     for seed, records in starts.items():
@@ -249,14 +249,22 @@ def test_runs_on_different_devices_are_named(sweep, tmp_path, capsys, monkeypatc
     assert f"- **the runs ran on different devices** ({mix})" in (out / "lr_sensitivity.md").read_text()
     devices = {(r["arm"], float(r["lr"]), int(r["seed"])): r["device"] for r in read_csv(out / "lr_sensitivity.csv")}
     assert devices["normal", 1e-2, 2] == "NVIDIA H100 80GB HBM3 + NVIDIA H200" and devices["normal", 1e-3, 0] == "unknown"
-    titles = []
-    monkeypatch.setattr("reporting.figures.save_figure", lambda fig, path, pdf: titles.append(fig.axes[0].get_title()))
-    plot_sensitivity(build_arms([RunDir.open(p) for p in sweep[:-2]], None, "loss/val")[1], "loss/val", "T", out / "x")
-    assert titles[0].endswith(f"\nruns on different devices ({mix})")
+    titles = []  # (axes title, figure title) of each figure drawn
+
+    def draw() -> None:
+        arms = build_arms([RunDir.open(p) for p in sweep[:-2]], None, "loss/val")[1]
+        plot_sensitivity(arms, "loss/val", "T", out / "x")
+        assert plot_activations(arms, "T", out / "y")
+
+    monkeypatch.setattr("reporting.figures.save_figure", lambda fig, path, pdf: titles.append(
+        (fig.axes[0].get_title(), fig._suptitle.get_text() if fig._suptitle else "")))
+    draw()
+    assert titles[0][0].endswith(f"\nruns on different devices ({mix})")
+    assert titles[1][1].endswith(f"\nruns on different devices ({mix})")
     for seed in starts:
         (sweep[0].parent / f"normal_lr0.01_seed{seed}" / "provenance.json").unlink()
-    plot_sensitivity(build_arms([RunDir.open(p) for p in sweep[:-2]], None, "loss/val")[1], "loss/val", "T", out / "x")
-    assert "devices" not in titles[1]
+    draw()
+    assert "devices" not in titles[2][0] + titles[3][1]
     same = tmp_path / "same"
     assert lr_sensitivity.main([*map(str, sweep[:-2]), "--out", str(same)]) == 0
     assert "different devices" not in capsys.readouterr().err + (same / "lr_sensitivity.md").read_text()
