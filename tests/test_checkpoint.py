@@ -94,51 +94,39 @@ def freeze_ranks_after_checkpoint(job: subprocess.Popen, folder: Path, step: int
     return ranks
 
 
-def resume_is_bitwise_exact(reference: Path, run_dir: Path) -> None:
-    torchrun(resume_args(run_dir), nproc=2)
+def assert_bitwise_the_reference(reference: Path, run_dir: Path) -> None:
     ref, resumed = logged_losses(reference), logged_losses(run_dir)
     assert [step for step, _ in resumed] == list(range(1, STEPS + 1))  # no duplicated or missing step
     assert resumed == ref  # every loss bitwise equal (JSON floats round-trip exactly)
 
 
-@pytest.mark.multiprocess
-def test_kill9_mid_run_then_resume_is_bitwise_exact(reference, tmp_path):
-    """kill -9 the whole 2-rank torchrun job (agent and ranks) after the step-4 checkpoint; resumed on 2 ranks,
-    every loss is bitwise the reference's."""
-    run_dir, folder = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
-    job = start_torchrun(tmp_path, "killed")
-    for pid in [*freeze_ranks_after_checkpoint(job, folder), job.pid]:
+def kill9_whole_job(root: Path) -> dict:
+    """kill -9 the whole 2-rank torchrun job (agent and ranks) after the step-4 checkpoint."""
+    job = start_torchrun(root, "killed")
+    for pid in [*freeze_ranks_after_checkpoint(job, root / "killed" / "checkpoints"), job.pid]:
         os.kill(pid, signal.SIGKILL)  # no chance to clean up
     job.communicate()
-    assert complete_steps(folder)[-1] < STEPS
-    resume_is_bitwise_exact(reference, run_dir)
-    assert complete_steps(folder) == [4, 8, 12] and partial_dirs(folder) == []
+    return {"steps": complete_steps(root / "killed" / "checkpoints")}
 
 
-@pytest.mark.multiprocess
-def test_sigterm_saves_one_checkpoint_at_a_step_boundary_and_resume_is_bitwise(reference, tmp_path):
+def sigterm_job(root: Path) -> dict:
     """SIGTERM to torchrun (a scheduler's preemption): it forwards it, the ranks agree, save step N and stop."""
-    run_dir, folder = tmp_path / "preempted", tmp_path / "preempted" / "checkpoints"
-    job = start_torchrun(tmp_path, "preempted")
-    ranks = freeze_ranks_after_checkpoint(job, folder)
+    job = start_torchrun(root, "preempted")
+    ranks = freeze_ranks_after_checkpoint(job, root / "preempted" / "checkpoints")
     job.send_signal(signal.SIGTERM)
     time.sleep(0.5)  # the agent forwards SIGTERM to the frozen ranks: pending until they continue
     for pid in ranks:
         os.kill(pid, signal.SIGCONT)
     _, stderr = job.communicate(timeout=120)
-    stopped = complete_steps(folder)[-1]
-    assert 4 < stopped < STEPS and partial_dirs(folder) == [], stderr[-3000:]
-    assert f"initlab: stopped at step {stopped}/{STEPS} on SIGTERM; saved checkpoint step_{stopped}" in stderr
-    assert [step for step, _ in logged_losses(run_dir)][-1] == stopped  # the stop step was logged and flushed
-    resume_is_bitwise_exact(reference, run_dir)
+    folder = root / "preempted" / "checkpoints"
+    return {"steps": complete_steps(folder), "partial": partial_dirs(folder), "stderr": stderr,
+            "logged_steps": [step for step, _ in logged_losses(root / "preempted")]}
 
 
-@pytest.mark.multiprocess
-def test_kill9_of_the_launcher_stops_its_orphaned_ranks_which_save_and_free_the_lock(reference, tmp_path):
+def kill9_launcher(root: Path) -> dict:
     """kill -9 of torchrun alone: its ranks, re-parented, notice at the next step boundary, save and exit."""
-    run_dir, folder = tmp_path / "orphaned", tmp_path / "orphaned" / "checkpoints"
-    job = start_torchrun(tmp_path, "orphaned")
-    ranks = freeze_ranks_after_checkpoint(job, folder)
+    job = start_torchrun(root, "orphaned")
+    ranks = freeze_ranks_after_checkpoint(job, root / "orphaned" / "checkpoints")
     job.kill()
     job.wait()
     for pid in ranks:
@@ -146,11 +134,60 @@ def test_kill9_of_the_launcher_stops_its_orphaned_ranks_which_save_and_free_the_
     deadline = time.monotonic() + 120
     while any(alive(pid) for pid in ranks) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(alive(pid) for pid in ranks)
+    ranks_alive = [pid for pid in ranks if alive(pid)]
     job.communicate()  # the ranks held the agent's pipes open until they exited
-    stopped = complete_steps(folder)[-1]
-    assert 4 < stopped < STEPS and partial_dirs(folder) == []
-    resume_is_bitwise_exact(reference, run_dir)  # also proves the lock was released
+    folder = root / "orphaned" / "checkpoints"
+    return {"ranks_alive": ranks_alive, "steps": complete_steps(folder), "partial": partial_dirs(folder)}
+
+
+@pytest.fixture(scope="module")
+def interrupted(reference, one_process_runs, tmp_path_factory) -> dict:
+    """2-rank jobs stopped after their step-4 checkpoint (kill -9 of the job, SIGTERM, kill -9 of the launcher)
+    and the one-process run killed inside its step-8 save; then every one of them resumed on 2 ranks, one after
+    another in one torchrun launch (tests/train_cases_worker.py). Returns what each stop left, then the resumes."""
+    root = tmp_path_factory.mktemp("interrupted")
+    stops = {"killed": kill9_whole_job(root), "preempted": sigterm_job(root), "orphaned": kill9_launcher(root)}
+    crashed = one_process_runs["root"] / "crashed"
+    stops["crashed"] = {"steps": complete_steps(crashed / "checkpoints"), "partial": partial_dirs(crashed / "checkpoints"),
+                        "partial_files": sorted(p.name for p in (crashed / "checkpoints" / ".tmp_step_8").iterdir())}
+    cases = {name: resume_args(root / name)[1:] for name in ("killed", "preempted", "orphaned")}
+    cases["crashed"] = resume_args(crashed, "--checkpoint.keep_last", "1")[1:]
+    (root / "cases.json").write_text(json.dumps(list(cases.values())))
+    torchrun(["tests/train_cases_worker.py", str(root / "cases.json"), str(root / "results.json")], nproc=2)
+    for rank_file in ("results.json", "results.json.rank1"):
+        for name, result in zip(cases, json.loads((root / rank_file).read_text())):
+            assert result["rc"] == 0, (name, rank_file, result["stderr"][-3000:])
+    return {"stops": stops, "run_dirs": {**{name: root / name for name in cases}, "crashed": crashed}}
+
+
+@pytest.mark.multiprocess
+def test_kill9_mid_run_then_resume_is_bitwise_exact(reference, interrupted):
+    """kill -9 the whole 2-rank torchrun job (agent and ranks) after the step-4 checkpoint; resumed on 2 ranks,
+    every loss is bitwise the reference's."""
+    assert interrupted["stops"]["killed"]["steps"][-1] < STEPS
+    run_dir = interrupted["run_dirs"]["killed"]
+    assert_bitwise_the_reference(reference, run_dir)
+    assert complete_steps(run_dir / "checkpoints") == [4, 8, 12] and partial_dirs(run_dir / "checkpoints") == []
+
+
+@pytest.mark.multiprocess
+def test_sigterm_saves_one_checkpoint_at_a_step_boundary_and_resume_is_bitwise(reference, interrupted):
+    """SIGTERM to torchrun (a scheduler's preemption): it forwards it, the ranks agree, save step N and stop."""
+    stop = interrupted["stops"]["preempted"]
+    stopped = stop["steps"][-1]
+    assert 4 < stopped < STEPS and stop["partial"] == [], stop["stderr"][-3000:]
+    assert f"initlab: stopped at step {stopped}/{STEPS} on SIGTERM; saved checkpoint step_{stopped}" in stop["stderr"]
+    assert stop["logged_steps"][-1] == stopped  # the stop step was logged and flushed
+    assert_bitwise_the_reference(reference, interrupted["run_dirs"]["preempted"])
+
+
+@pytest.mark.multiprocess
+def test_kill9_of_the_launcher_stops_its_orphaned_ranks_which_save_and_free_the_lock(reference, interrupted):
+    """kill -9 of torchrun alone: its ranks, re-parented, notice at the next step boundary, save and exit."""
+    stop = interrupted["stops"]["orphaned"]
+    assert stop["ranks_alive"] == []
+    assert 4 < stop["steps"][-1] < STEPS and stop["partial"] == []
+    assert_bitwise_the_reference(reference, interrupted["run_dirs"]["orphaned"])  # also proves the lock was released
 
 
 @pytest.fixture(scope="module")
@@ -212,16 +249,14 @@ def test_resume_on_one_rank_reshards_a_two_rank_checkpoint(reference, one_proces
 
 
 @pytest.mark.multiprocess
-def test_save_killed_halfway_keeps_previous_checkpoint_and_is_cleaned_up(reference, one_process_runs):
+def test_save_killed_halfway_keeps_previous_checkpoint_and_is_cleaned_up(reference, interrupted):
     """The process died inside the step-8 save (1 rank); resume on 2 ranks (1 -> 2 reshard) from step 4."""
-    run_dir = one_process_runs["root"] / "crashed"
+    stop, run_dir = interrupted["stops"]["crashed"], interrupted["run_dirs"]["crashed"]
     folder = run_dir / "checkpoints"
-    assert complete_steps(folder) == [4]
-    partial = folder / ".tmp_step_8"
-    assert partial_dirs(folder) == [partial]
-    assert any(partial.iterdir()) and not (partial / ".metadata").exists()  # data written, metadata not
+    assert stop["steps"] == [4]
+    assert stop["partial"] == [folder / ".tmp_step_8"]
+    assert stop["partial_files"] and ".metadata" not in stop["partial_files"]  # data written, metadata not
 
-    torchrun(resume_args(run_dir, "--checkpoint.keep_last", "1"), nproc=2)
     assert complete_steps(folder) == [STEPS] and partial_dirs(folder) == []  # keep_last 1 pruned 4 and 8
     ref, resumed = dict(logged_losses(reference)), logged_losses(run_dir)
     assert [step for step, _ in resumed] == list(range(1, STEPS + 1))
