@@ -104,3 +104,27 @@ def test_train_runs_with_and_without_the_lever_are_bitwise_equal(tmp_path, bf16_
     monkeypatch.setattr(one_rank, "packed_slot", slot_at_start)
     planted, _ = trained(tmp_path, in_place=True)
     assert planted[0] == own_losses[0] and planted[1:] != own_losses[1:]  # step 1's loss precedes any update
+
+
+def test_fused_sum_kernel_is_fsdp2s_cast_then_add_bitwise(monkeypatch):
+    """The GPU kernel of sum_into, run by Triton's CPU interpreter: fp32(first) + fp32(second) with FSDP2's bits
+    (``first.to(fp32)``, then ``+= second``) at sizes around its block, tails included; a sum rounded to bf16 first
+    (what ``torch.add(first, second, out=fp32)`` computes) differs, so the comparison can tell them apart."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    one_rank.fused_sum_kernel.cache_clear()
+    try:
+        kernel = one_rank.fused_sum_kernel()
+        torch.manual_seed(0)
+        for n in (1, one_rank.SUM_BLOCK - 1, one_rank.SUM_BLOCK, 2 * one_rank.SUM_BLOCK + 3):
+            first, second = torch.randn(n).bfloat16(), torch.randn(n).bfloat16()
+            out = torch.full((n,), float("nan"))
+            kernel[(one_rank.triton_cdiv(n, one_rank.SUM_BLOCK),)](first, second, out, n, BLOCK=one_rank.SUM_BLOCK)
+            fsdp2 = first.to(torch.float32)
+            fsdp2 += second
+            assert torch.equal(out, fsdp2), n
+        rounded_to_bf16 = torch.empty(n)
+        torch.add(first, second, out=rounded_to_bf16)
+        assert not torch.equal(rounded_to_bf16, fsdp2)
+    finally:
+        one_rank.fused_sum_kernel.cache_clear()  # a later CUDA use compiles the kernel for the GPU
