@@ -1,4 +1,7 @@
-"""``train.main`` with a NaN injected, for tests/test_run_dir.py: ``python tests/nonfinite_worker.py WHERE ARGV_JSON``.
+"""``train.main`` with a NaN injected, for tests/test_run_dir.py: ``python tests/nonfinite_worker.py CASES_JSON``,
+a JSON list of ``[WHERE, argv]`` cases run one after another in this interpreter (each a complete
+``python train.py argv`` run with its own injection); after each one a stdout line
+``RESULT {"rc": int, "stderr": str}`` is printed and flushed.
 
 WHERE = ``weight``: layer 1's attn.q weight holds a NaN from the start (its local shard, after init);
 ``grad``: at step 3, layer 0's mlp.out gradient gets a NaN just before the gradient clip. The run
@@ -7,6 +10,8 @@ must stop naming that tensor, not one the optimizer step would have poisoned aft
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 
@@ -53,6 +58,18 @@ def inject_into_grad(at_step: int = 3) -> None:
 
 train_model: dict = {}
 
+
+
+def main(cases: list[tuple[str, list[str]]]) -> None:
+    for where, argv in cases:
+        originals = train.build_model_and_init, train.clip_grad_norm_, train.Trainer.__init__
+        {"weight": inject_into_weight, "grad": inject_into_grad}[where]()
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = train.main(argv)
+        train.build_model_and_init, train.clip_grad_norm_, train.Trainer.__init__ = originals
+        print("RESULT " + json.dumps({"rc": rc, "stderr": err.getvalue()}), flush=True)
+
+
 if __name__ == "__main__":
-    {"weight": inject_into_weight, "grad": inject_into_grad}[sys.argv[1]]()
-    sys.exit(train.main(json.loads(sys.argv[2])))
+    main(json.loads(sys.argv[1]))

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,33 +65,6 @@ def finished_run(tmp_path_factory) -> Path:
     return out / "ref"
 
 
-# ------------------------------------------------------------------------------------ signals
-@pytest.mark.multiprocess
-@pytest.mark.multiprocess
-def test_sigterm_saves_exits_75_and_the_same_command_resumes_bitwise(finished_run, tmp_path):
-    job = start_train(tmp_path, "run")
-    _, stderr = signal_after_checkpoint(job, tmp_path / "run" / "checkpoints", signal.SIGTERM)
-    stopped = complete_steps(tmp_path / "run" / "checkpoints")[-1]
-    assert job.returncode == PREEMPTED_EXIT_CODE and 4 < stopped < STEPS
-    assert stderr.strip().splitlines()[-1] == (f"initlab: stopped at step {stopped}/{STEPS} on SIGTERM; saved "
-                                               f"checkpoint step_{stopped}; the same command resumes it")
-    again = python(["train.py", *train_args(tmp_path, "run")])  # the requeued job: same command, resume auto
-    assert f"resuming {tmp_path / 'run'} from step {stopped}/{STEPS}" in again.stdout
-    assert logged_losses(tmp_path / "run") == logged_losses(finished_run)
-
-
-@pytest.mark.multiprocess
-@pytest.mark.multiprocess
-def test_ctrl_c_is_one_line_exit_130_and_a_checkpoint(tmp_path):
-    job = start_train(tmp_path, "run")
-    _, stderr = signal_after_checkpoint(job, tmp_path / "run" / "checkpoints", signal.SIGINT)
-    stopped = complete_steps(tmp_path / "run" / "checkpoints")[-1]
-    assert job.returncode == INTERRUPTED_EXIT_CODE and "Traceback" not in stderr
-    assert [line for line in stderr.splitlines() if line.startswith("initlab:")] == [
-        f"initlab: stopped at step {stopped}/{STEPS} on SIGINT; saved checkpoint step_{stopped}; the same command "
-        "resumes it"]
-
-
 # ------------------------------------------------------------------------------- lock, starts
 @pytest.mark.multiprocess
 @pytest.mark.multiprocess
@@ -111,26 +85,6 @@ def test_a_live_lock_holder_stops_a_second_job_at_once_and_a_killed_one_does_not
     run = RunDir(run_dir)
     run.acquire_lock()
     run.release_lock()
-
-
-@pytest.mark.multiprocess
-@pytest.mark.multiprocess
-def test_a_run_killed_before_its_first_checkpoint_is_restarted_by_the_same_command(tmp_path):
-    command = train_args(tmp_path, "run", "--checkpoint.interval", "100")  # the only save: the last step
-    job = start_train(tmp_path, "run", "--checkpoint.interval", "100")
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, job)
-    job.kill()
-    job.communicate()
-    first = metrics.read_text()
-    rerun = python(["train.py", *command])
-    abandoned = list((tmp_path / "run" / "abandoned").iterdir())
-    assert len(abandoned) == 1 and (abandoned[0] / "metrics.jsonl").read_text() == first
-    assert "holds no complete checkpoint (an earlier attempt stopped before its first save)" in rerun.stdout
-    assert [step for step, _ in logged_losses(tmp_path / "run")] == list(range(1, STEPS + 1))
-    third = python(["train.py", *command])  # resubmitted once more: the run is complete, nothing to do
-    assert f"already trained all {STEPS} steps; nothing to do" in third.stdout
-    assert [step for step, _ in logged_losses(tmp_path / "run")] == list(range(1, STEPS + 1))
 
 
 def test_plan_start_for_every_directory_state(tmp_path):
@@ -205,31 +159,64 @@ def test_resume_refuses_identity_changes_with_a_diff_and_reports_the_others(tmp_
     assert RunDir(tmp_path / "run").config_changes(longer) == [("training.steps", 12, 20), ("optimizer.lr", 0.001, 0.002)]
 
 
-@pytest.mark.multiprocess
-def test_a_finished_run_relaunched_as_another_experiment_is_refused_with_the_diff(finished_run, tmp_path):
-    """The finished run, relaunched under its name: the same identity does nothing (exit 0); another seed, init
-    scheme or model width is refused (exit 2, the resume's one-line diff); nothing in the directory changes."""
-    shutil.copytree(finished_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
-    before = snapshot(tmp_path / "run")
-    results = run_cases(tmp_path, {
-        "same": train_args(tmp_path, "run", "--metrics.log_freq", "3"),  # not an identity setting
-        "seed": train_args(tmp_path, "run", "--job.seed", "1"),
-        "scheme": train_args(tmp_path, "run", "--init.scheme", "mitchell"),
-        "width": train_args(tmp_path, "run", "--model.dim", "128"),
-    })
-    assert results["same"]["rc"] == 0 and results["same"]["stderr"] == ""
-    assert f"run {tmp_path / 'run'} already trained all {STEPS} steps; nothing to do" in results["same"]["stdout"]
-    for case, diff in [("seed", "job.seed: 0 -> 1"), ("scheme", "init.scheme: 'normal' -> 'mitchell'"),
-                       ("width", "model.dim: 64 -> 128")]:
-        assert results[case]["rc"] == 2, (case, results[case]["stdout"][-1000:])
-        assert results[case]["stderr"].strip() == (
-            f"error: cannot resume {tmp_path / 'run'} with a different experiment ({diff}); restore those "
-            "settings or start a new run with another --job.run_name"), case
-        assert "nothing to do" not in results[case]["stdout"]
-    assert snapshot(tmp_path / "run") == before
+# ------------------------------------------------------------------- stopped runs and their requeued jobs
+def stop_with_signal(root: Path, name: str, sig: int) -> dict:
+    """A run frozen once step_4 exists, sent ``sig`` and let continue: what the stop left."""
+    job = start_train(root, name)
+    _, stderr = signal_after_checkpoint(job, root / name / "checkpoints", sig)
+    return {"rc": job.returncode, "stderr": stderr, "steps": complete_steps(root / name / "checkpoints")}
 
 
-# ------------------------------------------------------------------------------- resume checks
+def kill_before_first_checkpoint(root: Path) -> dict:
+    """kill -9 once 3 metrics rows exist, with the only save at the last step: the metrics it left."""
+    job = start_train(root, "early", "--checkpoint.interval", "100")
+    metrics = root / "early" / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, job)
+    job.kill()
+    job.communicate()
+    return {"metrics": metrics.read_text()}
+
+
+def crash_in_async_save(root: Path) -> dict:
+    """async_mode: the process dies in the background thread while step 8 is written (data files, no .metadata)."""
+    doomed = root / "async" / "checkpoints" / ".tmp_step_8"
+    argv = train_args(root, "async", "--checkpoint.async_mode", "async")
+    proc = python(["tests/train_main_worker.py", json.dumps([{"argv": argv, "crash_in_save_of": str(doomed)}])],
+                  check=False)
+    folder = root / "async" / "checkpoints"
+    manifest = folder / "step_4" / MANIFEST
+    return {"rc": proc.returncode, "stderr": proc.stderr, "steps": complete_steps(folder),
+            "partial": partial_dirs(folder), "doomed": doomed,
+            "manifest": json.loads(manifest.read_text()) if manifest.is_file() else None}
+
+
+def kill_after_last_checkpoint(root: Path) -> dict:
+    """SIGKILL the moment step_12 (the last step's checkpoint) is complete, before anything else of the step."""
+    folder = root / "last" / "checkpoints"
+    proc = python(["tests/train_main_worker.py", json.dumps([{"argv": train_args(root, "last"),
+                                                              "kill_after_save_of": str(folder / f"step_{STEPS}")}])],
+                  check=False)
+    return {"rc": proc.returncode, "stderr": proc.stderr, "steps": complete_steps(folder),
+            "finished": (root / "last" / "finished.json").exists(), "losses": logged_losses(root / "last")}
+
+
+NAN_CASES = [("weight", "non-finite at step 1; first non-finite: layers.01 attn.q weight (layers.1.attn.q.weight)"),
+             ("grad", "non-finite at step 3; first non-finite: layers.00 mlp.out grad (layers.0.mlp.out.weight)")]
+IMPLEMENTATIONS = ["foreach", "fused"]
+
+
+def runs_with_a_nan(root: Path) -> dict[tuple[str, str], dict]:
+    """A NaN planted in a weight or a gradient, with either optimizer implementation, all in one interpreter."""
+    keys = [(where, implementation) for where, _ in NAN_CASES for implementation in IMPLEMENTATIONS]
+    cases = [(where, train_args(root, f"nan_{where}_{implementation}", "--optimizer.implementation", implementation))
+             for where, implementation in keys]
+    proc = python(["tests/nonfinite_worker.py", json.dumps(cases)], check=False)
+    results = [json.loads(line.removeprefix("RESULT ")) for line in proc.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and len(results) == len(cases), proc.stderr[-3000:]
+    return dict(zip(keys, results))
+
+
 def run_cases(root: Path, argv: dict[str, list[str]]) -> dict[str, dict]:
     """train.py runs in one interpreter (tests/train_cases_worker.py): {name: {rc, stdout, stderr}}."""
     (root / "cases.json").write_text(json.dumps(list(argv.values())))
@@ -242,79 +229,180 @@ def resume_argv(run_dir: Path, *extra: str) -> list[str]:
             "--job.run_name", run_dir.name, *extra]
 
 
-@pytest.mark.multiprocess
-@pytest.mark.multiprocess
-def test_resume_applies_a_new_lr_and_length_and_refuses_corrupt_bytes(finished_run, tmp_path):
-    data_file = "__0_0.distcp"
+CHECKPOINT_DATA_FILE = "__0_0.distcp"
+
+
+def copies_of_the_finished_run(finished_run: Path, root: Path) -> dict:
+    """The finished run copied to be relaunched as it is, and (as if still running) to be resumed: longer, or
+    with one bit of its last checkpoint flipped. Returns the relaunched copy's snapshot."""
+    shutil.copytree(finished_run, root / "relaunched", ignore=shutil.ignore_patterns(".lock"))
     for name in ("longer", "bitflip", "bitflip_unchecked"):
-        shutil.copytree(finished_run, tmp_path / name, ignore=shutil.ignore_patterns(".lock", "finished.json"))
+        shutil.copytree(finished_run, root / name, ignore=shutil.ignore_patterns(".lock", "finished.json"))
     for name in ("bitflip", "bitflip_unchecked"):
-        target = tmp_path / name / "checkpoints" / "step_12" / data_file
+        target = root / name / "checkpoints" / "step_12" / CHECKPOINT_DATA_FILE
         raw = bytearray(target.read_bytes())
         raw[len(raw) // 2] ^= 0x01  # one bit, same size: only the checksum can tell
         target.write_bytes(bytes(raw))
-    results = run_cases(tmp_path, {
-        "longer": resume_argv(tmp_path / "longer", "--training.steps", "14", "--optimizer.lr", "0.002"),
-        "bitflip": resume_argv(tmp_path / "bitflip", "--training.steps", "14"),
-        "bitflip_unchecked": resume_argv(tmp_path / "bitflip_unchecked", "--training.steps", "14",
+    return {"relaunched": snapshot(root / "relaunched")}
+
+
+@pytest.fixture(scope="module")
+def requeued(finished_run, tmp_path_factory) -> dict:
+    """The stopped runs of this module, then their requeued jobs.
+
+    First, side by side (one thread each, on the machine's cores): runs stopped by SIGTERM and by SIGINT after
+    their step-4 checkpoint, killed before their first checkpoint, killed inside an async save, killed right
+    after their last checkpoint, and the NaN runs. Then every follow-up launch, the same command again (or a
+    resume of a copy of the finished run), one after another in one interpreter (tests/train_cases_worker.py).
+    Returns {"root", "stops": name -> what the stop left, "before": snapshots, "results": name -> result}.
+    """
+    root = tmp_path_factory.mktemp("requeued")
+    jobs = {"sigterm": lambda: stop_with_signal(root, "sigterm", signal.SIGTERM),
+            "sigint": lambda: stop_with_signal(root, "sigint", signal.SIGINT),
+            "early": lambda: kill_before_first_checkpoint(root), "async": lambda: crash_in_async_save(root),
+            "last": lambda: kill_after_last_checkpoint(root), "nan": lambda: runs_with_a_nan(root)}
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        stops = {name: future.result() for name, future in futures.items()}
+    before = copies_of_the_finished_run(finished_run, root)
+    early = train_args(root, "early", "--checkpoint.interval", "100")
+    results = run_cases(root, {
+        "sigterm": train_args(root, "sigterm"),  # the requeued job: same command, resume auto
+        "early": early,  # the killed run's same command: starts over
+        "early_again": early,  # resubmitted once more: the run is complete, nothing to do
+        "async": train_args(root, "async", "--checkpoint.async_mode", "async"),  # resumes step 4
+        "last": train_args(root, "last"),  # resumes step 12 of 12
+        "same": train_args(root, "relaunched", "--metrics.log_freq", "3"),  # not an identity setting
+        "seed": train_args(root, "relaunched", "--job.seed", "1"),
+        "scheme": train_args(root, "relaunched", "--init.scheme", "mitchell"),
+        "width": train_args(root, "relaunched", "--model.dim", "128"),
+        "longer": resume_argv(root / "longer", "--training.steps", "14", "--optimizer.lr", "0.002"),
+        "bitflip": resume_argv(root / "bitflip", "--training.steps", "14"),
+        "bitflip_unchecked": resume_argv(root / "bitflip_unchecked", "--training.steps", "14",
                                          "--checkpoint.verify_checksums", "false"),
     })
+    return {"root": root, "stops": stops, "before": before, "results": results}
+
+
+@pytest.mark.multiprocess
+def test_sigterm_saves_exits_75_and_the_same_command_resumes_bitwise(finished_run, requeued):
+    stop, run_dir = requeued["stops"]["sigterm"], requeued["root"] / "sigterm"
+    stopped = stop["steps"][-1]
+    assert stop["rc"] == PREEMPTED_EXIT_CODE and 4 < stopped < STEPS
+    assert stop["stderr"].strip().splitlines()[-1] == (f"initlab: stopped at step {stopped}/{STEPS} on SIGTERM; "
+                                                       f"saved checkpoint step_{stopped}; the same command resumes it")
+    again = requeued["results"]["sigterm"]
+    assert again["rc"] == 0, again["stderr"][-2000:]
+    assert f"resuming {run_dir} from step {stopped}/{STEPS}" in again["stdout"]
+    assert logged_losses(run_dir) == logged_losses(finished_run)
+
+
+@pytest.mark.multiprocess
+def test_ctrl_c_is_one_line_exit_130_and_a_checkpoint(requeued):
+    stop = requeued["stops"]["sigint"]
+    stopped = stop["steps"][-1]
+    assert stop["rc"] == INTERRUPTED_EXIT_CODE and "Traceback" not in stop["stderr"]
+    assert [line for line in stop["stderr"].splitlines() if line.startswith("initlab:")] == [
+        f"initlab: stopped at step {stopped}/{STEPS} on SIGINT; saved checkpoint step_{stopped}; the same command "
+        "resumes it"]
+
+
+@pytest.mark.multiprocess
+def test_a_run_killed_before_its_first_checkpoint_is_restarted_by_the_same_command(requeued):
+    run_dir, results = requeued["root"] / "early", requeued["results"]
+    rerun, third = results["early"], results["early_again"]
+    assert rerun["rc"] == 0 and third["rc"] == 0, rerun["stderr"][-2000:] + third["stderr"][-2000:]
+    abandoned = list((run_dir / "abandoned").iterdir())
+    assert len(abandoned) == 1 and (abandoned[0] / "metrics.jsonl").read_text() == requeued["stops"]["early"]["metrics"]
+    assert "holds no complete checkpoint (an earlier attempt stopped before its first save)" in rerun["stdout"]
+    assert f"already trained all {STEPS} steps; nothing to do" in third["stdout"]
+    assert [step for step, _ in logged_losses(run_dir)] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.multiprocess
+def test_a_finished_run_relaunched_as_another_experiment_is_refused_with_the_diff(requeued):
+    """The finished run, relaunched under its name: the same identity does nothing (exit 0); another seed, init
+    scheme or model width is refused (exit 2, the resume's one-line diff); nothing in the directory changes."""
+    results, run_dir = requeued["results"], requeued["root"] / "relaunched"
+    assert results["same"]["rc"] == 0 and results["same"]["stderr"] == ""
+    assert f"run {run_dir} already trained all {STEPS} steps; nothing to do" in results["same"]["stdout"]
+    for case, diff in [("seed", "job.seed: 0 -> 1"), ("scheme", "init.scheme: 'normal' -> 'mitchell'"),
+                       ("width", "model.dim: 64 -> 128")]:
+        assert results[case]["rc"] == 2, (case, results[case]["stdout"][-1000:])
+        assert results[case]["stderr"].strip() == (
+            f"error: cannot resume {run_dir} with a different experiment ({diff}); restore those "
+            "settings or start a new run with another --job.run_name"), case
+        assert "nothing to do" not in results[case]["stdout"]
+    assert snapshot(run_dir) == requeued["before"]["relaunched"]
+
+
+@pytest.mark.multiprocess
+def test_resume_applies_a_new_lr_and_length_and_refuses_corrupt_bytes(finished_run, requeued):
+    results, root = requeued["results"], requeued["root"]
     longer = results["longer"]
     assert longer["rc"] == 0, longer["stderr"][-2000:]
     assert "resume changes training.steps: 12 -> 14 (applies from step 13)" in longer["stdout"]
     assert "resume changes optimizer.lr: 0.001 -> 0.002 (applies from step 13)" in longer["stdout"]
-    cfg, _ = load_config(["--config", str(tmp_path / "longer" / "config.resume_12.toml")])
+    cfg, _ = load_config(["--config", str(root / "longer" / "config.resume_12.toml")])
     assert cfg.optimizer.lr == 0.002 and cfg.training.steps == 14
-    records = [json.loads(line) for line in (tmp_path / "longer" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (root / "longer" / "metrics.jsonl").read_text().splitlines()]
     lr13 = next(r["lr"] for r in records if r["step"] == 13)
     assert lr13 == pytest.approx(0.002 * lr_factor(13, cfg.lr_scheduler, 14), rel=1e-12)
-    folder = tmp_path / "bitflip" / "checkpoints"
+    folder = root / "bitflip" / "checkpoints"
     assert results["bitflip"]["rc"] == 2 and results["bitflip"]["stderr"].strip() == (
-        f"error: checkpoint {folder / 'step_12'} is corrupt: {data_file} (CRC-32 mismatch: its bytes changed after "
-        f"the save); delete {folder / 'step_12'} to fall back to {folder / 'step_8'} (or pass "
+        f"error: checkpoint {folder / 'step_12'} is corrupt: {CHECKPOINT_DATA_FILE} (CRC-32 mismatch: its bytes "
+        f"changed after the save); delete {folder / 'step_12'} to fall back to {folder / 'step_8'} (or pass "
         "--checkpoint.verify_checksums false to load it anyway)")
     assert results["bitflip_unchecked"]["rc"] == 0, results["bitflip_unchecked"]["stderr"][-2000:]
     manifest = json.loads((finished_run / "checkpoints" / "step_12" / MANIFEST).read_text())
-    assert set(manifest) == {data_file, ".metadata", IDENTITY}
+    assert set(manifest) == {CHECKPOINT_DATA_FILE, ".metadata", IDENTITY}
 
 
 @pytest.mark.multiprocess
-def test_an_async_save_killed_mid_write_is_never_loaded_and_the_run_resumes_bitwise(finished_run, tmp_path):
+def test_an_async_save_killed_mid_write_is_never_loaded_and_the_run_resumes_bitwise(finished_run, requeued):
     """async_mode: the process dies in the background thread while step 8 is written (data files, no .metadata)."""
-    argv = train_args(tmp_path, "async", "--checkpoint.async_mode", "async")
-    doomed = tmp_path / "async" / "checkpoints" / ".tmp_step_8"
-    proc = python(["tests/train_main_worker.py", json.dumps([{"argv": argv, "crash_in_save_of": str(doomed)}])],
-                  check=False)
-    folder = tmp_path / "async" / "checkpoints"
-    assert proc.returncode == 9, proc.stderr[-2000:]
-    assert complete_steps(folder) == [4] and partial_dirs(folder) == [doomed]
-    assert json.loads((folder / "step_4" / MANIFEST).read_text())  # the async save's checksums made it in
-    python(["train.py", *argv])  # the requeued job: resumes step 4, removes the partial save
+    stop, run_dir = requeued["stops"]["async"], requeued["root"] / "async"
+    assert stop["rc"] == 9, stop["stderr"][-2000:]
+    assert stop["steps"] == [4] and stop["partial"] == [stop["doomed"]]
+    assert stop["manifest"]  # the async save's checksums made it in
+    resumed = requeued["results"]["async"]  # the requeued job: resumes step 4, removes the partial save
+    assert resumed["rc"] == 0, resumed["stderr"][-2000:]
+    folder = run_dir / "checkpoints"
     assert complete_steps(folder) == [4, 8, 12] and partial_dirs(folder) == []
-    assert logged_losses(tmp_path / "async") == logged_losses(finished_run)  # async saves restore exactly
+    assert logged_losses(run_dir) == logged_losses(finished_run)  # async saves restore exactly
 
 
 @pytest.mark.multiprocess
-def test_a_kill_right_after_the_last_checkpoint_loses_no_logged_step(finished_run, tmp_path):
+def test_a_kill_right_after_the_last_checkpoint_loses_no_logged_step(finished_run, requeued):
     """SIGKILL the moment step_12 (the last step's checkpoint) is complete, before anything else of the step:
     its metrics row is already on disk; the same command then finishes the run (nothing left to train) with
     every step logged once, bitwise the uninterrupted run's, and the final loss in finished.json."""
-    argv, folder = train_args(tmp_path, "run"), tmp_path / "run" / "checkpoints"
-    killed = python(["tests/train_main_worker.py", json.dumps([{"argv": argv,
-                                                                "kill_after_save_of": str(folder / f"step_{STEPS}")}])],
-                    check=False)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert complete_steps(folder) == [4, 8, STEPS] and not (tmp_path / "run" / "finished.json").exists()
-    assert logged_losses(tmp_path / "run") == logged_losses(finished_run)  # steps 1 .. 12, each once
-    python(["train.py", *argv])  # resumes step 12 of 12
-    assert logged_losses(tmp_path / "run") == logged_losses(finished_run)
-    finished = json.loads((tmp_path / "run" / "finished.json").read_text())
+    stop, run_dir = requeued["stops"]["last"], requeued["root"] / "last"
+    assert stop["rc"] == -signal.SIGKILL, stop["stderr"][-2000:]
+    assert stop["steps"] == [4, 8, STEPS] and not stop["finished"]
+    assert stop["losses"] == logged_losses(finished_run)  # steps 1 .. 12, each once
+    resumed = requeued["results"]["last"]  # resumes step 12 of 12
+    assert resumed["rc"] == 0, resumed["stderr"][-2000:]
+    assert logged_losses(run_dir) == logged_losses(finished_run)
+    finished = json.loads((run_dir / "finished.json").read_text())
     assert finished["final"] == {"loss/train": logged_losses(finished_run)[-1][1]}
     killed_start, last_start = finished["provenance"]["starts"]  # the killed start never ended
     assert (killed_start["resumed_from"], killed_start["ended"]) == (0, None)
     assert last_start["resumed_from"] == STEPS and last_start["started"] <= last_start["ended"]
-    assert finished["provenance"] == json.loads((tmp_path / "run" / "provenance.json").read_text())
-    assert (tmp_path / "run" / f"config.resume_{STEPS}.toml").read_text().startswith(header_comment(last_start))
+    assert finished["provenance"] == json.loads((run_dir / "provenance.json").read_text())
+    assert (run_dir / f"config.resume_{STEPS}.toml").read_text().startswith(header_comment(last_start))
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("where, culprit", NAN_CASES)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_nan_is_caught_before_the_update_and_names_its_layer(requeued, where, culprit, implementation):
+    """foreach: the host checks the norm before the update; fused: the kernel skips the update on device
+    (found_inf) and the host checks after queueing it. Either way the culprit is the planted NaN."""
+    result = requeued["stops"]["nan"][(where, implementation)]
+    assert result["rc"] == 1 and "Traceback" not in result["stderr"]
+    assert result["stderr"].strip().startswith("error: loss or gradient norm became " + culprit), \
+        result["stderr"][-2000:]
 
 
 def test_every_run_directory_records_the_code_software_and_machine_of_its_start(finished_run):
@@ -360,17 +448,3 @@ def test_a_save_beyond_the_file_size_quota_is_one_line_and_leaves_no_checkpoint(
     assert complete_steps(folder) == [] and partial_dirs(folder) == [folder / ".tmp_step_4"]
 
 
-# ------------------------------------------------------------------------------ non-finite
-@pytest.mark.multiprocess
-@pytest.mark.parametrize("where, culprit", [
-    ("weight", "non-finite at step 1; first non-finite: layers.01 attn.q weight (layers.1.attn.q.weight)"),
-    ("grad", "non-finite at step 3; first non-finite: layers.00 mlp.out grad (layers.0.mlp.out.weight)"),
-])
-@pytest.mark.parametrize("implementation", ["foreach", "fused"])
-def test_a_nan_is_caught_before_the_update_and_names_its_layer(tmp_path, where, culprit, implementation):
-    """foreach: the host checks the norm before the update; fused: the kernel skips the update on device
-    (found_inf) and the host checks after queueing it. Either way the culprit is the planted NaN."""
-    argv = train_args(tmp_path, where, "--optimizer.implementation", implementation)
-    proc = python(["tests/nonfinite_worker.py", where, json.dumps(argv)], check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith("error: loss or gradient norm became " + culprit), proc.stderr[-2000:]
