@@ -11,9 +11,10 @@
 #
 #   INITLAB_COMMIT=<short hash> INITLAB_DIRTY=0|1 benchmarks/gpu_call.sh OUTDIR
 #
-# OUTDIR gets at most 5 files: progress.log (everything printed), <device>.json (bench_gpu's records: date,
-# torch, commit, batch, tokens/s, MFU, peak memory; the torchtitan record too), torchtitan.json (its summary),
-# profile_llama_1b_one_rank_in_place.txt and logs.tar.gz (each stage's full output, the torchtitan log).
+# OUTDIR gets at most 5 files, written as they are measured (a call cut off keeps what it measured): progress.log
+# (everything printed), <device>.json (bench_gpu's records: date, torch, commit, batch, tokens/s, MFU, peak memory;
+# the torchtitan record too), torchtitan.json (its summary), profiles/profile_llama_1b_one_rank_in_place.txt and,
+# at the end, logs.tar.gz (each stage's full output, the torchtitan log).
 # Environment: BUDGET_S (seconds for the whole call, default 400), PYTHON (default python3), QUICK=1 (a CPU dry
 # run: the debug model, torchtitan's preflight only). Python packages missing on the machine are installed from
 # a carried .whl/ into /tmp/site (the torchtitan stages are skipped if pyarrow or pandas, too large to carry, are
@@ -63,9 +64,6 @@ stage() {
 }
 
 pack_up() {
-    cp "$work"/bench/*.json "$out/" 2>/dev/null
-    cp "$work/torchtitan.json" "$out/torchtitan.json" 2>/dev/null
-    cp "$work"/bench/profiles/profile_*one_rank_in_place*.txt "$out/" 2>/dev/null
     cp "$work/torchtitan.log" "$work/logs/" 2>/dev/null
     tar -czf "$out/logs.tar.gz" -C "$work" logs
     say "done; $out holds: $(ls "$out" | tr '\n' ' ')"
@@ -121,7 +119,7 @@ else
     models=llama_1b bench=(--steps 10 --warmup 5)
 fi
 stage llama_ab 60 220 $PY benchmarks/bench_gpu.py --models "$models" --variants current,one_rank_in_place \
-    "${bench[@]}" --out "$work/bench"
+    "${bench[@]}" --out "$out"
 
 if ((titan_ok)); then
     assets=$work/torchtitan_assets
@@ -132,22 +130,22 @@ if ((titan_ok)); then
     else
         titan_s=$(($(left) - 30 < 150 ? $(left) - 30 : 150))  # its own kill (its trainer runs in a session of its own)
         stage torchtitan 70 170 $PY benchmarks/torchtitan/run_torchtitan.py --assets "$assets" --compile on \
-            --steps 25 --warmup 10 --timeout-s "$titan_s" --json-out "$work/torchtitan.json" \
+            --steps 25 --warmup 10 --timeout-s "$titan_s" --json-out "$out/torchtitan.json" \
             --log-out "$work/torchtitan.log" --training.local_batch_size 8 --training.global_batch_size 16
     fi
 fi
 
 tt=()
-if $PY -c "import json, sys; sys.exit(0 if json.load(open('$work/torchtitan.json')).get('ok') else 1)" 2>/dev/null; then
-    tt=(--torchtitan-summary "$work/torchtitan.json")
+if $PY -c "import json, sys; sys.exit(0 if json.load(open('$out/torchtitan.json')).get('ok') else 1)" 2>/dev/null; then
+    tt=(--torchtitan-summary "$out/torchtitan.json")
 fi
 profile=()
 if (($(left) > 250)); then profile=(--profile one_rank_in_place); fi  # 3 more steps and the tables: ~30 s
 stage llama_ba 60 200 $PY benchmarks/bench_gpu.py --models "$models" --variants one_rank_in_place,current \
-    "${bench[@]}" "${profile[@]}" --out "$work/bench" "${tt[@]}"
+    "${bench[@]}" "${profile[@]}" --out "$out" "${tt[@]}"
 
 if ((!quick)); then
     stage gpt2 70 150 $PY benchmarks/bench_gpu.py --models gpt2_124m --variants current,one_rank_in_place \
-        "${bench[@]}" --out "$work/bench"
+        "${bench[@]}" --out "$out"
 fi
 exit 0
