@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -33,12 +34,31 @@ def python(args: list[str], timeout: float = 600, env: dict | None = None,
     return proc
 
 
+def build_training_data(argv: list[str]) -> Path:
+    """The token shards a ``train.py <argv>`` run reads, built now if missing (the embedded corpus is built into
+    its cache on first use): runs then launched side by side find it complete instead of both building it."""
+    from components.config import load_config
+    from components.data import ensure_dataset
+    from components.tokenizer import build_tokenizer
+
+    argv = [str(REPO / arg) if prev == "--config" else arg for prev, arg in zip(["", *argv], argv)]
+    cfg, _ = load_config(argv)
+    data = dataclasses.replace(cfg.data, cache_dir=str(REPO / Path(cfg.data.cache_dir).expanduser()))
+    return ensure_dataset(data, build_tokenizer(cfg.tokenizer))
+
+
+def side_by_side(*calls):
+    """Run the zero-argument ``calls`` (launches of independent processes) as many at once as the machine has
+    cores; returns their results in order (the first exception raised is re-raised)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(calls), os.cpu_count() or 1))) as pool:
+        return [future.result() for future in [pool.submit(call) for call in calls]]
+
+
 def pythons_side_by_side(commands: list[list[str]], timeout: float = 600,
                          env: dict | None = None) -> list[subprocess.CompletedProcess]:
-    """``python <args>`` of each command, as many at once as the machine has cores (each process is meant to
-    use one thread); every one must succeed. Returns the processes in the order of ``commands``."""
-    with ThreadPoolExecutor(max_workers=max(1, min(len(commands), os.cpu_count() or 1))) as pool:
-        return list(pool.map(lambda args: python(args, timeout=timeout, env=env), commands))
+    """``python <args>`` of each command, side by side (each process is meant to use one thread); every one
+    must succeed. Returns the processes in the order of ``commands``."""
+    return side_by_side(*[lambda args=args: python(args, timeout=timeout, env=env) for args in commands])
 
 
 def children(pid: int) -> list[int]:

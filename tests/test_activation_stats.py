@@ -20,7 +20,7 @@ from components.activation_stats import LOGIT_QUERIES, ActivationStats
 from distributed.parallelize import apply_activation_checkpointing, apply_compile
 from models import build_model, make_model_args
 from models.common import apply_rope, scaled
-from tests.launch import python, torchrun
+from tests.launch import build_training_data, python, side_by_side, torchrun
 
 VOCAB, SEQ_LEN, BATCH = 97, 100, 2  # SEQ_LEN > LOGIT_QUERIES: the logit max really samples
 TOLERANCE = 1e-5  # relative, float32 model vs float64 statistics of the same tensors
@@ -190,10 +190,11 @@ def logged(run_dir: Path) -> list[dict[str, float]]:
 def runs(tmp_path_factory) -> dict[str, list[dict[str, float]]]:
     out = tmp_path_factory.mktemp("variance_runs")
     args = ["--job.output_dir", str(out)]
-    torchrun([*TRAIN, *args, "--job.run_name", "two"], nproc=2, timeout=300)
-    python([*TRAIN, *args, "--job.run_name", "one"], timeout=300, env={"OMP_NUM_THREADS": "1"})
-    python([*TRAIN, *args, "--job.run_name", "ac", "--activation_checkpoint.mode", "full"], timeout=300,
-           env={"OMP_NUM_THREADS": "1"})
+    build_training_data(TRAIN[1:])  # before the runs side by side, not by each of them at once
+    side_by_side(lambda: torchrun([*TRAIN, *args, "--job.run_name", "two"], nproc=2, timeout=300),
+                 lambda: python([*TRAIN, *args, "--job.run_name", "one"], timeout=300, env={"OMP_NUM_THREADS": "1"}),
+                 lambda: python([*TRAIN, *args, "--job.run_name", "ac", "--activation_checkpoint.mode", "full"],
+                                timeout=300, env={"OMP_NUM_THREADS": "1"}))
     return {name: logged(out / name) for name in ("one", "two", "ac")}
 
 

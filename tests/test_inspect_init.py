@@ -17,7 +17,7 @@ import re
 import pytest
 from scipy.stats import truncnorm
 
-from tests.launch import REPO, python, torchrun
+from tests.launch import REPO, python, side_by_side, torchrun
 
 CONFIG = "train_configs/debug.toml"
 BLOCK = 4096
@@ -90,14 +90,16 @@ def sharded_runs(tmp_path_factory) -> dict[int, tuple[list[dict], list[dict]]]:
     root = tmp_path_factory.mktemp("inspect")
     runner = root / "runner.py"
     runner.write_text(RUNNER)
-    runs = {}
-    for world in (1, 2, 4):
+
+    def launch(world: int) -> tuple[list[dict], list[dict]]:
         out_dir = root / f"world_{world}"
         out_dir.mkdir()
-        proc = torchrun([str(runner), str(BLOCK), str(out_dir), "--config", CONFIG, *SMALL, "--init.scheme", "depth_aware", "--json"], world)
-        records = [json.loads((out_dir / f"rank_{r}.json").read_text()) for r in range(world)]
-        runs[world] = (json.loads(proc.stdout), records)
-    return runs
+        proc = torchrun([str(runner), str(BLOCK), str(out_dir), "--config", CONFIG, *SMALL, "--init.scheme",
+                         "depth_aware", "--json"], world)
+        return json.loads(proc.stdout), [json.loads((out_dir / f"rank_{r}.json").read_text()) for r in range(world)]
+
+    one, two = side_by_side(lambda: launch(1), lambda: launch(2))  # 3 ranks on the cores, then the 4 alone
+    return {1: one, 2: two, 4: launch(4)}
 
 
 @pytest.mark.multiprocess

@@ -30,7 +30,7 @@ from components.data import ShardWriter
 from components.lr_schedule import lr_factor
 from components.tokenizer import build_tokenizer
 from init_schemes.base import truncation_shrink
-from tests.launch import pythons_side_by_side, torchrun
+from tests.launch import build_training_data, pythons_side_by_side, torchrun
 
 pytestmark = pytest.mark.multiprocess  # every test here launches training processes
 
@@ -220,6 +220,8 @@ def single(out) -> dict[str, Run]:
     """All single-process runs (two interpreters, side by side): name -> Run."""
     cases = single_process_cases(out)
     assert sorted(name for group in SIDE_BY_SIDE for name in group) == sorted(cases)
+    for name in ("llama", "learning"):  # the two corpora (512 and 4096 tokens): built before, not by both at once
+        build_training_data(cases[name])
     results = run_side_by_side([{name: cases[name] for name in group} for group in SIDE_BY_SIDE], out / "_single")
     return {name: as_run(result, out, name) for name, result in results.items()}
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from components.weight_stats import WeightStats, combine_moments, local_moments, std_from_moments
 from models import build_model, make_model_args
-from tests.launch import python, torchrun
+from tests.launch import python, side_by_side, torchrun
 
 WORKER = "tests/dist_weight_stats_worker.py"
 N_LAYERS = 4  # the debug flavors
@@ -31,8 +31,8 @@ TOLERANCE = 1e-5  # relative, measured vs full-tensor float64 references
 def worlds(tmp_path_factory) -> dict[int, dict]:
     """World size -> the worker's JSON (2 ranks under torchrun, 1 as a plain process)."""
     out = tmp_path_factory.mktemp("weight_stats")
-    torchrun([WORKER, str(out / "two.json")], nproc=2, timeout=300)
-    python([WORKER, str(out / "one.json")], timeout=300, env={"OMP_NUM_THREADS": "1"})
+    side_by_side(lambda: torchrun([WORKER, str(out / "two.json")], nproc=2, timeout=300),
+                 lambda: python([WORKER, str(out / "one.json")], timeout=300, env={"OMP_NUM_THREADS": "1"}))
     return {n: json.loads((out / f"{name}.json").read_text()) for n, name in ((2, "two"), (1, "one"))}
 
 
