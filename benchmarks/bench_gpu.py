@@ -265,6 +265,7 @@ def measure_all(args) -> int:
     path = out / f"{device_name.replace(' ', '_')}.json"
     record = json.loads(path.read_text()) if path.exists() else {"device": device_name, "results": []}
     new = [torchtitan_record(args.torchtitan_summary, common)] if args.torchtitan_summary else []
+    path.write_text(json.dumps({**record, "results": record["results"] + new}, indent=2))  # before any variant fails
     for model in args.models.split(","):
         for variant in args.variants.split(","):
             if not applies(model, variant):
