@@ -29,8 +29,11 @@ import inspect
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp._fully_shard import _fsdp_collectives
 from torch.distributed.fsdp._fully_shard._fsdp_param import FSDPParam, ShardedState
+
+from components.config import ConfigError
 
 
 class OneRankReduceScatter:
@@ -84,8 +87,11 @@ class InPlaceParam(FSDPParam):
             return [self._sharded_param_data]
         return FSDPParam.all_gather_inputs.fget(self)
 
-    def init_all_gather_outputs(self, numels, dtypes, world_size, device) -> None:
-        super().init_all_gather_outputs(numels, [self.param_dtype or dtype for dtype in dtypes], world_size, device)
+    def init_all_gather_outputs(self, all_gather_input_numels, all_gather_input_dtypes, *args, **kwargs) -> None:
+        # FSDP2's own, in the param dtype; the rest passed on as given (torch 2.11-2.12's ``force_recreate``:
+        # recreate the outputs even if made, here in the param dtype too)
+        dtypes = [self.param_dtype or dtype for dtype in all_gather_input_dtypes]
+        super().init_all_gather_outputs(all_gather_input_numels, dtypes, *args, **kwargs)
 
     def to_accumulated_grad_if_needed(self) -> None:
         grad = self._unsharded_param.grad
@@ -154,7 +160,6 @@ def fused_sum_kernel():
 
 
 _fsdp_copy_in = _fsdp_collectives.foreach_reduce_scatter_copy_in
-_FSDP_COPY_IN_ARGS = list(inspect.signature(_fsdp_copy_in).parameters)
 
 
 def packed_in_place(grads: list[torch.Tensor], packed: torch.Tensor) -> bool:
@@ -179,24 +184,72 @@ def copy_in_unless_in_place(unsharded_grads: list[torch.Tensor], reduce_scatter_
     _fsdp_copy_in(unsharded_grads, reduce_scatter_input, world_size)
 
 
-def check_torch_internals() -> None:
-    """The FSDP2 internals this module relies on, as torch 2.11-2.13 have them; one line naming the switch if not."""
-    expected = ["unsharded_grads", "reduce_scatter_input", "world_size"]
-    found = _FSDP_COPY_IN_ARGS
-    missing = [name for name in ("all_gather_inputs", "init_all_gather_outputs", "to_accumulated_grad_if_needed",
-                                 "accumulate_unsharded_grad_if_needed") if not hasattr(FSDPParam, name)]
-    if found != expected or missing:
-        raise RuntimeError(f"parallelism.one_rank_in_place: this torch {torch.__version__} has other FSDP2 internals "
-                           f"(foreach_reduce_scatter_copy_in{tuple(found)}, missing {missing}); set "
-                           "parallelism.one_rank_in_place = false")
+# The FSDP2 functions this module overrides or calls, with their parameters (annotations left out) in the torch
+# versions it was written for, read from their sources: torch 2.11 and 2.12 have the first init_all_gather_outputs
+# (force_recreate: recreate the outputs even if made; torch 2.11 passes True only under compiled autograd), torch 2.13
+# the second; the others are alike in all three.
+WRITTEN_FOR: dict[str, tuple[str, ...]] = {
+    "FSDPParam.all_gather_inputs": ("(self)",),
+    "FSDPParam.init_all_gather_outputs": (
+        "(self, all_gather_input_numels, all_gather_input_dtypes, world_size, device, force_recreate=False)",
+        "(self, all_gather_input_numels, all_gather_input_dtypes, world_size, device)"),
+    "FSDPParam.to_accumulated_grad_if_needed": ("(self)",),
+    "FSDPParam.accumulate_unsharded_grad_if_needed": ("(self)",),
+    "foreach_reduce_scatter_copy_in": ("(unsharded_grads, reduce_scatter_input, world_size)",),
+    "FSDPModule._get_fsdp_state": ("(self)",),
+}
+
+
+# The attributes of an FSDPParam (after fully_shard; its param_dtype and reduce_dtype come at its first forward) that
+# this module reads.
+PARAM_ATTRIBUTES = ("is_dtensor", "offload_to_cpu", "_sharded_local_tensor", "_orig_size",
+                    "sharded_state", "_sharded_param_data", "unsharded_accumulated_grad", "all_gather_outputs", "device")
+
+
+def torch_internals() -> dict[str, object]:
+    """The FSDP2 functions of :data:`WRITTEN_FOR` in this torch (of a property, its getter); None where one is missing."""
+    getter = getattr(getattr(FSDPParam, "all_gather_inputs", None), "fget", None)
+    return {"FSDPParam.all_gather_inputs": getter,
+            **{f"FSDPParam.{name}": getattr(FSDPParam, name, None)
+               for name in ("init_all_gather_outputs", "to_accumulated_grad_if_needed",
+                            "accumulate_unsharded_grad_if_needed")},
+            "foreach_reduce_scatter_copy_in": _fsdp_copy_in,
+            "FSDPModule._get_fsdp_state": getattr(FSDPModule, "_get_fsdp_state", None)}
+
+
+def parameters_of(function) -> str:
+    """``function``'s signature without annotations, e.g. ``(self, world_size, device=None)``."""
+    signature = inspect.signature(function)
+    return str(signature.replace(parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+                                 return_annotation=signature.empty))
+
+
+def check_torch_internals(module: nn.Module | None = None) -> None:
+    """The FSDP2 internals this module overrides or calls have the parameters it was written for (:data:`WRITTEN_FOR`),
+    and the FSDP params of ``module`` (fully_shard applied) the attributes it reads; else one line naming the switch
+    and its fix, at start-up rather than a TypeError in a step."""
+    found = {name: parameters_of(function) if callable(function) else "missing"
+             for name, function in torch_internals().items()}
+    other = [name + found[name].replace("missing", " missing")
+             for name, known in WRITTEN_FOR.items() if found[name] not in known]
+    if module is not None and not other:
+        group = module._get_fsdp_state()._fsdp_param_group
+        params = group.fsdp_params if group is not None else []
+        other = [f"FSDPParam.{name} missing" for name in PARAM_ATTRIBUTES if not all(hasattr(p, name) for p in params)]
+    if other:
+        raise ConfigError(f"parallelism.one_rank_in_place = true relies on FSDP2 internals that this torch "
+                          f"{torch.__version__} has otherwise ({'; '.join(other)}); set "
+                          "parallelism.one_rank_in_place = false (FSDP2's own path, the same numbers)")
 
 
 def install_in_place(module: nn.Module, comm: OneRankReduceScatter) -> None:
     """Swap the FSDP params of ``module`` (fully_shard on a one-rank group, ``comm`` installed) to
     :class:`InPlaceParam`, and FSDP2's packing to one that skips gradients already in place."""
-    check_torch_internals()
+    check_torch_internals(module)
     _fsdp_collectives.foreach_reduce_scatter_copy_in = copy_in_unless_in_place  # global, exact check: harmless elsewhere
     group = module._get_fsdp_state()._fsdp_param_group
+    if group is None:
+        return  # no parameters of its own
     plain = [p for p in group.fsdp_params
              if not p.is_dtensor and not p.offload_to_cpu and not hasattr(p._sharded_local_tensor, "fsdp_pre_all_gather")]
     if len(plain) != len(group.fsdp_params):

@@ -7,6 +7,8 @@ these CPU tests ask FSDP2 for that policy (gloo runs no collective on one rank).
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 
 import pytest
 import torch
@@ -41,7 +43,8 @@ def test_in_place_gradients_are_fsdp2s_bitwise_and_never_repacked(monkeypatch, d
     (``foreach_reduce_scatter_copy_in``) never ran with the lever: the gradients were in the packed buffer."""
     packings = []
     original = one_rank._fsdp_copy_in
-    monkeypatch.setattr(one_rank, "_fsdp_copy_in", lambda *args: packings.append(1) or original(*args))
+    counted = functools.wraps(original)(lambda *args: packings.append(1) or original(*args))  # (its signature)
+    monkeypatch.setattr(one_rank, "_fsdp_copy_in", counted)
     torch.manual_seed(0)
     reference, batches = TwoBlocks(), [torch.randn(5, 6) for _ in range(2)]
     grads, packed = {}, {}
@@ -128,3 +131,59 @@ def test_fused_sum_kernel_is_fsdp2s_cast_then_add_bitwise(monkeypatch):
         assert not torch.equal(rounded_to_bf16, fsdp2)
     finally:
         one_rank.fused_sum_kernel.cache_clear()  # a later CUDA use compiles the kernel for the GPU
+
+
+def test_internals_check_stops_an_unknown_torch_at_start_up_with_one_line(tmp_path, monkeypatch, capsys):
+    """This torch passes; a planted FSDP2 change (init_all_gather_outputs with another parameter, as torch 2.11 has
+    against 2.13, or a method gone) stops train.py before its first step with one line naming the switch and its
+    fix, not a TypeError in a step."""
+    from torch.distributed.fsdp._fully_shard._fsdp_param import FSDPParam
+
+    import train
+    from components.config import ConfigError
+
+    one_rank.check_torch_internals()
+    argv = [*TINY, "--job.output_dir", str(tmp_path), "--parallelism.one_rank_in_place", "true"]
+
+    def init_all_gather_outputs(self, all_gather_input_numels, all_gather_input_dtypes, world_size, device, stream):
+        raise AssertionError("never called: the check stops the run first")
+
+    monkeypatch.setattr(FSDPParam, "init_all_gather_outputs", init_all_gather_outputs)
+    assert train.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: parallelism.one_rank_in_place = true relies on FSDP2")
+    assert ("FSDPParam.init_all_gather_outputs(self, all_gather_input_numels, all_gather_input_dtypes, world_size, "
+            "device, stream)" in lines[0]) and "set parallelism.one_rank_in_place = false" in lines[0]
+    monkeypatch.undo()
+    monkeypatch.delattr(FSDPParam, "to_accumulated_grad_if_needed")
+    with pytest.raises(ConfigError, match=r"\(FSDPParam.to_accumulated_grad_if_needed missing\); set parallelism"):
+        one_rank.check_torch_internals()
+
+
+def test_gathered_outputs_are_fsdp2s_in_the_param_dtype_with_this_torchs_arguments():
+    """InPlaceParam.init_all_gather_outputs takes every argument this torch's FSDPParam's takes (torch 2.11-2.12:
+    ``force_recreate``) and does what FSDP2 does with it (kept once made; recreated when forced), in bf16 where
+    FSDP2 makes the all-gather input's dtype (fp32: the unsharded weight the lever casts into)."""
+    from torch.distributed.fsdp._fully_shard._fsdp_param import FSDPParam
+
+    forced = "force_recreate" in inspect.signature(FSDPParam.init_all_gather_outputs).parameters
+    with distributed_session("cpu") as env:
+        model = TwoBlocks()
+        apply_fsdp(model, env, BF16_FP32, reshard_after_forward=False, one_rank_in_place=True)
+        model(torch.randn(5, 6))  # FSDP2's lazy initialization: the params' dtypes
+        param = model.layers["0"]._get_fsdp_state()._fsdp_param_group.fsdp_params[0]
+        assert isinstance(param, one_rank.InPlaceParam)
+        made = {}
+        for cls in (FSDPParam, one_rank.InPlaceParam):
+            param.all_gather_outputs = []
+            cls.init_all_gather_outputs(param, [4], [torch.float32], 1, env.device)
+            first = param.all_gather_outputs[0]
+            cls.init_all_gather_outputs(param, [8], [torch.float32], 1, env.device)  # made already: kept
+            assert param.all_gather_outputs[0] is first and first.shape == (4,)
+            if forced:
+                cls.init_all_gather_outputs(param, [8], [torch.float32], 1, env.device, force_recreate=False)
+                assert param.all_gather_outputs[0] is first
+                cls.init_all_gather_outputs(param, [8], [torch.float32], 1, env.device, force_recreate=True)
+                assert param.all_gather_outputs[0] is not first and param.all_gather_outputs[0].shape == (8,)
+            made[cls] = [t.dtype for t in param.all_gather_outputs]
+    assert made == {FSDPParam: [torch.float32], one_rank.InPlaceParam: [torch.bfloat16]}

@@ -340,7 +340,7 @@ def test_hsdp_four_ranks_matches_one_process(single, hsdp):
 
 def test_replicas_of_one_rank_shard_groups_match_one_process(single, replicated):
     """2 replicas x 1 shard: the sharded gradients are views of the packed reduce-scatter input
-    (distributed/parallelize.py: OneRankReduceScatter), all-reduced in place; losses and grad norms of 4 steps
+    (distributed/one_rank.py: OneRankReduceScatter), all-reduced in place; losses and grad norms of 4 steps
     are the 1-process ones (1e-4)."""
     reference = single["hsdp_reference"]
     assert replicated.rc == 0, replicated.stderr
