@@ -261,7 +261,7 @@ class Parallelism:
     parameters and sums the micro-batches' gradients in fp32 straight into the packed reduce-scatter buffer,
     skipping FSDP2's staging copies (memory traffic per parameter and step: 14 bytes instead of 34 at two
     micro-batches; the same numbers bitwise; distributed/one_rank.py). Acts only with mixed precision (CUDA) and
-    one-rank shard groups; relies on FSDP2 internals of torch 2.11-2.13, their signatures checked at start-up
+    one-rank shard groups; relies on FSDP2 internals of torch 2.11-2.14, their signatures checked at start-up
     (a mismatch stops the run there with one line)."""
 
 

@@ -1,6 +1,6 @@
 """FSDP2 on a shard group of one rank (one GPU, or replicas of one rank each) without the copies it makes there.
 
-On a one-rank group FSDP2 (torch 2.11-2.13, ``torch/distributed/fsdp/_fully_shard/``) runs no all-gather and no
+On a one-rank group FSDP2 (torch 2.11-2.14, ``torch/distributed/fsdp/_fully_shard/``) runs no all-gather and no
 reduce-scatter, but keeps their staging copies:
 
 - unshard (``FSDPParamGroup.wait_for_unshard``, its ``world_size == 1`` branch): each fp32 weight is cast to a new
@@ -187,7 +187,7 @@ def copy_in_unless_in_place(unsharded_grads: list[torch.Tensor], reduce_scatter_
 # The FSDP2 functions this module overrides or calls, with their parameters (annotations left out) in the torch
 # versions it was written for, read from their sources: torch 2.11 and 2.12 have the first init_all_gather_outputs
 # (force_recreate: recreate the outputs even if made; torch 2.11 passes True only under compiled autograd), torch 2.13
-# the second; the others are alike in all three.
+# and 2.14 the second; the others are alike in all four.
 WRITTEN_FOR: dict[str, tuple[str, ...]] = {
     "FSDPParam.all_gather_inputs": ("(self)",),
     "FSDPParam.init_all_gather_outputs": (
