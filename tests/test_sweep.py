@@ -264,3 +264,15 @@ def test_a_point_that_ignores_the_deadline_is_killed_after_the_grace(tmp_path, m
     outcomes = sweep.execute([point], stubborn, tmp_path / "out", deadline_s=0.3, say=lambda line: None)
     assert time.monotonic() - start < 20
     assert [(o.status, o.note) for o in outcomes] == [("interrupted", "exit -9: (no output)")]
+
+
+@pytest.mark.multiprocess
+def test_start_by_starts_no_point_after_its_time_and_lets_the_running_one_end(tmp_path):
+    points = sweep.plan(spec_of(tmp_path, GRID))[:3]
+    slow = ["sh", "-c", "sleep 0.6"]  # each point takes 0.6 s; the start-by time passes during the first
+    lines: list[str] = []
+    outcomes = sweep.execute(points, slow, tmp_path / "out", start_by_s=0.3, deadline_s=30, say=lines.append)
+    assert [o.point.name for o in outcomes] == [points[0].name] and outcomes[0].status == "failed"  # ran, not killed
+    assert outcomes[0].seconds >= 0.55 and "start-by time of 0.3 s reached: starting none of the 2 point(s) left, " \
+        "1 still running" in lines
+    assert sweep_script.main([str(write_sweep(tmp_path, GRID)), "--deadline", "5", "--start-by", "9"]) == 2

@@ -1,0 +1,75 @@
+"""How the time of a sweep's runs was spent when several shared one GPU: the measurements a time budget for a
+longer sweep is computed from (docs/lr_sensitivity/README.md, "Long runs ... time budget").
+
+Per finished run (``finished.json``): the training loop's wall time (``wall_s``, compilation included: it
+happens in step 1), the first step's time and the mean time of every later step (from the logged
+``throughput/tokens_per_sec``, the tokens per second of the steps since the previous log) and the rest of the
+loop (validation, logging, the end). And per sweep: each run's loop placed on one clock (it ends at the run's
+provenance ``ended`` time, ISO seconds, and began ``wall_s`` earlier; its logged intervals in order from there,
+the rest at its end, so a placement is good to a few seconds), then, for every number k of runs in their loops
+at once, the fraction of the time it held and the summed tokens per second of those runs: what the GPU
+delivered to k concurrent runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from components.run_dir import RunDir
+
+THROUGHPUT_KEY = "throughput/tokens_per_sec"
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """One finished run's training loop: times in seconds, ``intervals`` as (start, end, tokens/s) on the clock."""
+
+    name: str
+    loop_s: float  # finished.json wall_s
+    first_step_s: float
+    later_step_s: float  # mean over steps 2..N
+    rest_s: float  # loop_s - the logged steps' time: validation, logging, the end
+    tokens_per_step: int
+    intervals: tuple[tuple[float, float, float], ...]
+
+
+def run_timing(run: RunDir) -> RunTiming:
+    """The timing of one finished run; ValueError naming the run when it lacks what is needed."""
+    summary, starts = run.summary, run.starts
+    if summary is None or "wall_s" not in summary:
+        raise ValueError(f"{run.path}: no finished.json with wall_s; give finished runs only")
+    if len(starts) != 1 or not starts[0].get("ended"):
+        raise ValueError(f"{run.path}: needs exactly one start with an 'ended' time in its provenance (resumed or old run)")
+    cfg = run.config
+    tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
+    logged = sorted((r["step"], r[THROUGHPUT_KEY]) for r in run.records if THROUGHPUT_KEY in r and r["step"] >= 1)
+    if not logged or logged[0][0] != 1:
+        raise ValueError(f"{run.path}: no logged throughput at step 1; it needs metrics.log_freq records from step 1")
+    clock = datetime.fromisoformat(starts[0]["ended"]).timestamp() - summary["wall_s"]
+    intervals, previous = [], 0
+    for step, tokens_per_s in logged:
+        seconds = (step - previous) * tokens_per_step / tokens_per_s
+        intervals.append((clock, clock + seconds, tokens_per_s))
+        clock, previous = clock + seconds, step
+    first = intervals[0][1] - intervals[0][0]
+    later = sum(end - start for start, end, _ in intervals[1:]) / max(previous - 1, 1)
+    rest = summary["wall_s"] - sum(end - start for start, end, _ in intervals)
+    return RunTiming(run.path.name, summary["wall_s"], first, later, rest, tokens_per_step, tuple(intervals))
+
+
+def concurrency(timings: list[RunTiming], resolution_s: float = 0.5) -> dict[int, tuple[float, float]]:
+    """k runs in their loops at once -> (fraction of the time from the first loop's start to the last one's end,
+    mean summed tokens/s over that time; 0 for k = 0), sampled every ``resolution_s`` seconds."""
+    spans = [iv for t in timings for iv in t.intervals]
+    if not spans:
+        raise ValueError("no runs to time")
+    begin, end = min(s for s, _, _ in spans), max(e for _, e, _ in spans)
+    samples = max(1, math.ceil((end - begin) / resolution_s))
+    seen: dict[int, list[float]] = {}
+    for i in range(samples):
+        moment = begin + (i + 0.5) * resolution_s
+        active = [rate for s, e, rate in spans if s <= moment < e]
+        seen.setdefault(len(active), []).append(sum(active))
+    return {k: (len(v) / samples, sum(v) / len(v)) for k, v in sorted(seen.items())}

@@ -1,0 +1,112 @@
+"""The LR-sensitivity study's long runs (docs/lr_sensitivity/README.md, "Long runs (10 M tokens)"): the sweep file
+resolves to the pre-registered design, one point of it trains on a CPU through scripts/lr_sensitivity_gpu.sh
+(shrunk by overrides), and the timing report the time budget is computed with (reporting/sweep_timing.py) reads
+that real run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import tomllib
+
+import pytest
+
+from components import sweep
+from components.run_dir import RunDir
+from reporting import sweep_timing
+from scripts import sweep_timing as sweep_timing_script
+from tests.launch import REPO
+
+STUDY = REPO / "train_configs" / "lr_sensitivity"
+LRS = [1e-4, 5.6e-4, 3.2e-3, 1.8e-2, 1e-1]  # the README's grid: 10^-4 ... 10^-1, 10^0.75 apart, two digits
+# What the long runs change in the 64-step runs' config (the README's design table), and nothing else.
+CHANGED = {("training", "steps"): (64, 320), ("lr_scheduler", "warmup_steps"): (6, 30),
+           ("metrics", "log_freq"): (8, 16), ("metrics", "val_freq"): (32, 160)}
+
+
+def test_long_sweep_file_holds_the_documented_design():
+    spec, pilot = sweep.load_sweep_file(STUDY / "long_sweep.toml"), sweep.load_sweep_file(STUDY / "sweep.toml")
+    assert spec.grid == {"optimizer.lr": LRS, "job.seed": [0, 1, 2]} and spec.arms == pilot.arms
+    assert list(spec.arms) == ["depth_aware", "depth_aware_emb002", "scaled_output", "mitchell", "normal"]
+    steps = [math.log10(b / a) for a, b in zip(LRS, LRS[1:])]
+    assert all(abs(step - 0.75) < 0.01 for step in steps) and LRS[0] < 3e-4 and LRS[-1] >= 1e-1
+    points = sweep.plan(spec)
+    assert len(points) == 75 and [p.coords["job.seed"] for p in points] == [0] * 25 + [1] * 25 + [2] * 25
+    tokens = {p.config.training.steps * p.config.training.global_batch_size * p.config.training.seq_len for p in points}
+    assert tokens == {10_485_760} and min(tokens) >= 10_000_000
+    pilot_points = {(p.coords["arm"], p.coords["job.seed"]): p for p in reversed(sweep.plan(pilot))}
+    for point in points[:5] + points[-5:]:  # each arm: the long point vs a 64-step point of the same arm and seed
+        twin = pilot_points[point.coords["arm"], point.coords["job.seed"]]
+        ours, theirs = vars_of(point.config), vars_of(twin.config)
+        differ = {k for k in ours if ours[k] != theirs[k]} - {("optimizer", "lr"), ("job", "seed"), ("job", "run_name"), ("job", "output_dir")}
+        assert differ == set(CHANGED) and all((theirs[k], ours[k]) == v for k, v in CHANGED.items()), point.name
+        assert ours[("lr_scheduler", "decay_type")] == "cosine" and ours[("lr_scheduler", "min_lr_ratio")] == 0.1
+
+
+def vars_of(cfg) -> dict[tuple[str, str], object]:
+    return {(section, key): value for section, table in vars(cfg).items() for key, value in vars(table).items()}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One point of the long sweep (mitchell, lr 1e-1, seed 0) through the GPU entry point, shrunk to the debug model
+    on the embedded corpus for 2 steps (~12 s on a CPU)."""
+    tmp = tmp_path_factory.mktemp("long")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LR_SWEEP": "train_configs/lr_sensitivity/long_sweep.toml",
+           "LR_RUNS": str(tmp / "runs"), "OUT": str(tmp / "out"), "LR_START_BY_S": "120", "LR_DEADLINE_S": "300"}
+    shrink = ["--model.flavor", "debug", "--data.dataset", "embedded", "--tokenizer.max_vocab", "4096",
+              "--compile.enable", "false", "--training.steps", "2", "--training.seq_len", "64",
+              "--training.global_batch_size", "2", "--training.local_batch_size", "0", "--metrics.val_freq", "2",
+              "--metrics.log_freq", "1", "--metrics.val_batches", "1", "--lr_scheduler.warmup_steps", "1"]
+    done = subprocess.run(["bash", "scripts/lr_sensitivity_gpu.sh", "0", "--arms", "mitchell", "--grid",
+                           "optimizer.lr=1e-1", *shrink], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "long_sweep.toml" in done.stdout and "1 points: 1 done" in done.stdout
+    return tmp
+
+
+def test_one_point_of_the_long_sweep_trains_on_cpu(smoke_run):
+    run = RunDir(smoke_run / "runs" / "mitchell_lr0.1_seed0")
+    config = tomllib.loads(run.config_text)
+    assert config["lr_scheduler"]["min_lr_ratio"] == 0.1 and config["lr_scheduler"]["decay_type"] == "cosine"
+    assert config["init"]["scheme"] == "mitchell" and config["optimizer"]["lr"] == 0.1
+    assert config["optimizer"]["weight_decay"] == 0.1 and config["training"]["max_norm"] == 1.0  # from base.toml
+    assert run.summary["steps"] == 2 and math.isfinite(run.summary["final"]["loss/val"])
+    assert (smoke_run / "out" / "lr_sensitivity.tar.gz").is_file()
+
+
+def test_timing_of_a_real_run_and_its_bad_inputs(smoke_run, tmp_path, capsys):
+    run = RunDir(smoke_run / "runs" / "mitchell_lr0.1_seed0")
+    timing = sweep_timing.run_timing(run)
+    logged = [r for r in run.records if sweep_timing.THROUGHPUT_KEY in r]
+    assert timing.tokens_per_step == 2 * 64 and len(timing.intervals) == len(logged) == 2
+    spent = sum(end - start for start, end, _ in timing.intervals)
+    assert timing.loop_s == run.summary["wall_s"] and timing.rest_s == pytest.approx(timing.loop_s - spent)
+    assert timing.first_step_s == pytest.approx(128 / logged[0][sweep_timing.THROUGHPUT_KEY])
+    profile = sweep_timing.concurrency([timing], resolution_s=0.01)
+    assert set(profile) <= {0, 1} and profile[1][0] > 0.95  # one run: in its loop nearly all of the span
+    # Two copies of it, the second shifted by half its span: 2 at once for about a third of the joint span.
+    half = (timing.intervals[-1][1] - timing.intervals[0][0]) / 2
+    shifted = dataclasses.replace(timing, name="b", intervals=tuple((s + half, e + half, r) for s, e, r in timing.intervals))
+    both = sweep_timing.concurrency([timing, shifted], resolution_s=0.01)
+    assert both[2][0] == pytest.approx(1 / 3, abs=0.05)
+    summary = smoke_run / "runs" / ".sweep" / "summary.json"
+    assert sweep_timing_script.main([str(smoke_run / "runs"), "--summary", str(summary)]) == 0
+    assert "| first step (compilation) |" in capsys.readouterr().out
+    # Planted defects: a run without an end time, a summary that names no finished point.
+    provenance = json.loads((run.path / "finished.json").read_text())
+    provenance["provenance"]["starts"][0]["ended"] = None
+    broken = tmp_path / "runs" / "x"
+    broken.mkdir(parents=True)
+    for name in ("config.toml", "metrics.jsonl"):
+        (broken / name).write_text((run.path / name).read_text())
+    (broken / "finished.json").write_text(json.dumps(provenance))
+    with pytest.raises(ValueError, match="needs exactly one start with an 'ended' time"):
+        sweep_timing.run_timing(RunDir(broken))
+    (tmp_path / "s.json").write_text(json.dumps([{"name": "x", "status": "failed", "seconds": 1}]))
+    done = subprocess.run(["python", "scripts/sweep_timing.py", str(tmp_path / "runs"), "--summary",
+                           str(tmp_path / "s.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "lists no point as done" in done.stderr
