@@ -8,7 +8,8 @@ loop (validation, logging, the end). And per sweep: each run's loop placed on on
 provenance ``ended`` time, ISO seconds, and began ``wall_s`` earlier; its logged intervals in order from there,
 the rest at its end, so a placement is good to a few seconds), then, for every number k of runs in their loops
 at once, the fraction of the time it held and the summed tokens per second of those runs: what the GPU
-delivered to k concurrent runs.
+delivered to k concurrent runs. A run without one provenance start with an ``ended`` time (a resumed run, or one
+from before the provenance record) has its per-run times but no place on the clock.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ THROUGHPUT_KEY = "throughput/tokens_per_sec"
 
 @dataclass(frozen=True)
 class RunTiming:
-    """One finished run's training loop: times in seconds, ``intervals`` as (start, end, tokens/s) on the clock."""
+    """One finished run's training loop: times in seconds, ``intervals`` as (start, end, tokens/s) on the clock (epoch
+    seconds; empty when the run has no end time to place it by)."""
 
     name: str
     loop_s: float  # finished.json wall_s
@@ -40,23 +42,26 @@ def run_timing(run: RunDir) -> RunTiming:
     summary, starts = run.summary, run.starts
     if summary is None or "wall_s" not in summary:
         raise ValueError(f"{run.path}: no finished.json with wall_s; give finished runs only")
-    if len(starts) != 1 or not starts[0].get("ended"):
-        raise ValueError(f"{run.path}: needs exactly one start with an 'ended' time in its provenance (resumed or old run)")
     cfg = run.config
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
     logged = sorted((r["step"], r[THROUGHPUT_KEY]) for r in run.records if THROUGHPUT_KEY in r and r["step"] >= 1)
     if not logged or logged[0][0] != 1:
         raise ValueError(f"{run.path}: no logged throughput at step 1; it needs metrics.log_freq records from step 1")
-    clock = datetime.fromisoformat(starts[0]["ended"]).timestamp() - summary["wall_s"]
-    intervals, previous = [], 0
+    placed = len(starts) == 1 and bool(starts[0].get("ended"))
+    clock = datetime.fromisoformat(starts[0]["ended"]).timestamp() - summary["wall_s"] if placed else 0.0
+    durations, previous = [], 0  # each logged interval: (seconds, tokens/s)
     for step, tokens_per_s in logged:
-        seconds = (step - previous) * tokens_per_step / tokens_per_s
+        durations.append(((step - previous) * tokens_per_step / tokens_per_s, tokens_per_s))
+        previous = step
+    intervals = []
+    for seconds, tokens_per_s in durations:
         intervals.append((clock, clock + seconds, tokens_per_s))
-        clock, previous = clock + seconds, step
-    first = intervals[0][1] - intervals[0][0]
-    later = sum(end - start for start, end, _ in intervals[1:]) / max(previous - 1, 1)
-    rest = summary["wall_s"] - sum(end - start for start, end, _ in intervals)
-    return RunTiming(run.path.name, summary["wall_s"], first, later, rest, tokens_per_step, tuple(intervals))
+        clock += seconds
+    first = durations[0][0]
+    later = sum(seconds for seconds, _ in durations[1:]) / max(previous - 1, 1)
+    rest = summary["wall_s"] - sum(seconds for seconds, _ in durations)
+    return RunTiming(run.path.name, summary["wall_s"], first, later, rest, tokens_per_step,
+                     tuple(intervals) if placed else ())
 
 
 def concurrency(timings: list[RunTiming], resolution_s: float = 0.5) -> dict[int, tuple[float, float]]:
@@ -64,7 +69,7 @@ def concurrency(timings: list[RunTiming], resolution_s: float = 0.5) -> dict[int
     mean summed tokens/s over that time; 0 for k = 0), sampled every ``resolution_s`` seconds."""
     spans = [iv for t in timings for iv in t.intervals]
     if not spans:
-        raise ValueError("no runs to time")
+        raise ValueError("no run has an end time in its provenance to place it on the clock")
     begin, end = min(s for s, _, _ in spans), max(e for _, e, _ in spans)
     samples = max(1, math.ceil((end - begin) / resolution_s))
     seen: dict[int, list[float]] = {}

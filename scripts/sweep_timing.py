@@ -48,11 +48,14 @@ def report(timings: list[sweep_timing.RunTiming], launched_s: list[float]) -> li
              f"| outside the loop (launch to exit − loop) | {spread([s - t.loop_s for s, t in zip(launched_s, timings)])} |",
              f"| first step (compilation) | {spread([t.first_step_s for t in timings])} |",
              f"| each later step | {spread([t.later_step_s for t in timings])} |",
-             f"| rest of the loop (validation, logging) | {spread([t.rest_s for t in timings])} |", "",
-             "| runs in their loops at once | fraction of the time | summed tokens/s |", "|---|---|---|"]
+             f"| rest of the loop (validation, logging) | {spread([t.rest_s for t in timings])} |", ""]
+    unplaced = sum(not t.intervals for t in timings)
+    if unplaced == len(timings):
+        return [*lines, f"No timeline: none of the {unplaced} runs has an end time in its provenance."]
+    lines += ["| runs in their loops at once | fraction of the time | summed tokens/s |", "|---|---|---|"]
     for k, (fraction, rate) in sweep_timing.concurrency(timings).items():
         lines.append(f"| {k} | {fraction:.2f} | {rate:,.0f} |")
-    return lines
+    return lines + ([f"({unplaced} runs without an end time are not on this timeline.)"] if unplaced else [])
 
 
 def main(argv: list[str] | None = None) -> int:

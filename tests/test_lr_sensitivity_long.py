@@ -16,7 +16,7 @@ import pytest
 
 from components import sweep
 from components.run_dir import RunDir
-from reporting import sweep_timing
+from reporting import cli, sweep_timing
 from scripts import sweep_timing as sweep_timing_script
 from tests.launch import REPO
 
@@ -84,15 +84,16 @@ def test_timing_of_a_real_run_and_its_bad_inputs(smoke_run, tmp_path, capsys):
     logged = [r for r in run.records if sweep_timing.THROUGHPUT_KEY in r]
     assert timing.tokens_per_step == 2 * 64 and len(timing.intervals) == len(logged) == 2
     spent = sum(end - start for start, end, _ in timing.intervals)
-    assert timing.loop_s == run.summary["wall_s"] and timing.rest_s == pytest.approx(timing.loop_s - spent)
-    assert timing.first_step_s == pytest.approx(128 / logged[0][sweep_timing.THROUGHPUT_KEY])
-    profile = sweep_timing.concurrency([timing], resolution_s=0.01)
+    assert timing.loop_s == run.summary["wall_s"] and timing.rest_s == pytest.approx(timing.loop_s - spent, abs=1e-5)
+    assert timing.first_step_s == pytest.approx(128 / logged[0][sweep_timing.THROUGHPUT_KEY], abs=1e-5)
+    span = timing.intervals[-1][1] - timing.intervals[0][0]
+    profile = sweep_timing.concurrency([timing], resolution_s=span / 300)
     assert set(profile) <= {0, 1} and profile[1][0] > 0.95  # one run: in its loop nearly all of the span
     # Two copies of it, the second shifted by half its span: 2 at once for about a third of the joint span.
-    half = (timing.intervals[-1][1] - timing.intervals[0][0]) / 2
+    half = span / 2
     shifted = dataclasses.replace(timing, name="b", intervals=tuple((s + half, e + half, r) for s, e, r in timing.intervals))
-    both = sweep_timing.concurrency([timing, shifted], resolution_s=0.01)
-    assert both[2][0] == pytest.approx(1 / 3, abs=0.05)
+    both = sweep_timing.concurrency([timing, shifted], resolution_s=span / 300)
+    assert both[2][0] == pytest.approx(1 / 3, abs=0.01) and both.get(0, (0.0, 0.0))[0] < 0.01
     summary = smoke_run / "runs" / ".sweep" / "summary.json"
     assert sweep_timing_script.main([str(smoke_run / "runs"), "--summary", str(summary)]) == 0
     assert "| first step (compilation) |" in capsys.readouterr().out
@@ -104,9 +105,25 @@ def test_timing_of_a_real_run_and_its_bad_inputs(smoke_run, tmp_path, capsys):
     for name in ("config.toml", "metrics.jsonl"):
         (broken / name).write_text((run.path / name).read_text())
     (broken / "finished.json").write_text(json.dumps(provenance))
-    with pytest.raises(ValueError, match="needs exactly one start with an 'ended' time"):
-        sweep_timing.run_timing(RunDir(broken))
+    unplaced = sweep_timing.run_timing(RunDir(broken))
+    assert unplaced.intervals == () and unplaced.first_step_s == timing.first_step_s  # its own times, no clock
+    assert sweep_timing.concurrency([timing, unplaced], resolution_s=span / 300) == profile
+    with pytest.raises(ValueError, match="no run has an end time in its provenance"):
+        sweep_timing.concurrency([unplaced])
+    (tmp_path / "one.json").write_text(json.dumps([{"name": "x", "status": "done", "seconds": 9.5}]))
+    assert sweep_timing_script.main([str(tmp_path / "runs"), "--summary", str(tmp_path / "one.json")]) == 0
+    assert "No timeline: none of the 1 runs has an end time" in capsys.readouterr().out
     (tmp_path / "s.json").write_text(json.dumps([{"name": "x", "status": "failed", "seconds": 1}]))
-    done = subprocess.run(["python", "scripts/sweep_timing.py", str(tmp_path / "runs"), "--summary",
-                           str(tmp_path / "s.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.startswith("error: ") and "lists no point as done" in done.stderr
+    assert cli.run_cli(sweep_timing_script.main, [str(tmp_path / "runs"), "--summary", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "lists no point as done" in err and err.count("\n") == 1
+
+
+def test_gpu_entry_point_refuses_a_missing_sweep_file_in_one_line(tmp_path):
+    env = {**os.environ, "LR_SWEEP": "train_configs/lr_sensitivity/lnog_sweep.toml", "LR_RUNS": str(tmp_path / "r"),
+           "OUT": str(tmp_path / "o")}
+    done = subprocess.run(["bash", "scripts/lr_sensitivity_gpu.sh", "0"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == "" and list(tmp_path.iterdir()) == []
+    assert done.stderr == ("error: LR_SWEEP=train_configs/lr_sensitivity/lnog_sweep.toml is not a file; give a sweep "
+                           "file, e.g. train_configs/lr_sensitivity/long_sweep.toml\n")
