@@ -33,8 +33,6 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp._fully_shard import _fsdp_collectives
 from torch.distributed.fsdp._fully_shard._fsdp_param import FSDPParam, ShardedState
 
-from components.config import ConfigError
-
 
 class OneRankReduceScatter:
     """FSDP2's reduce-scatter (its ``ReduceScatter`` interface: ``allocate`` + ``__call__``,
@@ -237,9 +235,9 @@ def check_torch_internals(module: nn.Module | None = None) -> None:
         params = group.fsdp_params if group is not None else []
         other = [f"FSDPParam.{name} missing" for name in PARAM_ATTRIBUTES if not all(hasattr(p, name) for p in params)]
     if other:
-        raise ConfigError(f"parallelism.one_rank_in_place = true relies on FSDP2 internals that this torch "
-                          f"{torch.__version__} has otherwise ({'; '.join(other)}); set "
-                          "parallelism.one_rank_in_place = false (FSDP2's own path, the same numbers)")
+        raise ValueError(f"parallelism.one_rank_in_place = true relies on FSDP2 internals that this torch "
+                         f"{torch.__version__} has otherwise ({'; '.join(other)}); set "
+                         "parallelism.one_rank_in_place = false (FSDP2's own path, the same numbers)")
 
 
 def install_in_place(module: nn.Module, comm: OneRankReduceScatter) -> None:
