@@ -54,6 +54,23 @@ def side_by_side(*calls):
         return [future.result() for future in [pool.submit(call) for call in calls]]
 
 
+def torchtitan_beside_initlab(token_dir: str, torchtitan_dump: Path, initlab_out: Path, flags: list[str],
+                              torchtitan_flavor: str = "initlab_debug") -> None:
+    """torchtitan's trainer with initlab's extension (one rank, ``torchtitan_dump``) and train.py (``initlab_out``)
+    side by side, one process each: the CPU comparison's two TOMLs (benchmarks/torchtitan/compare_*.toml), the
+    debug Llama shape, fp32, foreach AdamW, the same token folder and the ``--section.key=value`` ``flags``."""
+    side_by_side(
+        lambda: torchrun(["tests/torchtitan_cpu_trainer.py", "--job.config_file",
+                          "benchmarks/torchtitan/compare_torchtitan.toml", "--job.dump_folder", str(torchtitan_dump),
+                          "--model.flavor", torchtitan_flavor, "--initlab.dataset", token_dir, *flags,
+                          "--training.mixed_precision_param", "float32", "--optimizer.implementation", "foreach"],
+                         nproc=1, timeout=300),
+        lambda: python(["train.py", "--config", "benchmarks/torchtitan/compare_initlab.toml", "--job.output_dir",
+                        str(initlab_out), "--model.flavor", "debug", "--model.vocab_size", "4097",
+                        "--tokenizer.max_vocab", "4096", "--data.dataset", token_dir, *flags, "--training.device", "cpu",
+                        "--optimizer.implementation", "foreach"], env={"OMP_NUM_THREADS": "1"}, timeout=300))
+
+
 def pythons_side_by_side(commands: list[list[str]], timeout: float = 600,
                          env: dict | None = None) -> list[subprocess.CompletedProcess]:
     """``python <args>`` of each command, side by side (each process is meant to use one thread); every one

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from reporting.runs import load_run
 from scripts.compare_torchtitan import INITLAB_LOSS, TORCHTITAN_LOSS, main
-from tests.launch import python, side_by_side, torchrun
+from tests.launch import python, torchtitan_beside_initlab
 
 STEPS = 4
 LOSS_SHIFT = 0.004  # added to every torchtitan loss
@@ -120,16 +120,7 @@ def test_torchtitans_trainer_with_the_extension_and_train_py_agree_in_fp32(tmp_p
     shared = {"training.seq_len": 64, "training.local_batch_size": 2, "training.global_batch_size": 4,
               "training.steps": 4, "lr_scheduler.warmup_steps": 2}
     flags = [f"--{k}={v}" for k, v in shared.items()]
-    side_by_side(  # torchtitan's trainer (one rank) and train.py, each one process
-        lambda: torchrun(["tests/torchtitan_cpu_trainer.py", "--job.config_file",
-                          "benchmarks/torchtitan/compare_torchtitan.toml", "--job.dump_folder", str(tmp_path / "torchtitan"),
-                          "--model.flavor", "initlab_debug", "--initlab.dataset", token_dir, *flags,
-                          "--training.mixed_precision_param", "float32", "--optimizer.implementation", "foreach"],
-                         nproc=1, timeout=300),
-        lambda: python(["train.py", "--config", "benchmarks/torchtitan/compare_initlab.toml", "--job.output_dir",
-                        str(tmp_path), "--model.flavor", "debug", "--model.vocab_size", "4097", "--tokenizer.max_vocab",
-                        "4096", "--data.dataset", token_dir, *flags, "--training.device", "cpu",
-                        "--optimizer.implementation", "foreach"], env={"OMP_NUM_THREADS": "1"}, timeout=300))
+    torchtitan_beside_initlab(token_dir, tmp_path / "torchtitan", tmp_path, flags, "initlab_debug")
     out = tmp_path / "report"
     assert main(["--torchtitan", str(tmp_path / "torchtitan" / "tb"), "--initlab", str(tmp_path / "initlab"),
                  "--out", str(out), "--steps", "2", "3", "4"]) == 0

@@ -22,7 +22,7 @@ from reporting.runs import count_run_params, load_run
 from reporting.tables import fmt_count
 from scripts import compare_runs
 from scripts.compare_torchtitan import torchtitan_series
-from tests.launch import python, side_by_side, torchrun
+from tests.launch import torchtitan_beside_initlab
 from tests.test_torchtitan_ext import parse_job_config
 
 STEPS, LOG_STEPS = 4, [1, 2, 4]  # metrics.log_freq 2: step 1, then every 2nd
@@ -44,16 +44,7 @@ def runs(tmp_path_factory):
     data = Data(dataset="embedded", cache_dir=str(base / "cache"), val_fraction=0.0)
     token_dir = str(ensure_dataset(data, build_tokenizer(Tokenizer(max_vocab=4096)), max_bytes=300_000))
     flags = [f"--{key}={value}" for key, value in SHARED.items()]
-    side_by_side(  # torchtitan's trainer (one rank) and train.py, each one process
-        lambda: torchrun(["tests/torchtitan_cpu_trainer.py", "--job.config_file",
-                          "benchmarks/torchtitan/compare_torchtitan.toml", "--job.dump_folder", str(base / "torchtitan"),
-                          "--model.flavor", tt_flavors.DEBUG_FLAVOR, "--initlab.dataset", token_dir, *flags,
-                          "--training.mixed_precision_param", "float32", "--optimizer.implementation", "foreach"],
-                         nproc=1, timeout=300),
-        lambda: python(["train.py", "--config", "benchmarks/torchtitan/compare_initlab.toml", "--job.output_dir",
-                        str(base), "--model.flavor", "debug", "--model.vocab_size", "4097", "--tokenizer.max_vocab",
-                        "4096", "--data.dataset", token_dir, *flags, "--training.device", "cpu",
-                        "--optimizer.implementation", "foreach"], env={"OMP_NUM_THREADS": "1"}, timeout=300))
+    torchtitan_beside_initlab(token_dir, base / "torchtitan", base, flags, tt_flavors.DEBUG_FLAVOR)
     return base / "torchtitan" / "initlab_run", base / "torchtitan" / "tb", base / "initlab"
 
 
