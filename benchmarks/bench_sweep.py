@@ -1,0 +1,274 @@
+"""One sweep against fresh launches: do N runs finish sooner through the sweep runner (components/sweep.py:
+``--parallel`` runs at once, one compiler cache under the sweep's ``.sweep/cache/`` shared by all of them) than as
+N back-to-back ``python train.py`` launches, each with an empty compiler cache of its own? And the time to the
+first step with an empty against a populated compiler cache (TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR).
+
+    python benchmarks/bench_sweep.py [--sweep-file train_configs/lr_sensitivity/sweep.toml] [--n 6] [--parallel 3]
+        [--steps S] [--ttfs-models llama_1b] [--workdir DIR] [--output OUT.json] [--section.key value ...]
+    python benchmarks/bench_sweep.py --quick --output OUT.json    # CPU dry run: debug config, 2 runs of 2 steps
+
+The N runs are the sweep file's first N points (its run order) with the ``--section.key value`` overrides; both
+modes run the same points, each into its own directory under ``--workdir`` (deleted first). Per run, from its
+files: ``loop_s`` (finished.json ``wall_s``), ``first_step_s`` (step 1's time from metrics.jsonl's step-1
+tokens/s, compilation included: reporting/sweep_timing.py) and ``ttfs_s`` = launch-to-exit - loop + first step:
+the time from launch to the end of step 1, plus the short exit after the loop. Time to first step, cold and warm:
+the first fresh launch (empty cache) against a 2-step relaunch of it on the cache it populated; and for each
+``--ttfs-models`` model (benchmarks/bench_common.py's speed point) a 2-step run launched twice on one cache, empty
+then populated. One JSON record: date, torch, device, commit, every launch's seconds, both totals, the speed-up
+(fresh total / sweep total; the goal is >= 1.5) and the time-to-first-step table. Exit 2 with one line on bad
+input, 1 if a run fails (with its log's last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmarks/bench_sweep.py` puts benchmarks/, not the repo root, on sys.path
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.bench_common import MODEL_SETTINGS, git_commit, settings_argv  # noqa: E402
+from components import sweep  # noqa: E402
+from components.run_dir import RunDir  # noqa: E402
+from reporting.sweep_timing import run_timing  # noqa: E402
+
+GOAL_SPEEDUP = 1.5
+CACHE_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+DEFAULT_SWEEP = REPO / "train_configs/lr_sensitivity/sweep.toml"
+QUICK_OVERRIDES = ["--training.steps", "2", "--metrics.log_freq", "1", "--metrics.val_freq", "0",
+                   "--lr_scheduler.warmup_steps", "0"]
+TTFS_OVERRIDES = ["--training.steps", "2", "--metrics.log_freq", "1", "--metrics.val_freq", "0",
+                  "--lr_scheduler.warmup_steps", "0", "--checkpoint.enable", "false"]
+
+
+class BenchError(ValueError):
+    """Bad input: one line naming the culprit and a fix (exit 2)."""
+
+
+class RunFailed(RuntimeError):
+    """A launched train.py ended with an error (exit 1)."""
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep-file", type=Path, default=DEFAULT_SWEEP, help="sweep TOML (components/sweep.py)")
+    parser.add_argument("--n", type=int, help="runs in each mode: the sweep file's first N points (default 6; --quick 2)")
+    parser.add_argument("--parallel", type=int, help="runs at once in the sweep mode (default 3; --quick 2)")
+    parser.add_argument("--steps", type=int, help="training.steps of every run (default: the config's)")
+    parser.add_argument("--ttfs-models",
+                        help="comma-separated further models for time to first step cold/warm (of benchmarks/bench_common.py: "
+                             "llama_1b, gpt2_124m, debug; default llama_1b, --quick none)")
+    parser.add_argument("--workdir", type=Path, default=REPO / "outputs/bench_sweep", help="run directories and caches")
+    parser.add_argument("--output", type=Path, help="write the JSON record here (default: print it only)")
+    parser.add_argument("--quick", action="store_true",
+                        help="CPU dry run: debug config, N=2, parallel 2, 2 steps, time to first step of debug")
+    own, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
+    if args.quick:
+        args.sweep_file = None
+        overrides = [*QUICK_OVERRIDES, *overrides]
+    if args.ttfs_models is None:
+        args.ttfs_models = "" if args.quick else "llama_1b"
+    args.n = args.n if args.n is not None else 2 if args.quick else 6
+    args.parallel = args.parallel if args.parallel is not None else 2 if args.quick else 3
+    if args.steps is not None:
+        overrides += ["--training.steps", str(args.steps)]
+    return args, overrides
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(this script's arguments, ``--section.key value`` pairs for every run): an option with a dot is train.py's."""
+    own, overrides, i = [], [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name.startswith("--") and "." in name:
+            overrides += [name, argv[i].split("=", 1)[1]] if "=" in argv[i] else argv[i:i + 2]
+            i += 1 if "=" in argv[i] else 2
+            continue
+        own.append(argv[i])
+        i += 1
+    return own, overrides
+
+
+def check(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """The TTFS model names; BenchError on bad input."""
+    if args.n < 1 or args.parallel < 1:
+        raise BenchError(f"--n {args.n} --parallel {args.parallel}: both must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise BenchError(f"--steps {args.steps}: must be >= 1")
+    if len(overrides) % 2:
+        raise BenchError(f"{overrides[-1]} has no value; extra arguments are --section.key value pairs")
+    models = [m for m in args.ttfs_models.split(",") if m]
+    unknown = [m for m in models if m not in MODEL_SETTINGS]
+    if unknown:
+        raise BenchError(f"--ttfs-models: unknown model {unknown[0]!r}; choose from {', '.join(MODEL_SETTINGS)}")
+    if args.sweep_file is not None and not args.sweep_file.is_file():
+        raise BenchError(f"--sweep-file {args.sweep_file}: no such file; give a sweep TOML (components/sweep.py)")
+    return models
+
+
+def spec_for(args: argparse.Namespace, overrides: list[str], output_dir: Path) -> sweep.SweepSpec:
+    if args.sweep_file is None:  # --quick: the debug config, one axis of seeds
+        spec = sweep.SweepSpec(REPO / "train_configs/debug.toml", output_dir, grid={"job.seed": [0, 1]})
+    else:
+        spec = sweep.load_sweep_file(args.sweep_file)
+    spec.output_dir, spec.overrides = output_dir, list(overrides)
+    return spec
+
+
+def points_for(args: argparse.Namespace, overrides: list[str], output_dir: Path) -> list[sweep.Point]:
+    """The first N points of the sweep, run directories under ``output_dir``."""
+    try:
+        points = sweep.plan(spec_for(args, overrides, output_dir))
+    except sweep.SweepError as err:
+        raise BenchError(str(err)) from None
+    if args.n > len(points):
+        raise BenchError(f"--n {args.n}: the sweep has only {len(points)} points; give --n {len(points)} or less")
+    return points[:args.n]
+
+
+def clean_env(cache: Path | None) -> dict[str, str]:
+    """The environment without compiler-cache variables, plus a cache at ``cache`` when given."""
+    env = {k: v for k, v in os.environ.items() if k not in CACHE_VARS}
+    if cache is not None:
+        env.update({"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton"),
+                    "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"})
+    return env
+
+
+def launch(args: list[str], env: dict[str, str], log: Path) -> float:
+    """Seconds from launch to exit of ``python train.py args``; RunFailed with the log's last line on an error."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.run([sys.executable, str(REPO / "train.py"), *args], stdout=out, stderr=subprocess.STDOUT,
+                              env=env, cwd=REPO).returncode
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise RunFailed(f"train.py exit {code} ({log}): {sweep.error_line(log)}")
+    return seconds
+
+
+def run_record(run_dir: Path, seconds: float) -> dict:
+    """One finished run's launch-to-exit, loop, first-step and time-to-first-step seconds."""
+    try:
+        timing = run_timing(RunDir(run_dir))
+    except ValueError as err:
+        raise RunFailed(str(err)) from None
+    ttfs = seconds - timing.loop_s + timing.first_step_s
+    return {"name": run_dir.name, "launch_s": round(seconds, 2), "loop_s": timing.loop_s,
+            "first_step_s": round(timing.first_step_s, 2), "ttfs_s": round(ttfs, 2)}
+
+
+def run_fresh(points: list[sweep.Point], work: Path) -> list[dict]:
+    """Each point in turn, a new process with an empty compiler cache of its own (deleted after the run, but for the
+    first point's: ``warm_relaunch`` reuses it)."""
+    records = []
+    for index, point in enumerate(points):
+        cache = work / "cache" / point.name
+        seconds = launch(point.train_args, clean_env(cache), work / "logs" / f"{point.name}.log")
+        if index:
+            shutil.rmtree(cache, ignore_errors=True)
+        records.append(run_record(point.run_dir, seconds))
+    return records
+
+
+def run_sweep(points: list[sweep.Point], work: Path, parallel: int) -> tuple[list[dict], float]:
+    """The points through the sweep runner (its own, initially empty, shared cache under ``work``); (records, total)."""
+    saved = {k: os.environ.pop(k) for k in CACHE_VARS if k in os.environ}  # the sweep's own cache, not the caller's
+    try:
+        start = time.perf_counter()
+        outcomes = sweep.execute(points, [sys.executable], work, parallel, say=lambda line: print(line, flush=True))
+        total = time.perf_counter() - start
+        sweep.write_summary(outcomes, work)  # as scripts/sweep.py does: <work>/.sweep/summary.json
+    finally:
+        os.environ.update(saved)
+    failed = [o for o in outcomes if o.status != "done"]
+    if failed:
+        raise RunFailed(f"sweep point {failed[0].point.name} {failed[0].status}: {failed[0].note}")
+    by_name = {o.point.name: o.seconds for o in outcomes}
+    return [run_record(p.run_dir, by_name[p.name]) for p in points], total
+
+
+def warm_relaunch(first: sweep.Point, work: Path) -> dict:
+    """The first fresh launch again (2 steps, a new run directory) on the compiler cache that launch populated."""
+    args = [*first.train_args[:-6], *TTFS_OVERRIDES,  # less the sweep's run name, output directory and resume
+            "--job.output_dir", str(work), "--job.run_name", f"{first.name}_warm", "--checkpoint.resume", "false"]
+    seconds = launch(args, clean_env(work / "cache" / first.name), work / "logs" / f"{first.name}_warm.log")
+    return run_record(work / f"{first.name}_warm", seconds)
+
+
+def ttfs_cold_warm(model: str, work: Path) -> dict:
+    """A 2-step run of ``model`` (benchmarks/bench_common.py's speed point) twice on one compiler cache: empty, then
+    populated by the first."""
+    config, settings, _, _ = settings_argv(model, None)
+    out = {}
+    for phase in ("cold", "warm"):
+        run_dir = work / f"{model}_{phase}"
+        args = ["--config", str(REPO / config), *settings, *TTFS_OVERRIDES, "--job.output_dir", str(work),
+                "--job.run_name", run_dir.name, "--checkpoint.resume", "false"]
+        seconds = launch(args, clean_env(work / "cache"), work / "logs" / f"{run_dir.name}.log")
+        out[phase] = run_record(run_dir, seconds)
+    return out
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def measure(args: argparse.Namespace, overrides: list[str], models: list[str]) -> dict:
+    if args.workdir.exists():
+        shutil.rmtree(args.workdir)
+    fresh_points = points_for(args, overrides, args.workdir / "fresh")
+    sweep_points = points_for(args, overrides, args.workdir / "sweep")
+    start = time.perf_counter()
+    fresh = run_fresh(fresh_points, args.workdir / "fresh")
+    fresh_total = time.perf_counter() - start
+    swept, sweep_total = run_sweep(sweep_points, args.workdir / "sweep", args.parallel)
+    first_model = fresh_points[0].config.model.flavor
+    ttfs = {first_model: {"cold": fresh[0], "warm": warm_relaunch(fresh_points[0], args.workdir / "fresh")}}
+    ttfs.update({m: ttfs_cold_warm(m, args.workdir / f"ttfs_{m}") for m in models if m != first_model})
+    fresh_total, sweep_total = round(fresh_total, 2), round(sweep_total, 2)
+    return {"benchmark": "bench_sweep", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "device": device_name(), "commit": git_commit(),
+            "sweep_file": str(args.sweep_file) if args.sweep_file else "debug (--quick)", "n": args.n,
+            "parallel": args.parallel, "steps": fresh_points[0].steps, "overrides": overrides,
+            "fresh": {"total_s": fresh_total, "runs": fresh}, "sweep": {"total_s": sweep_total, "runs": swept},
+            "speedup": round(fresh_total / sweep_total, 3), "goal_speedup": GOAL_SPEEDUP,
+            "ttfs": {m: {"cold_s": r["cold"]["ttfs_s"], "warm_s": r["warm"]["ttfs_s"], "runs": r}
+                     for m, r in ttfs.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    try:
+        models = check(args, overrides)
+        record = measure(args, overrides, models)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    text = json.dumps(record, indent=1)
+    print(text)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+    print(f"fresh {record['fresh']['total_s']:.1f} s, sweep {record['sweep']['total_s']:.1f} s: "
+          f"speed-up {record['speedup']:.2f}x (goal >= {GOAL_SPEEDUP}x)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""benchmarks/bench_sweep.py: fresh launches against one sweep, and time to first step cold/warm, on CPU (--quick)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import bench_sweep
+from benchmarks.bench_common import git_commit
+from tests.launch import python
+
+
+@pytest.mark.multiprocess
+def test_quick_run_writes_one_record_with_every_launch(tmp_path):
+    out, work = tmp_path / "record.json", tmp_path / "work"
+    python(["benchmarks/bench_sweep.py", "--quick", "--n", "1", "--parallel", "1", "--workdir", str(work),
+            "--output", str(out)], env={"OMP_NUM_THREADS": "1"})
+    record = json.loads(out.read_text())
+    assert (record["n"], record["parallel"], record["steps"], record["device"]) == (1, 1, 2, "cpu")
+    assert record["commit"] == git_commit() and record["torch"] and record["date"].endswith("+00:00")
+    assert record["speedup"] == round(record["fresh"]["total_s"] / record["sweep"]["total_s"], 3)
+    for mode in ("fresh", "sweep"):
+        (run,) = record[mode]["runs"]
+        assert run["name"] == "seed0"
+        assert 0 < run["first_step_s"] <= run["loop_s"] < run["launch_s"] <= record[mode]["total_s"] + 0.5
+        assert run["ttfs_s"] == pytest.approx(run["launch_s"] - run["loop_s"] + run["first_step_s"], abs=0.02)
+    # cold: the fresh launch itself; warm: a 2-step relaunch of it on the compiler cache it populated
+    assert set(record["ttfs"]) == {"debug"}
+    ttfs = record["ttfs"]["debug"]
+    assert ttfs["runs"]["cold"] == record["fresh"]["runs"][0] and ttfs["cold_s"] == ttfs["runs"]["cold"]["ttfs_s"]
+    assert ttfs["runs"]["warm"]["name"] == "seed0_warm" and ttfs["warm_s"] == ttfs["runs"]["warm"]["ttfs_s"] > 0
+    assert (work / "fresh" / "cache" / "seed0").is_dir()  # kept for the warm relaunch
+    # the sweep ran its point through the sweep runner (summary)
+    assert json.loads((work / "sweep" / ".sweep" / "summary.json").read_text())[0]["status"] == "done"
+    assert (work / "fresh" / "seed0" / "finished.json").is_file()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--quick", "--n", "0"], "error: --n 0 --parallel 2: both must be >= 1"),
+    (["--quick", "--n", "3"], "error: --n 3: the sweep has only 2 points; give --n 2 or less"),
+    (["--sweep-file", "nope.toml"], "error: --sweep-file nope.toml: no such file; give a sweep TOML (components/sweep.py)"),
+    (["--quick", "--ttfs-models", "llama_7b"], "error: --ttfs-models: unknown model 'llama_7b'; choose from "
+                                                "gpt2_124m, llama_1b, debug"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    assert bench_sweep.main([*argv, "--workdir", str(tmp_path / "work")]) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "work").exists()  # nothing launched
