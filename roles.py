@@ -20,13 +20,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+ATTN_Q, ATTN_K, ATTN_V, ATTN_OUT = "attn.q", "attn.k", "attn.v", "attn.out"
+"""The attention projections (Llama wq, wk, wv, wo; GPT-2's c_attn thirds and c_proj)."""
+MLP_GATE, MLP_UP, MLP_OUT = "mlp.gate", "mlp.up", "mlp.out"
+"""The MLP projections (Llama w1, w3, w2; GPT-2 c_fc = mlp.up, c_proj = mlp.out; GPT-2 has no gate)."""
 EMBEDDING_ROLES = ("tok_embedding", "pos_embedding")
 """Input embedding tables (pos_embedding: GPT-2's learned positions)."""
-INPUT_PROJECTIONS = ("attn.q", "attn.k", "attn.v", "mlp.gate", "mlp.up")
+INPUT_PROJECTIONS = (ATTN_Q, ATTN_K, ATTN_V, MLP_GATE, MLP_UP)
 """Projections that read the residual stream (Llama w1 = mlp.gate, w3 = mlp.up; GPT-2 c_fc = mlp.up)."""
-OUTPUT_PROJECTIONS = ("attn.out", "mlp.out")
+OUTPUT_PROJECTIONS = (ATTN_OUT, MLP_OUT)
 """Projections that write a residual branch (Llama wo, w2; GPT-2 c_proj): the ones depth-scaled schemes shrink."""
-PROJECTION_ROLES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.out")
+PROJECTION_ROLES = (ATTN_Q, ATTN_K, ATTN_V, ATTN_OUT, MLP_GATE, MLP_UP, MLP_OUT)
 """The matrices of a block, in forward (and chart) order; the roles that can carry LoRA adapters."""
 NORM_BIAS_ROLES = ("norm", "bias")
 """Norm weights (1) and every bias (0): set once, not drawn, and not tracked by weight statistics."""
@@ -39,7 +43,7 @@ ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
 ROLE_GROUP_ENDINGS = ("ROLES", "PROJECTIONS", "SUFFIXES", "FAMILIES")
 """How the names of this module's role groups (and tag families) end: a tuple named so is vocabulary, which
 tests/test_roles.py keeps from being copied elsewhere; other tuples here (a default) are not groups."""
-DEFAULT_LORA_TARGETS = ("attn.q", "attn.v")
+DEFAULT_LORA_TARGETS = (ATTN_Q, ATTN_V)
 """Projections that get LoRA adapters unless ``model.lora_targets`` says otherwise: q and v, as in the LoRA paper
 (Hu et al. 2021, §7.1)."""
 

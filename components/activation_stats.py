@@ -47,7 +47,7 @@ from torch import nn
 
 from components.weight_stats import combine_moments, std_from_moments
 from distributed.placement import stack_over_ranks
-from roles import EMBEDDING, canonical_name, format_tag, parse_tag
+from roles import EMBEDDING, MLP_GATE, MLP_UP, canonical_name, format_tag, parse_tag
 
 KINDS = ("residual", "attn_out", "mlp_out", "mlp_pre", "logit_max", "logits")  # the statistics, in chart order
 LOGIT_QUERIES = 64  # query positions sampled for attn_logit_max (all of them when the sequence is shorter)
@@ -210,7 +210,7 @@ def find_probes(model: nn.Module) -> list[Probe]:
     probes = []
     for layer in range(n_layers):
         prefix = f"layers.{layer}."
-        pre = "mlp.gate" if prefix + "mlp.gate" in modules else "mlp.up"
+        pre = MLP_GATE if prefix + MLP_GATE in modules else MLP_UP
         probes.append(Probe("residual", layer - 1, modules[prefix + "attn_norm"]))  # its input: the residual
         probes += [Probe(kind, layer, modules[prefix + name]) for name, kind in
                    (*BLOCK_PROBES.items(), (pre, "mlp_pre"))]

@@ -25,7 +25,7 @@ import torch
 
 from init_schemes.parametrization import forward_multiplier
 from models.common import ModelArgs
-from roles import is_adapter
+from roles import ATTN_K, ATTN_OUT, ATTN_Q, ATTN_V, MLP_GATE, MLP_OUT, MLP_UP, is_adapter
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,20 @@ class Link:
 _GPT2_BLOCK = {  # initlab block-local name -> (HF block-local name, transpose, part)
     "attn_norm.weight": ("ln_1.weight", False, None),
     "attn_norm.bias": ("ln_1.bias", False, None),
-    "attn.q.weight": ("attn.c_attn.weight", True, 0),
-    "attn.k.weight": ("attn.c_attn.weight", True, 1),
-    "attn.v.weight": ("attn.c_attn.weight", True, 2),
-    "attn.q.bias": ("attn.c_attn.bias", False, 0),
-    "attn.k.bias": ("attn.c_attn.bias", False, 1),
-    "attn.v.bias": ("attn.c_attn.bias", False, 2),
-    "attn.out.weight": ("attn.c_proj.weight", True, None),
-    "attn.out.bias": ("attn.c_proj.bias", False, None),
+    f"{ATTN_Q}.weight": ("attn.c_attn.weight", True, 0),
+    f"{ATTN_K}.weight": ("attn.c_attn.weight", True, 1),
+    f"{ATTN_V}.weight": ("attn.c_attn.weight", True, 2),
+    f"{ATTN_Q}.bias": ("attn.c_attn.bias", False, 0),
+    f"{ATTN_K}.bias": ("attn.c_attn.bias", False, 1),
+    f"{ATTN_V}.bias": ("attn.c_attn.bias", False, 2),
+    f"{ATTN_OUT}.weight": ("attn.c_proj.weight", True, None),
+    f"{ATTN_OUT}.bias": ("attn.c_proj.bias", False, None),
     "mlp_norm.weight": ("ln_2.weight", False, None),
     "mlp_norm.bias": ("ln_2.bias", False, None),
-    "mlp.up.weight": ("mlp.c_fc.weight", True, None),
-    "mlp.up.bias": ("mlp.c_fc.bias", False, None),
-    "mlp.out.weight": ("mlp.c_proj.weight", True, None),
-    "mlp.out.bias": ("mlp.c_proj.bias", False, None),
+    f"{MLP_UP}.weight": ("mlp.c_fc.weight", True, None),
+    f"{MLP_UP}.bias": ("mlp.c_fc.bias", False, None),
+    f"{MLP_OUT}.weight": ("mlp.c_proj.weight", True, None),
+    f"{MLP_OUT}.bias": ("mlp.c_proj.bias", False, None),
 }
 _GPT2_TOP = {
     "tok_embedding.weight": "transformer.wte.weight",
@@ -66,14 +66,14 @@ _GPT2_TOP = {
 }
 _LLAMA_BLOCK = {
     "attn_norm.weight": "input_layernorm.weight",
-    "attn.q.weight": "self_attn.q_proj.weight",
-    "attn.k.weight": "self_attn.k_proj.weight",
-    "attn.v.weight": "self_attn.v_proj.weight",
-    "attn.out.weight": "self_attn.o_proj.weight",
+    f"{ATTN_Q}.weight": "self_attn.q_proj.weight",
+    f"{ATTN_K}.weight": "self_attn.k_proj.weight",
+    f"{ATTN_V}.weight": "self_attn.v_proj.weight",
+    f"{ATTN_OUT}.weight": "self_attn.o_proj.weight",
     "mlp_norm.weight": "post_attention_layernorm.weight",
-    "mlp.gate.weight": "mlp.gate_proj.weight",
-    "mlp.up.weight": "mlp.up_proj.weight",
-    "mlp.out.weight": "mlp.down_proj.weight",
+    f"{MLP_GATE}.weight": "mlp.gate_proj.weight",
+    f"{MLP_UP}.weight": "mlp.up_proj.weight",
+    f"{MLP_OUT}.weight": "mlp.down_proj.weight",
 }
 _LLAMA_TOP = {
     "tok_embedding.weight": "model.embed_tokens.weight",
@@ -97,7 +97,7 @@ def link_for(name: str, args: ModelArgs) -> Link:
             return Link(_LLAMA_TOP[name])
         if match and match.group(2) in _LLAMA_BLOCK:
             local = match.group(2)
-            heads = {"attn.q.weight": args.n_heads, "attn.k.weight": args.n_kv_heads}.get(local, 0)
+            heads = {f"{ATTN_Q}.weight": args.n_heads, f"{ATTN_K}.weight": args.n_kv_heads}.get(local, 0)
             return Link(f"model.layers.{match.group(1)}.{_LLAMA_BLOCK[local]}", rope_heads=heads)
     raise ValueError(f"tensor {name!r} of the {args.family} model has no Hugging Face counterpart; "
                      "update components/hf_convert.py for the new module")

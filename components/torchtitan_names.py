@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from roles import canonical_name, role_of
+from roles import ATTN_K, ATTN_OUT, ATTN_Q, ATTN_V, MLP_GATE, MLP_OUT, MLP_UP, canonical_name, role_of
 
 # initlab name -> torchtitan name, outside the blocks.
 TOP_LEVEL = {
@@ -23,14 +23,14 @@ TOP_LEVEL = {
 # initlab block-local name -> torchtitan block-local name (under ``layers.<i>.`` in both).
 BLOCK = {
     "attn_norm.weight": "attention_norm.weight",
-    "attn.q.weight": "attention.wq.weight",
-    "attn.k.weight": "attention.wk.weight",
-    "attn.v.weight": "attention.wv.weight",
-    "attn.out.weight": "attention.wo.weight",
+    f"{ATTN_Q}.weight": "attention.wq.weight",
+    f"{ATTN_K}.weight": "attention.wk.weight",
+    f"{ATTN_V}.weight": "attention.wv.weight",
+    f"{ATTN_OUT}.weight": "attention.wo.weight",
     "mlp_norm.weight": "ffn_norm.weight",
-    "mlp.gate.weight": "feed_forward.w1.weight",  # SwiGLU gate: silu(w1 x)
-    "mlp.out.weight": "feed_forward.w2.weight",  # down projection [d, ffn]
-    "mlp.up.weight": "feed_forward.w3.weight",  # SwiGLU value: w3 x
+    f"{MLP_GATE}.weight": "feed_forward.w1.weight",  # SwiGLU gate: silu(w1 x)
+    f"{MLP_OUT}.weight": "feed_forward.w2.weight",  # down projection [d, ffn]
+    f"{MLP_UP}.weight": "feed_forward.w3.weight",  # SwiGLU value: w3 x
 }
 _TOP_LEVEL_BACK = {titan: ours for ours, titan in TOP_LEVEL.items()}
 _BLOCK_BACK = {titan: ours for ours, titan in BLOCK.items()}

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from roles import INPUT_PROJECTIONS, ROLES
+from roles import ATTN_K, ATTN_OUT, ATTN_Q, ATTN_V, INPUT_PROJECTIONS, MLP_GATE, MLP_OUT, MLP_UP, ROLES
 
 DEFAULT_BASE_STD = 0.02
 
@@ -187,8 +187,8 @@ def fans(role: str, args) -> tuple[int, int]:
     q_out, kv_out = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
     table = {
         "tok_embedding": (d, args.vocab_size), "pos_embedding": (d, args.max_seq_len),
-        "attn.q": (d, q_out), "attn.k": (d, kv_out), "attn.v": (d, kv_out), "attn.out": (q_out, d),
-        "mlp.gate": (d, d_ff), "mlp.up": (d, d_ff), "mlp.out": (d_ff, d), "lm_head": (d, args.vocab_size),
+        ATTN_Q: (d, q_out), ATTN_K: (d, kv_out), ATTN_V: (d, kv_out), ATTN_OUT: (q_out, d),
+        MLP_GATE: (d, d_ff), MLP_UP: (d, d_ff), MLP_OUT: (d_ff, d), "lm_head": (d, args.vocab_size),
     }
     if role not in table:
         raise ValueError(f"role {role!r} has no fan-in/fan-out")

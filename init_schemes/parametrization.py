@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from init_schemes.base import fans
-from roles import EMBEDDING_ROLES, OUTPUT_PROJECTIONS, PROJECTION_ROLES
+from roles import ATTN_Q, EMBEDDING_ROLES, OUTPUT_PROJECTIONS, PROJECTION_ROLES
 
 PARAMETRIZATIONS = ("sp", "mup", "completep")
 
@@ -145,7 +145,7 @@ def forward_multiplier(role: str, args) -> float:
         return args.logit_multiplier
     if role in OUTPUT_PROJECTIONS:
         return args.residual_multiplier
-    if role == "attn.q" and args.attn_scale is not None:
+    if role == ATTN_Q and args.attn_scale is not None:
         return args.attn_scale * math.sqrt(args.head_dim)
     return 1.0
 

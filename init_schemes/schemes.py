@@ -24,7 +24,7 @@ from init_schemes.base import (
     trunc_normal_abs,
     uniform,
 )
-from roles import EMBEDDING_ROLES, OUTPUT_PROJECTIONS
+from roles import ATTN_OUT, EMBEDDING_ROLES, MLP_OUT, MLP_UP, OUTPUT_PROJECTIONS
 
 
 def residual_depth(layer_id: int | None, n_layers: int, per_layer: bool) -> float:
@@ -96,7 +96,7 @@ def depth_aware_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
         return trunc_normal(args.dim ** -0.5, 3.0)
     # Under scale_all_projections Scheme.spec divides mlp.up by f itself: do not do it twice.
     up_scaled = opts.scale_up_proj and not opts.scale_all_projections
-    if role in OUTPUT_PROJECTIONS or (role == "mlp.up" and up_scaled):
+    if role in OUTPUT_PROJECTIONS or (role == MLP_UP and up_scaled):
         return _torchtitan_trunc(sigma0 / _torchtitan_depth(layer_id, args, opts))
     return _torchtitan_trunc(sigma0)
 
@@ -113,9 +113,9 @@ def mitchell_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
     attn.out: 1/sqrt(2 d (l+1)); mlp.out: 1/sqrt(2 d_ff (l+1)).
     Every weight truncated at +-3 sigma.
     """
-    if role == "attn.out":
+    if role == ATTN_OUT:
         return trunc_normal(1.0 / math.sqrt(2 * args.dim * (layer_id + 1)))
-    if role == "mlp.out":
+    if role == MLP_OUT:
         return trunc_normal(1.0 / math.sqrt(2 * args.ffn_dim * (layer_id + 1)))
     return trunc_normal(args.dim ** -0.5)
 
@@ -170,9 +170,9 @@ def lingua_scheme(role: str, layer_id: int | None, args, opts) -> InitSpec:
         return trunc_normal(model_std)
     b = model_std if opts.base_std is None else opts.base_std
     f = lingua_factor(layer_id, args, opts)
-    if role == "attn.out":
+    if role == ATTN_OUT:
         return trunc_normal(b / f) if opts.scale_all_projections else _trunc_abs_cutoff(b / f, 3 * b)
-    if role == "mlp.out":
+    if role == MLP_OUT:
         b_ff = args.ffn_dim ** -0.5 if opts.base_std is None else opts.base_std
         return trunc_normal(b_ff / f)
     return trunc_normal(b)

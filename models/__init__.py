@@ -6,6 +6,7 @@ from torch import nn
 
 from models import gpt2, llama
 from models.common import ModelArgs
+from roles import MLP_GATE
 
 FAMILIES = {
     "gpt2": (gpt2.GPT2, gpt2.FLAVORS, gpt2.DEFAULTS),
@@ -40,7 +41,7 @@ def make_model_args(family: str, flavor: str, vocab_size: int, max_seq_len: int,
         raise ValueError(f"model.n_heads = {args.n_heads} is not divisible by model.n_kv_heads = {args.n_kv_heads}")
     if family == "llama" and args.head_dim % 2:
         raise ValueError(f"llama head_dim = dim/n_heads = {args.head_dim} must be even for RoPE")
-    if args.lora_rank > 0 and family == "gpt2" and "mlp.gate" in args.lora_targets:
+    if args.lora_rank > 0 and family == "gpt2" and MLP_GATE in args.lora_targets:
         raise ValueError("model.lora_targets includes 'mlp.gate', which the gpt2 family does not have "
                          "(its MLP is up/out); drop it from lora_targets")
     if args.rope_scaling_factor != 1.0 and args.rope_high_freq_factor <= args.rope_low_freq_factor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roles import DEFAULT_LORA_TARGETS, EMBEDDING_ROLES, canonical_name, role_of
+from roles import ATTN_K, ATTN_OUT, ATTN_Q, ATTN_V, DEFAULT_LORA_TARGETS, EMBEDDING_ROLES, canonical_name, role_of
 
 
 @dataclass
@@ -155,10 +155,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.scale = args.attn_scale
-        self.q = projection("attn.q", args.dim, args.n_heads * self.head_dim, bias, args)
-        self.k = projection("attn.k", args.dim, args.n_kv_heads * self.head_dim, bias, args)
-        self.v = projection("attn.v", args.dim, args.n_kv_heads * self.head_dim, bias, args)
-        self.out = projection("attn.out", args.n_heads * self.head_dim, args.dim, bias, args)
+        self.q = projection(ATTN_Q, args.dim, args.n_heads * self.head_dim, bias, args)
+        self.k = projection(ATTN_K, args.dim, args.n_kv_heads * self.head_dim, bias, args)
+        self.v = projection(ATTN_V, args.dim, args.n_kv_heads * self.head_dim, bias, args)
+        self.out = projection(ATTN_OUT, args.n_heads * self.head_dim, args.dim, bias, args)
         self.logits_tap = Tap()  # sees (q, k) whose products SDPA scales into the attention logits
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:

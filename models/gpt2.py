@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import Attention, BlockBase, ModelArgs, TransformerBase, gelu_tanh, projection, scaled
+from roles import MLP_OUT, MLP_UP
 
 FLAVORS: dict[str, dict] = {
     "debug": dict(n_layers=4, dim=128, n_heads=4),
@@ -20,8 +21,8 @@ DEFAULTS = dict(norm_eps=1e-5, rope_theta=0.0, bias=True, tie_embeddings=True, a
 class GeluMLP(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.up = projection("mlp.up", args.dim, args.ffn_dim, args.bias, args)  # c_fc
-        self.out = projection("mlp.out", args.ffn_dim, args.dim, args.bias, args)  # c_proj
+        self.up = projection(MLP_UP, args.dim, args.ffn_dim, args.bias, args)  # c_fc
+        self.out = projection(MLP_OUT, args.ffn_dim, args.dim, args.bias, args)  # c_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(gelu_tanh(self.up(x)))

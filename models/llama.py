@@ -16,6 +16,7 @@ from models.common import (
     projection,
     scaled,
 )
+from roles import MLP_GATE, MLP_OUT, MLP_UP
 
 # Field values of each named size; anything can be overridden from the [model] table.
 FLAVORS: dict[str, dict] = {
@@ -43,9 +44,9 @@ class SwiGLU(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim, hidden = args.dim, args.ffn_dim
-        self.gate = projection("mlp.gate", dim, hidden, False, args)  # w1, through SiLU
-        self.up = projection("mlp.up", dim, hidden, False, args)  # w3
-        self.out = projection("mlp.out", hidden, dim, False, args)  # w2
+        self.gate = projection(MLP_GATE, dim, hidden, False, args)  # w1, through SiLU
+        self.up = projection(MLP_UP, dim, hidden, False, args)  # w3
+        self.out = projection(MLP_OUT, hidden, dim, False, args)  # w2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(F.silu(self.gate(x)) * self.up(x))

@@ -38,7 +38,7 @@ from components.activation_stats import FAMILIES as ACTIVATION_FAMILIES  # noqa:
 from reporting.cli import INPUT_ERRORS, error_exit, prepare_out_dir  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
 from reporting.runs import load_run  # noqa: E402
-from roles import MEAN_OVER_LAYERS, format_tag, parse_tag  # noqa: E402
+from roles import ATTN_OUT, ATTN_Q, MEAN_OVER_LAYERS, MLP_OUT, format_tag, parse_tag  # noqa: E402
 
 TORCHTITAN_LOSS = "loss_metrics/global_avg_loss"  # torchtitan 0.2.2 MetricsProcessor.log
 INITLAB_LOSS = "loss/train"
@@ -198,8 +198,8 @@ def plot_tags(titan: Series, initlab: Series, count: int = 4) -> list[str]:
     layers = sorted({parse_tag(t).layer for t in shared} - {None})
     wanted = []
     if layers:
-        wanted = [format_tag("weight_std", "attn.q", layers[0]), format_tag("weight_std", "attn.out", layers[-1]),
-                  format_tag("weight_std", "mlp.out", layers[-1])]
+        wanted = [format_tag("weight_std", ATTN_Q, layers[0]), format_tag("weight_std", ATTN_OUT, layers[-1]),
+                  format_tag("weight_std", MLP_OUT, layers[-1])]
     wanted += [format_tag("weight_std", "lm_head"), format_tag("weight_std", "tok_embedding")]
     chosen = [tag for tag in wanted if tag in shared]
     return (chosen + [tag for tag in shared if tag not in chosen])[:count]

@@ -55,7 +55,16 @@ from components.tokenizer import build_tokenizer  # noqa: E402
 from init_schemes import REGISTRY  # noqa: E402
 from init_schemes.meanfield import activation_moments  # noqa: E402
 from reporting.figures import pyplot  # noqa: E402
-from roles import PROJECTION_ROLES  # noqa: E402
+from roles import (  # noqa: E402
+    ATTN_K,
+    ATTN_OUT,
+    ATTN_Q,
+    ATTN_V,
+    MLP_GATE,
+    MLP_OUT,
+    MLP_UP,
+    PROJECTION_ROLES,
+)
 
 USAGE = ("usage: variance_at_init.py --config PATH [--init.scheme a,b,...] [--batches N] [--out DIR] "
          "[--section.key VALUE ...]")
@@ -166,19 +175,19 @@ def predict(args, stds: dict[str, float], seq_len: int, top_grad_rms: float) -> 
     gains = []  # per block: (q before attn, G_attn, q before mlp, G_mlp)
     for layer in range(args.n_layers):
         std = {role: stds.get(f"layers.{layer}.{role}.weight", 0.0) for role in PROJECTION_ROLES}
-        kappa = attention_kappa(seq_len, scale_sq_hd * d * std["attn.q"] ** 2 * d * std["attn.k"] ** 2)
-        attn = m2 * d * std["attn.out"] ** 2 * kappa * d * std["attn.v"] ** 2
+        kappa = attention_kappa(seq_len, scale_sq_hd * d * std[ATTN_Q] ** 2 * d * std[ATTN_K] ** 2)
+        attn = m2 * d * std[ATTN_OUT] ** 2 * kappa * d * std[ATTN_V] ** 2
         swiglu = args.activation == "silu"
-        pre_var = d * std["mlp.gate" if swiglu else "mlp.up"] ** 2
+        pre_var = d * std[MLP_GATE if swiglu else MLP_UP] ** 2
         c_phi, d_phi = activation_moments(args.activation, pre_var) if pre_var > 0 else (0.0, 0.0)
         if swiglu:
-            up_var = d * std["mlp.up"] ** 2
-            mlp = m2 * ffn * std["mlp.out"] ** 2 * c_phi * up_var
-            g_mlp = m2 * d * std["mlp.out"] ** 2 * ffn * (std["mlp.gate"] ** 2 * d_phi * up_var
-                                                         + std["mlp.up"] ** 2 * c_phi)
+            up_var = d * std[MLP_UP] ** 2
+            mlp = m2 * ffn * std[MLP_OUT] ** 2 * c_phi * up_var
+            g_mlp = m2 * d * std[MLP_OUT] ** 2 * ffn * (std[MLP_GATE] ** 2 * d_phi * up_var
+                                                         + std[MLP_UP] ** 2 * c_phi)
         else:
-            mlp = m2 * ffn * std["mlp.out"] ** 2 * c_phi
-            g_mlp = m2 * d * std["mlp.out"] ** 2 * ffn * std["mlp.up"] ** 2 * d_phi
+            mlp = m2 * ffn * std[MLP_OUT] ** 2 * c_phi
+            g_mlp = m2 * d * std[MLP_OUT] ** 2 * ffn * std[MLP_UP] ** 2 * d_phi
         gains.append((q, attn, q + attn, g_mlp))
         q += attn + mlp
         out["act_rms/attn_out"].append(math.sqrt(attn))

@@ -67,6 +67,35 @@ def test_the_guard_finds_a_planted_role_list_and_tag_regex(tmp_path):
         "pkg/planted.py:3: a metric-tag regex '^weight_std/(?P<role>[^/]+)/layer_(\\\\d+)$' (use roles.parse_tag)"]
 
 
+def role_literals(root: Path, skip: tuple[str, ...] = ("roles.py", "tests/")) -> list[str]:
+    """'path:line: literal' for every string literal in code (docstrings aside) that spells a projection role, or
+    a parameter name that starts with one (``"attn.q.weight"``), in the .py files under ``root`` (but ``skip``):
+    such names come from roles.py's constants (``roles.ATTN_Q``, ...)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(skip) or "/." in f"/{rel}":
+            continue
+        tree = ast.parse(path.read_text(), filename=rel)
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                    and any(node.value == r or node.value.startswith(r + ".") for r in roles.PROJECTION_ROLES)):
+                found.append(f"{rel}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_no_role_name_spelled_outside_roles_py():
+    assert role_literals(REPO) == []
+
+
+def test_the_role_name_guard_finds_planted_literals(tmp_path):
+    (tmp_path / "planted.py").write_text(
+        '"""A docstring may say attn.q."""\nfrom roles import ATTN_Q\nQ = "attn.q"\nNAMES = {"mlp.out.weight": 1}\n'
+        'FINE = f"{ATTN_Q}.weight"\nOTHER = "attn_norm.weight"\n')
+    assert role_literals(tmp_path) == ["planted.py:3: 'attn.q'", "planted.py:4: 'mlp.out.weight'"]
+
+
 @pytest.mark.parametrize(("args", "tag", "parsed"), [
     (("weight_std", "attn.q", 3), "weight_std/attn.q/layer_03", Tag("weight_std", "attn.q", 3)),
     (("grad_norm", "attn.v.lora_b", 12), "grad_norm/attn.v.lora_b/layer_12", Tag("grad_norm", "attn.v.lora_b", 12)),
