@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from benchmarks.bench_common import MODEL_SETTINGS, git_commit, settings_argv  # noqa: E402
 from components import sweep  # noqa: E402
+from components.provenance import device_name  # noqa: E402
 from components.run_dir import RunDir  # noqa: E402
 from reporting.sweep_timing import run_timing  # noqa: E402
 
@@ -72,7 +73,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--output", type=Path, help="write the JSON record here (default: print it only)")
     parser.add_argument("--quick", action="store_true",
                         help="CPU dry run: debug config, N=2, parallel 2, 2 steps, time to first step of debug")
-    own, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    own, overrides = sweep.split_overrides(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(own)
     if args.quick:
         args.sweep_file = None
@@ -84,20 +85,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     if args.steps is not None:
         overrides += ["--training.steps", str(args.steps)]
     return args, overrides
-
-
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(this script's arguments, ``--section.key value`` pairs for every run): an option with a dot is train.py's."""
-    own, overrides, i = [], [], 0
-    while i < len(argv):
-        name = argv[i].split("=", 1)[0]
-        if name.startswith("--") and "." in name:
-            overrides += [name, argv[i].split("=", 1)[1]] if "=" in argv[i] else argv[i:i + 2]
-            i += 1 if "=" in argv[i] else 2
-            continue
-        own.append(argv[i])
-        i += 1
-    return own, overrides
 
 
 def check(args: argparse.Namespace, overrides: list[str]) -> list[str]:
@@ -141,8 +128,7 @@ def clean_env(cache: Path | None) -> dict[str, str]:
     """The environment without compiler-cache variables, plus a cache at ``cache`` when given."""
     env = {k: v for k, v in os.environ.items() if k not in CACHE_VARS}
     if cache is not None:
-        env.update({"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton"),
-                    "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"})
+        env.update(sweep.compiler_cache_env(cache))
     return env
 
 
@@ -222,10 +208,6 @@ def ttfs_cold_warm(model: str, work: Path) -> dict:
     return out
 
 
-def device_name() -> str:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
 def measure(args: argparse.Namespace, overrides: list[str], models: list[str]) -> dict:
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
@@ -240,7 +222,8 @@ def measure(args: argparse.Namespace, overrides: list[str], models: list[str]) -
     ttfs.update({m: ttfs_cold_warm(m, args.workdir / f"ttfs_{m}") for m in models if m != first_model})
     fresh_total, sweep_total = round(fresh_total, 2), round(sweep_total, 2)
     return {"benchmark": "bench_sweep", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "device": device_name(), "commit": git_commit(),
+            "torch": torch.__version__, "device": device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+            "commit": git_commit(),
             "sweep_file": str(args.sweep_file) if args.sweep_file else "debug (--quick)", "n": args.n,
             "parallel": args.parallel, "steps": fresh_points[0].steps, "overrides": overrides,
             "fresh": {"total_s": fresh_total, "runs": fresh}, "sweep": {"total_s": sweep_total, "runs": swept},

@@ -297,12 +297,34 @@ def record_divergence(point: Point, line: str) -> None:
     RunDir(point.run_dir).mark_diverged(record)
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(this script's arguments, ``--section.key value`` pairs for every point (or run)): an option whose name has a dot
+    is train.py's, with its value (``--a.b=v`` or ``--a.b v``), wherever it stands."""
+    own, overrides, i = [], [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name.startswith("--") and "." in name:
+            if "=" in argv[i]:
+                overrides += [name, argv[i].split("=", 1)[1]]
+            else:
+                overrides += argv[i:i + 2]
+                i += 1
+        else:
+            own.append(argv[i])
+        i += 1
+    return own, overrides
+
+
 # ------------------------------------------------------------------------------------------ launch
+def compiler_cache_env(cache: Path) -> dict[str, str]:
+    """The environment variables that put inductor's and Triton's caches (graphs and autograd too) under ``cache``."""
+    return {"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton"),
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+
+
 def cache_env(output_dir: Path) -> dict[str, str]:
     """Compiler caches under the sweep, shared by its points (variables already set in the environment win)."""
-    cache = (output_dir / CACHE_DIR).resolve()
-    wanted = {"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton"),
-              "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+    wanted = compiler_cache_env((output_dir / CACHE_DIR).resolve())
     return {**wanted, **{k: os.environ[k] for k in wanted if k in os.environ}}
 
 

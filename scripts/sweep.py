@@ -56,26 +56,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                              "finished/diverged/init_stds.json) and the sweep's logs and summary into this .tar.gz")
     parser.add_argument("--previous", type=Path, metavar="DIR_OR_TAR_GZ",
                         help="first copy in the finished/diverged run directories of an earlier call, so they are skipped")
-    own, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    own, overrides = sweep.split_overrides(sys.argv[1:] if argv is None else argv)
     return parser.parse_args(own), overrides
-
-
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(this script's arguments, ``--section.key value`` pairs for every point): an option whose name has a dot
-    is train.py's, with its value (``--a.b=v`` or ``--a.b v``), wherever it stands."""
-    own, overrides, i = [], [], 0
-    while i < len(argv):
-        name = argv[i].split("=", 1)[0]
-        if name.startswith("--") and "." in name:
-            if "=" in argv[i]:
-                overrides += [name, argv[i].split("=", 1)[1]]
-            else:
-                overrides += argv[i:i + 2]
-                i += 1
-        else:
-            own.append(argv[i])
-        i += 1
-    return own, overrides
 
 
 def build_spec(args: argparse.Namespace, overrides: list[str]) -> sweep.SweepSpec:
