@@ -6,8 +6,10 @@ mean +/- t_{0.975, n-1} * s / sqrt(n), s the sample std (ddof 1) (Student 1908; 
 text, e.g. Wasserman, *All of Statistics*, §10). Two configurations run on the same seeds see the
 same data order (and, for the MLP scripts, the same normal draws), so their difference is best
 judged per seed: the paired differences d_s = b_s - a_s get the same interval (the paired t-test,
-``scipy.stats.ttest_rel``). The verdict says "differs" only when that interval excludes zero;
-one seed, or a non-finite value, gives no verdict.
+``scipy.stats.ttest_rel``). The verdict says "differs" only when that interval excludes zero and
+at least MIN_SEEDS_FOR_VERDICT (3) seeds are shared: a claim about a difference is made over >= 3
+seeds, so two seeds (t(0.975, 1) = 12.7, a shaky interval) give their interval but no verdict, as
+do one seed and a non-finite value.
 
 The t quantile comes from ``scipy.special.stdtrit`` (scipy is installed with scikit-learn).
 """
@@ -22,6 +24,8 @@ CONFIDENCE = 0.95
 DIFFERS = "differs"
 NOT_RESOLVED = "not resolved"  # the interval contains zero: no difference shown at this seed count
 NO_VERDICT_ONE_SEED = "no verdict (1 seed)"
+MIN_SEEDS_FOR_VERDICT = 3
+NO_VERDICT_TWO_SEEDS = "no verdict (2 seeds < 3)"
 NO_VERDICT_NO_SHARED = "no verdict (no shared seed)"
 NO_VERDICT_NON_FINITE = "no verdict (non-finite)"
 
@@ -94,11 +98,13 @@ def paired_difference(a: dict[int, float], b: dict[int, float],
 
 
 def verdict(interval: Interval) -> str:
-    """"differs" iff the interval excludes zero; no verdict for one value or non-finite values."""
+    """"differs" iff the interval excludes zero; no verdict below MIN_SEEDS_FOR_VERDICT values or for non-finite ones."""
     if interval.n == 0:
         return NO_VERDICT_NO_SHARED
     if interval.n == 1:
         return NO_VERDICT_ONE_SEED
+    if interval.n < MIN_SEEDS_FOR_VERDICT:
+        return NO_VERDICT_TWO_SEEDS
     if not math.isfinite(interval.mean) or not math.isfinite(interval.half_width):
         return NO_VERDICT_NON_FINITE
     return DIFFERS if interval.excludes_zero() else NOT_RESOLVED

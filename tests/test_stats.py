@@ -40,6 +40,16 @@ def test_degenerate_intervals():
     assert stats.paired_difference({0: 1.0, 1: 2.0}, {0: 1.5})[1] == stats.NO_VERDICT_ONE_SEED
 
 
+def test_two_seeds_give_an_interval_but_no_verdict_three_give_one():
+    # b is 1.0 above a on both seeds, +-0.01: the 2-seed interval [0.863, 1.137] excludes zero, yet a claim
+    # about a difference needs >= 3 seeds, so there is no verdict; the third seed turns it into "differs".
+    a, b = {0: 5.0, 1: 5.2}, {0: 6.01, 1: 6.19}
+    interval, verdict = stats.paired_difference(a, b)
+    assert interval.excludes_zero() and interval.n == 2 and interval.mean == pytest.approx(1.0)
+    assert verdict == stats.NO_VERDICT_TWO_SEEDS == "no verdict (2 seeds < 3)"
+    assert stats.paired_difference({**a, 2: 5.1}, {**b, 2: 6.1})[1] == stats.DIFFERS
+
+
 @pytest.mark.parametrize("shift", [0.0, 0.05, 0.2, -0.3])
 def test_paired_verdict_agrees_with_scipy_ttest_rel(shift):
     a = {0: 2.31, 1: 2.28, 2: 2.40, 3: 2.35, 4: 2.30}
