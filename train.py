@@ -43,7 +43,7 @@ from components.metrics import (
 )
 from components.optim import build_optimizer, clip_grad_norm_
 from components.preemption import INTERRUPTED_EXIT_CODE, RunStopped, StopRequests
-from components.provenance import now_utc, start_record
+from components.provenance import Timeline, now_utc, start_record
 from components.run_dir import RunDir, RunStart
 from components.tokenizer import build_tokenizer
 from components.weight_stats import WeightStats
@@ -404,6 +404,8 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, run_dir: Run
     """Lock and claim the run directory (rank 0 decides, before anything expensive is built, so a second job on a
     locked directory or a resume that would change the experiment stops at once on every rank), then train."""
     start = decided_by_rank0(lambda: run_dir.claim(cfg), ConfigError, OSError)
+    timeline = Timeline()
+    timeline.mark("claimed")  # imports, the process group and the run directory's claim done
     if start.mode == "finished":
         if env.is_main:
             print(f"initlab: {start.note}", flush=True)
@@ -411,6 +413,7 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, run_dir: Run
     if cfg.metrics.wandb:
         import_wandb()  # a missing package stops every rank before anything is built
     trainer = Trainer(cfg, env, stop)
+    timeline.mark("built")  # tokenizer, data, model (built, sharded, initialised), optimizer
     resumed = open_run_dir(cfg, env, run_dir, start, trainer)
     if cfg.checkpoint.create_seed_checkpoint:
         trainer.checkpointer.save(0)
@@ -427,7 +430,9 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, run_dir: Run
     try:
         if resumed is None:
             trainer.log_initial(logger)
+        timeline.mark("loop_start")
         final = trainer.train(logger)
+        timeline.mark("loop_end")
         if resumed == cfg.training.steps:  # killed after its last save and row: the run only needs finishing
             final = logger.values_at(resumed)
         trainer.save_final_weights()
@@ -435,8 +440,9 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, run_dir: Run
         close_run(cfg, env, run_dir, trainer, logger, resumed, final, quiet=True)
         raise
     close_run(cfg, env, run_dir, trainer, logger, resumed, final, quiet=False)
+    timeline.mark("closed")
     if env.is_main:
-        summary = run_summary(cfg, trainer, resumed, final)
+        summary = {**run_summary(cfg, trainer, resumed, final), "timeline_s": timeline.marks}
         run_dir.mark_finished(summary)
         print(summary_line(summary), flush=True)
     return final

@@ -9,6 +9,10 @@ One record per start of a run (``provenance.json`` in its run directory, written
      "started": "2026-12-06T05:00:00+00:00", "ended": "...+00:00" | null (still running, or killed),
      "resumed_from": 0 (a fresh start) | N (the checkpoint step this start resumed)}
 
+``Timeline`` marks how far into its process a start got at named points (seconds since the process began, from
+the operating system's record of its start: the interpreter's own start-up and the imports count too), which
+train.py writes into ``finished.json`` as ``timeline_s``; reporting/sweep_timing.py reads it.
+
 ``INITLAB_COMMIT`` names the commit of a tree that is not a git checkout (a copy on another machine, as
 the benchmarks use it); the dirty flag is then unknown unless ``INITLAB_DIRTY`` is ``0`` or ``1``.
 """
@@ -20,6 +24,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,28 @@ def git_state(repo: Path = REPO) -> tuple[str, bool | None]:
         return UNKNOWN, dirty_env
     status = _git(["status", "--porcelain", "--untracked-files=no"], repo)
     return commit.strip(), dirty_env if status is None else bool(status.strip())
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started: Linux's /proc/self/stat start time (field 22, clock ticks after boot)
+    against CLOCK_BOOTTIME, to the tick (10 ms); None where either is missing."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()  # after "(command name)": field 3 on
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class Timeline:
+    """Named points of one start, each the process's age in seconds then (``process_age_s``; empty where unknown)."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        age = process_age_s()
+        if age is not None:
+            self.marks[name] = round(age, 2)
 
 
 def device_name(device: torch.device) -> str:

@@ -11,7 +11,9 @@ Layout of ``<output_dir>/<run_name>/``::
     init_stds.json           the init actually drawn: scheme, std_overrides, per role every tensor's std (fresh start)
     provenance.json          {"starts": [...]}: code version, software, machine and times of every start
                              (components/provenance.py has the record's keys)
-    finished.json            written once the run has trained all its steps; its "provenance" is provenance.json's
+    finished.json            written once the run has trained all its steps; its "provenance" is provenance.json's,
+                             its "timeline_s" the last start's process age (s) at claimed, built, loop_start,
+                             loop_end and closed (components/provenance.py Timeline; {} off Linux)
     diverged.json            written by a sweep when train.py stopped the run on a non-finite loss: step, error, lr
     abandoned/<UTC time>/    files of an earlier attempt that died before its first checkpoint
 

@@ -35,6 +35,12 @@ run was trained with the same config: a finished run whose settings differ is a 
 silently reused); one whose training diverged (train.py's non-finite stop, exit 1) gets ``diverged.json``
 (step and error line) and is skipped too, as a result; any other directory is continued by train.py's
 ``checkpoint.resume = auto`` (resume the newest checkpoint, or start over an attempt that saved none).
+
+Before it starts a point the sweep checks the free disk space under the output directory against the largest
+run directory it has seen finish (final weights and checkpoints: 0.8 GB a llama_150m run with final weights):
+if starting one more, with those already running, would leave less than ``keep_free_bytes`` free, it starts
+nothing more and reports the point as failed, with the figures and the ways out, instead of letting runs die
+on a full disk.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -345,6 +352,41 @@ def start(point: Point, launcher: list[str], output_dir: Path) -> subprocess.Pop
     return proc
 
 
+GIB = 1024 ** 3
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (not following links)."""
+    return sum(entry.stat(follow_symlinks=False).st_size for entry in path.rglob("*")
+               if entry.is_file() and not entry.is_symlink())
+
+
+@dataclass
+class DiskGuard:
+    """Refuses to start a point that the disk under ``output_dir`` may not hold (module docstring)."""
+
+    output_dir: Path
+    keep_free_bytes: int
+    run_bytes: int = 0  # the largest finished run directory seen so far (0: none yet, no check)
+
+    def observe(self, run_dir: Path) -> None:
+        if run_dir.is_dir():
+            self.run_bytes = max(self.run_bytes, tree_bytes(run_dir))
+
+    def refusal(self, running: int) -> str:
+        """'' if one more run fits beside ``running`` ones; else the one-line reason and the ways out."""
+        if not self.run_bytes:
+            return ""
+        free = shutil.disk_usage(self.output_dir if self.output_dir.exists() else REPO).free
+        need = self.run_bytes * (running + 1)
+        if free - need >= self.keep_free_bytes:
+            return ""
+        return (f"disk: {self.output_dir} has {free / GIB:.2f} GiB free; a finished run here takes "
+                f"{self.run_bytes / GIB:.2f} GiB and {running} are running, which would leave less than the "
+                f"{self.keep_free_bytes / GIB:g} GiB kept free (--keep-free-gb); free space, or keep no final weights "
+                f"(--checkpoint.final_weights false), then rerun the same command: finished points are skipped")
+
+
 @dataclass
 class Outcome:
     point: Point
@@ -367,7 +409,7 @@ def finish(point: Point, returncode: int, seconds: float, output_dir: Path) -> O
 
 def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel: int = 1,
             fail_fast: bool = False, say=print, deadline_s: float | None = None,
-            start_by_s: float | None = None) -> list[Outcome]:
+            start_by_s: float | None = None, keep_free_bytes: int = GIB) -> list[Outcome]:
     """Run what is not done, up to ``parallel`` points at once, one console line per point; every outcome.
 
     ``start_by_s`` after the start no point is started, the running ones go on (to their end or the deadline): a
@@ -376,8 +418,12 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
     ``deadline_s`` after the start no point is started and the running ones get SIGTERM (train.py stops at its
     next step boundary, saving a checkpoint if checkpointing is on), and SIGKILL ``KILL_GRACE_S`` later if they
     have not stopped: they are "interrupted", resumable later.
+
+    A point the disk may not hold (``DiskGuard``, ``keep_free_bytes``) is not started: it is "failed" with the
+    reason, and no point is started after it.
     """
     outcomes: list[Outcome] = []
+    disk = DiskGuard(output_dir, keep_free_bytes)
     queue, running = list(enumerate(points, start=1)), {}
     stop, t_start, terminated = False, time.monotonic(), None
     while queue or running:
@@ -404,7 +450,14 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
                 outcomes.append(Outcome(point, status, note or f"{state} earlier"))
                 say(f"{tag} {state}, {'skipped' if status == 'skipped' else 'not run'}{': ' + note if note else ''}")
                 stop = stop or (fail_fast and status == "failed")
+                disk.observe(point.run_dir)
                 continue
+            refusal = disk.refusal(len(running))
+            if refusal:
+                outcomes.append(Outcome(point, "failed", f"not started: {refusal}"))
+                say(f"{tag} not started: {refusal}")
+                stop = True
+                break
             running[index] = (point, start(point, launcher, output_dir), time.monotonic(), tag)
             say(f"{tag} {'resuming' if state == 'unfinished' else 'started'}")
         for index, (point, proc, t0, tag) in list(running.items()):
@@ -415,6 +468,7 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
             if terminated is not None and outcome.status == "failed":
                 outcome.status = "interrupted"
             outcomes.append(outcome)
+            disk.observe(point.run_dir)
             say(f"{tag} {outcome.status} ({outcome.seconds:.0f} s){': ' + outcome.note if outcome.note else ''}")
             stop = stop or (fail_fast and outcome.status == "failed")
         if stop:

@@ -10,6 +10,10 @@ the rest at its end, so a placement is good to a few seconds), then, for every n
 at once, the fraction of the time it held and the summed tokens per second of those runs: what the GPU
 delivered to k concurrent runs. A run without one provenance start with an ``ended`` time (a resumed run, or one
 from before the provenance record) has its per-run times but no place on the clock.
+
+Where ``finished.json`` holds train.py's ``timeline_s`` (the process's age at named points, components/provenance.py
+``Timeline``), the time outside the loop splits into the phases of ``PHASES``; the last, the exit, is what the
+sweep's launch-to-exit time leaves after the last mark.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from datetime import datetime
 from components.run_dir import RunDir
 
 THROUGHPUT_KEY = "throughput/tokens_per_sec"
+# Outside-the-loop phases of one start: (from mark, to mark, what happens then); None = the process's start.
+PHASES = ((None, "claimed", "process start to the run directory's claim: interpreter, imports, process group"),
+          ("claimed", "built", "tokenizer, data, model (built, sharded, initialised), optimizer"),
+          ("built", "loop_start", "run-directory records and the step-0 statistics"),
+          ("loop_end", "closed", "after the loop: final weights, metrics files, end records"))
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,14 @@ class RunTiming:
     rest_s: float  # loop_s - the logged steps' time: validation, logging, the end
     tokens_per_step: int
     intervals: tuple[tuple[float, float, float], ...]
+    marks: tuple[tuple[str, float], ...] = ()  # finished.json timeline_s: (point, seconds since the process began)
+
+    def phases(self, launch_to_exit_s: float) -> list[float] | None:
+        """Seconds of each of PHASES, then the exit (launch to exit − the last mark); None without every mark."""
+        marks = dict(self.marks)
+        if not all(name in marks for name in ("claimed", "built", "loop_start", "loop_end", "closed")):
+            return None
+        return [marks[end] - marks.get(begin, 0.0) for begin, end, _ in PHASES] + [launch_to_exit_s - marks["closed"]]
 
 
 def run_timing(run: RunDir) -> RunTiming:
@@ -61,7 +78,7 @@ def run_timing(run: RunDir) -> RunTiming:
     later = sum(seconds for seconds, _ in durations[1:]) / max(previous - 1, 1)
     rest = summary["wall_s"] - sum(seconds for seconds, _ in durations)
     return RunTiming(run.path.name, summary["wall_s"], first, later, rest, tokens_per_step,
-                     tuple(intervals) if placed else ())
+                     tuple(intervals) if placed else (), tuple(summary.get("timeline_s", {}).items()))
 
 
 def concurrency(timings: list[RunTiming], resolution_s: float = 0.5) -> dict[int, tuple[float, float]]:

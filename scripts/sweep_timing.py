@@ -40,6 +40,16 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
+def phase_rows(timings: list[sweep_timing.RunTiming], launched_s: list[float]) -> list[str]:
+    """Rows splitting the time outside the loop, over the runs whose finished.json has train.py's timeline."""
+    phases = [p for t, s in zip(timings, launched_s) if (p := t.phases(s)) is not None]
+    if not phases:
+        return []
+    names = [what for _, _, what in sweep_timing.PHASES] + ["process exit (launch to exit − the last mark)"]
+    return [f"| outside the loop, {name} ({len(phases)} runs) | {spread([p[i] for p in phases])} |"
+            for i, name in enumerate(names)]
+
+
 def report(timings: list[sweep_timing.RunTiming], launched_s: list[float]) -> list[str]:
     lines = [f"# {len(timings)} runs, {timings[0].tokens_per_step} tokens per step", "",
              "| per run, seconds | mean (min–max) |", "|---|---|",
@@ -48,7 +58,8 @@ def report(timings: list[sweep_timing.RunTiming], launched_s: list[float]) -> li
              f"| outside the loop (launch to exit − loop) | {spread([s - t.loop_s for s, t in zip(launched_s, timings)])} |",
              f"| first step (compilation) | {spread([t.first_step_s for t in timings])} |",
              f"| each later step | {spread([t.later_step_s for t in timings])} |",
-             f"| rest of the loop (validation, logging) | {spread([t.rest_s for t in timings])} |", ""]
+             f"| rest of the loop (validation, logging) | {spread([t.rest_s for t in timings])} |",
+             *phase_rows(timings, launched_s), ""]
     unplaced = sum(not t.intervals for t in timings)
     if unplaced == len(timings):
         return [*lines, f"No timeline: none of the {unplaced} runs has an end time in its provenance."]

@@ -95,8 +95,18 @@ def test_timing_of_a_real_run_and_its_bad_inputs(smoke_run, tmp_path, capsys):
     both = sweep_timing.concurrency([timing, shifted], resolution_s=span / 300)
     assert both[2][0] == pytest.approx(1 / 3, abs=0.01) and both.get(0, (0.0, 0.0))[0] < 0.01
     summary = smoke_run / "runs" / ".sweep" / "summary.json"
+    launched = json.loads(summary.read_text())[0]["seconds"]
+    # train.py's timeline (the process's age at each mark) fits inside the sweep's launch-to-exit time, in order,
+    # and its loop is the loop's own clock.
+    assert [name for name, _ in timing.marks] == ["claimed", "built", "loop_start", "loop_end", "closed"]
+    phases, marks = timing.phases(launched), dict(timing.marks)
+    assert len(phases) == len(sweep_timing.PHASES) + 1 and min(phases[:-1]) >= 0 and phases[0] > 0.5  # imports alone
+    assert 0 <= phases[-1] < 10 and marks["closed"] <= launched  # the exit: the launch's end minus the last mark
+    assert marks["loop_end"] - marks["loop_start"] == pytest.approx(timing.loop_s, abs=0.2)
     assert sweep_timing_script.main([str(smoke_run / "runs"), "--summary", str(summary)]) == 0
-    assert "| first step (compilation) |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| first step (compilation) |" in out and "| outside the loop, tokenizer, data, model" in out
+    assert "| outside the loop, process exit (launch to exit − the last mark) (1 runs) |" in out
     # Planted defects: a run without an end time, a summary that names no finished point.
     provenance = json.loads((run.path / "finished.json").read_text())
     provenance["provenance"]["starts"][0]["ended"] = None
@@ -104,9 +114,11 @@ def test_timing_of_a_real_run_and_its_bad_inputs(smoke_run, tmp_path, capsys):
     broken.mkdir(parents=True)
     for name in ("config.toml", "metrics.jsonl"):
         (broken / name).write_text((run.path / name).read_text())
+    del provenance["timeline_s"]  # and from before train.py's timeline: no phases
     (broken / "finished.json").write_text(json.dumps(provenance))
     unplaced = sweep_timing.run_timing(RunDir(broken))
     assert unplaced.intervals == () and unplaced.first_step_s == timing.first_step_s  # its own times, no clock
+    assert unplaced.phases(launched) is None
     assert sweep_timing.concurrency([timing, unplaced], resolution_s=span / 300) == profile
     with pytest.raises(ValueError, match="no run has an end time in its provenance"):
         sweep_timing.concurrency([unplaced])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,3 +277,38 @@ def test_start_by_starts_no_point_after_its_time_and_lets_the_running_one_end(tm
     assert outcomes[0].seconds >= 0.55 and "start-by time of 0.3 s reached: starting none of the 2 point(s) left, " \
         "1 still running" in lines
     assert sweep_script.main([str(write_sweep(tmp_path, GRID)), "--deadline", "5", "--start-by", "9"]) == 2
+
+
+def test_disk_guard_measures_finished_runs_and_refuses_what_the_disk_may_not_hold(tmp_path):
+    run = tmp_path / "out" / "a"
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "w.bin").write_bytes(b"\0" * 3000)
+    (run / "metrics.jsonl").write_bytes(b"{}\n" * 100)
+    guard = sweep.DiskGuard(tmp_path / "out", keep_free_bytes=0)
+    assert guard.refusal(running=5) == ""  # nothing finished yet: nothing to judge by
+    guard.observe(run)
+    guard.observe(tmp_path / "out" / "never_made")
+    assert guard.run_bytes == sweep.tree_bytes(run) == 3300 and guard.refusal(running=2) == ""
+    free = shutil.disk_usage(tmp_path).free
+    guard.keep_free_bytes = free  # one more 3.3 kB run would leave less than all that is free now
+    reason = guard.refusal(running=0)
+    assert reason.startswith(f"disk: {tmp_path / 'out'} has ") and "GiB free; a finished run here takes 0.00 GiB" in reason
+    assert "--checkpoint.final_weights false" in reason and "--keep-free-gb" in reason
+
+
+@pytest.mark.multiprocess
+def test_a_sweep_starts_no_point_the_disk_may_not_hold_and_the_same_command_continues(tmp_path):
+    family, out = write_sweep(tmp_path, '[grid]\noptimizer.lr = [1e-3, 2e-3]\n'), tmp_path / "out"
+    argv = [str(family), *TINY, "--training.steps", "2", "--metrics.val_freq", "0"]
+    # Ask to keep more free than the disk has once the first run's size is known: the second is not started.
+    keep = f"{shutil.disk_usage(tmp_path).free / sweep.GIB + 1:.3f}"
+    full = run_sweep([*argv, "--keep-free-gb", keep])
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert f"[2/2] lr0.002: not started: disk: {out} has " in full.stdout
+    assert f"sweep {out}: 2 points: 1 done, 0 skipped, 0 diverged, 1 failed" in full.stdout
+    assert (out / "lr0.001" / "finished.json").is_file() and not (out / "lr0.002").exists()
+    again = run_sweep([*argv, "--keep-free-gb", "0"])
+    assert again.returncode == 0 and "[1/2] lr0.001: finished, skipped" in again.stdout, again.stdout + again.stderr
+    assert (out / "lr0.002" / "finished.json").is_file()
+    bad = run_sweep([*argv, "--keep-free-gb", "-1"])
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --keep-free-gb -1: must be >= 0 (GiB left free on the disk)"
