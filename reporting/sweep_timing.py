@@ -12,8 +12,9 @@ delivered to k concurrent runs. A run without one provenance start with an ``end
 from before the provenance record) has its per-run times but no place on the clock.
 
 Where ``finished.json`` holds train.py's ``timeline_s`` (the process's age at named points, components/provenance.py
-``Timeline``), the time outside the loop splits into the phases of ``PHASES``; the last, the exit, is what the
-sweep's launch-to-exit time leaves after the last mark.
+``Timeline``), a run's launch-to-exit time splits into the phases of ``PHASES`` and the exit, what the launch-to-exit
+time leaves after the last mark. (``wall_s`` runs from the loop's start to the end records, so it holds the loop
+and the after-loop phase.)
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from datetime import datetime
 from components.run_dir import RunDir
 
 THROUGHPUT_KEY = "throughput/tokens_per_sec"
-# Outside-the-loop phases of one start: (from mark, to mark, what happens then); None = the process's start.
+# The phases of one start, in order: (from mark, to mark, what happens then); None = the process's start.
 PHASES = ((None, "claimed", "process start to the run directory's claim: interpreter, imports, process group"),
           ("claimed", "built", "tokenizer, data, model (built, sharded, initialised), optimizer"),
           ("built", "loop_start", "run-directory records and the step-0 statistics"),
+          ("loop_start", "loop_end", "the training loop"),
           ("loop_end", "closed", "after the loop: final weights, metrics files, end records"))
 
 

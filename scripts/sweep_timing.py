@@ -41,13 +41,13 @@ def spread(values: list[float]) -> str:
 
 
 def phase_rows(timings: list[sweep_timing.RunTiming], launched_s: list[float]) -> list[str]:
-    """Rows splitting the time outside the loop, over the runs whose finished.json has train.py's timeline."""
+    """A table splitting launch to exit into train.py's timeline phases, over the runs whose finished.json has it."""
     phases = [p for t, s in zip(timings, launched_s) if (p := t.phases(s)) is not None]
     if not phases:
         return []
     names = [what for _, _, what in sweep_timing.PHASES] + ["process exit (launch to exit − the last mark)"]
-    return [f"| outside the loop, {name} ({len(phases)} runs) | {spread([p[i] for p in phases])} |"
-            for i, name in enumerate(names)]
+    return ["", f"| launch to exit by phase (finished.json timeline_s, {len(phases)} runs), seconds | mean (min–max) |",
+            "|---|---|", *(f"| {name} | {spread([p[i] for p in phases])} |" for i, name in enumerate(names))]
 
 
 def report(timings: list[sweep_timing.RunTiming], launched_s: list[float]) -> list[str]:

@@ -97,16 +97,17 @@ def test_timing_of_a_real_run_and_its_bad_inputs(smoke_run, tmp_path, capsys):
     summary = smoke_run / "runs" / ".sweep" / "summary.json"
     launched = json.loads(summary.read_text())[0]["seconds"]
     # train.py's timeline (the process's age at each mark) fits inside the sweep's launch-to-exit time, in order,
-    # and its loop is the loop's own clock.
+    # and agrees with the loop's own clock (wall_s: from the loop's start to the end records).
     assert [name for name, _ in timing.marks] == ["claimed", "built", "loop_start", "loop_end", "closed"]
     phases, marks = timing.phases(launched), dict(timing.marks)
     assert len(phases) == len(sweep_timing.PHASES) + 1 and min(phases[:-1]) >= 0 and phases[0] > 0.5  # imports alone
     assert 0 <= phases[-1] < 10 and marks["closed"] <= launched  # the exit: the launch's end minus the last mark
-    assert marks["loop_end"] - marks["loop_start"] == pytest.approx(timing.loop_s, abs=0.2)
+    assert phases[3] - 0.1 <= timing.loop_s <= phases[3] + phases[4] + 0.1
     assert sweep_timing_script.main([str(smoke_run / "runs"), "--summary", str(summary)]) == 0
     out = capsys.readouterr().out
-    assert "| first step (compilation) |" in out and "| outside the loop, tokenizer, data, model" in out
-    assert "| outside the loop, process exit (launch to exit − the last mark) (1 runs) |" in out
+    assert "| first step (compilation) |" in out and "| launch to exit by phase (finished.json timeline_s, 1 runs)" in out
+    assert "| tokenizer, data, model (built, sharded, initialised), optimizer |" in out
+    assert "| process exit (launch to exit − the last mark) |" in out
     # Planted defects: a run without an end time, a summary that names no finished point.
     provenance = json.loads((run.path / "finished.json").read_text())
     provenance["provenance"]["starts"][0]["ended"] = None

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from components.provenance import UNKNOWN, Timeline, git_state, header_comment, start_record
@@ -73,4 +72,5 @@ def test_timeline_marks_grow_and_a_finished_debug_run_records_them(tmp_path):
     assert list(marks) == ["claimed", "built", "loop_start", "loop_end", "closed"]
     ages = list(marks.values())
     assert ages == sorted(ages) and ages[0] > 0.5  # torch's import alone takes longer than that
-    assert marks["loop_end"] - marks["loop_start"] == pytest.approx(finished["wall_s"], abs=0.2)
+    # wall_s is the loop's own clock, from the loop's start to the end records (after final weights)
+    assert marks["loop_end"] - marks["loop_start"] - 0.1 <= finished["wall_s"] <= marks["closed"] - marks["loop_start"] + 0.1
