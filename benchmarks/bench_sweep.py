@@ -6,6 +6,14 @@ first step with an empty against a populated compiler cache (TORCHINDUCTOR_CACHE
     python benchmarks/bench_sweep.py [--sweep-file train_configs/lr_sensitivity/sweep.toml] [--n 6] [--parallel 3]
         [--steps S] [--ttfs-models llama_1b] [--workdir DIR] [--output OUT.json] [--section.key value ...]
     python benchmarks/bench_sweep.py --quick --output OUT.json    # CPU dry run: debug config, 2 runs of 2 steps
+    python benchmarks/bench_sweep.py ... --mode fresh|sweep [--skip K] --output PART.json
+    python benchmarks/bench_sweep.py --combine PART.json PART.json ... [--output OUT.json]
+
+N runs that do not fit one call of a lent GPU can be measured in parts: ``--mode fresh`` (or ``sweep``) measures
+only that mode, on points K+1 .. K+N (``--skip K``), and ``--combine`` joins parts whose fresh launches cover the
+points of one sweep part, each once, all of one sweep file, overrides, steps, device, torch and commit, into one
+record with the speed-up (the fresh launches' summed totals over the sweep's total). Time to first step is measured
+in ``--mode both`` only.
 
 The N runs are the sweep file's first N points (its run order) with the ``--section.key value`` overrides; both
 modes run the same points, each into its own directory under ``--workdir`` (deleted first). Per run, from its
@@ -44,6 +52,9 @@ from components.run_dir import RunDir  # noqa: E402
 from reporting.sweep_timing import run_timing  # noqa: E402
 
 GOAL_SPEEDUP = 1.5
+MODES = ("both", "fresh", "sweep")
+# What the parts joined by --combine must share (the points themselves are checked by name).
+SHARED_KEYS = ("sweep_file", "overrides", "steps", "device", "torch", "commit")
 CACHE_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 DEFAULT_SWEEP = REPO / "train_configs/lr_sensitivity/sweep.toml"
 QUICK_OVERRIDES = ["--training.steps", "2", "--metrics.log_freq", "1", "--metrics.val_freq", "0",
@@ -73,6 +84,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--output", type=Path, help="write the JSON record here (default: print it only)")
     parser.add_argument("--quick", action="store_true",
                         help="CPU dry run: debug config, N=2, parallel 2, 2 steps, time to first step of debug")
+    parser.add_argument("--mode", choices=MODES, default="both",
+                        help="both (default), or one part of a measurement split over calls: fresh or sweep only")
+    parser.add_argument("--skip", type=int, default=0, help="start after the sweep's first K points (a part)")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="PART_JSON",
+                        help="join part records (--mode fresh / sweep) into one record; runs nothing")
     own, overrides = sweep.split_overrides(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(own)
     if args.quick:
@@ -91,6 +107,8 @@ def check(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     """The TTFS model names; BenchError on bad input."""
     if args.n < 1 or args.parallel < 1:
         raise BenchError(f"--n {args.n} --parallel {args.parallel}: both must be >= 1")
+    if args.skip < 0:
+        raise BenchError(f"--skip {args.skip}: must be >= 0 (points of the sweep to leave out before the N measured)")
     if args.steps is not None and args.steps < 1:
         raise BenchError(f"--steps {args.steps}: must be >= 1")
     if len(overrides) % 2:
@@ -119,9 +137,10 @@ def points_for(args: argparse.Namespace, overrides: list[str], output_dir: Path)
         points = sweep.plan(spec_for(args, overrides, output_dir))
     except sweep.SweepError as err:
         raise BenchError(str(err)) from None
-    if args.n > len(points):
-        raise BenchError(f"--n {args.n}: the sweep has only {len(points)} points; give --n {len(points)} or less")
-    return points[:args.n]
+    if args.skip + args.n > len(points):
+        raise BenchError(f"--n {args.n}: the sweep has only {len(points)} points; give --n {len(points) - args.skip}"
+                         f"{f' (with --skip {args.skip})' if args.skip else ''} or less")
+    return points[args.skip:args.skip + args.n]
 
 
 def clean_env(cache: Path | None) -> dict[str, str]:
@@ -213,30 +232,75 @@ def measure(args: argparse.Namespace, overrides: list[str], models: list[str]) -
         shutil.rmtree(args.workdir)
     fresh_points = points_for(args, overrides, args.workdir / "fresh")
     sweep_points = points_for(args, overrides, args.workdir / "sweep")
-    start = time.perf_counter()
-    fresh = run_fresh(fresh_points, args.workdir / "fresh")
-    fresh_total = time.perf_counter() - start
-    swept, sweep_total = run_sweep(sweep_points, args.workdir / "sweep", args.parallel)
+    record = {"benchmark": "bench_sweep", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "torch": torch.__version__, "device": device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+              "commit": git_commit(), "mode": args.mode, "skip": args.skip,
+              "sweep_file": str(args.sweep_file) if args.sweep_file else "debug (--quick)", "n": args.n,
+              "parallel": args.parallel, "steps": fresh_points[0].steps, "overrides": overrides}
+    if args.mode in ("both", "fresh"):
+        start = time.perf_counter()
+        fresh = run_fresh(fresh_points, args.workdir / "fresh")
+        record["fresh"] = {"total_s": round(time.perf_counter() - start, 2), "runs": fresh}
+    if args.mode in ("both", "sweep"):
+        swept, sweep_total = run_sweep(sweep_points, args.workdir / "sweep", args.parallel)
+        record["sweep"] = {"total_s": round(sweep_total, 2), "runs": swept}
+    if args.mode != "both":
+        return record
     first_model = fresh_points[0].config.model.flavor
     ttfs = {first_model: {"cold": fresh[0], "warm": warm_relaunch(fresh_points[0], args.workdir / "fresh")}}
     ttfs.update({m: ttfs_cold_warm(m, args.workdir / f"ttfs_{m}") for m in models if m != first_model})
-    fresh_total, sweep_total = round(fresh_total, 2), round(sweep_total, 2)
-    return {"benchmark": "bench_sweep", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "device": device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
-            "commit": git_commit(),
-            "sweep_file": str(args.sweep_file) if args.sweep_file else "debug (--quick)", "n": args.n,
-            "parallel": args.parallel, "steps": fresh_points[0].steps, "overrides": overrides,
-            "fresh": {"total_s": fresh_total, "runs": fresh}, "sweep": {"total_s": sweep_total, "runs": swept},
-            "speedup": round(fresh_total / sweep_total, 3), "goal_speedup": GOAL_SPEEDUP,
+    return {**record, "speedup": round(record["fresh"]["total_s"] / record["sweep"]["total_s"], 3),
+            "goal_speedup": GOAL_SPEEDUP,
             "ttfs": {m: {"cold_s": r["cold"]["ttfs_s"], "warm_s": r["warm"]["ttfs_s"], "runs": r}
                      for m, r in ttfs.items()}}
+
+
+def read_part(path: Path) -> dict:
+    try:
+        part = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BenchError(f"--combine {path}: cannot read a bench_sweep record ({err}); give files written by --output") from None
+    if not isinstance(part, dict) or part.get("benchmark") != "bench_sweep" or part.get("mode") not in ("fresh", "sweep"):
+        raise BenchError(f"--combine {path}: not a part record (bench_sweep --mode fresh or sweep); measure it again")
+    return part
+
+
+def combine(paths: list[Path]) -> dict:
+    """One record from part records: the sweep part's points, each launched fresh in exactly one fresh part."""
+    parts = [read_part(path) for path in paths]  # a file given twice counts twice (and is refused below)
+    for key in SHARED_KEYS:
+        values = {json.dumps(part[key]) for part in parts}
+        if len(values) > 1:
+            raise BenchError(f"--combine: the parts differ in {key} ({', '.join(sorted(values))}); "
+                             "combine parts of one measurement only")
+    sweeps = [part for part in parts if part["mode"] == "sweep"]
+    if len(sweeps) != 1:
+        raise BenchError(f"--combine: {len(sweeps)} sweep parts among {len(paths)} files; give exactly one")
+    (swept,) = sweeps
+    fresh_runs = [run for part in parts if part["mode"] == "fresh" for run in part["fresh"]["runs"]]
+    names, fresh_names = [run["name"] for run in swept["sweep"]["runs"]], [run["name"] for run in fresh_runs]
+    if sorted(names) != sorted(fresh_names):
+        problems = ([f"{n} is not launched" for n in names if n not in fresh_names]
+                    + [f"{n} is launched twice" for n in sorted(set(fresh_names)) if fresh_names.count(n) > 1]
+                    + [f"{n} is not a point of the sweep part" for n in fresh_names if n not in names])
+        raise BenchError(f"--combine: the fresh parts must launch each of the sweep's {len(names)} points once; "
+                         f"{problems[0]}; measure the parts again with --mode fresh --skip K --n N")
+    fresh_total = round(sum(part["fresh"]["total_s"] for part in parts if part["mode"] == "fresh"), 2)
+    return {**{key: swept[key] for key in ("benchmark", *SHARED_KEYS)}, "mode": "combined",
+            "n": len(names), "parallel": swept["parallel"], "parts": [str(path) for path in paths],
+            "dates": sorted(part["date"] for part in parts),
+            "fresh": {"total_s": fresh_total, "runs": fresh_runs}, "sweep": swept["sweep"],
+            "speedup": round(fresh_total / swept["sweep"]["total_s"], 3), "goal_speedup": GOAL_SPEEDUP}
 
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     try:
-        models = check(args, overrides)
-        record = measure(args, overrides, models)
+        if args.combine:
+            record = combine(args.combine)
+        else:
+            models = check(args, overrides)
+            record = measure(args, overrides, models)
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -248,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n")
-    print(f"fresh {record['fresh']['total_s']:.1f} s, sweep {record['sweep']['total_s']:.1f} s: "
-          f"speed-up {record['speedup']:.2f}x (goal >= {GOAL_SPEEDUP}x)", file=sys.stderr)
+    if "speedup" in record:
+        print(f"fresh {record['fresh']['total_s']:.1f} s, sweep {record['sweep']['total_s']:.1f} s: "
+              f"speed-up {record['speedup']:.2f}x (goal >= {GOAL_SPEEDUP}x)", file=sys.stderr)
     return 0
 
 

@@ -39,6 +39,8 @@ def test_quick_run_writes_one_record_with_every_launch(tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--quick", "--n", "0"], "error: --n 0 --parallel 2: both must be >= 1"),
     (["--quick", "--n", "3"], "error: --n 3: the sweep has only 2 points; give --n 2 or less"),
+    (["--quick", "--skip", "1", "--n", "2"], "error: --n 2: the sweep has only 2 points; give --n 1 (with --skip 1) or less"),
+    (["--quick", "--skip", "-1"], "error: --skip -1: must be >= 0 (points of the sweep to leave out before the N measured)"),
     (["--sweep-file", "nope.toml"], "error: --sweep-file nope.toml: no such file; give a sweep TOML (components/sweep.py)"),
     (["--quick", "--ttfs-models", "llama_7b"], "error: --ttfs-models: unknown model 'llama_7b'; choose from "
                                                 "gpt2_124m, llama_1b, debug"),
@@ -47,3 +49,36 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert bench_sweep.main([*argv, "--workdir", str(tmp_path / "work")]) == 2
     assert capsys.readouterr().err.strip() == message
     assert not (tmp_path / "work").exists()  # nothing launched
+
+
+@pytest.mark.multiprocess
+def test_parts_measured_apart_combine_into_one_record_and_mismatched_parts_are_refused(tmp_path, monkeypatch, capsys):
+    """A measurement split over calls: point 1 and point 2 launched fresh in two parts, both through the sweep in a
+    third; --combine joins them. Planted defects: a missing point, a point twice, parts of another step count."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    parts = {name: tmp_path / f"{name}.json" for name in ("fresh1", "fresh2", "sweep")}
+    for name, argv in (("fresh1", ["--mode", "fresh", "--n", "1"]), ("fresh2", ["--mode", "fresh", "--skip", "1", "--n", "1"]),
+                       ("sweep", ["--mode", "sweep", "--n", "2"])):
+        assert bench_sweep.main(["--quick", *argv, "--workdir", str(tmp_path / name), "--output", str(parts[name])]) == 0
+    records = {name: json.loads(path.read_text()) for name, path in parts.items()}
+    assert [r["name"] for r in records["fresh1"]["fresh"]["runs"]] == ["seed0"] and "sweep" not in records["fresh1"]
+    assert [r["name"] for r in records["fresh2"]["fresh"]["runs"]] == ["seed1"] and records["fresh2"]["skip"] == 1
+    assert [r["name"] for r in records["sweep"]["sweep"]["runs"]] == ["seed0", "seed1"] and "fresh" not in records["sweep"]
+    assert "speedup" not in records["sweep"] and "ttfs" not in records["fresh1"]
+    combined_path = tmp_path / "combined.json"
+    capsys.readouterr()
+    assert bench_sweep.main(["--combine", *map(str, parts.values()), "--output", str(combined_path)]) == 0
+    combined = json.loads(combined_path.read_text())
+    fresh_total = records["fresh1"]["fresh"]["total_s"] + records["fresh2"]["fresh"]["total_s"]
+    assert combined["fresh"]["total_s"] == pytest.approx(fresh_total, abs=0.01) and combined["n"] == 2
+    assert combined["speedup"] == round(combined["fresh"]["total_s"] / records["sweep"]["sweep"]["total_s"], 3)
+    assert combined["mode"] == "combined" and combined["commit"] == git_commit() and combined["steps"] == 2
+    assert "speed-up" in capsys.readouterr().err
+    fresh1, fresh2, swept = map(str, parts.values())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**records["fresh2"], "steps": 3}))
+    for argv, message in (([fresh1, swept], "seed1 is not launched"), ([fresh1, fresh1, fresh2, swept], "seed0 is launched twice"),
+                          ([fresh1, str(other), swept], "the parts differ in steps (2, 3)"),
+                          ([fresh1, fresh2], "0 sweep parts among 2 files; give exactly one")):
+        assert bench_sweep.main(["--combine", *argv]) == 2
+        assert message in capsys.readouterr().err
