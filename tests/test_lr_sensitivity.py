@@ -269,3 +269,59 @@ def test_runs_on_different_devices_are_named(sweep, tmp_path, capsys, monkeypatc
     assert lr_sensitivity.main([*map(str, sweep[:-2]), "--out", str(same)]) == 0
     assert "different devices" not in capsys.readouterr().err + (same / "lr_sensitivity.md").read_text()
     assert {r["device"] for r in read_csv(same / "lr_sensitivity.csv")} == {"unknown"}
+
+
+# A later study of the same arms (e.g. longer runs) against the fixture's sweep as its baseline: the gap of mitchell
+# to normal at own best lr shrinks (baseline -0.130 over seeds 0-2; here -0.017 +- small), and both arms' best lr
+# moves from 3e-3 down to 1e-3, beyond half this grid's step (10^0.25 = 1.78).
+LATER = {("normal", 1e-3): [2.50, 2.52, 2.51], ("normal", 3e-3): [2.60, 2.62, 2.61], ("normal", 1e-2): [3.00, 3.01, 3.02],
+         ("mitchell", 1e-3): [2.49, 2.50, 2.49], ("mitchell", 3e-3): [2.55, 2.56, 2.57],
+         ("mitchell", 1e-2): [None, None, 4.50]}
+
+
+def test_a_later_study_against_its_baseline(sweep, tmp_path, capsys):
+    later = [planted_run(tmp_path / "later", arm, lr, seed, final)
+             for (arm, lr), finals in LATER.items() for seed, final in enumerate(finals)]
+    out = tmp_path / "report"
+    argv = [*map(str, later), "--baseline", *map(str, sweep[:-2]), "--reference", "normal", "--out", str(out)]
+    assert lr_sensitivity.main(argv) == 0
+    rows = {row["arm"]: row for row in read_csv(out / "baseline.csv")}
+    mitchell = rows["mitchell"]
+    assert float(mitchell["baseline_gap"]) == pytest.approx(((2.70 - 2.80) + (2.72 - 2.90) + (2.74 - 2.85)) / 3)
+    assert float(mitchell["study_gap"]) == pytest.approx(((2.49 - 2.50) + (2.50 - 2.52) + (2.49 - 2.51)) / 3)
+    assert mitchell["gap_verdict"] == "shrank" and rows["normal"]["gap_verdict"] == "reference"
+    assert [(r["baseline_best_lr"], r["study_best_lr"], r["lr_verdict"]) for r in rows.values()] == \
+        [("0.003", "0.001", "down")] * 2
+    report = (out / "lr_sensitivity.md").read_text()
+    assert "## Against the baseline study (" in report and "beyond a factor 1.78" in report
+    assert "| mitchell | -0.130 [" in report and "(3 seeds) | shrank | 0.003 | 0.001 (0: 0.001, 1: 0.001, 2: 0.001) | down |" in report
+    # Run again into the same folder without --baseline: no stale comparison is left behind.
+    assert lr_sensitivity.main([*map(str, later), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "baseline.csv").exists()
+    capsys.readouterr()
+    # Bad input: a reference arm the runs do not have; nothing is written.
+    assert lr_sensitivity.main([*argv[:-2], "--reference", "xavier", "--out", str(tmp_path / "bad")]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --reference xavier: no such arm in the baseline (normal, "
+                                                "mitchell); name one of the arms both studies ran")
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(("baseline", "study", "verdict"), [
+    ((0.30, 0.10, 3), (0.10, 0.05, 3), "shrank"), ((0.30, 0.10, 3), (0.50, 0.10, 3), "grew"),
+    ((0.30, 0.10, 3), (0.25, 0.20, 3), "not resolved"), ((0.30, 0.10, 3), (0.10, 0.05, 2), "no verdict (2 seeds < 3)"),
+    ((-0.30, 0.10, 3), (-0.50, 0.10, 3), "grew"), ((-0.30, 0.10, 3), (-0.05, 0.02, 5), "shrank"),
+    ((0.30, 0.10, 3), (-0.50, 0.10, 3), "not resolved"),  # the sign flipped and the gap is larger: neither
+])
+def test_gap_verdicts(baseline, study, verdict):
+    from reporting.lr_baseline import gap_verdict
+    from reporting.stats import Interval
+
+    assert gap_verdict(Interval(*baseline), Interval(*study)) == verdict
+
+
+def test_best_lr_move_verdicts():
+    from reporting.lr_baseline import lr_move_verdict
+
+    assert [lr_move_verdict(3e-3, lr, 3, 2.37) for lr in (1e-3, 1.5e-3, 5.6e-3, 1e-2)] == ["down", "not resolved",
+                                                                                          "not resolved", "up"]
+    assert lr_move_verdict(3e-3, 1e-4, 1, 2.37) == "no verdict (1 seed < 3)"
