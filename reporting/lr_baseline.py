@@ -34,10 +34,7 @@ def no_verdict(n: int) -> str:
 
 def gap_at_best(reference: Arm, arm: Arm) -> Interval:
     """``arm`` minus ``reference``, each at its own best lr, paired by seed."""
-    ref_lr, arm_lr = reference.best()[0], arm.best()[0]
-    a = {seed: p.capped for seed, p in reference.points[ref_lr].items()}
-    b = {seed: p.capped for seed, p in arm.points[arm_lr].items()}
-    return paired_difference(a, b)[0]
+    return paired_difference(reference.at_best(), arm.at_best())[0]
 
 
 def gap_verdict(baseline: Interval, study: Interval) -> str:

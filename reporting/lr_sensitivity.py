@@ -118,6 +118,10 @@ class Arm:
         lr = min(self.lrs, key=lambda x: (curve[x].mean, x))
         return lr, curve[lr]
 
+    def at_best(self) -> dict[int, float]:
+        """Each seed's capped outcome at the arm's best lr (``best``): what arms are compared by."""
+        return {seed: p.capped for seed, p in self.points[self.best()[0]].items()}
+
     def divergence_lr(self) -> float | None:
         """The lowest lr at which any seed diverged (None if none did)."""
         return next((lr for lr in self.lrs if any(p.diverged for p in self.points[lr].values())), None)
@@ -285,8 +289,7 @@ def best_lr_differences(arms: list[Arm]) -> list[tuple]:
     rows = []
     for first, second in itertools.combinations(arms, 2):
         lr_a, lr_b = first.best()[0], second.best()[0]
-        a = {seed: p.capped for seed, p in first.points[lr_a].items()}
-        b = {seed: p.capped for seed, p in second.points[lr_b].items()}
+        a, b = first.at_best(), second.at_best()
         interval, verdict = paired_difference(a, b)
         loso_a, loso_b = {}, {}
         for seed in sorted(set(a) & set(b)):
