@@ -677,6 +677,13 @@ def to_toml(cfg: Config) -> str:
 # every checkpoint carries their values (components/checkpoint.py) so that one from another run is refused too.
 IDENTITY_SECTIONS = ("model", "init", "tokenizer", "data", "parametrization")
 IDENTITY_KEYS = ("job.seed", "training.seq_len", "training.global_batch_size", "training.trainable")
+# Settings that only say how a run is launched or where it is written, never what it trains: a resume may change
+# them without a word (components/run_dir.py), ...
+LAUNCH_KEYS = ("checkpoint.resume", "checkpoint.create_seed_checkpoint", "job.output_dir")
+# ... and with the run's name and description they are what two runs of one experiment may differ in: a sweep
+# point and its finished run (components/sweep.py), the seeds of one group in a report (reporting/groups.py, which
+# adds job.seed).
+PLACEMENT_KEYS = (*LAUNCH_KEYS, "job.run_name", "job.description")
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:

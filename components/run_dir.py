@@ -47,6 +47,7 @@ from typing import Any
 
 from components.checkpoint import complete_steps, partial_dirs
 from components.config import (
+    LAUNCH_KEYS,
     Config,
     ConfigError,
     config_from_dict,
@@ -69,10 +70,6 @@ METRICS_FILE = "metrics.jsonl"
 ABANDONED_DIR = "abandoned"
 # Entries of a run directory that are not an attempt's files.
 NOT_ATTEMPT_FILES = (LOCK_FILE, ABANDONED_DIR)
-
-# Settings that only say how this start behaves: not reported as changes.
-LAUNCH_KEYS = ("checkpoint.resume", "checkpoint.create_seed_checkpoint", "job.output_dir")
-
 
 class RunDirLocked(ConfigError):
     """Another live process holds the run directory."""

@@ -63,7 +63,6 @@ from components.run_dir import (
     DIVERGED_FILE,
     FINISHED_FILE,
     INIT_STDS_FILE,
-    LAUNCH_KEYS,
     METRICS_FILE,
     RunDir,
 )
@@ -78,8 +77,6 @@ REPO = Path(__file__).resolve().parent.parent
 LOG_DIR, CACHE_DIR, SUMMARY_FILE = ".sweep/logs", ".sweep/cache", ".sweep/summary.json"
 # Keys the sweep sets per point; a grid, an arm or an override may not set them.
 MANAGED_KEYS = ("job.run_name", "job.output_dir", "checkpoint.resume")
-# Keys that only name or place a run: a finished run may differ from its point in these.
-PLACEMENT_KEYS = (*LAUNCH_KEYS, "job.run_name", "job.description")
 NONFINITE_PATTERN = re.compile(r"non-finite at step (\d+)")
 KILL_GRACE_S = 30.0  # after the deadline's SIGTERM, seconds until a point that has not stopped is killed
 ARM_CONFIG = "config"  # an arm's key naming its own config file (instead of [sweep] base)
@@ -282,7 +279,7 @@ def config_difference(run: RunDir, cfg: config_mod.Config) -> str:
     saved = config_mod.load_config(["--config", str(run.latest_config())])[0]
     before, now = config_mod.flat_config(saved), config_mod.flat_config(cfg)
     for key, value in now.items():
-        if key not in PLACEMENT_KEYS and key != "training.steps" and before.get(key) != value:
+        if key not in config_mod.PLACEMENT_KEYS and key != "training.steps" and before.get(key) != value:
             return (f"{run.path} finished with {key} = {before.get(key)!r}, the sweep asks {value!r}; delete it or "
                     "choose another --output-dir")
     return ""

@@ -9,14 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.config import PLACEMENT_KEYS
 from components.run_dir import RunDir
 from reporting.runs import metric_series
 from reporting.stats import Band, band
 
-# Config keys that name or place a run rather than define the experiment: runs that differ only in these
-# and job.seed are seeds of one group.
-NOT_EXPERIMENT_KEYS = {("job", "seed"), ("job", "run_name"), ("job", "output_dir"), ("job", "description"),
-                       ("checkpoint", "resume")}
+# Config keys that name or place a run rather than define the experiment (components/config.py PLACEMENT_KEYS):
+# runs that differ only in these and job.seed are seeds of one group.
+NOT_EXPERIMENT_KEYS = {("job", "seed"), *(tuple(key.split(".")) for key in PLACEMENT_KEYS)}
 SEED_SUFFIX = re.compile(r"_seed\d+$")
 
 

@@ -26,15 +26,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.config import PLACEMENT_KEYS
 from components.run_dir import RunDir
-from reporting.groups import NOT_EXPERIMENT_KEYS, SEED_SUFFIX
+from reporting.groups import SEED_SUFFIX
 from reporting.runs import device_counts, devices_text, metric_series, model_vocab, run_device
 from reporting.stats import Band, Interval, mean_interval, paired_difference
 from roles import parse_tag
 
 LR_KEY = "optimizer.lr"
 SEED_KEY = "job.seed"
-PLACEMENT_KEYS = {f"{section}.{key}" for section, key in NOT_EXPERIMENT_KEYS} - {SEED_KEY}
 SWEEP_COORDS = re.compile(r"_lr[0-9.e+-]+(?=_|$)")  # the lr coordinate of scripts/sweep.py's run names
 LOGIT_MAX_FAMILY = "attn_logit_max"  # components/activation_stats.py's families (tags: roles.format_tag)
 RESIDUAL_FAMILY = "act_rms/residual"
@@ -168,7 +168,7 @@ def derive_arm_keys(runs: list[RunDir], arm_keys: list[str] | None) -> list[str]
     for key in arm_keys or []:
         if key not in known:
             raise ValueError(f"--arm-keys {key}: no such config key; name keys as section.key, e.g. init.scheme")
-    differing = sorted(key for key in known - PLACEMENT_KEYS - {LR_KEY, SEED_KEY}
+    differing = sorted(key for key in known - set(PLACEMENT_KEYS) - {LR_KEY, SEED_KEY}
                        if len({flat_value(flat.get(key)) for flat in flats}) > 1)
     if arm_keys is None:
         return differing
