@@ -55,7 +55,7 @@ GOAL_SPEEDUP = 1.5
 MODES = ("both", "fresh", "sweep")
 # What the parts joined by --combine must share (the points themselves are checked by name).
 SHARED_KEYS = ("sweep_file", "overrides", "steps", "device", "torch", "commit")
-CACHE_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+CACHE_VARS = tuple(sweep.CACHE_DIR_VARS)
 DEFAULT_SWEEP = REPO / "train_configs/lr_sensitivity/sweep.toml"
 QUICK_OVERRIDES = ["--training.steps", "2", "--metrics.log_freq", "1", "--metrics.val_freq", "0",
                    "--lr_scheduler.warmup_steps", "0"]

@@ -320,9 +320,12 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 # ------------------------------------------------------------------------------------------ launch
+CACHE_DIR_VARS = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> folder in a cache
+
+
 def compiler_cache_env(cache: Path) -> dict[str, str]:
     """The environment variables that put inductor's and Triton's caches (graphs and autograd too) under ``cache``."""
-    return {"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton"),
+    return {**{var: str(cache / folder) for var, folder in CACHE_DIR_VARS.items()},
             "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
 
@@ -374,7 +377,7 @@ class DiskGuard:
         """'' if one more run fits beside ``running`` ones; else the one-line reason and the ways out."""
         if not self.run_bytes:
             return ""
-        free = shutil.disk_usage(self.output_dir if self.output_dir.exists() else REPO).free
+        free = shutil.disk_usage(self.output_dir).free  # (it exists: a run in it has finished)
         need = self.run_bytes * (running + 1)
         if free - need >= self.keep_free_bytes:
             return ""

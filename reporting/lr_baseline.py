@@ -22,14 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reporting.lr_sensitivity import Arm
-from reporting.stats import MIN_SEEDS_FOR_VERDICT, Interval, paired_difference
+from reporting.stats import MIN_SEEDS_FOR_VERDICT, Interval, paired_difference, too_few_seeds
 
 SHRANK, GREW, NOT_RESOLVED = "shrank", "grew", "not resolved"
 DOWN, UP = "down", "up"
-
-
-def no_verdict(n: int) -> str:
-    return f"no verdict ({n} seed{'s' if n != 1 else ''} < {MIN_SEEDS_FOR_VERDICT})"
 
 
 def gap_at_best(reference: Arm, arm: Arm) -> Interval:
@@ -40,7 +36,7 @@ def gap_at_best(reference: Arm, arm: Arm) -> Interval:
 def gap_verdict(baseline: Interval, study: Interval) -> str:
     """L6's verdict on the study's gap against the baseline's mean gap (module docstring)."""
     if study.n < MIN_SEEDS_FOR_VERDICT:
-        return no_verdict(study.n)
+        return too_few_seeds(study.n)
     sign = 1.0 if baseline.mean >= 0 else -1.0
     if abs(study.mean) < abs(baseline.mean) and not study.low <= baseline.mean <= study.high:
         return SHRANK
@@ -52,7 +48,7 @@ def gap_verdict(baseline: Interval, study: Interval) -> str:
 def lr_move_verdict(baseline_lr: float, study_lr: float, study_seeds: int, half_step: float) -> str:
     """L7's verdict on the best lr's move (module docstring)."""
     if study_seeds < MIN_SEEDS_FOR_VERDICT:
-        return no_verdict(study_seeds)
+        return too_few_seeds(study_seeds)
     if study_lr < baseline_lr / half_step:
         return DOWN
     if study_lr > baseline_lr * half_step:
@@ -82,15 +78,14 @@ def compare(baseline: list[Arm], study: list[Arm], reference: str, half_step: fl
     shared = [name for name in ours if name in base]
     rows = []
     for name in shared:
-        study_lr, study_best = ours[name].best()
+        (study_lr, study_best), baseline_lr = ours[name].best(), base[name].best()[0]
         if name == reference:
             gaps, verdict = (None, None), "reference"
         else:
             gaps = (gap_at_best(base[reference], base[name]), gap_at_best(ours[reference], ours[name]))
             verdict = gap_verdict(*gaps)
-        rows.append(ArmChange(name, gaps[0], gaps[1], verdict, base[name].best()[0], study_lr,
-                              ours[name].seed_best(),
-                              lr_move_verdict(base[name].best()[0], study_lr, study_best.n, half_step)))
+        rows.append(ArmChange(name, gaps[0], gaps[1], verdict, baseline_lr, study_lr, ours[name].seed_best(),
+                              lr_move_verdict(baseline_lr, study_lr, study_best.n, half_step)))
     return rows
 
 

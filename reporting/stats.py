@@ -25,7 +25,14 @@ DIFFERS = "differs"
 NOT_RESOLVED = "not resolved"  # the interval contains zero: no difference shown at this seed count
 NO_VERDICT_ONE_SEED = "no verdict (1 seed)"
 MIN_SEEDS_FOR_VERDICT = 3
-NO_VERDICT_TWO_SEEDS = "no verdict (2 seeds < 3)"
+
+
+def too_few_seeds(n: int) -> str:
+    """The verdict of a comparison over fewer than MIN_SEEDS_FOR_VERDICT seeds: ``"no verdict (2 seeds < 3)"``."""
+    return f"no verdict ({n} seed{'s' if n != 1 else ''} < {MIN_SEEDS_FOR_VERDICT})"
+
+
+NO_VERDICT_TWO_SEEDS = too_few_seeds(2)
 NO_VERDICT_NO_SHARED = "no verdict (no shared seed)"
 NO_VERDICT_NON_FINITE = "no verdict (non-finite)"
 

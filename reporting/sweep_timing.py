@@ -51,7 +51,7 @@ class RunTiming:
     def phases(self, launch_to_exit_s: float) -> list[float] | None:
         """Seconds of each of PHASES, then the exit (launch to exit − the last mark); None without every mark."""
         marks = dict(self.marks)
-        if not all(name in marks for name in ("claimed", "built", "loop_start", "loop_end", "closed")):
+        if not all(end in marks for _, end, _ in PHASES):
             return None
         return [marks[end] - marks.get(begin, 0.0) for begin, end, _ in PHASES] + [launch_to_exit_s - marks["closed"]]
 
