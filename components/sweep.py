@@ -41,6 +41,11 @@ run directory it has seen finish (final weights and checkpoints: 0.8 GB a llama_
 if starting one more, with those already running, would leave less than ``keep_free_bytes`` free, it starts
 nothing more and reports the point as failed, with the figures and the ways out, instead of letting runs die
 on a full disk.
+
+A point that fails with CUDA's out-of-memory error while other points were running is not a result of its config
+but of ``parallel``: it goes back to the front of the queue and the sweep runs at most ``min(parallel - 1, the
+points still running)`` at once from then on (one console line says so). A point out of memory with nothing else
+running is an ordinary failure, so each retry lowers ``parallel`` and a sweep cannot loop.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ LOG_DIR, CACHE_DIR, SUMMARY_FILE = ".sweep/logs", ".sweep/cache", ".sweep/summar
 # Keys the sweep sets per point; a grid, an arm or an override may not set them.
 MANAGED_KEYS = ("job.run_name", "job.output_dir", "checkpoint.resume")
 NONFINITE_PATTERN = re.compile(r"non-finite at step (\d+)")
+# CUDA's out-of-memory error as train.py's console shows it (torch.OutOfMemoryError's message).
+OOM_PATTERN = re.compile(r"CUDA out of memory|OutOfMemoryError")
 KILL_GRACE_S = 30.0  # after the deadline's SIGTERM, seconds until a point that has not stopped is killed
 ARM_CONFIG = "config"  # an arm's key naming its own config file (instead of [sweep] base)
 
@@ -407,6 +414,14 @@ def finish(point: Point, returncode: int, seconds: float, output_dir: Path) -> O
     return Outcome(point, "failed", f"exit {returncode}: {note or line}", seconds)
 
 
+def oom_retry_parallel(outcome: Outcome, others: int, parallel: int) -> int:
+    """How many points may run at once for a retry of ``outcome``'s point, or 0 for no retry: only a point that
+    ran out of GPU memory beside ``others`` > 0 running points is retried, with fewer at once than before."""
+    if outcome.status != "failed" or not OOM_PATTERN.search(outcome.note) or others == 0 or parallel == 1:
+        return 0
+    return max(1, min(parallel - 1, others))
+
+
 def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel: int = 1,
             fail_fast: bool = False, say=print, deadline_s: float | None = None,
             start_by_s: float | None = None, keep_free_bytes: int = GIB) -> list[Outcome]:
@@ -420,9 +435,11 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
     have not stopped: they are "interrupted", resumable later.
 
     A point the disk may not hold (``DiskGuard``, ``keep_free_bytes``) is not started: it is "failed" with the
-    reason, and no point is started after it.
+    reason, and no point is started after it. A point out of GPU memory beside others is retried with fewer at
+    once (``oom_retry_parallel``; the module docstring).
     """
     outcomes: list[Outcome] = []
+    retried: dict[int, str] = {}  # point index -> why it was retried (its final outcome's note, if it has none)
     disk = DiskGuard(output_dir, keep_free_bytes)
     queue, running = list(enumerate(points, start=1)), {}
     stop, t_start, terminated = False, time.monotonic(), None
@@ -467,6 +484,15 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
             outcome = finish(point, proc.returncode, time.monotonic() - t0, output_dir)
             if terminated is not None and outcome.status == "failed":
                 outcome.status = "interrupted"
+            fewer = 0 if stop else oom_retry_parallel(outcome, len(running), parallel)
+            if fewer:
+                retried[index] = f"retried after running out of GPU memory beside {len(running)} running point(s)"
+                say(f"{tag} out of GPU memory beside {len(running)} running point(s) after {outcome.seconds:.0f} s: "
+                    f"back in the queue; at most {fewer} at once from now on (--parallel {parallel} does not fit)")
+                parallel = fewer
+                queue.insert(0, (index, point))
+                continue
+            outcome.note = outcome.note or retried.get(index, "")
             outcomes.append(outcome)
             disk.observe(point.run_dir)
             say(f"{tag} {outcome.status} ({outcome.seconds:.0f} s){': ' + outcome.note if outcome.note else ''}")

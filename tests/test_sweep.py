@@ -33,8 +33,8 @@ def write_sweep(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def run_sweep(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/sweep.py", *argv], cwd=REPO, env=ENV, capture_output=True,
+def run_sweep(argv: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/sweep.py", *argv], cwd=REPO, env=env or ENV, capture_output=True,
                           text=True, timeout=900, **kwargs)
 
 
@@ -312,3 +312,43 @@ def test_a_sweep_starts_no_point_the_disk_may_not_hold_and_the_same_command_cont
     assert (out / "lr0.002" / "finished.json").is_file()
     bad = run_sweep([*argv, "--keep-free-gb", "-1"])
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --keep-free-gb -1: must be >= 0 (GiB left free on the disk)"
+
+
+def test_oom_retry_only_for_a_point_out_of_gpu_memory_beside_others():
+    point = sweep.Point.__new__(sweep.Point)
+    oom = sweep.Outcome(point, "failed", "exit 1: [rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to …")
+    assert [sweep.oom_retry_parallel(oom, others, 4) for others in (0, 1, 2, 3)] == [0, 1, 2, 3]
+    assert sweep.oom_retry_parallel(oom, 5, 4) == 3  # always fewer than before: a sweep cannot retry forever
+    assert sweep.oom_retry_parallel(oom, 2, 1) == 0
+    other = sweep.Outcome(point, "failed", "exit 2: error: model.vocab_size = 100 is smaller than …")
+    stopped = sweep.Outcome(point, "interrupted", oom.note)
+    assert sweep.oom_retry_parallel(other, 2, 3) == sweep.oom_retry_parallel(stopped, 2, 3) == 0
+
+
+@pytest.mark.multiprocess
+def test_a_point_out_of_gpu_memory_beside_others_is_retried_with_fewer_at_once(tmp_path):
+    # A "GPU" with room for two runs (tests/oom_launcher.py): the third of three started together fails as
+    # train.py does on a full GPU, goes back in the queue, and runs when one of the two has ended.
+    family, out, slots = write_sweep(tmp_path, GRID), tmp_path / "out", tmp_path / "slots"
+    env = {**ENV, "OOM_SLOTS": str(slots), "OOM_LIMIT": "2"}
+    launcher = f"{sys.executable} {REPO / 'tests' / 'oom_launcher.py'}"
+    argv = [str(family), *TINY, "--training.steps", "2", "--metrics.val_freq", "0", "--grid", "job.seed=0",
+            "--grid", "optimizer.lr=1e-3,2e-3,3e-3", "--parallel", "3", "--launcher", launcher]
+    proc = run_sweep(argv, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    attempts = (slots / "attempts.log").read_text().split()
+    oom = [name for name, what in zip(attempts[::2], attempts[1::2]) if what == "oom"]
+    assert len(attempts) == 8 and len(oom) == 1, attempts  # 3 runs and 1 refusal
+    assert (f": out of GPU memory beside 2 running point(s) after ") in proc.stdout
+    assert "back in the queue; at most 2 at once from now on (--parallel 3 does not fit)" in proc.stdout
+    assert f"sweep {out}: 3 points: 3 done, 0 skipped, 0 diverged, 0 failed" in proc.stdout
+    rows = {row["name"]: row for row in json.loads((out / ".sweep" / "summary.json").read_text())}
+    assert rows[oom[0]]["status"] == "done" and rows[oom[0]]["note"].startswith("retried after running out of GPU")
+    assert all((out / name / "finished.json").is_file() for name in rows)
+
+    # A GPU with room for none: every point fails even alone, after two retries that lower --parallel to 1.
+    shutil.rmtree(out)
+    none = run_sweep(argv, env={**env, "OOM_LIMIT": "0"})
+    assert none.returncode == 1 and f"3 points: 0 done, 0 skipped, 0 diverged, 3 failed" in none.stdout
+    assert none.stdout.count("back in the queue") == 2 and "at most 1 at once" in none.stdout
+    assert (slots / "attempts.log").read_text().count(" oom") == 1 + 5
