@@ -11,8 +11,9 @@ away from zero; else "not resolved"; no verdict below ``MIN_SEEDS_FOR_VERDICT`` 
 
 *Best-lr move*, pre-registered as L7: the study's best lr (lowest seed-mean capped outcome) over the baseline's;
 "down" when it is below the baseline's by more than ``half_step`` (a factor; L7: half the study grid's step),
-"up" when above by more, else "not resolved"; no verdict below ``MIN_SEEDS_FOR_VERDICT`` seeds at the study's best
-lr. Each seed's own best lr in the study is listed beside it.
+"up" when above by more, else "not resolved"; no verdict below ``MIN_SEEDS_FOR_VERDICT`` seeds that ran every lr of
+the arm in the study (a seed missing one has no best lr of its own). Each seed's own best lr in the study is listed
+beside it.
 """
 
 from __future__ import annotations
@@ -78,14 +79,14 @@ def compare(baseline: list[Arm], study: list[Arm], reference: str, half_step: fl
     shared = [name for name in ours if name in base]
     rows = []
     for name in shared:
-        (study_lr, study_best), baseline_lr = ours[name].best(), base[name].best()[0]
+        study_lr, baseline_lr = ours[name].best()[0], base[name].best()[0]
         if name == reference:
             gaps, verdict = (None, None), "reference"
         else:
             gaps = (gap_at_best(base[reference], base[name]), gap_at_best(ours[reference], ours[name]))
             verdict = gap_verdict(*gaps)
         rows.append(ArmChange(name, gaps[0], gaps[1], verdict, baseline_lr, study_lr, ours[name].seed_best(),
-                              lr_move_verdict(baseline_lr, study_lr, study_best.n, half_step)))
+                              lr_move_verdict(baseline_lr, study_lr, len(ours[name].complete_seeds()), half_step)))
     return rows
 
 

@@ -87,11 +87,22 @@ class Arm:
         means = {lr: [p.capped for s, p in per_seed.items() if s != seed] for lr, per_seed in self.points.items()}
         return min((lr for lr in self.lrs if means[lr]), key=lambda lr: (math.fsum(means[lr]) / len(means[lr]), lr))
 
+    def complete_seeds(self) -> list[int]:
+        """The seeds that ran every lr of this arm: only their curves have an argmin."""
+        return sorted(set.intersection(*(set(per_seed) for per_seed in self.points.values())))
+
+    def incomplete_seeds(self) -> dict[int, int]:
+        """Seeds missing some lr of this arm -> how many of its lrs they ran."""
+        counts: dict[int, int] = {}
+        for per_seed in self.points.values():
+            for seed in per_seed:
+                counts[seed] = counts.get(seed, 0) + 1
+        return {seed: n for seed, n in sorted(counts.items()) if n < len(self.points)}
+
     def seed_best(self) -> dict[int, float]:
-        """Each seed's own best lr (over the lrs it ran)."""
-        seeds = sorted({seed for per_seed in self.points.values() for seed in per_seed})
-        return {seed: min((lr for lr in self.lrs if seed in self.points[lr]),
-                          key=lambda lr: (self.points[lr][seed].capped, lr)) for seed in seeds}
+        """Each complete seed's own best lr (a seed missing an lr has none: its argmin could be the missing one)."""
+        return {seed: min(self.lrs, key=lambda lr: (self.points[lr][seed].capped, lr))
+                for seed in self.complete_seeds()}
 
     def tolerance_width(self, tolerance: float) -> tuple[float, bool]:
         """(width in decades of lr of the range where the seed-mean capped outcome stays within ``tolerance`` of its
@@ -113,9 +124,13 @@ class Arm:
                 if not p.diverged and math.isfinite(p.final) and p.final >= p.init_loss]
 
     def best(self) -> tuple[float, Interval]:
-        """(lr of the lowest mean capped outcome, its interval); the lower lr on a tie."""
-        curve = self.curve()
-        lr = min(self.lrs, key=lambda x: (curve[x].mean, x))
+        """(lr of the lowest mean capped outcome, its interval over every seed at that lr); the lower lr on a tie.
+        The mean is over the complete seeds (``complete_seeds``), so that no lr wins by missing a seed's run; over
+        every seed at each lr only when no seed is complete."""
+        curve, seeds = self.curve(), self.complete_seeds()
+        means = ({lr: math.fsum(self.points[lr][seed].capped for seed in seeds) / len(seeds) for lr in self.lrs}
+                 if seeds else {lr: curve[lr].mean for lr in self.lrs})
+        lr = min(self.lrs, key=lambda x: (means[x], x))
         return lr, curve[lr]
 
     def at_best(self) -> dict[int, float]:
@@ -348,7 +363,8 @@ def arms_table(arms: list[Arm], lrs: list[float], metric: str, tolerance: float 
         div = arm.divergence_lr()
         n_div = sum(bool(p.diverged) for per_seed in arm.points.values() for p in per_seed.values())
         n_runs = sum(len(per_seed) for per_seed in arm.points.values())
-        per_seed = ", ".join(f"{seed}: {best:g}" for seed, best in arm.seed_best().items())
+        per_seed = ", ".join([f"{seed}: {best:g}" for seed, best in arm.seed_best().items()]
+                             + [f"{seed}: none ({n} of {len(arm.lrs)} lrs)" for seed, n in arm.incomplete_seeds().items()])
         capped = ", ".join(f"lr {lr:g} seed {seed}" for lr, seed in arm.at_cap()) or "none"
         width, at_edge = arm.tolerance_width(tolerance)
         seed_width, seed_edge, width_seeds = arm.seed_tolerance_widths(tolerance, lrs)
@@ -415,7 +431,10 @@ def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
             "the lowest lr at which any seed stopped on a non-finite loss. *B − A*: per seed, B's capped outcome at "
             "B's best lr minus A's at A's best lr (best = lowest mean over seeds); 'differs' only when the interval "
             "excludes zero. The best lrs are picked on the same seeds, which favours an arm with a noisy minimum; "
-            "the leave-one-seed-out columns pick each seed's lr* on the other seeds instead. The lr grid's spacing "
+            "the leave-one-seed-out columns pick each seed's lr* on the other seeds instead. A seed that misses "
+            "some lr of an arm ('none (k of n lrs)' under each seed's best lr) has no best lr of its own, and the "
+            "arm's best lr is chosen on the seeds that ran all of its lrs; every other number uses the seeds present "
+            "at its lr (their counts are in the tables). The lr grid's spacing "
             "bounds how well a best lr is located. *finite but ≥ ℓ0*: runs that did not diverge but ended no "
             "better than their loss at init (capped like a divergence). *Decades of lr within t of the best*: the "
             "width of the lr range whose seed-mean capped outcome is within t (nats) of the best, interpolated "

@@ -325,3 +325,27 @@ def test_best_lr_move_verdicts():
     assert [lr_move_verdict(3e-3, lr, 3, 2.37) for lr in (1e-3, 1.5e-3, 5.6e-3, 1e-2)] == ["down", "not resolved",
                                                                                           "not resolved", "up"]
     assert lr_move_verdict(3e-3, 1e-4, 1, 2.37) == "no verdict (1 seed < 3)"
+
+
+def test_a_seed_missing_an_lr_has_no_best_lr_and_does_not_pick_the_arms(tmp_path):
+    # seed 2 of mitchell lacks lr 1e-3 (a run lost, say): over the lrs it has, its argmin would be 3e-3, and its
+    # 2.0 at 3e-3 would pull 3e-3's mean (2.51) below 1e-3's (2.515); the arm's best lr must come from seeds 0, 1.
+    finals = {("normal", 1e-3): [2.50, 2.52, 2.51], ("normal", 3e-3): [2.60, 2.62, 2.61],
+              ("mitchell", 1e-3): [2.51, 2.52, None], ("mitchell", 3e-3): [2.76, 2.77, 2.00]}
+    runs = [planted_run(tmp_path / "later", arm, lr, seed, final) for (arm, lr), values in finals.items()
+            for seed, final in enumerate(values) if final is not None]
+    arms = {arm.name: arm for arm in build_arms([RunDir.open(r) for r in runs], None, "loss/val")[1]}
+    mitchell = arms["mitchell"]
+    assert mitchell.complete_seeds() == [0, 1] and mitchell.incomplete_seeds() == {2: 1}
+    assert mitchell.seed_best() == {0: 1e-3, 1: 1e-3}  # no argmin for seed 2 (it would say 3e-3)
+    assert mitchell.best()[0] == 1e-3 and mitchell.best()[1].n == 2  # the interval: the seeds at that lr
+    out = tmp_path / "report"
+    base = [planted_run(tmp_path / "base", arm, lr, seed, final)
+            for (arm, lr), values in FINALS.items() for seed, final in enumerate(values)]
+    assert lr_sensitivity.main([*map(str, runs), "--baseline", *map(str, base), "--reference", "normal",
+                                "--out", str(out)]) == 0
+    report = (out / "lr_sensitivity.md").read_text()
+    assert "| mitchell | 0.001 | 0: 0.001, 1: 0.001, 2: none (1 of 2 lrs) |" in report
+    rows = {row["arm"]: row for row in read_csv(out / "baseline.csv")}
+    # L7 counts the seeds with a whole curve: 2 here, so no verdict, though 3e-3 had 3 seeds.
+    assert rows["mitchell"]["lr_verdict"] == "no verdict (2 seeds < 3)" and rows["normal"]["lr_verdict"] == "down"
