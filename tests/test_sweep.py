@@ -339,7 +339,7 @@ def test_a_point_out_of_gpu_memory_beside_others_is_retried_with_fewer_at_once(t
     attempts = (slots / "attempts.log").read_text().split()
     oom = [name for name, what in zip(attempts[::2], attempts[1::2]) if what == "oom"]
     assert len(attempts) == 8 and len(oom) == 1, attempts  # 3 runs and 1 refusal
-    assert (f": out of GPU memory beside 2 running point(s) after ") in proc.stdout
+    assert (": out of GPU memory beside 2 running point(s) after ") in proc.stdout
     assert "back in the queue; at most 2 at once from now on (--parallel 3 does not fit)" in proc.stdout
     assert f"sweep {out}: 3 points: 3 done, 0 skipped, 0 diverged, 0 failed" in proc.stdout
     rows = {row["name"]: row for row in json.loads((out / ".sweep" / "summary.json").read_text())}
@@ -349,6 +349,6 @@ def test_a_point_out_of_gpu_memory_beside_others_is_retried_with_fewer_at_once(t
     # A GPU with room for none: every point fails even alone, after two retries that lower --parallel to 1.
     shutil.rmtree(out)
     none = run_sweep(argv, env={**env, "OOM_LIMIT": "0"})
-    assert none.returncode == 1 and f"3 points: 0 done, 0 skipped, 0 diverged, 3 failed" in none.stdout
+    assert none.returncode == 1 and "3 points: 0 done, 0 skipped, 0 diverged, 3 failed" in none.stdout
     assert none.stdout.count("back in the queue") == 2 and "at most 1 at once" in none.stdout
     assert (slots / "attempts.log").read_text().count(" oom") == 1 + 5
