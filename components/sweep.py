@@ -414,10 +414,18 @@ def finish(point: Point, returncode: int, seconds: float, output_dir: Path) -> O
     return Outcome(point, "failed", f"exit {returncode}: {note or line}", seconds)
 
 
-def oom_retry_parallel(outcome: Outcome, others: int, parallel: int) -> int:
+def last_attempt(log: Path) -> str:
+    """The console output of a point's latest launch: its log after the last ``$ command`` line."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return text[text.rfind("\n$ ") + 1:] if "\n$ " in text else text
+
+
+def oom_retry_parallel(outcome: Outcome, output: str, others: int, parallel: int) -> int:
     """How many points may run at once for a retry of ``outcome``'s point, or 0 for no retry: only a point that
-    ran out of GPU memory beside ``others`` > 0 running points is retried, with fewer at once than before."""
-    if outcome.status != "failed" or not OOM_PATTERN.search(outcome.note) or others == 0 or parallel == 1:
+    ran out of GPU memory (CUDA's error anywhere in its ``output``, not only the last line: a launcher such as
+    torchrun prints its own summary after it) beside ``others`` > 0 running points is retried, with fewer at once
+    than before."""
+    if outcome.status != "failed" or not OOM_PATTERN.search(output) or others == 0 or parallel == 1:
         return 0
     return max(1, min(parallel - 1, others))
 
@@ -484,7 +492,8 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
             outcome = finish(point, proc.returncode, time.monotonic() - t0, output_dir)
             if terminated is not None and outcome.status == "failed":
                 outcome.status = "interrupted"
-            fewer = 0 if stop else oom_retry_parallel(outcome, len(running), parallel)
+            fewer = 0 if stop else oom_retry_parallel(
+                outcome, last_attempt(output_dir / LOG_DIR / f"{point.name}.log"), len(running), parallel)
             if fewer:
                 retried[index] = f"retried after running out of GPU memory beside {len(running)} running point(s)"
                 say(f"{tag} out of GPU memory beside {len(running)} running point(s) after {outcome.seconds:.0f} s: "

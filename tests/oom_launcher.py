@@ -2,8 +2,8 @@
 
 ``python tests/oom_launcher.py train.py ARGS...`` claims one of OOM_LIMIT slots (files created atomically in the
 folder OOM_SLOTS, so exactly OOM_LIMIT claims succeed however many start together) and runs ``python train.py
-ARGS...`` in it, freeing the slot when that ends; with every slot taken it fails as train.py fails on a full GPU:
-torch.OutOfMemoryError's message as the last line, exit 1. Every attempt is appended to OOM_SLOTS/attempts.log.
+ARGS...`` in it, freeing the slot when that ends; with every slot taken it fails as train.py under torchrun fails
+on a full GPU: torch.OutOfMemoryError's message, then a launcher's summary line, exit 1. Every attempt is appended to OOM_SLOTS/attempts.log.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> int:
     if slot is None:
         print("[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.00 GiB. (every slot of "
               f"{slots} is taken)", flush=True)
+        print("ChildFailedError: train.py FAILED (a launcher's summary after the child's error)", flush=True)
         return 1
     try:
         return subprocess.call([sys.executable, *sys.argv[1:]])
