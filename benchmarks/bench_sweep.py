@@ -160,7 +160,7 @@ def launch(args: list[str], env: dict[str, str], log: Path) -> float:
                               env=env, cwd=REPO).returncode
     seconds = time.perf_counter() - start
     if code != 0:
-        raise RunFailed(f"train.py exit {code} ({log}): {sweep.error_line(log)}")
+        raise RunFailed(f"train.py exit {code} ({log}): {sweep.error_line(sweep.last_attempt(log))}")
     return seconds
 
 

@@ -292,11 +292,17 @@ def config_difference(run: RunDir, cfg: config_mod.Config) -> str:
     return ""
 
 
-def error_line(log: Path) -> str:
-    """The last ``error:`` line of a log, else its last non-empty line (a traceback's exception); the sweep's own
-    ``$ command`` lines are not output."""
+def last_attempt(log: Path) -> str:
+    """The console output of a point's latest launch: its log after the last ``$ command`` line (a log holds every
+    launch of its point, one after the other)."""
     text = log.read_text(errors="replace") if log.is_file() else ""
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("$ ")]
+    return text[text.rfind("\n$ ") + 1:] if "\n$ " in text else text
+
+
+def error_line(output: str) -> str:
+    """The last ``error:`` line of a launch's console ``output``, else its last non-empty line (a traceback's
+    exception); the sweep's own ``$ command`` lines are not output."""
+    lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith("$ ")]
     errors = [line for line in lines if line.startswith("error:")]
     return (errors or lines or ["(no output)"])[-1]
 
@@ -400,32 +406,30 @@ class Outcome:
     status: str  # done | skipped | diverged | failed | interrupted (stopped at the deadline)
     note: str = ""
     seconds: float = 0.0
+    # CUDA's out-of-memory error anywhere in the launch's output, not only its last line (a launcher such as
+    # torchrun prints its own summary after it)
+    out_of_memory: bool = False
 
 
 def finish(point: Point, returncode: int, seconds: float, output_dir: Path) -> Outcome:
-    """Classify an ended train.py: done (finished.json), diverged (non-finite stop) or failed."""
-    line = error_line(output_dir / LOG_DIR / f"{point.name}.log")
+    """Classify an ended train.py from its launch's output: done (finished.json), diverged (non-finite stop) or
+    failed (noting whether it ran out of GPU memory)."""
+    output = last_attempt(output_dir / LOG_DIR / f"{point.name}.log")
+    line = error_line(output)
     state, note = point_state(point)
     if returncode == 0 and state == "finished":
         return Outcome(point, "done", "", seconds)
     if returncode == 1 and NONFINITE_PATTERN.search(line):
         record_divergence(point, line)
         return Outcome(point, "diverged", line, seconds)
-    return Outcome(point, "failed", f"exit {returncode}: {note or line}", seconds)
+    return Outcome(point, "failed", f"exit {returncode}: {note or line}", seconds,
+                   out_of_memory=bool(OOM_PATTERN.search(output)))
 
 
-def last_attempt(log: Path) -> str:
-    """The console output of a point's latest launch: its log after the last ``$ command`` line."""
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    return text[text.rfind("\n$ ") + 1:] if "\n$ " in text else text
-
-
-def oom_retry_parallel(outcome: Outcome, output: str, others: int, parallel: int) -> int:
+def oom_retry_parallel(outcome: Outcome, others: int, parallel: int) -> int:
     """How many points may run at once for a retry of ``outcome``'s point, or 0 for no retry: only a point that
-    ran out of GPU memory (CUDA's error anywhere in its ``output``, not only the last line: a launcher such as
-    torchrun prints its own summary after it) beside ``others`` > 0 running points is retried, with fewer at once
-    than before."""
-    if outcome.status != "failed" or not OOM_PATTERN.search(output) or others == 0 or parallel == 1:
+    failed out of GPU memory beside ``others`` > 0 running points is retried, with fewer at once than before."""
+    if outcome.status != "failed" or not outcome.out_of_memory or others == 0 or parallel == 1:
         return 0
     return max(1, min(parallel - 1, others))
 
@@ -492,8 +496,7 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
             outcome = finish(point, proc.returncode, time.monotonic() - t0, output_dir)
             if terminated is not None and outcome.status == "failed":
                 outcome.status = "interrupted"
-            fewer = 0 if stop else oom_retry_parallel(
-                outcome, last_attempt(output_dir / LOG_DIR / f"{point.name}.log"), len(running), parallel)
+            fewer = 0 if stop else oom_retry_parallel(outcome, len(running), parallel)
             if fewer:
                 retried[index] = f"retried after running out of GPU memory beside {len(running)} running point(s)"
                 say(f"{tag} out of GPU memory beside {len(running)} running point(s) after {outcome.seconds:.0f} s: "

@@ -23,6 +23,7 @@ import itertools
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,17 +88,17 @@ class Arm:
         means = {lr: [p.capped for s, p in per_seed.items() if s != seed] for lr, per_seed in self.points.items()}
         return min((lr for lr in self.lrs if means[lr]), key=lambda lr: (math.fsum(means[lr]) / len(means[lr]), lr))
 
+    def lrs_run(self) -> dict[int, int]:
+        """Each seed -> how many of this arm's lrs it ran (ascending seeds)."""
+        return dict(sorted(Counter(seed for per_seed in self.points.values() for seed in per_seed).items()))
+
     def complete_seeds(self) -> list[int]:
         """The seeds that ran every lr of this arm: only their curves have an argmin."""
-        return sorted(set.intersection(*(set(per_seed) for per_seed in self.points.values())))
+        return [seed for seed, n in self.lrs_run().items() if n == len(self.points)]
 
     def incomplete_seeds(self) -> dict[int, int]:
         """Seeds missing some lr of this arm -> how many of its lrs they ran."""
-        counts: dict[int, int] = {}
-        for per_seed in self.points.values():
-            for seed in per_seed:
-                counts[seed] = counts.get(seed, 0) + 1
-        return {seed: n for seed, n in sorted(counts.items()) if n < len(self.points)}
+        return {seed: n for seed, n in self.lrs_run().items() if n < len(self.points)}
 
     def seed_best(self) -> dict[int, float]:
         """Each complete seed's own best lr (a seed missing an lr has none: its argmin could be the missing one)."""

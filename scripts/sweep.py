@@ -45,8 +45,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="an axis (repeatable)")
     parser.add_argument("--arms", help="comma-separated arm names to run (default: all)")
     parser.add_argument("--output-dir", type=Path, help="where the run directories go (default: the sweep file's)")
-    parser.add_argument("--parallel", type=int, default=1, help="points run at once (default 1); lowered for the rest of the sweep when a point runs out of GPU "
-                             "memory beside others, and that point is retried")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="points run at once (default 1); lowered for the rest of the sweep when a point runs out "
+                             "of GPU memory beside others, and that point is retried")
     parser.add_argument("--launcher", default="", help='e.g. "torchrun --standalone --nproc_per_node=8" (default: python)')
     parser.add_argument("--fail-fast", action="store_true", help="launch nothing more after a failed point")
     parser.add_argument("--dry-run", action="store_true", help="list points and commands, launch nothing")

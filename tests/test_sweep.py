@@ -316,14 +316,13 @@ def test_a_sweep_starts_no_point_the_disk_may_not_hold_and_the_same_command_cont
 
 def test_oom_retry_only_for_a_point_out_of_gpu_memory_beside_others():
     point = sweep.Point.__new__(sweep.Point)
-    oom = sweep.Outcome(point, "failed", "exit 1: [rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to …")
-    text = oom.note
-    assert [sweep.oom_retry_parallel(oom, text, others, 4) for others in (0, 1, 2, 3)] == [0, 1, 2, 3]
-    assert sweep.oom_retry_parallel(oom, text, 5, 4) == 3  # always fewer than before: a sweep cannot retry forever
-    assert sweep.oom_retry_parallel(oom, text, 2, 1) == 0
+    oom = sweep.Outcome(point, "failed", "exit 1: ChildFailedError: train.py FAILED", out_of_memory=True)
+    assert [sweep.oom_retry_parallel(oom, others, 4) for others in (0, 1, 2, 3)] == [0, 1, 2, 3]
+    assert sweep.oom_retry_parallel(oom, 5, 4) == 3  # always fewer than before: a sweep cannot retry forever
+    assert sweep.oom_retry_parallel(oom, 2, 1) == 0
     other = sweep.Outcome(point, "failed", "exit 2: error: model.vocab_size = 100 is smaller than …")
-    stopped = sweep.Outcome(point, "interrupted", oom.note)
-    assert sweep.oom_retry_parallel(other, other.note, 2, 3) == sweep.oom_retry_parallel(stopped, text, 2, 3) == 0
+    stopped = sweep.Outcome(point, "interrupted", oom.note, out_of_memory=True)
+    assert sweep.oom_retry_parallel(other, 2, 3) == sweep.oom_retry_parallel(stopped, 2, 3) == 0
 
 
 def test_the_out_of_memory_check_reads_the_latest_launch_only(tmp_path):
