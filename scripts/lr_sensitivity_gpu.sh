@@ -5,7 +5,8 @@
 #
 # SEEDS: job.seed values, e.g. 0, 1-2 or 0-2 (default 0-2). Runs the sweep file $LR_SWEEP (default
 # train_configs/lr_sensitivity/sweep.toml, the 64-step study; train_configs/lr_sensitivity/long_sweep.toml is the
-# 10 M-token one) for those seeds, $LR_PARALLEL runs at a time (default 3), into $LR_RUNS (default
+# 10 M-token one) for those seeds, $LR_PARALLEL runs at a time (default: 4 on a GPU of >= 100 GiB such as the H200,
+# else 3; a llama_150m run of this study holds ~21 GiB, and an H100 80 GB fits three), into $LR_RUNS (default
 # /tmp/lr_sensitivity); after $LR_START_BY_S seconds (default: no limit) it starts no run, after $LR_DEADLINE_S
 # seconds (default 450) it stops the running ones, so the call ends in time. Then it packs the small files of every run
 # directory (config.toml, metrics.jsonl, finished.json, diverged.json, init_stds.json) and the sweep's logs and
@@ -45,16 +46,20 @@ case " $* " in
        exit 2
      fi ;;
 esac
-python - <<'EOF'
+device=$(python - <<'EOF'
 import torch
-print(f"lr_sensitivity: torch {torch.__version__}, "
-      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU (CPU run)'}", flush=True)
+gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0
+name = f"{torch.cuda.get_device_name(0)} ({gib:.0f} GiB)" if gib else "no GPU (CPU run)"
+print(4 if gib >= 100 else 3, f"torch {torch.__version__}, {name}")
 EOF
-echo "lr_sensitivity: $SWEEP, corpus $corpus; seeds $SEEDS, runs in $RUNS, deadline $DEADLINE s," \
-     "archive $ARCHIVE; set-up took $(( $(date +%s) - START )) s"
+)
+PARALLEL=${LR_PARALLEL:-${device%% *}}
+echo "lr_sensitivity: ${device#* }"
+echo "lr_sensitivity: $SWEEP, corpus $corpus; seeds $SEEDS, $PARALLEL at once${LR_PARALLEL:+ (LR_PARALLEL)}," \
+     "runs in $RUNS, deadline $DEADLINE s, archive $ARCHIVE; set-up took $(( $(date +%s) - START )) s"
 
 python scripts/sweep.py "$SWEEP" --grid "job.seed=$SEEDS" --output-dir "$RUNS" \
-    --parallel "${LR_PARALLEL:-3}" --deadline "$DEADLINE" ${LR_START_BY_S:+--start-by "$LR_START_BY_S"} \
+    --parallel "$PARALLEL" --deadline "$DEADLINE" ${LR_START_BY_S:+--start-by "$LR_START_BY_S"} \
     --archive "$ARCHIVE" "$@"
 status=$?
 echo "lr_sensitivity: call took $(( $(date +%s) - START )) s; sweep exit status $status"

@@ -233,6 +233,7 @@ def test_lr_sensitivity_entry_point_plans_the_study(tmp_path):
     assert names == [f"{arm}_lr{lr}_seed1" for lr in ("0.0003", "0.001", "0.003", "0.01", "0.03", "0.1") for arm in arms]
     assert "--init.std_overrides tok_embedding=0.02" in points[1] and "std_overrides" not in points[0]
     assert f"--job.output_dir {tmp_path / 'runs'}" in points[0] and not (tmp_path / "runs").exists()
+    assert "no GPU (CPU run)" in proc.stdout and ", 3 at once, runs in" in proc.stdout  # no GPU: the H100's 3
 
 
 def test_an_unreadable_finished_run_is_a_mismatch_not_a_crash(tmp_path):
