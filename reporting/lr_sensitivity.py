@@ -293,6 +293,11 @@ def common_lrs(arms: list[Arm]) -> list[float]:
     return sorted(shared)
 
 
+def all_lrs(arms: list[Arm]) -> list[float]:
+    """Every lr any arm ran, ascending."""
+    return sorted({lr for arm in arms for lr in arm.lrs})
+
+
 def multi_seed_lrs(arms: list[Arm], lrs: list[float]) -> list[float]:
     """Of ``lrs``, those at which every arm ran more than one seed: the range over which the LR sensitivity has an
     interval over seeds when some lrs were run with one seed only."""
@@ -402,6 +407,23 @@ def points_table(arms: list[Arm], with_activations: bool) -> str:
             row += [logits[lr].text(".3g"), rms[lr].text(".3g")] * with_activations
             rows.append([*row, fmt(max(p.peak_train for p in points.values()), ".2f")])
     return markdown_rows(header, rows)
+
+
+def seeds_table(arms: list[Arm], lrs: list[float], metric: str) -> str:
+    """Each run's last logged ``metric``, uncapped, one row per arm and one column per lr, the seeds side by side
+    in ascending order ("—": not run or not finished; "diverged": stopped on a non-finite value; the best lr's
+    cell in bold)."""
+    from reporting.tables import markdown_rows
+
+    seeds = sorted({seed for arm in arms for per_seed in arm.points.values() for seed in per_seed})
+
+    def cell(arm: Arm, lr: float) -> str:
+        points = arm.points.get(lr, {})
+        text = " / ".join("—" if seed not in points else "diverged" if points[seed].diverged
+                          else fmt(points[seed].final, ".3f") for seed in seeds)
+        return f"**{text}**" if lr == arm.best()[0] else text
+    header = [f"arm, {metric} of seeds {' / '.join(map(str, seeds))}", *(f"{lr:g}" for lr in lrs)]
+    return markdown_rows(header, [[arm.name, *(cell(arm, lr) for lr in lrs)] for arm in arms])
 
 
 def interval_cells(i: Interval) -> list[str]:
@@ -599,4 +621,6 @@ def report_text(selection, keys: list[str], arms: list[Arm], lrs: list[float], d
     return (f"# {title}\n\n{len(selection.runs)} runs; arm keys: {arm_keys}; lr key `{LR_KEY}`.\n"
             f"{selection_text(selection)}\n## Arms\n\n{arms_table(arms, lrs, metric, tolerance)}\n\n{diffs}"
             f"## Each arm's best lr vs its neighbouring grid lrs (paired by seed)\n\n{neighbours_table(arms)}\n\n"
-            f"## Per arm and lr\n\n{points_table(arms, with_activations)}\n\n{notes(metric, lrs, arms)}\n\n{figures}")
+            f"## Per arm and lr\n\n{points_table(arms, with_activations)}\n\n"
+            f"## Each run's final {metric}, per seed\n\n{seeds_table(arms, all_lrs(arms), metric)}\n\n"
+            f"{notes(metric, lrs, arms)}\n\n{figures}")

@@ -349,3 +349,14 @@ def test_a_seed_missing_an_lr_has_no_best_lr_and_does_not_pick_the_arms(tmp_path
     rows = {row["arm"]: row for row in read_csv(out / "baseline.csv")}
     # L7 counts the seeds with a whole curve: 2 here, so no verdict, though 3e-3 had 3 seeds.
     assert rows["mitchell"]["lr_verdict"] == "no verdict (2 seeds < 3)" and rows["normal"]["lr_verdict"] == "down"
+
+
+def test_each_runs_final_value_per_seed(sweep, tmp_path):
+    """The per-seed table: uncapped finals, seeds side by side, a diverged run named, the best lr in bold."""
+    out = tmp_path / "report"
+    assert lr_sensitivity.main([*map(str, sweep), "--out", str(out)]) == 0
+    text = (out / "lr_sensitivity.md").read_text()
+    table = text.split("## Each run's final loss/val, per seed\n\n")[1].split("\n\n")[0].splitlines()
+    assert table[0] == "| arm, loss/val of seeds 0 / 1 / 2 | 0.001 | 0.003 | 0.01 |"
+    assert table[3] == "| mitchell | 2.950 / 3.000 / 2.900 | **2.700 / 2.720 / 2.740** | diverged / diverged / 4.500 |"
+    assert table[2] == "| normal | 3.000 / 3.100 / 3.050 | **2.800 / 2.900 / 2.850** | 3.400 / 3.500 / 3.450 |"
