@@ -570,7 +570,9 @@ def write_archive(output_dir: Path, archive: Path) -> int:
 def import_previous(source: Path, output_dir: Path) -> list[str]:
     """Copy the finished or diverged run directories of an earlier call (a folder of run directories, or an
     archive from :func:`write_archive`) into ``output_dir``, so this sweep skips them; returns their names.
-    A run directory already present in ``output_dir`` is left as it is."""
+    The earlier console logs come along (every point's, finished or not), so that this sweep's launches are
+    appended to them and its archive holds every launch. A run directory or log already present in
+    ``output_dir`` is left as it is."""
     import shutil
     import tarfile
     import tempfile
@@ -593,5 +595,9 @@ def import_previous(source: Path, output_dir: Path) -> list[str]:
             if done and not (output_dir / run_dir.name).exists():
                 shutil.copytree(run_dir, output_dir / run_dir.name)
                 names.append(run_dir.name)
+        for log in sorted((source / LOG_DIR).glob("*.log")):
+            if not (output_dir / LOG_DIR / log.name).exists():
+                (output_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, output_dir / LOG_DIR / log.name)
     return names
 

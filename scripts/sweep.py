@@ -15,7 +15,7 @@ result, not a failure), 2 on bad input. ``--fail-fast`` stops launching after th
 stops the sweep in time (running points are interrupted, resumable by the same command), ``--start-by`` starts
 no point after that time (so none is begun that cannot finish before the deadline), ``--archive``
 packs what a report needs into one file, ``--previous`` makes a later call skip the points an earlier one
-finished. ``--keep-free-gb`` (default 1): no point is started that could leave less free disk than that, judged
+finished (and continues its logs, so the later archive holds every launch). ``--keep-free-gb`` (default 1): no point is started that could leave less free disk than that, judged
 by the largest finished run directory (a llama_150m run keeps 0.8 GB of final weights); the sweep stops with
 that point failed and says how much is free.
 Compare with ``python scripts/compare_runs.py <output dir>/*``.
@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="at the end, pack the small files of every run directory (configs, metrics.jsonl, "
                              "finished/diverged/init_stds.json) and the sweep's logs and summary into this .tar.gz")
     parser.add_argument("--previous", type=Path, metavar="DIR_OR_TAR_GZ",
-                        help="first copy in the finished/diverged run directories of an earlier call, so they are skipped")
+                        help="first copy in the finished/diverged run directories of an earlier call, so they are skipped, "
+                             "and its logs, which this sweep continues")
     own, overrides = sweep.split_overrides(sys.argv[1:] if argv is None else argv)
     return parser.parse_args(own), overrides
 

@@ -202,19 +202,23 @@ def test_archive_holds_the_small_files_and_previous_results_are_copied_in(tmp_pa
                                "checkpoints/step_2/x.distcp": "big"})
     fake_run(out / "b_seed0", {"config.toml": "", "metrics.jsonl": "", "diverged.json": '{"step": 2}'})
     fake_run(out / "c_seed0", {"config.toml": "", "metrics.jsonl": ""})  # unfinished
-    fake_run(out / ".sweep", {"summary.json": "[]", "logs/a_seed0.log": "$ train"})
+    fake_run(out / ".sweep", {"summary.json": "[]", "logs/a_seed0.log": "$ train", "logs/c_seed0.log": "$ train c"})
     archive = tmp_path / "small.tar.gz"
-    assert sweep.write_archive(out, archive) == 12
+    assert sweep.write_archive(out, archive) == 13
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
     assert names == {"a_seed0/config.toml", "a_seed0/config.resume_5.toml", "a_seed0/metrics.jsonl",
                      "a_seed0/finished.json", "a_seed0/init_stds.json", "b_seed0/config.toml", "b_seed0/metrics.jsonl",
                      "b_seed0/diverged.json", "c_seed0/config.toml", "c_seed0/metrics.jsonl",
-                     ".sweep/logs/a_seed0.log", ".sweep/summary.json"}
+                     ".sweep/logs/a_seed0.log", ".sweep/logs/c_seed0.log", ".sweep/summary.json"}
     fresh = tmp_path / "fresh"
     fake_run(fresh / "a_seed0", {"config.toml": "mine"})  # already there: left as it is
+    fake_run(fresh / ".sweep", {"logs/c_seed0.log": "$ mine"})  # the same
     assert sweep.import_previous(archive, fresh) == ["b_seed0"]  # c is unfinished: not copied
     assert (fresh / "a_seed0" / "config.toml").read_text() == "mine" and (fresh / "b_seed0" / "diverged.json").is_file()
+    assert (fresh / ".sweep" / "logs" / "a_seed0.log").read_text() == "$ train"  # the earlier launches' output
+    assert (fresh / ".sweep" / "logs" / "c_seed0.log").read_text() == "$ mine"
+    assert not (fresh / ".sweep" / "summary.json").exists()  # the summary is each sweep's own
     assert sweep.import_previous(out, tmp_path / "other") == ["a_seed0", "b_seed0"]  # a folder works too
     with pytest.raises(sweep.SweepError, match="--previous .*nothing does not exist"):
         sweep.import_previous(tmp_path / "nothing", fresh)
