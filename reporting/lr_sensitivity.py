@@ -523,9 +523,13 @@ def seed_counts(arm: Arm) -> str:
 
 
 def device_note(arms: list[Arm]) -> str:
-    """A figure title's last line naming the devices when the runs ran on more than one ("" otherwise)."""
+    """A figure title's last lines naming the devices when the runs ran on more than one ("" otherwise), wrapped to
+    the width of the narrower figure."""
+    import textwrap
+
     devices = device_counts([p.run for arm in arms for per_seed in arm.points.values() for p in per_seed.values()])
-    return f"\nruns on different devices ({devices_text(devices)})" if len(devices) > 1 else ""
+    text = textwrap.fill(f"runs on different devices ({devices_text(devices)})", 80)
+    return f"\n{text}" if len(devices) > 1 else ""
 
 
 def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
