@@ -416,12 +416,14 @@ def seeds_table(arms: list[Arm], lrs: list[float], metric: str) -> str:
     from reporting.tables import markdown_rows
 
     seeds = sorted({seed for arm in arms for per_seed in arm.points.values() for seed in per_seed})
+    best = {arm.name: arm.best()[0] for arm in arms}
 
     def cell(arm: Arm, lr: float) -> str:
         points = arm.points.get(lr, {})
         text = " / ".join("—" if seed not in points else "diverged" if points[seed].diverged
                           else fmt(points[seed].final, ".3f") for seed in seeds)
-        return f"**{text}**" if lr == arm.best()[0] else text
+        return f"**{text}**" if lr == best[arm.name] else text
+
     header = [f"arm, {metric} of seeds {' / '.join(map(str, seeds))}", *(f"{lr:g}" for lr in lrs)]
     return markdown_rows(header, [[arm.name, *(cell(arm, lr) for lr in lrs)] for arm in arms])
 

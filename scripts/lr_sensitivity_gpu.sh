@@ -53,6 +53,10 @@ name = f"{torch.cuda.get_device_name(0)} ({gib:.0f} GiB)" if gib else "no GPU (C
 print(4 if gib >= 100 else 3, f"torch {torch.__version__}, {name}")
 EOF
 )
+if [ -z "$device" ]; then
+  echo "error: python could not import torch to read the GPU (above); install torch or fix PYTHONPATH" >&2
+  exit 2
+fi
 PARALLEL=${LR_PARALLEL:-${device%% *}}
 echo "lr_sensitivity: ${device#* }"
 echo "lr_sensitivity: $SWEEP, corpus $corpus; seeds $SEEDS, $PARALLEL at once${LR_PARALLEL:+ (LR_PARALLEL)}," \

@@ -140,3 +140,18 @@ def test_gpu_entry_point_refuses_a_missing_sweep_file_in_one_line(tmp_path):
     assert done.returncode == 2 and done.stdout == "" and list(tmp_path.iterdir()) == []
     assert done.stderr == ("error: LR_SWEEP=train_configs/lr_sensitivity/lnog_sweep.toml is not a file; give a sweep "
                            "file, e.g. train_configs/lr_sensitivity/long_sweep.toml\n")
+
+
+def test_gpu_entry_point_stops_in_one_line_when_torch_cannot_be_imported(tmp_path):
+    """The GPU probe that picks how many runs go at once fails (a planted torch that cannot be imported): one error
+    line and exit 2, no sweep started, nothing written."""
+    (tmp_path / "planted").mkdir()
+    (tmp_path / "planted" / "torch.py").write_text("raise ImportError('planted: no torch here')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "planted"), "LR_RUNS": str(tmp_path / "r"),
+           "OUT": str(tmp_path / "o")}
+    done = subprocess.run(["bash", "scripts/lr_sensitivity_gpu.sh", "0", "--data.dataset", "embedded"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "planted: no torch here" in done.stderr
+    assert done.stderr.splitlines()[-1] == ("error: python could not import torch to read the GPU (above); install "
+                                            "torch or fix PYTHONPATH")
+    assert "sweep" not in done.stdout and not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
