@@ -152,7 +152,7 @@ def test_report_of_one_seed_prints_no_interval_and_a_second_seed_brings_one(tmp_
     assert len(optima) == 8 and all(o["n_seeds"] == 1 and o["low"] is None for o in optima)
     # Planted: the same runs again as a second seed, 0.05 nats worse at the lowest lr. Now there is an interval,
     # and the report prints it: the one-seed wording above is not printed regardless of the seed count.
-    for run_dir in sorted(runs.iterdir()):
+    for run_dir in sorted(p for p in runs.iterdir() if not p.name.startswith(".")):  # not the sweep's .sweep/logs
         twin = runs / run_dir.name.replace("seed0", "seed1")
         shutil.copytree(run_dir, twin)
         config = (twin / "config.toml").read_text()
