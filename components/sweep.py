@@ -595,9 +595,10 @@ def import_previous(source: Path, output_dir: Path) -> list[str]:
             if done and not (output_dir / run_dir.name).exists():
                 shutil.copytree(run_dir, output_dir / run_dir.name)
                 names.append(run_dir.name)
+        logs = output_dir / LOG_DIR
         for log in sorted((source / LOG_DIR).glob("*.log")):
-            if not (output_dir / LOG_DIR / log.name).exists():
-                (output_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(log, output_dir / LOG_DIR / log.name)
+            logs.mkdir(parents=True, exist_ok=True)
+            if not (logs / log.name).exists():
+                shutil.copyfile(log, logs / log.name)
     return names
 

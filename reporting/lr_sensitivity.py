@@ -298,6 +298,11 @@ def all_lrs(arms: list[Arm]) -> list[float]:
     return sorted({lr for arm in arms for lr in arm.lrs})
 
 
+def all_points(arms: list[Arm]) -> list[Point]:
+    """Every run of every arm."""
+    return [p for arm in arms for per_seed in arm.points.values() for p in per_seed.values()]
+
+
 def multi_seed_lrs(arms: list[Arm], lrs: list[float]) -> list[float]:
     """Of ``lrs``, those at which every arm ran more than one seed: the range over which the LR sensitivity has an
     interval over seeds when some lrs were run with one seed only."""
@@ -367,8 +372,8 @@ def arms_table(arms: list[Arm], lrs: list[float], metric: str, tolerance: float 
         if narrow:
             sens_n, seeds_n = arm.sensitivity(narrow)
         div = arm.divergence_lr()
-        n_div = sum(bool(p.diverged) for per_seed in arm.points.values() for p in per_seed.values())
-        n_runs = sum(len(per_seed) for per_seed in arm.points.values())
+        runs = all_points([arm])
+        n_div, n_runs = sum(bool(p.diverged) for p in runs), len(runs)
         per_seed = ", ".join([f"{seed}: {best:g}" for seed, best in arm.seed_best().items()]
                              + [f"{seed}: none ({n} of {len(arm.lrs)} lrs)" for seed, n in arm.incomplete_seeds().items()])
         capped = ", ".join(f"lr {lr:g} seed {seed}" for lr, seed in arm.at_cap()) or "none"
@@ -415,7 +420,7 @@ def seeds_table(arms: list[Arm], lrs: list[float], metric: str) -> str:
     cell in bold)."""
     from reporting.tables import markdown_rows
 
-    seeds = sorted({seed for arm in arms for per_seed in arm.points.values() for seed in per_seed})
+    seeds = sorted({p.seed for p in all_points(arms)})
     best = {arm.name: arm.best()[0] for arm in arms}
 
     def cell(arm: Arm, lr: float) -> str:
@@ -442,7 +447,7 @@ def differences_table(rows: list[tuple]) -> str:
 
 
 def notes(metric: str, lrs: list[float], arms: list[Arm]) -> str:
-    sources = sorted({p.init_source for arm in arms for per_seed in arm.points.values() for p in per_seed.values()})
+    sources = sorted({p.init_source for p in all_points(arms)})
     return (f"Outcome: the last logged `{metric}` of each run, capped at its loss at init ℓ0 (min(ℓ, ℓ0); ℓ0 for a "
             f"run that diverged or logged a non-finite value), as Wortsman et al. 2023 (arXiv:2309.14322, §3.2) do. "
             f"ℓ0 here: {', '.join(sources)} (--init-loss; auto prefers the step-0 value of the metric, then the step-1 "
@@ -529,9 +534,10 @@ def device_note(arms: list[Arm]) -> str:
     the width of the narrower figure."""
     import textwrap
 
-    devices = device_counts([p.run for arm in arms for per_seed in arm.points.values() for p in per_seed.values()])
-    text = textwrap.fill(f"runs on different devices ({devices_text(devices)})", 80)
-    return f"\n{text}" if len(devices) > 1 else ""
+    devices = device_counts([p.run for p in all_points(arms)])
+    if len(devices) <= 1:
+        return ""
+    return "\n" + textwrap.fill(f"runs on different devices ({devices_text(devices)})", 80)
 
 
 def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
@@ -541,7 +547,7 @@ def plot_sensitivity(arms: list[Arm], metric: str, title: str, path) -> None:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    points = [p for arm in arms for per_seed in arm.points.values() for p in per_seed.values()]
+    points = all_points(arms)
     init = math.fsum(p.init_loss for p in points) / len(points)
     for index, arm in enumerate(arms):
         colour, curve = f"C{index % 10}", arm.curve()

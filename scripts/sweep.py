@@ -15,9 +15,9 @@ result, not a failure), 2 on bad input. ``--fail-fast`` stops launching after th
 stops the sweep in time (running points are interrupted, resumable by the same command), ``--start-by`` starts
 no point after that time (so none is begun that cannot finish before the deadline), ``--archive``
 packs what a report needs into one file, ``--previous`` makes a later call skip the points an earlier one
-finished (and continues its logs, so the later archive holds every launch). ``--keep-free-gb`` (default 1): no point is started that could leave less free disk than that, judged
-by the largest finished run directory (a llama_150m run keeps 0.8 GB of final weights); the sweep stops with
-that point failed and says how much is free.
+finished (and continues its logs, so the later archive holds every launch). ``--keep-free-gb`` (default 1): no
+point is started that could leave less free disk than that, judged by the largest finished run directory (a
+llama_150m run keeps 0.8 GB of final weights); the sweep stops with that point failed and says how much is free.
 Compare with ``python scripts/compare_runs.py <output dir>/*``.
 """
 
