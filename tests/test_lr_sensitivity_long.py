@@ -155,3 +155,26 @@ def test_gpu_entry_point_stops_in_one_line_when_torch_cannot_be_imported(tmp_pat
     assert done.stderr.splitlines()[-1] == ("error: python could not import torch to read the GPU (above); install "
                                             "torch or fix PYTHONPATH")
     assert "sweep" not in done.stdout and not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("gib", "parallel", "override"), [(141, "4 at once", None), (80, "3 at once", None),
+                                                          (141, "2 at once (LR_PARALLEL)", "2")])
+def test_gpu_entry_point_runs_as_many_at_once_as_the_gpu_memory_holds(tmp_path, gib, parallel, override):
+    """The probe on a planted GPU (a torch module that reports one device of ``gib`` GiB): 4 at once from 100 GiB
+    on, else 3, unless LR_PARALLEL says otherwise. The sweep itself then stops on the planted torch: only the
+    entry point's own lines are read."""
+    (tmp_path / "planted").mkdir()
+    (tmp_path / "planted" / "torch.py").write_text(
+        "__version__ = 'planted'\n"
+        "class cuda:\n"
+        "    is_available = staticmethod(lambda: True)\n"
+        f"    get_device_properties = staticmethod(lambda i: type('P', (), {{'total_memory': {gib} * 2**30}})())\n"
+        "    get_device_name = staticmethod(lambda i: 'Planted GPU')\n")
+    env = {key: value for key, value in os.environ.items() if key != "LR_PARALLEL"}
+    env.update(PYTHONPATH=str(tmp_path / "planted"), LR_RUNS=str(tmp_path / "r"), OUT=str(tmp_path / "o"))
+    if override:
+        env["LR_PARALLEL"] = override
+    done = subprocess.run(["bash", "scripts/lr_sensitivity_gpu.sh", "0", "--dry-run", "--data.dataset", "embedded"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert f"lr_sensitivity: torch planted, Planted GPU ({gib} GiB)\n" in done.stdout
+    assert f"seeds 0, {parallel}, runs in {tmp_path / 'r'}," in done.stdout
