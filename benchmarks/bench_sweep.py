@@ -12,8 +12,9 @@ first step with an empty against a populated compiler cache (TORCHINDUCTOR_CACHE
 N runs that do not fit one call of a lent GPU can be measured in parts: ``--mode fresh`` (or ``sweep``) measures
 only that mode, on points K+1 .. K+N (``--skip K``), and ``--combine`` joins parts whose fresh launches cover the
 points of one sweep part, each once, all of one sweep file, overrides, steps, device, torch and commit, into one
-record with the speed-up (the fresh launches' summed totals over the sweep's total). Time to first step is measured
-in ``--mode both`` only.
+record with the speed-up (the fresh launches' summed totals over the sweep's total). Time to first step: in ``--mode
+both``; in a part, the sweep's model's from a fresh part with ``--skip 0`` and each ``--ttfs-models`` model's (none by
+default) in the part that names it; ``--combine`` carries each model's pair over from the one part that measured it.
 
 The N runs are the sweep file's first N points (its run order) with the ``--section.key value`` overrides; both
 modes run the same points, each into its own directory under ``--workdir`` (deleted first). Per run, from its
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--steps", type=int, help="training.steps of every run (default: the config's)")
     parser.add_argument("--ttfs-models",
                         help="comma-separated further models for time to first step cold/warm (of benchmarks/bench_common.py: "
-                             "llama_1b, gpt2_124m, debug; default llama_1b, --quick none)")
+                             "llama_1b, gpt2_124m, debug; default llama_1b, --quick or a part: none)")
     parser.add_argument("--workdir", type=Path, default=REPO / "outputs/bench_sweep", help="run directories and caches")
     parser.add_argument("--output", type=Path, help="write the JSON record here (default: print it only)")
     parser.add_argument("--quick", action="store_true",
@@ -95,7 +96,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         args.sweep_file = None
         overrides = [*QUICK_OVERRIDES, *overrides]
     if args.ttfs_models is None:
-        args.ttfs_models = "" if args.quick else "llama_1b"
+        args.ttfs_models = "" if args.quick or args.mode != "both" else "llama_1b"
     args.n = args.n if args.n is not None else 2 if args.quick else 6
     args.parallel = args.parallel if args.parallel is not None else 2 if args.quick else 3
     if args.steps is not None:
@@ -244,15 +245,18 @@ def measure(args: argparse.Namespace, overrides: list[str], models: list[str]) -
     if args.mode in ("both", "sweep"):
         swept, sweep_total = run_sweep(sweep_points, args.workdir / "sweep", args.parallel)
         record["sweep"] = {"total_s": round(sweep_total, 2), "runs": swept}
+    ttfs = {}
+    if "fresh" in record and args.skip == 0:  # the first fresh launch is the cold one; relaunched on its cache
+        first = fresh_points[0]
+        ttfs[first.config.model.flavor] = {"cold": fresh[0], "warm": warm_relaunch(first, args.workdir / "fresh")}
+    ttfs.update({m: ttfs_cold_warm(m, args.workdir / f"ttfs_{m}") for m in models if m not in ttfs})
+    if ttfs:
+        record["ttfs"] = {m: {"cold_s": r["cold"]["ttfs_s"], "warm_s": r["warm"]["ttfs_s"], "runs": r}
+                          for m, r in ttfs.items()}
     if args.mode != "both":
         return record
-    first_model = fresh_points[0].config.model.flavor
-    ttfs = {first_model: {"cold": fresh[0], "warm": warm_relaunch(fresh_points[0], args.workdir / "fresh")}}
-    ttfs.update({m: ttfs_cold_warm(m, args.workdir / f"ttfs_{m}") for m in models if m != first_model})
     return {**record, "speedup": round(record["fresh"]["total_s"] / record["sweep"]["total_s"], 3),
-            "goal_speedup": GOAL_SPEEDUP,
-            "ttfs": {m: {"cold_s": r["cold"]["ttfs_s"], "warm_s": r["warm"]["ttfs_s"], "runs": r}
-                     for m, r in ttfs.items()}}
+            "goal_speedup": GOAL_SPEEDUP}
 
 
 def read_part(path: Path) -> dict:
@@ -290,7 +294,20 @@ def combine(paths: list[Path]) -> dict:
             "n": len(names), "parallel": swept["parallel"], "parts": [str(path) for path in paths],
             "dates": sorted(part["date"] for part in parts),
             "fresh": {"total_s": fresh_total, "runs": fresh_runs}, "sweep": swept["sweep"],
-            "speedup": round(fresh_total / swept["sweep"]["total_s"], 3), "goal_speedup": GOAL_SPEEDUP}
+            "speedup": round(fresh_total / swept["sweep"]["total_s"], 3), "goal_speedup": GOAL_SPEEDUP,
+            **combined_ttfs(parts, paths)}
+
+
+def combined_ttfs(parts: list[dict], paths: list[Path]) -> dict:
+    """``{"ttfs": {model: pair}}`` from the parts that measured one (none: ``{}``); a model measured twice is refused."""
+    ttfs, source = {}, {}
+    for part, path in zip(parts, paths):
+        for model, pair in part.get("ttfs", {}).items():
+            if model in ttfs:
+                raise BenchError(f"--combine: time to first step of {model} is in both {source[model]} and {path}; "
+                                 "give one of them")
+            ttfs[model], source[model] = pair, path
+    return {"ttfs": ttfs} if ttfs else {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,23 +58,37 @@ def test_parts_measured_apart_combine_into_one_record_and_mismatched_parts_are_r
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     parts = {name: tmp_path / f"{name}.json" for name in ("fresh1", "fresh2", "sweep")}
     for name, argv in (("fresh1", ["--mode", "fresh", "--n", "1"]), ("fresh2", ["--mode", "fresh", "--skip", "1", "--n", "1"]),
-                       ("sweep", ["--mode", "sweep", "--n", "2"])):
+                       ("sweep", ["--mode", "sweep", "--n", "2", "--ttfs-models", "debug"])):
         assert bench_sweep.main(["--quick", *argv, "--workdir", str(tmp_path / name), "--output", str(parts[name])]) == 0
     records = {name: json.loads(path.read_text()) for name, path in parts.items()}
     assert [r["name"] for r in records["fresh1"]["fresh"]["runs"]] == ["seed0"] and "sweep" not in records["fresh1"]
     assert [r["name"] for r in records["fresh2"]["fresh"]["runs"]] == ["seed1"] and records["fresh2"]["skip"] == 1
     assert [r["name"] for r in records["sweep"]["sweep"]["runs"]] == ["seed0", "seed1"] and "fresh" not in records["sweep"]
-    assert "speedup" not in records["sweep"] and "ttfs" not in records["fresh1"]
+    assert "speedup" not in records["sweep"] and "ttfs" not in records["fresh2"]  # --skip 1: no cold launch of its own
+    # Time to first step in parts: the model's cold/warm pair from the fresh part that launched point 1 (its cold
+    # launch, relaunched on its cache) and --ttfs-models' pair from the part that names it (here a run of 2 steps
+    # of the debug speed point, bench_common.py, twice on one cache)
+    assert set(records["fresh1"]["ttfs"]) == {"debug"} and set(records["sweep"]["ttfs"]) == {"debug"}
+    assert records["fresh1"]["ttfs"]["debug"]["runs"]["cold"] == records["fresh1"]["fresh"]["runs"][0]
+    assert records["fresh1"]["ttfs"]["debug"]["runs"]["warm"]["name"] == "seed0_warm"
+    assert records["sweep"]["ttfs"]["debug"]["runs"]["warm"]["name"] == "debug_warm"
+    # the sweep part without its pair (the quick runs' two pairs are of one model, the debug one)
+    sweep_only = tmp_path / "sweep_no_ttfs.json"
+    sweep_only.write_text(json.dumps({k: v for k, v in records["sweep"].items() if k != "ttfs"}))
     combined_path = tmp_path / "combined.json"
     capsys.readouterr()
-    assert bench_sweep.main(["--combine", *map(str, parts.values()), "--output", str(combined_path)]) == 0
+    fresh1, fresh2, swept = map(str, parts.values())
+    assert bench_sweep.main(["--combine", fresh1, fresh2, str(sweep_only), "--output", str(combined_path)]) == 0
     combined = json.loads(combined_path.read_text())
+    assert combined["ttfs"] == records["fresh1"]["ttfs"]  # carried over as measured
     fresh_total = records["fresh1"]["fresh"]["total_s"] + records["fresh2"]["fresh"]["total_s"]
     assert combined["fresh"]["total_s"] == pytest.approx(fresh_total, abs=0.01) and combined["n"] == 2
     assert combined["speedup"] == round(combined["fresh"]["total_s"] / records["sweep"]["sweep"]["total_s"], 3)
     assert combined["mode"] == "combined" and combined["commit"] == git_commit() and combined["steps"] == 2
     assert "speed-up" in capsys.readouterr().err
-    fresh1, fresh2, swept = map(str, parts.values())
+    # planted: the same model's pair in two parts
+    assert bench_sweep.main(["--combine", fresh1, fresh2, swept]) == 2
+    assert f"time to first step of debug is in both {fresh1} and {swept}" in capsys.readouterr().err
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**records["fresh2"], "steps": 3}))
     for argv, message in (([fresh1, swept], "seed1 is not launched"), ([fresh1, fresh1, fresh2, swept], "seed0 is launched twice"),
