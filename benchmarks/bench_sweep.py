@@ -17,7 +17,8 @@ both``; in a part, the sweep's model's from a fresh part with ``--skip 0`` and e
 default) in the part that names it; ``--combine`` carries each model's pair over from the one part that measured it.
 
 The N runs are the sweep file's first N points (its run order) with the ``--section.key value`` overrides; both
-modes run the same points, each into its own directory under ``--workdir`` (deleted first). Per run, from its
+modes run the same points, each into its own directory under ``--workdir`` (deleted first), on token shards built
+before any timing (the embedded corpus is built on first use). Per run, from its
 files: ``loop_s`` (finished.json ``wall_s``), ``first_step_s`` (step 1's time from metrics.jsonl's step-1
 tokens/s, compilation included: reporting/sweep_timing.py) and ``ttfs_s`` = launch-to-exit - loop + first step:
 the time from launch to the end of step 1, plus the short exit after the loop. Time to first step, cold and warm:
@@ -31,6 +32,7 @@ input, 1 if a run fails (with its log's last line).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -48,8 +50,10 @@ import torch  # noqa: E402
 
 from benchmarks.bench_common import MODEL_SETTINGS, git_commit, settings_argv  # noqa: E402
 from components import sweep  # noqa: E402
+from components.data import ensure_dataset  # noqa: E402
 from components.provenance import device_name  # noqa: E402
 from components.run_dir import RunDir  # noqa: E402
+from components.tokenizer import build_tokenizer  # noqa: E402
 from reporting.sweep_timing import run_timing  # noqa: E402
 
 GOAL_SPEEDUP = 1.5
@@ -228,11 +232,22 @@ def ttfs_cold_warm(model: str, work: Path) -> dict:
     return out
 
 
+def prepare_data(point: sweep.Point) -> None:
+    """The token shards the runs read, built now if missing (the embedded corpus is built on first use), so that
+    no timed launch pays for building them."""
+    cfg = point.config
+    data = dataclasses.replace(cfg.data, cache_dir=str(REPO / Path(cfg.data.cache_dir).expanduser()))
+    if cfg.data.dataset != "embedded":
+        data = dataclasses.replace(data, dataset=str(REPO / Path(cfg.data.dataset).expanduser()))
+    ensure_dataset(data, build_tokenizer(cfg.tokenizer))
+
+
 def measure(args: argparse.Namespace, overrides: list[str], models: list[str]) -> dict:
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
     fresh_points = points_for(args, overrides, args.workdir / "fresh")
     sweep_points = points_for(args, overrides, args.workdir / "sweep")
+    prepare_data(fresh_points[0])
     record = {"benchmark": "bench_sweep", "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "torch": torch.__version__, "device": device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
               "commit": git_commit(), "mode": args.mode, "skip": args.skip,
