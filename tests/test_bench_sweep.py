@@ -14,9 +14,13 @@ from tests.launch import python
 @pytest.mark.multiprocess
 def test_quick_run_writes_one_record_with_every_launch(tmp_path):
     out, work = tmp_path / "record.json", tmp_path / "work"
+    data_cache = tmp_path / "data_cache"  # empty: the embedded corpus must be built, before any timed launch
     python(["benchmarks/bench_sweep.py", "--quick", "--n", "1", "--parallel", "1", "--workdir", str(work),
-            "--output", str(out)], env={"OMP_NUM_THREADS": "1"})
+            "--output", str(out), "--data.cache_dir", str(data_cache)], env={"OMP_NUM_THREADS": "1"})
     record = json.loads(out.read_text())
+    assert list(data_cache.glob("*/embedded-*/manifest.json"))
+    for log in (work / "fresh" / "logs" / "seed0.log", *(work / "sweep" / ".sweep" / "logs").glob("*.log")):
+        assert "tokenizing the embedded corpus" not in log.read_text(), log
     assert (record["n"], record["parallel"], record["steps"], record["device"]) == (1, 1, 2, "cpu")
     assert record["commit"] == git_commit() and record["torch"] and record["date"].endswith("+00:00")
     assert record["speedup"] == round(record["fresh"]["total_s"] / record["sweep"]["total_s"], 3)
