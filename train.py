@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.stateful import Stateful
 
+from components import training_slots
 from components.activation_stats import ActivationStats
 from components.build import build_model_and_init, freeze_all_but_adapters, model_args_from_config
 from components.checkpoint import WEIGHTS_DIR, Checkpointer, CheckpointError
@@ -396,6 +397,7 @@ def run(cfg: Config, config_path: str | None = None) -> dict:
                 return train_in_run_dir(cfg, env, stop, run_dir)
             finally:
                 run_dir.release_lock()  # (rank 0 holds it, from claim() on)
+                training_slots.release()
     finally:
         stop.uninstall()
 
@@ -414,6 +416,10 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, run_dir: Run
         import_wandb()  # a missing package stops every rank before anything is built
     trainer = Trainer(cfg, env, stop)
     timeline.mark("built")  # tokenizer, data, model (built, sharded, initialised), optimizer
+    if env.is_main:  # in a sweep with --prestart: until fewer than its --parallel runs train (the other ranks wait here)
+        training_slots.acquire(say=lambda line: print(line, flush=True))
+    barrier()
+    timeline.mark("slot")
     resumed = open_run_dir(cfg, env, run_dir, start, trainer)
     if cfg.checkpoint.create_seed_checkpoint:
         trainer.checkpointer.save(0)

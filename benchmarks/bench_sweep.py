@@ -20,7 +20,8 @@ The N runs are the sweep file's first N points (its run order) with the ``--sect
 modes run the same points, each into its own directory under ``--workdir`` (deleted first), on token shards built
 before any timing (the embedded corpus is built on first use). Per run, from its
 files: ``loop_s`` (finished.json ``wall_s``), ``first_step_s`` (step 1's time from metrics.jsonl's step-1
-tokens/s, compilation included: reporting/sweep_timing.py) and ``ttfs_s`` = launch-to-exit - loop + first step:
+tokens/s, compilation included: reporting/sweep_timing.py) and ``ttfs_s`` = launch-to-exit - loop + first step
+(- the wait for a training slot, ``--prestart``):
 the time from launch to the end of step 1, plus the short exit after the loop. Time to first step, cold and warm:
 the first fresh launch (empty cache) against a 2-step relaunch of it on the cache it populated; and for each
 ``--ttfs-models`` model (benchmarks/bench_common.py's speed point) a 2-step run launched twice on one cache, empty
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--sweep-file", type=Path, default=DEFAULT_SWEEP, help="sweep TOML (components/sweep.py)")
     parser.add_argument("--n", type=int, help="runs in each mode: the sweep file's first N points (default 6; --quick 2)")
     parser.add_argument("--parallel", type=int, help="runs at once in the sweep mode (default 3; --quick 2)")
+    parser.add_argument("--prestart", type=int, default=0,
+                        help="the sweep mode's --prestart (scripts/sweep.py): points started beyond --parallel (default 0)")
     parser.add_argument("--steps", type=int, help="training.steps of every run (default: the config's)")
     parser.add_argument("--ttfs-models",
                         help="comma-separated further models for time to first step cold/warm (of benchmarks/bench_common.py: "
@@ -110,8 +113,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def check(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     """The TTFS model names; BenchError on bad input."""
-    if args.n < 1 or args.parallel < 1:
-        raise BenchError(f"--n {args.n} --parallel {args.parallel}: both must be >= 1")
+    if args.n < 1 or args.parallel < 1 or args.prestart < 0:
+        raise BenchError(f"--n {args.n} --parallel {args.parallel} --prestart {args.prestart}: "
+                         "--n and --parallel must be >= 1, --prestart >= 0")
     if args.skip < 0:
         raise BenchError(f"--skip {args.skip}: must be >= 0 (points of the sweep to leave out before the N measured)")
     if args.steps is not None and args.steps < 1:
@@ -175,9 +179,9 @@ def run_record(run_dir: Path, seconds: float) -> dict:
         timing = run_timing(RunDir(run_dir))
     except ValueError as err:
         raise RunFailed(str(err)) from None
-    ttfs = seconds - timing.loop_s + timing.first_step_s
+    ttfs = seconds - timing.loop_s + timing.first_step_s - timing.wait_s
     return {"name": run_dir.name, "launch_s": round(seconds, 2), "loop_s": timing.loop_s,
-            "first_step_s": round(timing.first_step_s, 2), "ttfs_s": round(ttfs, 2)}
+            "first_step_s": round(timing.first_step_s, 2), "wait_s": timing.wait_s, "ttfs_s": round(ttfs, 2)}
 
 
 def run_fresh(points: list[sweep.Point], work: Path) -> list[dict]:
@@ -193,12 +197,13 @@ def run_fresh(points: list[sweep.Point], work: Path) -> list[dict]:
     return records
 
 
-def run_sweep(points: list[sweep.Point], work: Path, parallel: int) -> tuple[list[dict], float]:
+def run_sweep(points: list[sweep.Point], work: Path, parallel: int, prestart: int) -> tuple[list[dict], float]:
     """The points through the sweep runner (its own, initially empty, shared cache under ``work``); (records, total)."""
     saved = {k: os.environ.pop(k) for k in CACHE_VARS if k in os.environ}  # the sweep's own cache, not the caller's
     try:
         start = time.perf_counter()
-        outcomes = sweep.execute(points, [sys.executable], work, parallel, say=lambda line: print(line, flush=True))
+        outcomes = sweep.execute(points, [sys.executable], work, parallel, say=lambda line: print(line, flush=True),
+                                 prestart=prestart)
         total = time.perf_counter() - start
         sweep.write_summary(outcomes, work)  # as scripts/sweep.py does: <work>/.sweep/summary.json
     finally:
@@ -252,13 +257,13 @@ def measure(args: argparse.Namespace, overrides: list[str], models: list[str]) -
               "torch": torch.__version__, "device": device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
               "commit": git_commit(), "mode": args.mode, "skip": args.skip,
               "sweep_file": str(args.sweep_file) if args.sweep_file else "debug (--quick)", "n": args.n,
-              "parallel": args.parallel, "steps": fresh_points[0].steps, "overrides": overrides}
+              "parallel": args.parallel, "prestart": args.prestart, "steps": fresh_points[0].steps, "overrides": overrides}
     if args.mode in ("both", "fresh"):
         start = time.perf_counter()
         fresh = run_fresh(fresh_points, args.workdir / "fresh")
         record["fresh"] = {"total_s": round(time.perf_counter() - start, 2), "runs": fresh}
     if args.mode in ("both", "sweep"):
-        swept, sweep_total = run_sweep(sweep_points, args.workdir / "sweep", args.parallel)
+        swept, sweep_total = run_sweep(sweep_points, args.workdir / "sweep", args.parallel, args.prestart)
         record["sweep"] = {"total_s": round(sweep_total, 2), "runs": swept}
     ttfs = {}
     if "fresh" in record and args.skip == 0:  # the first fresh launch is the cold one; relaunched on its cache
@@ -306,7 +311,7 @@ def combine(paths: list[Path]) -> dict:
                          f"{problems[0]}; measure the parts again with --mode fresh --skip K --n N")
     fresh_total = round(sum(part["fresh"]["total_s"] for part in parts if part["mode"] == "fresh"), 2)
     return {**{key: swept[key] for key in ("benchmark", *SHARED_KEYS)}, "mode": "combined",
-            "n": len(names), "parallel": swept["parallel"], "parts": [str(path) for path in paths],
+            "n": len(names), "parallel": swept["parallel"], "prestart": swept.get("prestart", 0), "parts": [str(path) for path in paths],
             "dates": sorted(part["date"] for part in parts),
             "fresh": {"total_s": fresh_total, "runs": fresh_runs}, "sweep": swept["sweep"],
             "speedup": round(fresh_total / swept["sweep"]["total_s"], 3), "goal_speedup": GOAL_SPEEDUP,

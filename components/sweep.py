@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from components import config as config_mod
+from components import training_slots
 from components.run_dir import (
     CONFIG_FILE,
     DIVERGED_FILE,
@@ -80,6 +81,7 @@ except ImportError:  # Python < 3.11
 REPO = Path(__file__).resolve().parent.parent
 # The sweep's own files, in a dot-folder so that <output_dir>/* is only run directories.
 LOG_DIR, CACHE_DIR, SUMMARY_FILE = ".sweep/logs", ".sweep/cache", ".sweep/summary.json"
+SLOT_DIR = ".sweep/slots"  # training slots of a sweep with prestart (components/training_slots.py)
 # Keys the sweep sets per point; a grid, an arm or an override may not set them.
 MANAGED_KEYS = ("job.run_name", "job.output_dir", "checkpoint.resume")
 NONFINITE_PATTERN = re.compile(r"non-finite at step (\d+)")
@@ -352,7 +354,7 @@ def command(point: Point, launcher: list[str]) -> list[str]:
     return [*launcher, str(REPO / "train.py"), *point.train_args]
 
 
-def start(point: Point, launcher: list[str], output_dir: Path) -> subprocess.Popen:
+def start(point: Point, launcher: list[str], output_dir: Path, slots: Path | None = None) -> subprocess.Popen:
     log_dir = output_dir / LOG_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
     cmd = command(point, launcher)
@@ -360,6 +362,9 @@ def start(point: Point, launcher: list[str], output_dir: Path) -> subprocess.Pop
     log.write(f"$ {shlex.join(cmd)}\n")
     log.flush()
     env = {**os.environ, **cache_env(output_dir)}
+    env.pop(training_slots.ENV_VAR, None)  # (a sweep's own slots only, never the caller's)
+    if slots is not None:
+        env[training_slots.ENV_VAR] = str(slots)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     log.close()  # the child holds its own descriptor
     return proc
@@ -436,8 +441,12 @@ def oom_retry_parallel(outcome: Outcome, others: int, parallel: int) -> int:
 
 def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel: int = 1,
             fail_fast: bool = False, say=print, deadline_s: float | None = None,
-            start_by_s: float | None = None, keep_free_bytes: int = GIB) -> list[Outcome]:
+            start_by_s: float | None = None, keep_free_bytes: int = GIB, prestart: int = 0) -> list[Outcome]:
     """Run what is not done, up to ``parallel`` points at once, one console line per point; every outcome.
+
+    ``prestart`` > 0 starts up to that many more processes, whose start-up runs while ``parallel`` others train:
+    each waits, once built, for one of ``parallel`` training slots (components/training_slots.py, the folder
+    ``.sweep/slots``).
 
     ``start_by_s`` after the start no point is started, the running ones go on (to their end or the deadline): a
     run that could not finish before the deadline is not begun, and the sweep ends when the last one ends.
@@ -455,6 +464,9 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
     disk = DiskGuard(output_dir, keep_free_bytes)
     queue, running = list(enumerate(points, start=1)), {}
     stop, t_start, terminated = False, time.monotonic(), None
+    slots = output_dir / SLOT_DIR if prestart > 0 else None
+    if slots is not None:
+        training_slots.write_count(slots, parallel)
     while queue or running:
         now = time.monotonic()
         if deadline_s is not None and now - t_start >= deadline_s and terminated is None:
@@ -470,7 +482,7 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
             stop = True
             say(f"start-by time of {start_by_s:g} s reached: starting none of the {len(queue)} point(s) left, "
                 f"{len(running)} still running")
-        while queue and len(running) < parallel and not stop:
+        while queue and len(running) < parallel + prestart and not stop:
             index, point = queue.pop(0)
             tag = f"[{index}/{len(points)}] {point.name}:"
             state, note = point_state(point)
@@ -487,7 +499,7 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
                 say(f"{tag} not started: {refusal}")
                 stop = True
                 break
-            running[index] = (point, start(point, launcher, output_dir), time.monotonic(), tag)
+            running[index] = (point, start(point, launcher, output_dir, slots), time.monotonic(), tag)
             say(f"{tag} {'resuming' if state == 'unfinished' else 'started'}")
         for index, (point, proc, t0, tag) in list(running.items()):
             if proc.poll() is None:
@@ -502,6 +514,8 @@ def execute(points: list[Point], launcher: list[str], output_dir: Path, parallel
                 say(f"{tag} out of GPU memory beside {len(running)} running point(s) after {outcome.seconds:.0f} s: "
                     f"back in the queue; at most {fewer} at once from now on (--parallel {parallel} does not fit)")
                 parallel = fewer
+                if slots is not None:
+                    training_slots.write_count(slots, parallel)
                 queue.insert(0, (index, point))
                 continue
             outcome.note = outcome.note or retried.get(index, "")

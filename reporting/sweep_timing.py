@@ -29,7 +29,8 @@ THROUGHPUT_KEY = "throughput/tokens_per_sec"
 # The phases of one start, in order: (from mark, to mark, what happens then); None = the process's start.
 PHASES = ((None, "claimed", "process start to the run directory's claim: interpreter, imports, process group"),
           ("claimed", "built", "tokenizer, data, model (built, sharded, initialised), optimizer"),
-          ("built", "loop_start", "run-directory records and the step-0 statistics"),
+          ("built", "slot", "waiting for a training slot (a sweep with --prestart; none otherwise)"),
+          ("slot", "loop_start", "run-directory records and the step-0 statistics"),
           ("loop_start", "loop_end", "the training loop"),
           ("loop_end", "closed", "after the loop: final weights, metrics files, end records"))
 
@@ -48,10 +49,17 @@ class RunTiming:
     intervals: tuple[tuple[float, float, float], ...]
     marks: tuple[tuple[str, float], ...] = ()  # finished.json timeline_s: (point, seconds since the process began)
 
+    @property
+    def wait_s(self) -> float:
+        """Seconds the run waited for a training slot (0 without the marks)."""
+        marks = dict(self.marks)
+        return round(marks["slot"] - marks["built"], 2) if "slot" in marks and "built" in marks else 0.0
+
     def phases(self, launch_to_exit_s: float) -> list[float] | None:
         """Seconds of each of PHASES, then the exit (launch to exit − the last mark); None without every mark."""
         marks = dict(self.marks)
-        if not all(end in marks for _, end, _ in PHASES):
+        marks.setdefault("slot", marks.get("built"))  # runs from before the slot mark waited for none
+        if not all(marks.get(end) is not None for _, end, _ in PHASES):
             return None
         return [marks[end] - marks.get(begin, 0.0) for begin, end, _ in PHASES] + [launch_to_exit_s - marks["closed"]]
 

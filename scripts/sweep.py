@@ -1,6 +1,6 @@
 """Run a sweep: a base config x a grid of config keys x named arms, one run directory per point.
 
-    python scripts/sweep.py SWEEP.toml [--grid KEY=V1,V2 ...] [--arms A,B] [--output-dir DIR] [--parallel N]
+    python scripts/sweep.py SWEEP.toml [--grid KEY=V1,V2 ...] [--arms A,B] [--output-dir DIR] [--parallel N] [--prestart K]
         [--launcher "torchrun --standalone --nproc_per_node=8"] [--fail-fast] [--dry-run] [--section.key value ...]
     python scripts/sweep.py --config A.toml [B.toml ...] [--config C.toml ...] --grid job.seed=0-2 ...
         [--deadline SECONDS] [--start-by SECONDS] [--archive OUT.tar.gz] [--previous DIR_OR_TAR_GZ] [--keep-free-gb GIB]
@@ -8,7 +8,9 @@
 The sweep file format, run names and what is skipped or resumed: components/sweep.py. ``--grid`` adds an
 axis or replaces the file's (e.g. ``--grid job.seed=1,2`` runs a subset of the seeds); ``--arms`` keeps the
 named arms only; other ``--section.key value`` pairs go to every point. ``--parallel N`` runs N points at once
-(on one device: for models small enough to share it). ``--dry-run`` lists the points, their state and
+(on one device: for models small enough to share it); ``--prestart K`` starts up to K more, whose start-up (imports,
+data, model) runs while the N train: each waits, once built, until one of the N ends (components/training_slots.py).
+``--dry-run`` lists the points, their state and
 commands, and launches nothing. Ends with a summary (done / skipped / diverged / failed, each failure with
 its one-line error) and ``<output dir>/.sweep/summary.json``; exit 1 if a point failed (a divergence is a
 result, not a failure), 2 on bad input. ``--fail-fast`` stops launching after the first failure. For a machine lent for a fixed time: ``--deadline``
@@ -48,6 +50,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--parallel", type=int, default=1,
                         help="points run at once (default 1); lowered for the rest of the sweep when a point runs out "
                              "of GPU memory beside others, and that point is retried")
+    parser.add_argument("--prestart", type=int, default=0, metavar="K",
+                        help="start up to K points more than --parallel; each waits, once built, for one of the "
+                             "--parallel training slots, so start-up overlaps training (default 0)")
     parser.add_argument("--launcher", default="", help='e.g. "torchrun --standalone --nproc_per_node=8" (default: python)')
     parser.add_argument("--fail-fast", action="store_true", help="launch nothing more after a failed point")
     parser.add_argument("--dry-run", action="store_true", help="list points and commands, launch nothing")
@@ -96,6 +101,8 @@ def build_spec(args: argparse.Namespace, overrides: list[str]) -> sweep.SweepSpe
         raise sweep.SweepError(f"--keep-free-gb {args.keep_free_gb:g}: must be >= 0 (GiB left free on the disk)")
     if args.parallel < 1:
         raise sweep.SweepError(f"--parallel {args.parallel}: must be >= 1")
+    if args.prestart < 0:
+        raise sweep.SweepError(f"--prestart {args.prestart}: must be >= 0 (points started beyond --parallel)")
     if args.start_by is not None and args.deadline is not None and not 0 <= args.start_by <= args.deadline:
         raise sweep.SweepError(f"--start-by {args.start_by:g}: must be between 0 and --deadline {args.deadline:g}")
     return spec
@@ -125,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     outcomes = sweep.execute(points, launcher, spec.output_dir, args.parallel, args.fail_fast,
                              say=lambda line: print(line, flush=True), deadline_s=args.deadline,
-                             start_by_s=args.start_by, keep_free_bytes=int(args.keep_free_gb * sweep.GIB))
+                             start_by_s=args.start_by, keep_free_bytes=int(args.keep_free_gb * sweep.GIB),
+                             prestart=args.prestart)
     for line in sweep.summary(outcomes, len(points), spec.output_dir):
         print(line)
     print(f"summary: {sweep.write_summary(outcomes, spec.output_dir)}; compare with: "

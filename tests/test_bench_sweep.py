@@ -41,7 +41,9 @@ def test_quick_run_writes_one_record_with_every_launch(tmp_path):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--quick", "--n", "0"], "error: --n 0 --parallel 2: both must be >= 1"),
+    (["--quick", "--n", "0"], "error: --n 0 --parallel 2 --prestart 0: --n and --parallel must be >= 1, --prestart >= 0"),
+    (["--quick", "--prestart", "-1"],
+     "error: --n 2 --parallel 2 --prestart -1: --n and --parallel must be >= 1, --prestart >= 0"),
     (["--quick", "--n", "3"], "error: --n 3: the sweep has only 2 points; give --n 2 or less"),
     (["--quick", "--skip", "1", "--n", "2"], "error: --n 2: the sweep has only 2 points; give --n 1 (with --skip 1) or less"),
     (["--quick", "--skip", "-1"], "error: --skip -1: must be >= 0 (points of the sweep to leave out before the N measured)"),

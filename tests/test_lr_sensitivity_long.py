@@ -98,11 +98,16 @@ def test_timing_of_a_real_run_and_its_bad_inputs(smoke_run, tmp_path, capsys):
     launched = json.loads(summary.read_text())[0]["seconds"]
     # train.py's timeline (the process's age at each mark) fits inside the sweep's launch-to-exit time, in order,
     # and agrees with the loop's own clock (wall_s: from the loop's start to the end records).
-    assert [name for name, _ in timing.marks] == ["claimed", "built", "loop_start", "loop_end", "closed"]
+    assert [name for name, _ in timing.marks] == ["claimed", "built", "slot", "loop_start", "loop_end", "closed"]
+    assert 0 <= timing.wait_s < 0.05  # no --prestart: no slot to wait for
     phases, marks = timing.phases(launched), dict(timing.marks)
     assert len(phases) == len(sweep_timing.PHASES) + 1 and min(phases[:-1]) >= 0 and phases[0] > 0.5  # imports alone
     assert 0 <= phases[-1] < 10 and marks["closed"] <= launched  # the exit: the launch's end minus the last mark
-    assert phases[3] - 0.1 <= timing.loop_s <= phases[3] + phases[4] + 0.1
+    assert phases[4] - 0.1 <= timing.loop_s <= phases[4] + phases[5] + 0.1
+    # a run from before the slot mark: its wait is none, its phases still complete
+    older = dataclasses.replace(timing, marks=tuple((k, v) for k, v in timing.marks if k != "slot"))
+    assert older.wait_s == 0.0 and older.phases(launched)[2] == 0.0 and older.phases(launched)[3] == pytest.approx(
+        phases[2] + phases[3], abs=0.011)
     assert sweep_timing_script.main([str(smoke_run / "runs"), "--summary", str(summary)]) == 0
     out = capsys.readouterr().out
     assert "| first step (compilation) |" in out and "| launch to exit by phase (finished.json timeline_s, 1 runs)" in out
