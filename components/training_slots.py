@@ -66,7 +66,7 @@ def acquire(say=print) -> float:
     start, told = time.monotonic(), False
     while (fd := try_slot(Path(folder), read_count(Path(folder)))) is None:
         if not told:
-            say(f"initlab: built; waiting for a training slot ({read_count(Path(folder))} in use, {folder})")
+            say(f"initlab: built; waiting for a training slot (all {read_count(Path(folder))} in use: {folder})")
             told = True
         time.sleep(POLL_S)
     _held = fd
