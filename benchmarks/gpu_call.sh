@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # One GPU call that measures, on one freshly allocated GPU, what docs/performance.md's one-rank section needs:
 #   1. tests/test_one_rank.py + tests/test_parallelize.py on this torch (CPU and, on the GPU, CUDA): the
-#      one_rank_in_place lever gives FSDP2's gradients bitwise with this torch's FSDP2 internals;
-#   2. bench_gpu.py llama_1b (8 x 2048 x 2): `current` then `one_rank_in_place`;
+#      one_rank_in_place lever (on by default on CUDA) gives FSDP2's gradients bitwise with this torch's internals;
+#   2. bench_gpu.py llama_1b (8 x 2048 x 2): `current` (the lever on) then `fsdp2_copies` (FSDP2's own path);
 #   3. torchtitan 0.2.2's own trainer on the same batch (benchmarks/torchtitan/run_torchtitan.py);
-#   4. bench_gpu.py llama_1b again in the reverse order (`one_rank_in_place`, `current`: A B B A), with a profile
-#      of `one_rank_in_place`, the torchtitan record appended to the same results file;
-#   5. bench_gpu.py gpt2_124m (64 x 1024 x 1) `current`, `one_rank_in_place`, if time is left.
+#   4. bench_gpu.py llama_1b again in the reverse order (`fsdp2_copies`, `current`: A B B A), with a profile
+#      of `current`, the torchtitan record appended to the same results file;
+#   5. bench_gpu.py gpt2_124m (64 x 1024 x 1) `current`, `fsdp2_copies`, if time is left.
 # Each stage starts only if the time it needs is left and is stopped by `timeout` at the budget's end.
 #
 #   INITLAB_COMMIT=<short hash> INITLAB_DIRTY=0|1 benchmarks/gpu_call.sh OUTDIR
 #
 # OUTDIR gets at most 5 files, written as they are measured (a call cut off keeps what it measured): progress.log
 # (everything printed), <device>.json (bench_gpu's records: date, torch, commit, batch, tokens/s, MFU, peak memory;
-# the torchtitan record too), torchtitan.json (its summary), profiles/profile_llama_1b_one_rank_in_place.txt and,
+# the torchtitan record too), torchtitan.json (its summary), profiles/profile_llama_1b_current.txt and,
 # at the end, logs.tar.gz (each stage's full output, the torchtitan log).
 # Environment: BUDGET_S (seconds for the whole call, default 400), PYTHON (default python3), QUICK=1 (a CPU dry
 # run: the debug model, torchtitan's preflight only). Python packages missing on the machine are installed from
@@ -118,7 +118,7 @@ if ((quick)); then
 else
     models=llama_1b bench=(--steps 10 --warmup 5)
 fi
-stage llama_ab 60 220 $PY benchmarks/bench_gpu.py --models "$models" --variants current,one_rank_in_place \
+stage llama_ab 60 220 $PY benchmarks/bench_gpu.py --models "$models" --variants current,fsdp2_copies \
     "${bench[@]}" --out "$out"
 
 if ((titan_ok)); then
@@ -140,12 +140,12 @@ if $PY -c "import json, sys; sys.exit(0 if json.load(open('$out/torchtitan.json'
     tt=(--torchtitan-summary "$out/torchtitan.json")
 fi
 profile=()
-if (($(left) > 250)); then profile=(--profile one_rank_in_place); fi  # 3 more steps and the tables: ~30 s
-stage llama_ba 60 200 $PY benchmarks/bench_gpu.py --models "$models" --variants one_rank_in_place,current \
+if (($(left) > 250)); then profile=(--profile current); fi  # 3 more steps and the tables: ~30 s
+stage llama_ba 60 200 $PY benchmarks/bench_gpu.py --models "$models" --variants fsdp2_copies,current \
     "${bench[@]}" "${profile[@]}" --out "$out" "${tt[@]}"
 
 if ((!quick)); then
-    stage gpt2 70 150 $PY benchmarks/bench_gpu.py --models gpt2_124m --variants current,one_rank_in_place \
+    stage gpt2 70 150 $PY benchmarks/bench_gpu.py --models gpt2_124m --variants current,fsdp2_copies \
         "${bench[@]}" --out "$out"
 fi
 exit 0

@@ -11,7 +11,7 @@ reduce-scatter, but keeps their staging copies:
   read and write of every fp32 gradient;
 - the reduce-scatter itself: the input is copied into a new output (:class:`OneRankReduceScatter` removes that).
 
-With ``parallelism.one_rank_in_place`` (:func:`install_in_place`) the weights are cast straight into the gathered
+With ``parallelism.one_rank_in_place`` (:func:`install_in_place`; on by default on CUDA) the weights are cast straight into the gathered
 parameters; the first micro-batch's bf16 gradients are kept as autograd made them, and the second's are summed with
 them into the packed buffer in one pass (:func:`sum_into`: FSDP2's cast and addition, one fp32 rounding), later
 micro-batches adding there, so the packing finds them in place and is skipped. The numbers are the same bitwise (the
@@ -222,10 +222,10 @@ def parameters_of(function) -> str:
                                  return_annotation=signature.empty))
 
 
-def check_torch_internals(module: nn.Module | None = None) -> None:
-    """The FSDP2 internals this module overrides or calls have the parameters it was written for (:data:`WRITTEN_FOR`),
-    and the FSDP params of ``module`` (fully_shard applied) the attributes it reads; else one line naming the switch
-    and its fix, at start-up rather than a TypeError in a step."""
+def internals_differ(module: nn.Module | None = None) -> list[str]:
+    """What of the FSDP2 internals this module overrides or calls differs from what it was written for
+    (:data:`WRITTEN_FOR`), and which attributes it reads the FSDP params of ``module`` (fully_shard applied) lack;
+    [] when nothing does."""
     found = {name: parameters_of(function) if callable(function) else "missing"
              for name, function in torch_internals().items()}
     other = [name + found[name].replace("missing", " missing")
@@ -234,6 +234,13 @@ def check_torch_internals(module: nn.Module | None = None) -> None:
         group = module._get_fsdp_state()._fsdp_param_group
         params = group.fsdp_params if group is not None else []
         other = [f"FSDPParam.{name} missing" for name in PARAM_ATTRIBUTES if not all(hasattr(p, name) for p in params)]
+    return other
+
+
+def check_torch_internals(module: nn.Module | None = None) -> None:
+    """:func:`internals_differ` finds nothing; else one line naming the switch and its fix, at start-up rather than a
+    TypeError in a step."""
+    other = internals_differ(module)
     if other:
         raise ValueError(f"parallelism.one_rank_in_place = true relies on FSDP2 internals that this torch "
                          f"{torch.__version__} has otherwise ({'; '.join(other)}); set "

@@ -7,13 +7,15 @@ norm, head), all on the data-parallel mesh. ``models/`` knows nothing of this.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from distributed.env import DistEnv
-from distributed.one_rank import OneRankReduceScatter, install_in_place
+from distributed.one_rank import OneRankReduceScatter, install_in_place, internals_differ
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -60,6 +62,21 @@ def reshards_after_forward(parallelism, env: DistEnv) -> bool:
     return shard_group_size(env) > 1
 
 
+def in_place_on_one_rank(parallelism, env: DistEnv) -> bool:
+    """``parallelism.one_rank_in_place``, auto (None) resolved: on where each shard group is one rank on CUDA (mixed
+    precision) and this torch's FSDP2 internals are those distributed/one_rank.py was written for; where they are
+    not, FSDP2's own path (the same numbers) with a warning naming what differs."""
+    if parallelism.one_rank_in_place is not None:
+        return parallelism.one_rank_in_place
+    if shard_group_size(env) != 1 or env.device.type != "cuda":
+        return False
+    differs = internals_differ()
+    if differs:
+        warnings.warn(f"parallelism.one_rank_in_place (auto): off, FSDP2's own path (the same numbers, slower); this "
+                      f"torch {torch.__version__}'s FSDP2 internals differ: {'; '.join(differs)}", stacklevel=2)
+    return not differs
+
+
 def apply_fsdp(model: nn.Module, env: DistEnv, mp: MixedPrecisionPolicy, reshard_after_forward: bool,
                one_rank_in_place: bool = False) -> None:
     """fully_shard each block, then the root; on a 2-D mesh this is HSDP (replicate x shard). On a one-rank shard
@@ -94,5 +111,5 @@ def parallelize(model: nn.Module, env: DistEnv, parallelism, training, compile_c
     if compile_enabled(compile_cfg.enable, env.device):
         apply_compile(model)
     apply_fsdp(model, env, mixed_precision(training, env.device), reshards_after_forward(parallelism, env),
-               parallelism.one_rank_in_place)
+               in_place_on_one_rank(parallelism, env))
     return model

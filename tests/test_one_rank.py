@@ -7,6 +7,7 @@ these CPU tests ask FSDP2 for that policy (gloo runs no collective on one rank).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 
@@ -186,3 +187,25 @@ def test_gathered_outputs_are_fsdp2s_in_the_param_dtype_with_this_torchs_argumen
                 assert param.all_gather_outputs[0] is not first and param.all_gather_outputs[0].shape == (8,)
             made[cls] = [t.dtype for t in param.all_gather_outputs]
     assert made == {FSDPParam: [torch.float32], one_rank.InPlaceParam: [torch.bfloat16]}
+
+
+def test_auto_is_on_for_one_rank_groups_on_cuda_only_and_off_with_a_warning_where_internals_differ(monkeypatch):
+    """parallelism.one_rank_in_place omitted: on for a one-rank shard group on CUDA, off on CPU (float32: CPU runs keep
+    FSDP2's own path); an explicit value wins; where this torch's FSDP2 internals differ (planted: a method gone), auto
+    falls back to FSDP2's own path with a warning naming what differs instead of stopping the run."""
+    from torch.distributed.fsdp._fully_shard._fsdp_param import FSDPParam
+
+    from components.config import Parallelism
+
+    with distributed_session("cpu") as env:
+        on_cuda = dataclasses.replace(env, device=torch.device("cuda", 0))  # (the resolution reads the device's type)
+        auto = Parallelism()
+        assert auto.one_rank_in_place is None
+        assert parallelize.in_place_on_one_rank(auto, env) is False
+        assert parallelize.in_place_on_one_rank(auto, on_cuda) is True
+        assert parallelize.in_place_on_one_rank(Parallelism(one_rank_in_place=False), on_cuda) is False
+        assert parallelize.in_place_on_one_rank(Parallelism(one_rank_in_place=True), env) is True
+        monkeypatch.delattr(FSDPParam, "to_accumulated_grad_if_needed")
+        with pytest.warns(UserWarning, match=r"one_rank_in_place \(auto\): off, FSDP2's own path \(the same numbers, "
+                                             r"slower\); this torch .* FSDPParam.to_accumulated_grad_if_needed missing"):
+            assert parallelize.in_place_on_one_rank(auto, on_cuda) is False
