@@ -349,10 +349,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n")
-    if "speedup" in record:
-        print(f"fresh {record['fresh']['total_s']:.1f} s, sweep {record['sweep']['total_s']:.1f} s: "
-              f"speed-up {record['speedup']:.2f}x (goal >= {GOAL_SPEEDUP}x)", file=sys.stderr)
+    for line in summary_lines(record):
+        print(line, file=sys.stderr)
     return 0
+
+
+def summary_lines(record: dict) -> list[str]:
+    """Each mode's means per launch and how many runs were in their training loops on average (the loops' summed
+    seconds over the mode's total), time to first step, and the speed-up."""
+    lines = []
+    for mode in ("fresh", "sweep"):
+        if mode in record:
+            runs, total = record[mode]["runs"], record[mode]["total_s"]
+            mean = {key: sum(run.get(key, 0.0) for run in runs) / len(runs)
+                    for key in ("launch_s", "loop_s", "first_step_s", "wait_s", "ttfs_s")}
+            lines.append(f"{mode}: {len(runs)} launches in {total:.1f} s; per launch, means: launch to exit "
+                         f"{mean['launch_s']:.1f} s, training loop {mean['loop_s']:.1f} s, first step "
+                         f"{mean['first_step_s']:.2f} s, wait for a slot {mean['wait_s']:.1f} s, time to first step "
+                         f"{mean['ttfs_s']:.1f} s; runs in their loops on average "
+                         f"{sum(run['loop_s'] for run in runs) / total:.2f}")
+    for model, pair in record.get("ttfs", {}).items():
+        lines.append(f"time to first step, {model}: cold {pair['cold_s']:.1f} s, warm {pair['warm_s']:.1f} s")
+    if "speedup" in record:
+        lines.append(f"fresh {record['fresh']['total_s']:.1f} s, sweep {record['sweep']['total_s']:.1f} s: "
+                     f"speed-up {record['speedup']:.2f}x (goal >= {GOAL_SPEEDUP}x)")
+    return lines
 
 
 if __name__ == "__main__":

@@ -91,7 +91,11 @@ def test_parts_measured_apart_combine_into_one_record_and_mismatched_parts_are_r
     assert combined["fresh"]["total_s"] == pytest.approx(fresh_total, abs=0.01) and combined["n"] == 2
     assert combined["speedup"] == round(combined["fresh"]["total_s"] / records["sweep"]["sweep"]["total_s"], 3)
     assert combined["mode"] == "combined" and combined["commit"] == git_commit() and combined["steps"] == 2
-    assert "speed-up" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "speed-up" in err and "time to first step, debug: cold " in err
+    loops = sum(run["loop_s"] for run in combined["fresh"]["runs"]) / combined["fresh"]["total_s"]
+    assert f"fresh: 2 launches in {combined['fresh']['total_s']:.1f} s; per launch, means: launch to exit " in err
+    assert f"runs in their loops on average {loops:.2f}" in err
     # planted: the same model's pair in two parts
     assert bench_sweep.main(["--combine", fresh1, fresh2, swept]) == 2
     assert f"time to first step of debug is in both {fresh1} and {swept}" in capsys.readouterr().err
