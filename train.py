@@ -417,7 +417,7 @@ def train_in_run_dir(cfg: Config, env: DistEnv, stop: StopRequests, run_dir: Run
     trainer = Trainer(cfg, env, stop)
     timeline.mark("built")  # tokenizer, data, model (built, sharded, initialised), optimizer
     if env.is_main:  # in a sweep with --prestart: until fewer than its --parallel runs train (the other ranks wait here)
-        training_slots.acquire(say=lambda line: print(line, flush=True))
+        training_slots.acquire(say=lambda line: print(line, flush=True), stop_requested=stop.requested)
     barrier()
     timeline.mark("slot")
     resumed = open_run_dir(cfg, env, run_dir, start, trainer)

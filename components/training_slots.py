@@ -56,15 +56,19 @@ def try_slot(folder: Path, count: int) -> int | None:
     return None
 
 
-def acquire(say=print) -> float:
+def acquire(say=print, stop_requested=lambda: False) -> float:
     """Wait for a training slot if ``INITLAB_TRAINING_SLOTS`` names a folder (else return at once); the seconds waited.
-    The slot is held until ``release`` or the end of the process."""
+    The slot is held until ``release`` or the end of the process. A stop request (``stop_requested()`` true: the
+    sweep's deadline, a signal) ends the wait without a slot, so the run stops at its first step boundary."""
     global _held
     folder = os.environ.get(ENV_VAR)
     if not folder or _held is not None:
         return 0.0
     start, told = time.monotonic(), False
     while (fd := try_slot(Path(folder), read_count(Path(folder)))) is None:
+        if stop_requested():
+            say(f"initlab: stop requested while waiting for a training slot ({time.monotonic() - start:.1f} s)")
+            return time.monotonic() - start
         if not told:
             say(f"initlab: built; waiting for a training slot (all {read_count(Path(folder))} in use: {folder})")
             told = True

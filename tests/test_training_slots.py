@@ -29,6 +29,17 @@ print(json.dumps({"waited": waited, "start": start, "end": time.time()}), flush=
 """
 
 
+STOPPABLE = """
+import json, signal
+from components import training_slots
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+print("waiting", flush=True)
+waited = training_slots.acquire(say=lambda line: None, stop_requested=lambda: bool(stop))
+print(json.dumps({"waited": waited, "held": training_slots._held is not None}), flush=True)
+"""
+
+
 def holders(folder: Path, n: int, hold_s: float) -> list[dict]:
     """``n`` processes started together, each holding a slot of ``folder`` for ``hold_s``: their intervals."""
     env = {**ENV, training_slots.ENV_VAR: str(folder)}
@@ -68,6 +79,13 @@ def test_slots_bound_the_holders_at_once_and_a_killed_holder_frees_its_slot(tmp_
             break
         os.close(fd)
         time.sleep(0.05)
+    # a stop request (the sweep's deadline: SIGTERM) ends a wait without a slot
+    stopped = subprocess.Popen([sys.executable, "-c", STOPPABLE], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    assert stopped.stdout.readline() == "waiting\n"
+    time.sleep(0.5)
+    stopped.send_signal(signal.SIGTERM)
+    result = json.loads(stopped.communicate(timeout=30)[0])
+    assert result["held"] is False and result["waited"] > 0.4
     second = subprocess.Popen([sys.executable, "-c", HOLDER, "0"], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
     assert second.poll() is None  # waiting for the slot the first holds
