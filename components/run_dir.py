@@ -12,8 +12,9 @@ Layout of ``<output_dir>/<run_name>/``::
     provenance.json          {"starts": [...]}: code version, software, machine and times of every start
                              (components/provenance.py has the record's keys)
     finished.json            written once the run has trained all its steps; its "provenance" is provenance.json's,
-                             its "timeline_s" the last start's process age (s) at claimed, built, loop_start,
-                             loop_end and closed (components/provenance.py Timeline; {} off Linux)
+                             its "timeline_s" the last start's process age (s) at claimed, built, slot (a training
+                             slot held: components/training_slots.py), loop_start, loop_end and closed
+                             (components/provenance.py Timeline; {} off Linux)
     diverged.json            written by a sweep when train.py stopped the run on a non-finite loss: step, error, lr
     abandoned/<UTC time>/    files of an earlier attempt that died before its first checkpoint
 

@@ -69,7 +69,7 @@ def test_timeline_marks_grow_and_a_finished_debug_run_records_them(tmp_path):
                     "--job.run_name", "r"], cwd=REPO, env=env, capture_output=True, check=True)
     finished = json.loads((tmp_path / "r" / "finished.json").read_text())
     marks = finished["timeline_s"]
-    assert list(marks) == ["claimed", "built", "loop_start", "loop_end", "closed"]
+    assert list(marks) == ["claimed", "built", "slot", "loop_start", "loop_end", "closed"]
     ages = list(marks.values())
     assert ages == sorted(ages) and ages[0] > 0.5  # torch's import alone takes longer than that
     # wall_s is the loop's own clock, from the loop's start to the end records (after final weights)
