@@ -1,14 +1,17 @@
-"""Cost of the fault-tolerance machinery through train.py itself: time blocked per checkpoint save (synchronous
+"""Cost of the fault-tolerance machinery through train.py itself: what a checkpoint save costs training (synchronous
 vs asynchronous DCP) and the per-step non-finite check (training.nonfinite_check = step vs log).
 
     python benchmarks/bench_checkpoint.py --config train_configs/llama_1b/base.toml [--steps 30] [--interval 10]
-        [--out outputs/bench_checkpoint] [--section.key VALUE ...]
+        [--log-freq 10] [--variants async_save,no_save] [--out outputs/bench_checkpoint] [--section.key VALUE ...]
 
-Runs ``train.py`` three times in fresh run directories under ``--out``: (sync save, per-step check),
-(async save, per-step check), (no save, check on logging steps only). Each run logs the seconds its
-latest save blocked training (``checkpoint/blocked_s``) and the tokens/s between logging steps (save
-stalls excluded). Prints a table and writes ``<out>/summary.json``; the first logging interval (compile,
-warm-up) is left out of the throughput median.
+Runs ``train.py`` once per variant (``VARIANTS``; default all) in fresh run directories under ``--out``: sync save,
+async save and no save, each with the per-step check, and no save with the check on logging steps only. Each run
+logs the seconds its latest save blocked training (``checkpoint/blocked_s``) and the tokens/s between logging steps
+(save stalls excluded). The cost of each save before the last step, measured against the ``no_save`` run's same
+steps (same data, same code, only the saves differ): the seconds it blocked, plus the extra seconds the steps up to
+the next save took (an asynchronous save writes in the background meanwhile), and that sum as a share of those
+steps' time without saves. Prints the tables and writes ``<out>/summary.json``; the first logging interval
+(compile, warm-up) is left out of the throughput median. Exit 2 with one line on bad input, 1 if a run fails.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from components.run_dir import read_metrics  # noqa: E402
+from components.run_dir import RunDir, read_metrics  # noqa: E402
 
 VARIANTS = {  # name -> train.py overrides
     "sync_save": ["--checkpoint.async_mode", "disabled", "--training.nonfinite_check", "step"],
     "async_save": ["--checkpoint.async_mode", "async", "--training.nonfinite_check", "step"],
+    "no_save": ["--checkpoint.enable", "false", "--training.nonfinite_check", "step"],
     "no_save_check_on_log_steps": ["--checkpoint.enable", "false", "--training.nonfinite_check", "log"],
 }
+BASELINE = "no_save"  # the saving variants' costs are measured against its steps
+THROUGHPUT = "throughput/tokens_per_sec"
+REFERENCE_INTERVAL = 200  # steps: the llama_1b family's checkpoint.interval, for the "% of a 200-step interval" column
 
 
 def summarize(run_dir: Path) -> dict:
@@ -42,36 +49,112 @@ def summarize(run_dir: Path) -> dict:
             "mfu": statistics.median(mfus) if mfus else None, "logged_steps": [r["step"] for r in records]}
 
 
+def step_seconds(records: list[dict], tokens_per_step: int) -> dict[int, float]:
+    """Logged step -> seconds of the steps since the previous logged step (from its tokens/s: save stalls excluded)."""
+    out, previous = {}, 0
+    for record in sorted((r for r in records if THROUGHPUT in r), key=lambda r: r["step"]):
+        out[record["step"]] = (record["step"] - previous) * tokens_per_step / record[THROUGHPUT]
+        previous = record["step"]
+    return out
+
+
+def save_costs(records: list[dict], baseline: list[dict], tokens_per_step: int, interval: int, steps: int) -> list[dict]:
+    """Each save before the last step (every ``interval`` steps): the seconds it blocked (logged at the next logging
+    step), the extra seconds the steps up to the next save took against the same steps of ``baseline`` (a run
+    without saves), their sum, and the sum as a share of those steps' time in ``baseline``."""
+    mine, base = step_seconds(records, tokens_per_step), step_seconds(baseline, tokens_per_step)
+    blocked = {r["step"]: r["checkpoint/blocked_s"] for r in records if r.get("checkpoint/blocked_s") is not None}
+    costs = []
+    for save in range(interval, steps, interval):
+        window = [step for step in sorted(mine) if save < step <= min(save + interval, steps)]
+        missing = [step for step in window if step not in base]
+        if not window or missing or not any(step in blocked for step in window):
+            raise ValueError(f"the save at step {save}: no logged steps after it in both runs, or no checkpoint/"
+                             f"blocked_s logged after it; give --log-freq dividing --interval ({interval})")
+        blocked_s = blocked[min(step for step in window if step in blocked)]
+        slowdown_s = sum(mine[step] - base[step] for step in window)
+        base_s = sum(base[step] for step in window)
+        costs.append({"step": save, "blocked_s": round(blocked_s, 3), "slowdown_s": round(slowdown_s, 3),
+                      "cost_s": round(blocked_s + slowdown_s, 3), "steps_s_without_saves": round(base_s, 3),
+                      "share_of_interval": round((blocked_s + slowdown_s) / base_s, 4),
+                      f"share_of_{REFERENCE_INTERVAL}_steps": round(
+                          (blocked_s + slowdown_s) / (base_s / (window[-1] - save) * REFERENCE_INTERVAL), 4)})
+    return costs
+
+
+def check_args(args) -> list[str]:
+    """The variants to run; SystemExit(2) with one line on bad input."""
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    problem = (f"--variants: unknown {unknown[0]!r}; choose from {', '.join(VARIANTS)}" if unknown else
+               f"--out {args.out} exists; choose a new directory (runs are never overwritten)" if args.out.exists() else
+               f"--interval {args.interval} --log-freq {args.log_freq} --steps {args.steps}: the log frequency must "
+               "divide the interval, which must be below the steps" if
+               min(args.interval, args.log_freq, args.steps) < 1 or args.interval % args.log_freq or
+               args.interval >= args.steps else "")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return variants
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Any other --section.key VALUE is passed to every train.py run.")
     parser.add_argument("--config", required=True, help="train.py config (TOML) of the model to measure")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--interval", type=int, default=10, help="steps between checkpoints in the saving runs")
+    parser.add_argument("--log-freq", type=int, default=10, help="metrics.log_freq of every run (divides --interval)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated variants to run (default all: {', '.join(VARIANTS)}); the save costs "
+                             f"need {BASELINE}")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_checkpoint",
                         help="directory for the three run directories and summary.json (must not exist)")
     args, extra = parser.parse_known_args(argv)
-    if args.out.exists():
-        parser.error(f"--out {args.out} exists; choose a new directory (runs are never overwritten)")
+    variants = check_args(args)
     summary = {}
-    for name, overrides in VARIANTS.items():
+    for name in variants:
         cmd = [sys.executable, "train.py", "--config", args.config, "--training.steps", str(args.steps),
                "--checkpoint.interval", str(args.interval), "--checkpoint.keep_last", "1", "--metrics.val_freq", "0",
-               "--metrics.log_freq", str(args.interval), "--job.output_dir", str(args.out), "--job.run_name", name,
-               *overrides, *extra]
+               "--metrics.log_freq", str(args.log_freq), "--job.output_dir", str(args.out), "--job.run_name", name,
+               *VARIANTS[name], *extra]
         proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
         if proc.returncode != 0:
             print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", file=sys.stderr)
             print(f"error: train.py failed for {name} (exit {proc.returncode})", file=sys.stderr)
             return 1
         summary[name] = {**summarize(args.out / name), "console": proc.stdout.splitlines()[-8:]}
+    add_save_costs(summary, args)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print("| variant | blocked s per save | median tokens/s | MFU |\n|---|---|---|---|")
+    print(tables(summary))
+    return 0
+
+
+def add_save_costs(summary: dict, args) -> None:
+    """Each saving variant's ``save_costs`` against the baseline run, when both ran."""
+    if BASELINE not in summary:
+        return
+    run = RunDir(args.out / BASELINE)
+    tokens_per_step = run.config.training.global_batch_size * run.config.training.seq_len
+    for name in ("sync_save", "async_save"):
+        if name in summary:
+            summary[name]["save_costs"] = save_costs(read_metrics(args.out / name / "metrics.jsonl"), run.records,
+                                                     tokens_per_step, args.interval, args.steps)
+
+
+def tables(summary: dict) -> str:
+    lines = ["| variant | blocked s per save | median tokens/s | MFU |", "|---|---|---|---|"]
     for name, s in summary.items():
         blocked = ", ".join(f"{b:.2f}" for b in s["blocked_s_per_save"]) or "-"
         mfu = f"{100 * s['mfu']:.1f} %" if s["mfu"] else "-"
-        print(f"| {name} | {blocked} | {s['median_tokens_per_sec']:,.0f} | {mfu} |")
-    return 0
+        lines.append(f"| {name} | {blocked} | {s['median_tokens_per_sec']:,.0f} | {mfu} |")
+    lines += ["", f"| variant | save at step | blocked s | slower steps after it, s | cost s | share of the interval | "
+                  f"share of a {REFERENCE_INTERVAL}-step interval |", "|---|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        for c in s.get("save_costs", []):
+            lines.append(f"| {name} | {c['step']} | {c['blocked_s']:.2f} | {c['slowdown_s']:.2f} | {c['cost_s']:.2f} | "
+                         f"{100 * c['share_of_interval']:.1f} % | {100 * c[f'share_of_{REFERENCE_INTERVAL}_steps']:.2f} % |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
