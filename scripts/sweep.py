@@ -9,7 +9,8 @@ The sweep file format, run names and what is skipped or resumed: components/swee
 axis or replaces the file's (e.g. ``--grid job.seed=1,2`` runs a subset of the seeds); ``--arms`` keeps the
 named arms only; other ``--section.key value`` pairs go to every point. ``--parallel N`` runs N points at once
 (on one device: for models small enough to share it); ``--prestart K`` starts up to K more, whose start-up (imports,
-data, model) runs while the N train: each waits, once built, until one of the N ends (components/training_slots.py).
+data, model) runs while the N train: each waits, once built, until one of the N ends (components/training_slots.py;
+single-process runs, so not with ``--launcher``).
 ``--dry-run`` lists the points, their state and
 commands, and launches nothing. Ends with a summary (done / skipped / diverged / failed, each failure with
 its one-line error) and ``<output dir>/.sweep/summary.json``; exit 1 if a point failed (a divergence is a
@@ -103,6 +104,10 @@ def build_spec(args: argparse.Namespace, overrides: list[str]) -> sweep.SweepSpe
         raise sweep.SweepError(f"--parallel {args.parallel}: must be >= 1")
     if args.prestart < 0:
         raise sweep.SweepError(f"--prestart {args.prestart}: must be >= 0 (points started beyond --parallel)")
+    if args.prestart and args.launcher:
+        raise sweep.SweepError(f"--prestart {args.prestart} with --launcher: pre-started runs must be single processes "
+                               "(the ranks of a multi-process launch would wait for a slot in a barrier that the "
+                               "process group's timeout ends); drop --prestart or --launcher")
     if args.start_by is not None and args.deadline is not None and not 0 <= args.start_by <= args.deadline:
         raise sweep.SweepError(f"--start-by {args.start_by:g}: must be between 0 and --deadline {args.deadline:g}")
     return spec
