@@ -33,7 +33,6 @@ input, 1 if a run fails (with its log's last line).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -51,7 +50,7 @@ import torch  # noqa: E402
 
 from benchmarks.bench_common import MODEL_SETTINGS, git_commit, settings_argv  # noqa: E402
 from components import sweep  # noqa: E402
-from components.data import ensure_dataset  # noqa: E402
+from components.data import ensure_dataset_from  # noqa: E402
 from components.provenance import device_name  # noqa: E402
 from components.run_dir import RunDir  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
@@ -240,11 +239,7 @@ def ttfs_cold_warm(model: str, work: Path) -> dict:
 def prepare_data(point: sweep.Point) -> None:
     """The token shards the runs read, built now if missing (the embedded corpus is built on first use), so that
     no timed launch pays for building them."""
-    cfg = point.config
-    data = dataclasses.replace(cfg.data, cache_dir=str(REPO / Path(cfg.data.cache_dir).expanduser()))
-    if cfg.data.dataset != "embedded":
-        data = dataclasses.replace(data, dataset=str(REPO / Path(cfg.data.dataset).expanduser()))
-    ensure_dataset(data, build_tokenizer(cfg.tokenizer))
+    ensure_dataset_from(REPO, point.config.data, build_tokenizer(point.config.tokenizer))
 
 
 def measure(args: argparse.Namespace, overrides: list[str], models: list[str]) -> dict:

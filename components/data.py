@@ -39,7 +39,7 @@ import sys
 import sysconfig
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -311,6 +311,15 @@ def ensure_dataset(cfg: Data, tokenizer: TextTokenizer, *, stdlib: Path | None =
                              "since): the dataset is damaged; re-create it with scripts/prepare_data.py --output "
                              "<new dir>")
     return path
+
+
+def ensure_dataset_from(root: Path, cfg: Data, tokenizer: TextTokenizer) -> Path:
+    """:func:`ensure_dataset` with the relative paths of ``cfg`` (``dataset``, ``cache_dir``) taken from ``root``, the
+    working directory of the runs that will read it, instead of this process's."""
+    data = replace(cfg, cache_dir=str(root / Path(cfg.cache_dir).expanduser()))
+    if data.dataset != "embedded":
+        data = replace(data, dataset=str(root / Path(data.dataset).expanduser()))
+    return ensure_dataset(data, tokenizer)
 
 
 def stdlib_root() -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -38,13 +37,12 @@ def build_training_data(argv: list[str]) -> Path:
     """The token shards a ``train.py <argv>`` run reads, built now if missing (the embedded corpus is built into
     its cache on first use): runs then launched side by side find it complete instead of both building it."""
     from components.config import load_config
-    from components.data import ensure_dataset
+    from components.data import ensure_dataset_from
     from components.tokenizer import build_tokenizer
 
     argv = [str(REPO / arg) if prev == "--config" else arg for prev, arg in zip(["", *argv], argv)]
     cfg, _ = load_config(argv)
-    data = dataclasses.replace(cfg.data, cache_dir=str(REPO / Path(cfg.data.cache_dir).expanduser()))
-    return ensure_dataset(data, build_tokenizer(cfg.tokenizer))
+    return ensure_dataset_from(REPO, cfg.data, build_tokenizer(cfg.tokenizer))
 
 
 def side_by_side(*calls):
