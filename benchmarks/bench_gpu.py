@@ -69,7 +69,7 @@ VARIANTS = {
     "current_expandable_segments": Variant(env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
     "micro_16_llama": Variant(micro={"llama_1b": 16}),  # llama_1b in one 16 x 2048 micro-batch (73 GiB)
     # FSDP2 on one GPU without its staging copies: weights cast once, gradients accumulated in the packed buffer
-    # (the default on CUDA since it was measured; "fsdp2_copies" is FSDP2's own path, the default before)
+    # (the default for a world of one on CUDA since it was measured; "fsdp2_copies" is FSDP2's own path, the default before)
     "one_rank_in_place": Variant(("--parallelism.one_rank_in_place", "true")),
     "fsdp2_copies": Variant(("--parallelism.one_rank_in_place", "false")),
 }

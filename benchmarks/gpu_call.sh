@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU call that measures, on one freshly allocated GPU, what docs/performance.md's one-rank section needs:
 #   1. tests/test_one_rank.py + tests/test_parallelize.py on this torch (CPU and, on the GPU, CUDA): the
-#      one_rank_in_place lever (on by default on CUDA) gives FSDP2's gradients bitwise with this torch's internals;
+#      one_rank_in_place lever (on by default on one GPU) gives FSDP2's gradients bitwise with this torch's internals;
 #   2. bench_gpu.py llama_1b (8 x 2048 x 2): `current` (the lever on) then `fsdp2_copies` (FSDP2's own path);
 #   3. torchtitan 0.2.2's own trainer on the same batch (benchmarks/torchtitan/run_torchtitan.py);
 #   4. bench_gpu.py llama_1b again in the reverse order (`fsdp2_copies`, `current`: A B B A), with a profile

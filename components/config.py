@@ -262,9 +262,9 @@ class Parallelism:
     skipping FSDP2's staging copies (memory traffic per parameter and step: 14 bytes instead of 34 at two
     micro-batches; the same numbers bitwise; distributed/one_rank.py; llama_1b +2.7 % tokens/s and 2.8 GiB less
     peak memory on an H100). Acts only with mixed precision (CUDA) and one-rank shard groups; relies on FSDP2
-    internals of torch 2.11-2.14, their signatures checked at start-up. Omit for auto: on for one-rank shard groups
-    on CUDA when this torch's internals match (else FSDP2's own path, with a warning); true stops the run at
-    start-up with one line if they do not match; false is FSDP2's own path."""
+    internals of torch 2.11-2.14, their signatures checked at start-up. Omit for auto: on for a world of one on
+    CUDA when this torch's internals match (else FSDP2's own path, with a warning); true (also for replicas of
+    one-rank shard groups) stops the run at start-up with one line if they do not match; false is FSDP2's own path."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ reduce-scatter, but keeps their staging copies:
   read and write of every fp32 gradient;
 - the reduce-scatter itself: the input is copied into a new output (:class:`OneRankReduceScatter` removes that).
 
-With ``parallelism.one_rank_in_place`` (:func:`install_in_place`; on by default on CUDA) the weights are cast straight into the gathered
+With ``parallelism.one_rank_in_place`` (:func:`install_in_place`; on by default for a world of one on CUDA) the weights are cast straight into the gathered
 parameters; the first micro-batch's bf16 gradients are kept as autograd made them, and the second's are summed with
 them into the packed buffer in one pass (:func:`sum_into`: FSDP2's cast and addition, one fp32 rounding), later
 micro-batches adding there, so the packing finds them in place and is skipped. The numbers are the same bitwise (the

@@ -63,12 +63,13 @@ def reshards_after_forward(parallelism, env: DistEnv) -> bool:
 
 
 def in_place_on_one_rank(parallelism, env: DistEnv) -> bool:
-    """``parallelism.one_rank_in_place``, auto (None) resolved: on where each shard group is one rank on CUDA (mixed
-    precision) and this torch's FSDP2 internals are those distributed/one_rank.py was written for; where they are
-    not, FSDP2's own path (the same numbers) with a warning naming what differs."""
+    """``parallelism.one_rank_in_place``, auto (None) resolved: on for a world of one on CUDA (mixed precision; where
+    it was measured and tested; replicas of one-rank shard groups may set it true) when this torch's FSDP2 internals
+    are those distributed/one_rank.py was written for; where they are not, FSDP2's own path (the same numbers) with
+    a warning naming what differs."""
     if parallelism.one_rank_in_place is not None:
         return parallelism.one_rank_in_place
-    if shard_group_size(env) != 1 or env.device.type != "cuda":
+    if env.world_size != 1 or env.device.type != "cuda":
         return False
     differs = internals_differ()
     if differs:

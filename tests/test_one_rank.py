@@ -189,9 +189,9 @@ def test_gathered_outputs_are_fsdp2s_in_the_param_dtype_with_this_torchs_argumen
     assert made == {FSDPParam: [torch.float32], one_rank.InPlaceParam: [torch.bfloat16]}
 
 
-def test_auto_is_on_for_one_rank_groups_on_cuda_only_and_off_with_a_warning_where_internals_differ(monkeypatch):
-    """parallelism.one_rank_in_place omitted: on for a one-rank shard group on CUDA, off on CPU (float32: CPU runs keep
-    FSDP2's own path); an explicit value wins; where this torch's FSDP2 internals differ (planted: a method gone), auto
+def test_auto_is_on_for_a_world_of_one_on_cuda_only_and_off_with_a_warning_where_internals_differ(monkeypatch):
+    """parallelism.one_rank_in_place omitted: on for a world of one on CUDA, off on CPU (float32: CPU runs keep
+    FSDP2's own path) and on more ranks; an explicit value wins; where this torch's FSDP2 internals differ (planted: a method gone), auto
     falls back to FSDP2's own path with a warning naming what differs instead of stopping the run."""
     from torch.distributed.fsdp._fully_shard._fsdp_param import FSDPParam
 
@@ -203,6 +203,9 @@ def test_auto_is_on_for_one_rank_groups_on_cuda_only_and_off_with_a_warning_wher
         assert auto.one_rank_in_place is None
         assert parallelize.in_place_on_one_rank(auto, env) is False
         assert parallelize.in_place_on_one_rank(auto, on_cuda) is True
+        two_replicas = dataclasses.replace(on_cuda, world_size=2)  # (one-rank shard groups, replicated)
+        assert parallelize.in_place_on_one_rank(auto, two_replicas) is False
+        assert parallelize.in_place_on_one_rank(Parallelism(one_rank_in_place=True), two_replicas) is True
         assert parallelize.in_place_on_one_rank(Parallelism(one_rank_in_place=False), on_cuda) is False
         assert parallelize.in_place_on_one_rank(Parallelism(one_rank_in_place=True), env) is True
         monkeypatch.delattr(FSDPParam, "to_accumulated_grad_if_needed")
