@@ -1,7 +1,7 @@
 """Training slots: how a sweep lets more runs start up than it lets train at once.
 
-A run's start-up (interpreter, imports, tokenizer, data, model, optimizer: 14-20 s for llama_150m on a GPU with the
-compiler caches filled) uses the CPU, not the GPU. A sweep started with ``--prestart K`` (components/sweep.py) runs
+A run's start-up (interpreter, imports, tokenizer, data, model, optimizer: about 9 s for llama_150m alone on an H100
+with the compiler caches filled, more when several start at once) uses the CPU, hardly the GPU. A sweep started with ``--prestart K`` (components/sweep.py) runs
 up to ``parallel + K`` processes and tells each, through the environment variable ``INITLAB_TRAINING_SLOTS`` (a
 folder), that only ``parallel`` of them may train at once: after building, a run waits here until it holds one of
 the folder's slot files (an exclusive ``flock``, which the kernel releases when the process ends, however it ends),
