@@ -20,8 +20,11 @@ from tests.launch import REPO
 from tests.test_sweep import ENV, TINY, run_sweep, write_sweep
 
 HOLDER = """
-import json, sys, time
+import json, os, sys, time
 from components import training_slots
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):  # all holders start waiting together, whatever their start-up took
+    time.sleep(0.01)
 waited = training_slots.acquire(say=lambda line: None)
 start = time.time()
 time.sleep(float(sys.argv[1]))
@@ -41,10 +44,12 @@ print(json.dumps({"waited": waited, "held": training_slots._held is not None}), 
 
 
 def holders(folder: Path, n: int, hold_s: float) -> list[dict]:
-    """``n`` processes started together, each holding a slot of ``folder`` for ``hold_s``: their intervals."""
-    env = {**ENV, training_slots.ENV_VAR: str(folder)}
-    procs = [subprocess.Popen([sys.executable, "-c", HOLDER, str(hold_s)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              text=True) for _ in range(n)]
+    """``n`` processes asking together, each holding a slot of ``folder`` for ``hold_s``: their intervals."""
+    env, go = {**ENV, training_slots.ENV_VAR: str(folder)}, folder / f"go_{time.monotonic_ns()}"
+    procs = [subprocess.Popen([sys.executable, "-c", HOLDER, str(hold_s), str(go)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    assert all(proc.stdout.readline() == "ready\n" for proc in procs)
+    go.touch()
     return [json.loads(proc.communicate(timeout=120)[0]) for proc in procs]
 
 
@@ -71,7 +76,9 @@ def test_slots_bound_the_holders_at_once_and_a_killed_holder_frees_its_slot(tmp_
     # kill -9 of a holder: the kernel drops its lock and a waiting process takes the slot
     training_slots.write_count(folder, 1)
     env = {**ENV, training_slots.ENV_VAR: str(folder)}
-    first = subprocess.Popen([sys.executable, "-c", HOLDER, "600"], cwd=REPO, env=env, stdout=subprocess.PIPE)
+    go = folder / "go"
+    go.touch()
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, "600", str(go)], cwd=REPO, env=env, stdout=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # until the first holds the slot (the probe's own lock is let go at once)
         fd = training_slots.try_slot(folder, 1)
@@ -86,12 +93,14 @@ def test_slots_bound_the_holders_at_once_and_a_killed_holder_frees_its_slot(tmp_
     stopped.send_signal(signal.SIGTERM)
     result = json.loads(stopped.communicate(timeout=30)[0])
     assert result["held"] is False and result["waited"] > 0.4
-    second = subprocess.Popen([sys.executable, "-c", HOLDER, "0"], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    second = subprocess.Popen([sys.executable, "-c", STOPPABLE], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    assert second.stdout.readline() == "waiting\n"
     time.sleep(1.0)
     assert second.poll() is None  # waiting for the slot the first holds
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert json.loads(second.communicate(timeout=60)[0])["waited"] > 0.9
+    result = json.loads(second.communicate(timeout=60)[0])
+    assert result["held"] is True and result["waited"] > 0.9
 
 
 def test_no_variable_no_wait_and_a_bad_folder_is_one_line(tmp_path, monkeypatch):
@@ -116,10 +125,13 @@ def test_prestart_overlaps_start_up_and_keeps_training_to_parallel_with_the_same
         assert proc.returncode == 0, proc.stdout + proc.stderr
         timings = [run_timing(RunDir(out / name)) for name in ("seed0", "seed1")]
         finals[prestart] = [json.loads((out / name / "finished.json").read_text())["final"] for name in ("seed0", "seed1")]
-        (first, second) = sorted(timings, key=lambda t: t.intervals[0][0])
-        assert first.intervals[-1][1] <= second.intervals[0][0] + 0.05  # one run in its training loop at a time
+        (first, second) = sorted(timings, key=lambda t: t.wait_s)
         logs = (out / ".sweep" / "logs" / f"{second.name}.log").read_text()
         if prestart == "1":
+            # started together (their process ages are one clock, to the launch's few ms): the second's loop starts
+            # after the first's has ended, and it waited for that once built
+            marks = [dict(t.marks) for t in (first, second)]
+            assert marks[1]["loop_start"] >= marks[0]["loop_end"] - 0.2 and marks[1]["built"] < marks[0]["loop_end"]
             assert second.wait_s > 0.5 and "initlab: built; waiting for a training slot" in logs
             assert (out / ".sweep" / "slots" / "count").read_text().strip() == "1"
         else:
