@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from components.run_dir import RunDir, read_metrics  # noqa: E402
+from reporting.sweep_timing import THROUGHPUT_KEY, logged_intervals  # noqa: E402
 
 VARIANTS = {  # name -> train.py overrides
     "sync_save": ["--checkpoint.async_mode", "disabled", "--training.nonfinite_check", "step"],
@@ -35,27 +36,22 @@ VARIANTS = {  # name -> train.py overrides
     "no_save_check_on_log_steps": ["--checkpoint.enable", "false", "--training.nonfinite_check", "log"],
 }
 BASELINE = "no_save"  # the saving variants' costs are measured against its steps
-THROUGHPUT = "throughput/tokens_per_sec"
 REFERENCE_INTERVAL = 200  # steps: the llama_1b family's checkpoint.interval, for the "% of a 200-step interval" column
 
 
 def summarize(run_dir: Path) -> dict:
     records = read_metrics(run_dir / "metrics.jsonl")
     blocked = [r["checkpoint/blocked_s"] for r in records if r.get("checkpoint/blocked_s") is not None]
-    trained = [r for r in records if "throughput/tokens_per_sec" in r]  # (step 0 holds init statistics only)
+    trained = [r for r in records if THROUGHPUT_KEY in r]  # (step 0 holds init statistics only)
     steady = trained[2:]  # after step 1 and the first interval
-    rates, mfus = [r["throughput/tokens_per_sec"] for r in steady], [r["mfu"] for r in steady if "mfu" in r]
+    rates, mfus = [r[THROUGHPUT_KEY] for r in steady], [r["mfu"] for r in steady if "mfu" in r]
     return {"blocked_s_per_save": blocked, "median_tokens_per_sec": statistics.median(rates) if rates else None,
             "mfu": statistics.median(mfus) if mfus else None, "logged_steps": [r["step"] for r in records]}
 
 
 def step_seconds(records: list[dict], tokens_per_step: int) -> dict[int, float]:
-    """Logged step -> seconds of the steps since the previous logged step (from its tokens/s: save stalls excluded)."""
-    out, previous = {}, 0
-    for record in sorted((r for r in records if THROUGHPUT in r), key=lambda r: r["step"]):
-        out[record["step"]] = (record["step"] - previous) * tokens_per_step / record[THROUGHPUT]
-        previous = record["step"]
-    return out
+    """Logged step -> seconds of the steps since the previous logged step (reporting/sweep_timing.py)."""
+    return {step: seconds for step, seconds, _ in logged_intervals(records, tokens_per_step)}
 
 
 def save_costs(records: list[dict], baseline: list[dict], tokens_per_step: int, interval: int, steps: int) -> list[dict]:
@@ -86,12 +82,14 @@ def check_args(args) -> list[str]:
     """The variants to run; SystemExit(2) with one line on bad input."""
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
-    problem = (f"--variants: unknown {unknown[0]!r}; choose from {', '.join(VARIANTS)}" if unknown else
-               f"--out {args.out} exists; choose a new directory (runs are never overwritten)" if args.out.exists() else
-               f"--interval {args.interval} --log-freq {args.log_freq} --steps {args.steps}: the log frequency must "
-               "divide the interval, which must be below the steps" if
-               min(args.interval, args.log_freq, args.steps) < 1 or args.interval % args.log_freq or
-               args.interval >= args.steps else "")
+    problem = ""
+    if unknown:
+        problem = f"--variants: unknown {unknown[0]!r}; choose from {', '.join(VARIANTS)}"
+    elif args.out.exists():
+        problem = f"--out {args.out} exists; choose a new directory (runs are never overwritten)"
+    elif min(args.interval, args.log_freq, args.steps) < 1 or args.interval % args.log_freq or args.interval >= args.steps:
+        problem = (f"--interval {args.interval} --log-freq {args.log_freq} --steps {args.steps}: the log frequency "
+                   "must divide the interval, which must be below the steps")
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)

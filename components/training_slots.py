@@ -65,12 +65,12 @@ def acquire(say=print, stop_requested=lambda: False) -> float:
     if not folder or _held is not None:
         return 0.0
     start, told = time.monotonic(), False
-    while (fd := try_slot(Path(folder), read_count(Path(folder)))) is None:
+    while (fd := try_slot(Path(folder), count := read_count(Path(folder)))) is None:
         if stop_requested():
             say(f"initlab: stop requested while waiting for a training slot ({time.monotonic() - start:.1f} s)")
             return time.monotonic() - start
         if not told:
-            say(f"initlab: built; waiting for a training slot (all {read_count(Path(folder))} in use: {folder})")
+            say(f"initlab: built; waiting for a training slot (all {count} in use: {folder})")
             told = True
         time.sleep(POLL_S)
     _held = fd

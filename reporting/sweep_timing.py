@@ -64,6 +64,14 @@ class RunTiming:
         return [marks[end] - marks.get(begin, 0.0) for begin, end, _ in PHASES] + [launch_to_exit_s - marks["closed"]]
 
 
+def logged_intervals(records: list[dict], tokens_per_step: int) -> list[tuple[int, float, float]]:
+    """(logged step, seconds of the steps since the previous logged step, tokens/s) of each record from step 1 on with
+    a logged throughput, in step order; the seconds come from the tokens/s, which leave out checkpoint stalls."""
+    logged = sorted((r["step"], r[THROUGHPUT_KEY]) for r in records if THROUGHPUT_KEY in r and r["step"] >= 1)
+    return [(step, (step - previous) * tokens_per_step / tokens_per_s, tokens_per_s)
+            for (previous, _), (step, tokens_per_s) in zip([(0, None), *logged], logged)]
+
+
 def run_timing(run: RunDir) -> RunTiming:
     """The timing of one finished run; ValueError naming the run when it lacks what is needed."""
     summary, starts = run.summary, run.starts
@@ -71,15 +79,12 @@ def run_timing(run: RunDir) -> RunTiming:
         raise ValueError(f"{run.path}: no finished.json with wall_s; give finished runs only")
     cfg = run.config
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
-    logged = sorted((r["step"], r[THROUGHPUT_KEY]) for r in run.records if THROUGHPUT_KEY in r and r["step"] >= 1)
+    logged = logged_intervals(run.records, tokens_per_step)
     if not logged or logged[0][0] != 1:
         raise ValueError(f"{run.path}: no logged throughput at step 1; it needs metrics.log_freq records from step 1")
     placed = len(starts) == 1 and bool(starts[0].get("ended"))
     clock = datetime.fromisoformat(starts[0]["ended"]).timestamp() - summary["wall_s"] if placed else 0.0
-    durations, previous = [], 0  # each logged interval: (seconds, tokens/s)
-    for step, tokens_per_s in logged:
-        durations.append(((step - previous) * tokens_per_step / tokens_per_s, tokens_per_s))
-        previous = step
+    durations, previous = [(seconds, tokens_per_s) for _, seconds, tokens_per_s in logged], logged[-1][0]
     intervals = []
     for seconds, tokens_per_s in durations:
         intervals.append((clock, clock + seconds, tokens_per_s))

@@ -16,7 +16,7 @@ TOKENS = 1000  # tokens per step
 
 def rows(rates: dict[int, float], blocked: dict[int, float] | None = None) -> list[dict]:
     """metrics.jsonl records: a logged tokens/s at each step of ``rates``, blocked seconds where given."""
-    return [{"step": step, bench_checkpoint.THROUGHPUT: rate, **({"checkpoint/blocked_s": blocked[step]}
+    return [{"step": step, bench_checkpoint.THROUGHPUT_KEY: rate, **({"checkpoint/blocked_s": blocked[step]}
                                                                  if blocked and step in blocked else {})}
             for step, rate in rates.items()]
 
