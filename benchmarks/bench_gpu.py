@@ -14,8 +14,9 @@ record to ``<out>/<device>.json``: the date, torch version, git commit, batch, c
 under both FLOP conventions (models/common.py ``flops_per_token``: ``mfu`` = torchtitan's
 6 N_non-embedding + attention, ``mfu_all_matmuls`` = every matmul, the tied head included).
 ``--torchtitan-summary`` appends the JSON of benchmarks/torchtitan/run_torchtitan.py to the same file,
-with the same fields, so both trainers of one lease sit side by side. ``--profile VARIANT`` also writes a
-torch.profiler summary of 3 steps of that variant to ``<out>/profiles/``. On a CPU, ``--quick`` runs the
+with the same fields, so both trainers of one GPU allocation sit side by side. ``--profile VARIANT`` also writes a
+torch.profiler summary of 3 steps of that variant to ``<out>/profiles/`` (and with ``--trace-dir`` its chrome
+trace, which benchmarks/device_trace.py reads). On a CPU, ``--quick`` runs the
 same code on the debug flavor (a dry run of the script, not a benchmark).
 """
 
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_common import MODEL_SETTINGS, git_commit, settings_argv, timed_steps  # noqa: E402
+from benchmarks.device_trace import busy_and_gaps  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.metrics import MFU_TAGS  # noqa: E402
 from distributed.env import distributed_session  # noqa: E402
@@ -86,8 +88,10 @@ def applies(model: str, variant: str) -> bool:
     return (micro * accum) % variant_micro(model, variant) == 0
 
 
-def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, steps: int = 3) -> None:
-    """torch.profiler over a few steps: device busy and idle time vs wall time, top ops by device and host time."""
+def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, steps: int = 3,
+                    trace_dir: Path | None = None) -> None:
+    """torch.profiler over a few steps: device busy and idle time vs wall time, top ops by device and host time;
+    with ``trace_dir``, the chrome trace too (``trace_<name>.json.gz``, for benchmarks/device_trace.py)."""
     from torch.profiler import ProfilerActivity, profile
     cuda = trainer.env.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -110,6 +114,9 @@ def profile_summary(trainer: Trainer, first_step: int, out: Path, name: str, ste
         lines.append(gaps)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"profile_{name}.txt").write_text("\n".join(lines))
+    if trace_dir is not None:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace_dir / f"trace_{name}.json.gz"))
     print(lines[0], flush=True)
 
 
@@ -125,14 +132,7 @@ def idle_gap_report(events, steps: int, top: int = 15, min_us: float = 20.0) -> 
     if not device:
         return "no device events"
     launcher = {e.id: e for e in events if e.device_type == DeviceType.CPU}
-    gaps, busy_end, busy = [], device[0].time_range.start, 0.0
-    for event in device:
-        start, end = event.time_range.start, event.time_range.end
-        if start - busy_end >= min_us:
-            gaps.append((start - busy_end, event))
-        busy += max(0.0, end - max(start, busy_end))
-        busy_end = max(busy_end, end)
-    window = busy_end - device[0].time_range.start
+    busy, window, gaps = busy_and_gaps([(e.time_range.start, e.time_range.end, e) for e in device], min_us)
     lines = [f"device busy {busy / 1e3 / steps:.2f} ms/step, idle {(window - busy) / 1e3 / steps:.2f} of "
              f"{window / 1e3 / steps:.2f} "
              f"({len(gaps)} gaps >= {min_us:.0f} us: {sum(g for g, _ in gaps) / 1e3 / steps:.2f} ms/step); "
@@ -172,7 +172,8 @@ def bench_one(model: str, variant: str, args, env, common: dict) -> dict:
     for convention, flops in trainer.flops_per_token.items():
         result[MFU_TAGS[convention]] = tokens / step_s * flops / trainer.peak_flops if trainer.peak_flops else None
     if variant in args.profile:
-        profile_summary(trainer, args.warmup + args.steps + 1, Path(args.out) / "profiles", f"{model}_{variant}")
+        profile_summary(trainer, args.warmup + args.steps + 1, Path(args.out) / "profiles", f"{model}_{variant}",
+                        trace_dir=args.trace_dir)
     return result
 
 
@@ -201,8 +202,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", default="benchmarks/results", help="directory of <device>.json "
                         "(default benchmarks/results)")
     parser.add_argument("--profile", default="", help="comma-separated variants to profile for 3 more steps")
+    parser.add_argument("--trace-dir", type=Path, help="write each profile's chrome trace here too (trace_<model>_"
+                        "<variant>.json.gz, tens of MB: keep it out of --out where only small files belong)")
     parser.add_argument("--torchtitan-summary", type=Path, help="JSON of benchmarks/torchtitan/run_torchtitan.py "
-                        "from this lease, appended to <device>.json")
+                        "from this allocation, appended to <device>.json")
     parser.add_argument("--quick", action="store_true", help="CPU dry run on the debug flavor")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # MODEL:VARIANT, measured in this process
     parser.add_argument("--common", help=argparse.SUPPRESS)  # the record fields of the parent (JSON)
@@ -229,7 +232,8 @@ def measure_in_child(model: str, variant: str, args, common: dict) -> dict:
     recompilation count carries over from one variant to the next (an in-process rerun of an identical
     setting measured 11 % slower)."""
     argv = [sys.executable, __file__, "--child", f"{model}:{variant}", "--steps", str(args.steps), "--warmup",
-            str(args.warmup), "--out", args.out, "--profile", ",".join(args.profile), "--common", json.dumps(common)]
+            str(args.warmup), "--out", args.out, "--profile", ",".join(args.profile), "--common", json.dumps(common),
+            *(["--trace-dir", str(args.trace_dir)] if args.trace_dir else [])]
     proc = subprocess.run(argv, env={**os.environ, **VARIANTS[variant].env}, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode or not lines:

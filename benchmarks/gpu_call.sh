@@ -4,17 +4,20 @@
 #      one_rank_in_place lever (on by default on one GPU) gives FSDP2's gradients bitwise with this torch's internals;
 #   2. bench_gpu.py llama_1b (8 x 2048 x 2): `current` (the lever on) then `fsdp2_copies` (FSDP2's own path);
 #   3. torchtitan 0.2.2's own trainer on the same batch (benchmarks/torchtitan/run_torchtitan.py);
+#      and 3 more steps profiled by torchtitan's own profiler (not timed);
 #   4. bench_gpu.py llama_1b again in the reverse order (`fsdp2_copies`, `current`: A B B A), with a profile
 #      of `current`, the torchtitan record appended to the same results file;
-#   5. bench_gpu.py gpt2_124m (64 x 1024 x 1) `current`, `fsdp2_copies`, if time is left.
+#   5. both trainers' device time per step side by side, from their chrome traces (benchmarks/device_trace.py);
+#   6. bench_gpu.py gpt2_124m (64 x 1024 x 1) `current`, `fsdp2_copies`, if time is left.
 # Each stage starts only if the time it needs is left and is stopped by `timeout` at the budget's end.
 #
 #   INITLAB_COMMIT=<short hash> INITLAB_DIRTY=0|1 benchmarks/gpu_call.sh OUTDIR
 #
-# OUTDIR gets at most 5 files, written as they are measured (a call cut off keeps what it measured): progress.log
+# OUTDIR gets at most 6 files, written as they are measured (a call cut off keeps what it measured): progress.log
 # (everything printed), <device>.json (bench_gpu's records: date, torch, commit, batch, tokens/s, MFU, peak memory;
-# the torchtitan record too), torchtitan.json (its summary), profiles/profile_llama_1b_current.txt and,
-# at the end, logs.tar.gz (each stage's full output, the torchtitan log).
+# the torchtitan record too), torchtitan.json (its summary), profiles/profile_llama_1b_current.txt,
+# profiles/device_time_llama_1b.md and, at the end, logs.tar.gz (each stage's full output, the torchtitan log).
+# The chrome traces themselves (tens of MB) stay on the machine.
 # Environment: BUDGET_S (seconds for the whole call, default 400), PYTHON (default python3), QUICK=1 (a CPU dry
 # run: the debug model, torchtitan's preflight only). Python packages missing on the machine are installed from
 # a carried .whl/ into /tmp/site (the torchtitan stages are skipped if pyarrow or pandas, too large to carry, are
@@ -128,9 +131,9 @@ if ((titan_ok)); then
         stage torchtitan 10 120 $PY benchmarks/torchtitan/run_torchtitan.py --assets "$assets" --preflight-only \
             --training.local_batch_size 8 --training.global_batch_size 16
     else
-        titan_s=$(($(left) - 30 < 150 ? $(left) - 30 : 150))  # its own kill (its trainer runs in a session of its own)
-        stage torchtitan 70 170 $PY benchmarks/torchtitan/run_torchtitan.py --assets "$assets" --compile on \
-            --steps 25 --warmup 10 --timeout-s "$titan_s" --json-out "$out/torchtitan.json" \
+        titan_s=$(($(left) - 30 < 170 ? $(left) - 30 : 170))  # its own kill (its trainer runs in a session of its own)
+        stage torchtitan 70 190 $PY benchmarks/torchtitan/run_torchtitan.py --assets "$assets" --compile on \
+            --steps 25 --warmup 10 --profile-steps 3 --timeout-s "$titan_s" --json-out "$out/torchtitan.json" \
             --log-out "$work/torchtitan.log" --training.local_batch_size 8 --training.global_batch_size 16
     fi
 fi
@@ -142,7 +145,16 @@ fi
 profile=()
 if (($(left) > 250)); then profile=(--profile current); fi  # 3 more steps and the tables: ~30 s
 stage llama_ba 60 200 $PY benchmarks/bench_gpu.py --models "$models" --variants fsdp2_copies,current \
-    "${bench[@]}" "${profile[@]}" --out "$out" "${tt[@]}"
+    "${bench[@]}" "${profile[@]}" --trace-dir "$work/traces" --out "$out" "${tt[@]}"
+
+ours=$work/traces/trace_${models}_current.json.gz
+theirs=$($PY -c "import json; print(json.load(open('$out/torchtitan.json')).get('trace') or '')" 2>/dev/null)
+if [[ -f "$ours" && -n "$theirs" ]]; then
+    stage device_time 10 90 $PY benchmarks/device_trace.py --trace "initlab=$ours:3" --trace "torchtitan=$theirs:3" \
+        --out "$out/profiles/device_time_${models}.md"
+else
+    say "device_time: skipped (a trace is missing: initlab ${ours}, torchtitan '${theirs}')"
+fi
 
 if ((!quick)); then
     stage gpt2 70 150 $PY benchmarks/bench_gpu.py --models gpt2_124m --variants current,fsdp2_copies \

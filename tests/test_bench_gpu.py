@@ -7,14 +7,15 @@ import json
 
 import pytest
 
+from benchmarks.device_trace import read_trace
 from tests.launch import python
 
 pytestmark = pytest.mark.multiprocess
 
 
 def test_each_variant_is_one_record_with_its_batch_and_provenance(tmp_path):
-    proc = python(["benchmarks/bench_gpu.py", "--quick", "--out", str(tmp_path), "--variants", "before,current"],
-                  env={"INITLAB_COMMIT": "abc1234"})
+    proc = python(["benchmarks/bench_gpu.py", "--quick", "--out", str(tmp_path), "--variants", "before,current",
+                   "--profile", "current", "--trace-dir", str(tmp_path / "traces")], env={"INITLAB_COMMIT": "abc1234"})
     records = json.loads((tmp_path / "cpu.json").read_text())["results"]
     assert [r["variant"] for r in records] == ["before", "current"]
     for record in records:
@@ -26,6 +27,11 @@ def test_each_variant_is_one_record_with_its_batch_and_provenance(tmp_path):
         assert record["mfu"] is None and record["mfu_all_matmuls"] is None  # no peak FLOP/s on a CPU
     assert [r["reshard_after_forward"] for r in records] == [True, False]  # before: forced; current: auto on 1 rank
     assert "| initlab | debug | current | 4 x 2 |" in proc.stdout
+    # the profiled variant's summary and chrome trace (CPU ops only here: device_trace.py refuses it as CPU-only)
+    assert (tmp_path / "profiles" / "profile_debug_current.txt").read_text().startswith("debug_current: wall ")
+    trace = read_trace(tmp_path / "traces" / "trace_debug_current.json.gz")
+    assert any(event.get("cat") == "cpu_op" for event in trace["traceEvents"])
+    assert sorted(path.name for path in (tmp_path / "traces").iterdir()) == ["trace_debug_current.json.gz"]
 
 
 @pytest.mark.parametrize("argv, message", [

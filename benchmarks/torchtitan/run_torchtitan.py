@@ -17,6 +17,9 @@ and writes one JSON summary of the steps after the first ``--warmup``:
 * ``step_time_s``: mean of tokens_per_step / tps (tokens per device per optimizer step);
 * ``peak_memory_gib``: the largest per-step peak of *reserved* CUDA memory torchtitan reports.
 
+``--profile-steps K`` adds one profiler warm-up step and K steps profiled by torchtitan's own profiler after
+``--steps`` (not in the summary); the JSON names the chrome trace (``trace``), which benchmarks/device_trace.py reads.
+
 ``--preflight-only`` does not train: it parses the config, builds torchtitan's tokenizer and data
 loader from the assets, draws one batch and builds the model on ``meta`` (works on CPU).
 Failures (trainer exit code != 0, no step lines) still write the JSON, with ``"ok": false`` and the
@@ -105,12 +108,12 @@ def harmonic_mean(values: list[float]) -> float:
     return len(values) / math.fsum(1.0 / v for v in values)
 
 
-def summarize(steps: list[StepMetrics], warmup: int, tokens_per_step: int) -> dict:
-    """Throughput, MFU, step time and peak memory over the steps numbered above ``warmup``.
+def summarize(steps: list[StepMetrics], warmup: int, tokens_per_step: int, last: int | None = None) -> dict:
+    """Throughput, MFU, step time and peak memory over the steps numbered above ``warmup`` (and up to ``last``).
 
     ``tokens_per_step`` is tokens per device per optimizer step (local batch x seq_len x accumulation).
     """
-    measured = [s for s in steps if s.step > warmup]
+    measured = [s for s in steps if s.step > warmup and (last is None or s.step <= last)]
     if not measured:
         raise ValueError(f"no step after warm-up: {len(steps)} step lines, warmup {warmup}; "
                          "fix: raise --steps or lower --warmup")
@@ -132,15 +135,16 @@ def summarize(steps: list[StepMetrics], warmup: int, tokens_per_step: int) -> di
     }
 
 
-def summarize_log(lines: list[str], warmup: int, tail: int = 5) -> dict:
-    """``summarize`` of a whole trainer log, plus the set-up facts and the last ``tail`` step lines."""
+def summarize_log(lines: list[str], warmup: int, tail: int = 5, last: int | None = None) -> dict:
+    """``summarize`` of a whole trainer log (steps ``warmup`` + 1 to ``last``), plus the set-up facts and the last
+    ``tail`` step lines."""
     facts = parse_run_facts(lines)
     missing = {"local_batch_size", "seq_len", "grad_accum_steps"} - facts.keys()
     if missing:
         raise ValueError(f"the log has no 'Trainer is initialized with ...' line ({sorted(missing)} unknown); "
                          "fix: check that the trainer got past its set-up")
     tokens_per_step = facts["local_batch_size"] * facts["seq_len"] * facts["grad_accum_steps"]
-    summary = summarize(parse_steps(lines), warmup, tokens_per_step)
+    summary = summarize(parse_steps(lines), warmup, tokens_per_step, last)
     step_lines = [ANSI_ESCAPE.sub("", line).rstrip() for line in lines if parse_step_line(line)]
     return {**summary, **facts, "raw_lines": step_lines[-tail:]}
 
@@ -161,6 +165,22 @@ def asset_paths(assets: Path) -> tuple[Path, Path]:
             raise FileNotFoundError(f"{needed} not found; fix: python benchmarks/torchtitan/make_assets.py "
                                     f"--out {assets}")
     return tokenizer_dir, data_dir
+
+
+PROFILE_FOLDER = "profile_traces"
+
+
+def profiling_args(steps: int, profile_steps: int) -> tuple[int, list[str]]:
+    """(training steps in all, torchtitan's profiling options) for ``profile_steps`` profiled steps after ``steps``
+    timed ones and one profiler warm-up step. torchtitan's schedule (``torchtitan/tools/profiling.py``) waits
+    ``profile_freq - warmup - active`` steps, warms up, records ``active`` steps and writes the trace when step
+    ``profile_freq`` ends; the timed steps fall in its wait, when the profiler records nothing."""
+    if profile_steps == 0:
+        return steps, []
+    total = steps + 1 + profile_steps
+    return total, ["--profiling.enable_profiling", "--profiling.save_traces_folder", PROFILE_FOLDER,
+                   "--profiling.profile_freq", str(total), "--profiling.profiler_warmup", "1",
+                   "--profiling.profiler_active", str(profile_steps)]
 
 
 def torchtitan_args(config: Path, assets: Path, compile_on: bool, steps: int, dump_folder: Path,
@@ -251,6 +271,9 @@ def parse_cli(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--log-out", type=Path, help="trainer log to write (default: --json-out with .log)")
     parser.add_argument("--timeout-s", type=float, default=540.0, help="kill the trainer after this many seconds")
     parser.add_argument("--preflight-only", action="store_true", help="check assets/config/model; no training")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="after --steps, one profiler warm-up step and this many profiled steps (torchtitan's "
+                             "own profiler; left out of the summary, whose trace path the JSON records as 'trace')")
     args, extra = parser.parse_known_args(argv)
     for arg in extra:
         if arg.startswith("-") and not re.match(r"^--[a-z_]+\.[a-z_.-]+(=.*)?$", arg):
@@ -259,6 +282,8 @@ def parse_cli(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         parser.error("--json-out is required unless --preflight-only")
     if args.steps <= args.warmup:
         parser.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
+    if args.profile_steps < 0:
+        parser.error(f"--profile-steps {args.profile_steps} must be >= 0")
     return args, extra
 
 
@@ -269,10 +294,11 @@ def train_and_summarize(args: argparse.Namespace, extra: list[str]) -> int:
         if path.exists():
             raise FileExistsError(f"{path} already exists; fix: delete it or pass another path")
     dump_folder = REPO_ROOT / "outputs" / "torchtitan_bench" / args.json_out.stem
+    total, profiling = profiling_args(args.steps, args.profile_steps)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "torchtitan.train",
-           *torchtitan_args(args.config.resolve(), args.assets.resolve(), args.compile == "on", args.steps,
-                            dump_folder, extra)]
+           *torchtitan_args(args.config.resolve(), args.assets.resolve(), args.compile == "on", total,
+                            dump_folder, [*profiling, *extra])]
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     log_out.parent.mkdir(parents=True, exist_ok=True)
     returncode, lines = run_and_capture(cmd, trainer_env(dump_folder), log_out, args.timeout_s)
@@ -281,7 +307,10 @@ def train_and_summarize(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         if returncode != 0:
             raise RuntimeError(f"torchtitan exited with code {returncode}: {last_error_line(lines)}")
-        record.update(ok=True, **summarize_log(lines, args.warmup))
+        record.update(ok=True, **summarize_log(lines, args.warmup, last=args.steps))
+        trace = dump_folder / PROFILE_FOLDER / f"iteration_{total}" / "rank0_trace.json"
+        if args.profile_steps:
+            record.update(trace=str(trace) if trace.is_file() else None, profiled_steps=[total - args.profile_steps + 1, total])
     except (RuntimeError, ValueError) as err:
         record.update(ok=False, error=str(err), raw_lines=[line.rstrip() for line in lines[-40:]])
     args.json_out.write_text(json.dumps(record, indent=2) + "\n")
