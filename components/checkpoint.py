@@ -337,9 +337,10 @@ def verify_manifest(path: Path, rank: int, world_size: int) -> str | None:
 
 
 def _pinned_stager(device: torch.device):
-    """DCP's stager for async saves, kept for the whole run: on CUDA it copies into pinned CPU buffers that it
-    reuses from one save to the next (the copy runs at PCIe speed, not pageable-memory speed); staging stays
-    synchronous, so no tensor changes while it is copied. None on a torch without DefaultStager."""
+    """DCP's stager for async saves: on CUDA it copies into pinned CPU buffers (the copy runs at PCIe speed, not
+    pageable-memory speed), which it reuses from one save to the next where it outlives a stage
+    (:func:`stager_outlives_a_stage`); staging stays synchronous, so no tensor changes while it is copied. None on a
+    torch without DefaultStager."""
     try:
         from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
     except ImportError:
@@ -347,6 +348,25 @@ def _pinned_stager(device: torch.device):
     cuda = device.type == "cuda"
     return DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False, use_async_staging=False,
                                         use_non_blocking_copy=cuda))
+
+
+def stager_outlives_a_stage() -> bool:
+    """Whether one DCP DefaultStager can stage twice, tried on a small CPU dict. torch 2.11's
+    ``DefaultStager._stage`` (torch/distributed/checkpoint/staging.py) closes its StateDictStager after every stage,
+    emptying the copy dispatch table and the cached buffers, so its next stage fails (``KeyError: <class 'type'>``);
+    torch 2.13 keeps it open. Where it does not outlive a stage, every save gets a stager of its own (there the
+    buffers were freed after each stage anyway)."""
+    stager = _pinned_stager(torch.device("cpu"))
+    if stager is None:
+        return False
+    try:
+        for _ in range(2):
+            stager.stage({"tensor": torch.zeros(2), "table": {"n": 1}})
+        return True
+    except Exception:  # any failure: a stager per save is always safe
+        return False
+    finally:
+        stager.close()
 
 
 # ---------------------------------------------------------------------------------- checkpointer
@@ -365,7 +385,7 @@ class Checkpointer:
     ``states`` maps names to the model (nn.Module), the optimizer and Stateful objects; the
     model's entry must be named ``model`` (the seed checkpoint and exports read that key).
     An asynchronous save (``async_mode = "async"``) blocks only while DCP stages the tensors into
-    CPU memory (pinned and reused across saves on CUDA); the files are written by a background
+    CPU memory (pinned on CUDA, and reused across saves where the torch's stager allows it); the files are written by a background
     thread, and the save becomes ``step_<N>`` only after every rank's write finished
     (:meth:`finalize_pending`, called by the trainer once the ranks agree, by the next save, or by
     :meth:`close`). At most one save is in flight.
@@ -383,6 +403,7 @@ class Checkpointer:
         # The background save runs collectives while training runs its own: give it a separate (CPU) group.
         self.async_group = dist.new_group(backend="gloo") if self.use_async else None
         self.stager = _pinned_stager(env.device) if self.use_async else None
+        self.stager_per_save = self.stager is not None and not stager_outlives_a_stage()
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="initlab-ckpt") if self.use_async else None
         self.pending: PendingSave | None = None
         self.last_write_s = 0.0  # seconds from issuing the latest finalized save to its rename
@@ -422,8 +443,11 @@ class Checkpointer:
         state = self._states_to_save(step)
         try:
             if self.use_async and not blocking:
+                stager = _pinned_stager(self.env.device) if self.stager_per_save else self.stager
                 upload = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.async_group,
-                                        async_stager=self.stager)
+                                        async_stager=stager)
+                if stager is not self.stager:
+                    stager.close()  # staging is synchronous: the staged copy is complete, the stager no longer needed
                 self.pending = PendingSave(step, self.writer.submit(self._wait_and_hash, upload, tmp), started)
                 return time.perf_counter() - started
             dcp.save(state, checkpoint_id=str(tmp))

@@ -30,6 +30,7 @@ from components.checkpoint import (
     partial_dirs,
     prune_checkpoints,
     read_checkpoint_metadata,
+    stager_outlives_a_stage,
 )
 from components.config import Checkpoint as CheckpointConfig
 from tests.launch import REPO, alive, children, python, torchrun
@@ -375,3 +376,60 @@ def test_save_is_atomic_refuses_overwrite_and_reports_write_errors(tmp_path, mon
     with pytest.raises(CheckpointError, match=r"cannot write checkpoint (.*\.tmp_step_0): no space left on \1: the disk is full"):
         other.save(0)
     assert complete_steps(tmp_path / "other") == []  # never renamed: not a checkpoint
+
+
+# torch 2.11's DefaultStager._stage (torch/distributed/checkpoint/staging.py) closes its StateDictStager after every
+# stage; planted on this torch, then train.py run as its command line does.
+SELF_CLOSING_STAGER = """
+import runpy, sys
+from torch.distributed.checkpoint import staging
+stage = staging.DefaultStager._stage
+def closing_stage(self, state_dict, **kwargs):
+    staged = stage(self, state_dict, **kwargs)
+    self._state_dict_stager.close()
+    return staged
+staging.DefaultStager._stage = closing_stage
+if sys.argv[1] == "--reuse-the-stager":  # the planted defect: one stager kept for the whole run regardless
+    import components.checkpoint
+    components.checkpoint.stager_outlives_a_stage = lambda: True
+    sys.argv.pop(1)
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def closing_after_each_stage(monkeypatch):
+    from torch.distributed.checkpoint import staging
+    stage = staging.DefaultStager._stage
+
+    def closing_stage(self, state_dict, **kwargs):
+        staged = stage(self, state_dict, **kwargs)
+        self._state_dict_stager.close()
+        return staged
+
+    monkeypatch.setattr(staging.DefaultStager, "_stage", closing_stage)
+
+
+def test_the_stager_probe_tells_a_stager_that_closes_itself(monkeypatch):
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 13):
+        assert stager_outlives_a_stage()
+    closing_after_each_stage(monkeypatch)
+    assert not stager_outlives_a_stage()
+
+
+@pytest.mark.multiprocess
+def test_async_saves_go_on_with_a_stager_that_closes_itself_after_each_stage(tmp_path):
+    """Three async saves in one run on torch 2.11's stager behaviour: each save gets a stager of its own. With one
+    stager kept for the run (the planted defect) the second save fails as it did on a GPU with torch 2.11."""
+    def run(name: str, *flag: str):
+        return python(["-c", SELF_CLOSING_STAGER, *flag, *train_args(tmp_path, name, "--checkpoint.async_mode", "async",
+                                                                     "--training.steps", "6", "--checkpoint.interval",
+                                                                     "2")], check=False)
+
+    fixed = run("fixed")
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert complete_steps(tmp_path / "fixed" / "checkpoints") == [2, 4, 6]
+    broken = run("broken", "--reuse-the-stager")
+    assert broken.returncode == 2
+    assert "cannot write checkpoint" in broken.stderr and "KeyError: <class 'type'>" in broken.stderr
+    assert complete_steps(tmp_path / "broken" / "checkpoints") == [2]
