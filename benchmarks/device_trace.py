@@ -150,8 +150,17 @@ def table(times: dict[str, DeviceTime], top: int = 15) -> str:
         lines += ["", f"{label}: the {top} longest kernels ({times[label].steps} steps profiled)", "",
                   "| ms per step | category | kernel |", "|---|---|---|"]
         longest = sorted(times[label].kernels.items(), key=lambda item: -item[1])[:top]
-        lines += [f"| {ms:.2f} | {category_of(name)} | {name[:90]} |" for name, ms in longest]
+        lines += [f"| {ms:.2f} | {category_of(name)} | {short_name(name)} |" for name, ms in longest]
     return "\n".join(lines)
+
+
+def short_name(name: str, width: int = 100) -> str:
+    """A kernel's name cut to ``width`` characters in the middle, where a C++ template's boilerplate is: its start
+    and its end (the functor or the tile shape) both stay."""
+    if len(name) <= width:
+        return name
+    head = width // 2
+    return f"{name[:head]}…{name[-(width - head - 1):]}"
 
 
 def parse_trace_arg(text: str) -> tuple[str, Path, int]:

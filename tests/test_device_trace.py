@@ -69,6 +69,8 @@ def test_summary_per_step_by_category_with_busy_and_idle(tmp_path):
     text = device_trace.table({"initlab": times, "other": summarize(planted_trace(), 2)})
     assert "| matmul | 0.2 | 0.2 | +0.0 |" in text and "| **device busy (union)** | 0.4 | 0.4 | +0.0 |" in text
     assert "| 0.20 | matmul | sm90_xmma_gemm" in text
+    assert device_trace.short_name(ADAMW, 40) == ADAMW[:20] + "…" + ADAMW[-19:]  # the functor stays in view
+    assert len(device_trace.short_name(ADAMW, 40)) == 40 and device_trace.short_name("mm", 40) == "mm"
 
 
 def test_a_step_count_that_disagrees_with_the_traces_own_step_marks_is_refused():
