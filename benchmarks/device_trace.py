@@ -10,7 +10,8 @@ equal ``STEPS``. Of each trace only the device's kernels, copies and sets are re
 such as a compiled graph's span the idle time between its kernels and are left out). Each is put into the first
 ``CATEGORIES`` entry whose pattern its name matches and summed per step; the busy time is the union of their
 intervals (:func:`busy_and_gaps`, which ``bench_gpu.py``'s idle-gap report uses too), the idle time the rest of the
-window from the first kernel's start to the last one's end. Prints (and with ``--out`` writes) one markdown table, a
+window from the first kernel's start to the last one's end, of which the waits of 1 ms or more (the host busy with
+something other than launching kernels: data, Python, a sync) are shown apart, with the longest. Prints (and with ``--out`` writes) one markdown table, a
 row per category and a column per trace in ms per step, then each trace's longest kernels. Exit 2 with one line on
 bad input (a missing file, a trace without device events, a step count that disagrees with the trace).
 """
@@ -44,6 +45,7 @@ CATEGORIES = (
 )
 OTHER = "other"
 DEVICE_EVENT_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
+LONG_GAP_US = 1000.0  # a device wait this long is the host doing something else, not kernel-launch latency
 STEP_MARK = re.compile(r"^ProfilerStep#\d+$")
 
 
@@ -83,6 +85,8 @@ class DeviceTime:
     by_category: dict[str, float] = field(default_factory=dict)
     busy: float = 0.0
     window: float = 0.0
+    long_gaps: float = 0.0  # idle in waits of at least LONG_GAP_US: the host busy elsewhere (data, Python, a sync)
+    longest_gap: float = 0.0
     kernels: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -120,7 +124,10 @@ def summarize(trace: dict, steps: int, source: str = "trace") -> DeviceTime:
         ms = float(event["dur"]) / 1e3 / steps
         by_category[category_of(str(event["name"]), str(event["cat"]))] += ms
         kernels[str(event["name"])] += ms
-    busy, window, _ = busy_and_gaps([(float(e["ts"]), float(e["ts"]) + float(e["dur"]), None) for e in device], 0.0)
+    busy, window, gaps = busy_and_gaps([(float(e["ts"]), float(e["ts"]) + float(e["dur"]), None) for e in device],
+                                       LONG_GAP_US)
+    result.long_gaps = sum(gap for gap, _ in gaps) / 1e3 / steps
+    result.longest_gap = max((gap for gap, _ in gaps), default=0.0) / 1e3
     result.by_category, result.kernels = dict(by_category), dict(kernels)
     result.busy, result.window = busy / 1e3 / steps, window / 1e3 / steps
     return result
@@ -144,7 +151,9 @@ def table(times: dict[str, DeviceTime], top: int = 15) -> str:
         values = [times[label].by_category.get(name, 0.0) for label in labels]
         if any(values):
             lines.append(row(name, values))
-    for name, attr in (("device busy (union)", "busy"), ("device idle", "idle"), ("window", "window")):
+    for name, attr in (("device busy (union)", "busy"), ("device idle", "idle"),
+                       (f"idle in waits of {LONG_GAP_US / 1e3:g} ms or more", "long_gaps"),
+                       ("longest wait (ms, not per step)", "longest_gap"), ("window", "window")):
         lines.append(row(f"**{name}**", [getattr(times[label], attr) for label in labels]))
     for label in labels:
         lines += ["", f"{label}: the {top} longest kernels ({times[label].steps} steps profiled)", "",

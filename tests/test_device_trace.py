@@ -66,6 +66,11 @@ def test_summary_per_step_by_category_with_busy_and_idle(tmp_path):
     # union: 0..500, 600..700, 800..850, 900..960, 1000..1040 = 750 us of a 1040 us window, over 2 steps
     assert (times.busy, times.window) == pytest.approx((0.375, 0.52)) and times.idle == pytest.approx(0.145)
     assert times.kernels[CUBLAS] == pytest.approx(0.2)
+    assert times.long_gaps == 0.0 and times.longest_gap == 0.0  # every wait here is under 1 ms
+    slow_host = planted_trace()
+    slow_host["traceEvents"].append(kernel("after_a_data_wait", 3040, 10))  # 2 ms after the last kernel ended
+    waited = summarize(slow_host, steps=2)
+    assert (waited.long_gaps, waited.longest_gap) == pytest.approx((1.0, 2.0))  # 2 ms over 2 steps; the wait itself
     text = device_trace.table({"initlab": times, "other": summarize(planted_trace(), 2)})
     assert "| matmul | 0.2 | 0.2 | +0.0 |" in text and "| **device busy (union)** | 0.4 | 0.4 | +0.0 |" in text
     assert "| 0.20 | matmul | sm90_xmma_gemm" in text
