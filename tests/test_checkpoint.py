@@ -378,17 +378,22 @@ def test_save_is_atomic_refuses_overwrite_and_reports_write_errors(tmp_path, mon
     assert complete_steps(tmp_path / "other") == []  # never renamed: not a checkpoint
 
 
-# torch 2.11's DefaultStager._stage (torch/distributed/checkpoint/staging.py) closes its StateDictStager after every
-# stage; planted on this torch, then train.py run as its command line does.
+def self_closing(stage):
+    """torch 2.11's ``DefaultStager._stage`` (torch/distributed/checkpoint/staging.py) made of this torch's ``stage``:
+    the stage, then its StateDictStager closed."""
+    def closing_stage(self, state_dict, **kwargs):
+        staged = stage(self, state_dict, **kwargs)
+        self._state_dict_stager.close()
+        return staged
+    return closing_stage
+
+
+# train.py, run as its command line does, with torch 2.11's stager planted on this torch
 SELF_CLOSING_STAGER = """
 import runpy, sys
 from torch.distributed.checkpoint import staging
-stage = staging.DefaultStager._stage
-def closing_stage(self, state_dict, **kwargs):
-    staged = stage(self, state_dict, **kwargs)
-    self._state_dict_stager.close()
-    return staged
-staging.DefaultStager._stage = closing_stage
+from tests.test_checkpoint import self_closing
+staging.DefaultStager._stage = self_closing(staging.DefaultStager._stage)
 if sys.argv[1] == "--reuse-the-stager":  # the planted defect: one stager kept for the whole run regardless
     import components.checkpoint
     components.checkpoint.stager_outlives_a_stage = lambda: True
@@ -398,22 +403,11 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
-def closing_after_each_stage(monkeypatch):
-    from torch.distributed.checkpoint import staging
-    stage = staging.DefaultStager._stage
-
-    def closing_stage(self, state_dict, **kwargs):
-        staged = stage(self, state_dict, **kwargs)
-        self._state_dict_stager.close()
-        return staged
-
-    monkeypatch.setattr(staging.DefaultStager, "_stage", closing_stage)
-
-
 def test_the_stager_probe_tells_a_stager_that_closes_itself(monkeypatch):
     if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 13):
         assert stager_outlives_a_stage()
-    closing_after_each_stage(monkeypatch)
+    from torch.distributed.checkpoint import staging
+    monkeypatch.setattr(staging.DefaultStager, "_stage", self_closing(staging.DefaultStager._stage))
     assert not stager_outlives_a_stage()
 
 
