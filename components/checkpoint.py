@@ -354,7 +354,7 @@ def stager_outlives_a_stage() -> bool:
     """Whether one DCP DefaultStager can stage twice, tried on a small CPU dict. torch 2.11's
     ``DefaultStager._stage`` (torch/distributed/checkpoint/staging.py) closes its StateDictStager after every stage,
     emptying the copy dispatch table and the cached buffers, so its next stage fails (``KeyError: <class 'type'>``);
-    torch 2.13 keeps it open. Where it does not outlive a stage, every save gets a stager of its own (there the
+    torch 2.13 and 2.14 keep it open. Where it does not outlive a stage, every save gets a stager of its own (there the
     buffers were freed after each stage anyway)."""
     stager = _pinned_stager(torch.device("cpu"))
     if stager is None:
@@ -385,8 +385,8 @@ class Checkpointer:
     ``states`` maps names to the model (nn.Module), the optimizer and Stateful objects; the
     model's entry must be named ``model`` (the seed checkpoint and exports read that key).
     An asynchronous save (``async_mode = "async"``) blocks only while DCP stages the tensors into
-    CPU memory (pinned on CUDA, and reused across saves where the torch's stager allows it); the files are written by a background
-    thread, and the save becomes ``step_<N>`` only after every rank's write finished
+    CPU memory (pinned on CUDA, and reused across saves where the torch's stager allows it); the files
+    are written by a background thread, and the save becomes ``step_<N>`` only after every rank's write finished
     (:meth:`finalize_pending`, called by the trainer once the ranks agree, by the next save, or by
     :meth:`close`). At most one save is in flight.
     """
