@@ -41,11 +41,51 @@ def whole_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
     return param, 0
 
 
+def trunc_normal_(tensor: torch.Tensor, std: float, a: float, b: float, gen: torch.Generator) -> None:
+    """N(0, std²) truncated to [a, b], drawn as torch >= 2.13's ``nn.init.trunc_normal_`` draws it
+    (torch/nn/init.py: ``_no_grad_trunc_normal_``), so the weights are the same on every torch >= 2.11: when [a, b]
+    holds more than 30 % of the mass, normal draws with those outside redrawn until none is; otherwise uniform
+    proposals on [a, b], each accepted with probability pdf / the window's peak pdf, redrawn until all are.
+
+    torch 2.11-2.12 drew instead a uniform on [2Φ(a/std) - 1, 2Φ(b/std) - 1), lower end included, then its inverse
+    CDF: where Φ(a/std) rounds to 0 (torchtitan's a = -2 at std = 0.02 is -100 σ) the uniform hits -1 exactly about
+    once in 2^24 draws, erfinv(-1) = -inf, and the clamp makes that weight exactly a: a few dozen -100 σ weights in
+    a 1B model, and other weights than torch 2.13 draws from the same seed."""
+    def normal_cdf(x: float) -> float:
+        return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
+
+    mass = normal_cdf(b / std) - normal_cdf(a / std)
+    if mass > 0.3:
+        lo, hi = tensor.new_tensor(a).item(), tensor.new_tensor(b).item()  # the bounds as the tensor's dtype holds them
+        result = tensor.normal_(0.0, std, generator=gen)
+        while (outside := (result < lo) | (result > hi)).any():
+            result = torch.where(outside, torch.empty_like(result).normal_(0.0, std, generator=gen), result)
+        if result is not tensor:
+            tensor.copy_(result)
+        return
+    log_peak = -0.5 * (max(a, min(0.0, b)) / std) ** 2  # the window's highest density: at its point nearest 0
+
+    def log_density_below_peak(values: torch.Tensor) -> torch.Tensor:
+        return values.div_(std).pow_(2).mul_(-0.5).sub_(log_peak)
+
+    accept = torch.empty_like(tensor)
+    tensor.uniform_(a, b, generator=gen)
+    pending = accept.uniform_(generator=gen).log_().gt(log_density_below_peak(tensor.clone()))
+    result = tensor
+    while pending.any():
+        proposals = torch.empty_like(tensor).uniform_(a, b, generator=gen)
+        result = torch.where(pending, proposals, result)
+        pending = torch.where(pending, accept.uniform_(generator=gen).log_().gt(log_density_below_peak(proposals)),
+                              pending)
+    if result is not tensor:
+        tensor.copy_(result)
+
+
 def _draw(block: torch.Tensor, spec: InitSpec, gen: torch.Generator) -> None:
     if spec.dist == "normal":
         block.normal_(0.0, spec.std, generator=gen)
     elif spec.dist == "trunc_normal":
-        torch.nn.init.trunc_normal_(block, 0.0, spec.std, spec.a, spec.b, generator=gen)
+        trunc_normal_(block, spec.std, spec.a, spec.b, gen)
     elif spec.dist == "uniform":
         bound = math.sqrt(3.0) * spec.std
         block.uniform_(-bound, bound, generator=gen)
