@@ -9,7 +9,8 @@
 #   INITLAB_COMMIT=<short hash> INITLAB_DIRTY=0|1 [PARTS="checkpoint titan10 titan1 profile"] [CKPT_STEPS=150]
 #       benchmarks/gpu_call_titan_logging.sh OUTDIR
 #
-# PARTS picks the parts (default all four, about 8 min); CKPT_STEPS the checkpoint runs' length (a save every third).
+# PARTS picks the parts (default all four, about 8 min); CKPT_STEPS the checkpoint runs' length (a save every third);
+# CKPT_VARIANTS bench_checkpoint's variants (default async_save,no_save).
 #
 # OUTDIR gets the small files: bench_checkpoint.txt, summary.json, bc_runs.tar.gz (the runs' metrics and configs),
 # tt_log10.{json,log}, tt_log1.{json,log}, bench_gpu.txt, <device>.json, profiles/, device_time.md. The wheels in
@@ -32,7 +33,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 
 if [[ $parts == *" checkpoint "* ]]; then
     timeout 250 python benchmarks/bench_checkpoint.py --config train_configs/llama_1b/base.toml --steps "$steps" \
-        --interval $((steps / 3)) --log-freq 10 --variants async_save,no_save --out /tmp/bc \
+        --interval $((steps / 3)) --log-freq 10 --variants "${CKPT_VARIANTS:-async_save,no_save}" --out /tmp/bc \
         --training.local_batch_size 8 --training.global_batch_size 16 --training.seq_len 2048 \
         --data.dataset embedded --metrics.val_tokens 12288 > "$out/bench_checkpoint.txt" 2>&1
     echo "bench_checkpoint exit $?"
