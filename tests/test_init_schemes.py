@@ -414,7 +414,7 @@ def test_adapter_std_is_the_formula_whatever_the_scheme(family, a_init, b_init):
 
 
 def inverse_cdf_trunc_normal_(tensor: torch.Tensor, std: float, a: float, b: float, gen: torch.Generator) -> None:
-    """torch 2.11-2.12's nn.init.trunc_normal_ (mean 0): a uniform on [2Φ(a/std)-1, 2Φ(b/std)-1), its inverse CDF,
+    """torch 2.11's nn.init.trunc_normal_ (mean 0; torch 2.13 changed the method): a uniform on [2Φ(a/std)-1, 2Φ(b/std)-1), its inverse CDF,
     then a clamp to [a, b]."""
     def cdf(x: float) -> float:
         return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0

@@ -312,7 +312,8 @@ def train_and_summarize(args: argparse.Namespace, extra: list[str]) -> int:
         record.update(ok=True, **summarize_log(lines, args.warmup, last=args.steps))
         trace = dump_folder / PROFILE_FOLDER / f"iteration_{total}" / "rank0_trace.json"
         if args.profile_steps:
-            record.update(trace=str(trace) if trace.is_file() else None, profiled_steps=[total - args.profile_steps + 1, total])
+            record.update(trace=str(trace) if trace.is_file() else None,
+                          profiled_steps=[total - args.profile_steps + 1, total])
     except (RuntimeError, ValueError) as err:
         record.update(ok=False, error=str(err), raw_lines=[line.rstrip() for line in lines[-40:]])
     args.json_out.write_text(json.dumps(record, indent=2) + "\n")
