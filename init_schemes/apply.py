@@ -47,10 +47,10 @@ def trunc_normal_(tensor: torch.Tensor, std: float, a: float, b: float, gen: tor
     holds more than 30 % of the mass, normal draws with those outside redrawn until none is; otherwise uniform
     proposals on [a, b], each accepted with probability pdf / the window's peak pdf, redrawn until all are.
 
-    torch 2.11 (checked; 2.13 changed the method) drew instead a uniform on [2Φ(a/std) - 1, 2Φ(b/std) - 1), lower end included, then its inverse
-    CDF: where Φ(a/std) rounds to 0 (torchtitan's a = -2 at std = 0.02 is -100 σ) the uniform hits -1 exactly about
-    once in 2^24 draws, erfinv(-1) = -inf, and the clamp makes that weight exactly a: a few dozen -100 σ weights in
-    a 1B model, and other weights than torch 2.13 draws from the same seed."""
+    torch 2.11 (checked; 2.13 changed the method) drew instead a uniform on [2Φ(a/std) - 1, 2Φ(b/std) - 1), lower
+    end included, then its inverse CDF: where Φ(a/std) rounds to 0 (torchtitan's a = -2 at std = 0.02 is -100 σ) the
+    uniform hits -1 exactly about once in 2^24 draws, erfinv(-1) = -inf, and the clamp makes that weight exactly a:
+    a few dozen -100 σ weights in a 1B model, and other weights than torch 2.13 draws from the same seed."""
     def normal_cdf(x: float) -> float:
         return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
 
