@@ -131,16 +131,22 @@ def _release_process_groups() -> None:
     redistribute-planner caches, lru caches keyed by meshes: each entry holds a mesh, each mesh
     its groups). Freed only during interpreter shutdown, a worker thread could be stopped while
     unjoined (``terminate called without an active exception``, SIGABRT) in about 1 of 20 gloo
-    launches. Emptying those caches and collecting here joins the threads cleanly.
+    launches. Emptying those caches and collecting here joins the threads cleanly. torch 2.11 also keeps a mesh
+    alive from a sharding strategy held on its C++ side, out of reach of those clears; every mesh holds its groups
+    in ``_pg_registry`` (torch 2.11-2.14), so the meshes let go of them too (the groups are destroyed already).
     """
     from torch.distributed.tensor import _redistribute, debug
 
     # Private and version-dependent, so looked up softly: a torch without one has nothing to clear there.
+    objects = gc.get_objects()
     clears = [getattr(debug, "_clear_sharding_prop_cache", None),
               getattr(_redistribute, "clear_redistribute_planner_cache", None)]
-    clears += [cached.cache_clear for cached in gc.get_objects()
+    clears += [cached.cache_clear for cached in objects
                if type(cached) is functools._lru_cache_wrapper  # not isinstance: it would poke deprecated objects
                and (getattr(cached, "__module__", None) or "").startswith("torch.distributed")]
+    clears += [registry.clear for mesh in objects if type(mesh) is DeviceMesh
+               and isinstance(registry := getattr(mesh, "_pg_registry", None), dict)]
+    del objects
     for clear in clears:
         if clear is not None:
             clear()
