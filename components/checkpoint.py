@@ -402,8 +402,9 @@ class Checkpointer:
         self.use_async = cfg.async_mode == "async"
         # The background save runs collectives while training runs its own: give it a separate (CPU) group.
         self.async_group = dist.new_group(backend="gloo") if self.use_async else None
-        self.stager = _pinned_stager(env.device) if self.use_async else None
-        self.stager_per_save = self.stager is not None and not stager_outlives_a_stage()
+        # One stager for the run where this torch's outlives a stage, else one per save (``save``).
+        self.stager_per_save = self.use_async and not stager_outlives_a_stage()
+        self.stager = _pinned_stager(env.device) if self.use_async and not self.stager_per_save else None
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="initlab-ckpt") if self.use_async else None
         self.pending: PendingSave | None = None
         self.last_write_s = 0.0  # seconds from issuing the latest finalized save to its rename
@@ -446,7 +447,7 @@ class Checkpointer:
                 stager = _pinned_stager(self.env.device) if self.stager_per_save else self.stager
                 upload = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.async_group,
                                         async_stager=stager)
-                if stager is not self.stager:
+                if stager is not None and stager is not self.stager:
                     stager.close()  # staging is synchronous: the staged copy is complete, the stager no longer needed
                 self.pending = PendingSave(step, self.writer.submit(self._wait_and_hash, upload, tmp), started)
                 return time.perf_counter() - started
