@@ -69,6 +69,8 @@ VARIANTS = {
     "current_nonfinite_log": Variant(("--training.nonfinite_check", "log")),
     "current_gc_scheduled": Variant(("--training.gc_freq", "50")),  # torchtitan's default schedule
     "current_expandable_segments": Variant(env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+    # inductor tunes each Triton kernel's block sizes by coordinate descent (torch/_inductor/config.py)
+    "current_cdt": Variant(env={"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}),
     "micro_16_llama": Variant(micro={"llama_1b": 16}),  # llama_1b in one 16 x 2048 micro-batch (73 GiB)
     # FSDP2 on one GPU without its staging copies: weights cast once, gradients accumulated in the packed buffer
     # (the default for a world of one on CUDA since it was measured; "fsdp2_copies" is FSDP2's own path, the default before)

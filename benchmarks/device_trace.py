@@ -11,8 +11,10 @@ such as a compiled graph's span the idle time between its kernels and are left o
 ``CATEGORIES`` entry whose pattern its name matches and summed per step; the busy time is the union of their
 intervals (:func:`busy_and_gaps`, which ``bench_gpu.py``'s idle-gap report uses too), the idle time the rest of the
 window from the first kernel's start to the last one's end, of which the waits of 1 ms or more (the host busy with
-something other than launching kernels: data, Python, a sync) are shown apart, with the longest. Prints (and with ``--out`` writes) one markdown table, a
-row per category and a column per trace in ms per step, then each trace's longest kernels. Exit 2 with one line on
+something other than launching kernels: data, Python, a sync) are shown apart, with the longest, and for the longest
+few what the host's busiest thread was doing at the middle of the wait (its ops, runtime calls and Python frames
+that span that instant, innermost last). Prints (and with ``--out`` writes) one markdown table, a row per category
+and a column per trace in ms per step, then each trace's longest waits and longest kernels. Exit 2 with one line on
 bad input (a missing file, a trace without device events, a step count that disagrees with the trace).
 """
 
@@ -47,6 +49,11 @@ OTHER = "other"
 DEVICE_EVENT_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
 LONG_GAP_US = 1000.0  # a device wait this long is the host doing something else, not kernel-launch latency
 STEP_MARK = re.compile(r"^ProfilerStep#\d+$")
+# Host-side events: torch ops, annotations, CUDA runtime/driver calls and (with_stack) Python frames.
+HOST_EVENT_CATEGORIES = {"cpu_op", "user_annotation", "cuda_runtime", "cuda_driver", "python_function"}
+SHOWN_WAIT_US = 100.0  # waits this long or longer are candidates for the list of longest waits
+WAITS_SHOWN = 8  # longest waits listed per trace with the host's call chain
+CHAIN_DEPTH = 6  # innermost host events shown per wait
 
 
 class TraceError(ValueError):
@@ -88,6 +95,7 @@ class DeviceTime:
     long_gaps: float = 0.0  # idle in waits of at least LONG_GAP_US: the host busy elsewhere (data, Python, a sync)
     longest_gap: float = 0.0
     kernels: dict[str, float] = field(default_factory=dict)
+    waits: list[tuple[float, str, str]] = field(default_factory=list)  # (ms, next kernel, host chain), longest first
 
     @property
     def idle(self) -> float:
@@ -124,13 +132,35 @@ def summarize(trace: dict, steps: int, source: str = "trace") -> DeviceTime:
         ms = float(event["dur"]) / 1e3 / steps
         by_category[category_of(str(event["name"]), str(event["cat"]))] += ms
         kernels[str(event["name"])] += ms
-    busy, window, gaps = busy_and_gaps([(float(e["ts"]), float(e["ts"]) + float(e["dur"]), None) for e in device],
-                                       LONG_GAP_US)
+    busy, window, waits = busy_and_gaps([(float(e["ts"]), float(e["ts"]) + float(e["dur"]), e) for e in device],
+                                        SHOWN_WAIT_US)
+    result.waits = host_during_waits(events, waits)
+    gaps = [(gap, after) for gap, after in waits if gap >= LONG_GAP_US]
     result.long_gaps = sum(gap for gap, _ in gaps) / 1e3 / steps
     result.longest_gap = max((gap for gap, _ in gaps), default=0.0) / 1e3
     result.by_category, result.kernels = dict(by_category), dict(kernels)
     result.busy, result.window = busy / 1e3 / steps, window / 1e3 / steps
     return result
+
+
+def host_during_waits(events: list[dict], gaps: list[tuple[float, dict]], shown: int = WAITS_SHOWN) -> list:
+    """The ``shown`` longest ``gaps`` (length us, the device event after it) as (ms, that event's name, the host
+    chain): the events of the host thread with the most torch ops that span the wait's middle, outermost first, its
+    ``CHAIN_DEPTH`` innermost kept ("?" where the trace holds no host events)."""
+    host = [e for e in events if e.get("cat") in HOST_EVENT_CATEGORIES and "dur" in e and "ts" in e]
+    ops_per_thread: dict[tuple, int] = defaultdict(int)
+    for event in host:
+        ops_per_thread[(event.get("pid"), event.get("tid"))] += event.get("cat") == "cpu_op"
+    thread = max(ops_per_thread, key=ops_per_thread.get, default=None)
+    main = sorted((e for e in host if (e.get("pid"), e.get("tid")) == thread),
+                  key=lambda e: (float(e["ts"]), -float(e["dur"])))
+    waits = []
+    for gap, after in sorted(gaps, key=lambda item: -item[0])[:shown]:
+        middle = float(after["ts"]) - gap / 2
+        chain = [str(e["name"]) for e in main if float(e["ts"]) <= middle <= float(e["ts"]) + float(e["dur"])]
+        text = " > ".join(chain[-CHAIN_DEPTH:]) if chain else "?"
+        waits.append((gap / 1e3, str(after["name"]), ("… > " if len(chain) > CHAIN_DEPTH else "") + text))
+    return waits
 
 
 def table(times: dict[str, DeviceTime], top: int = 15) -> str:
@@ -156,6 +186,10 @@ def table(times: dict[str, DeviceTime], top: int = 15) -> str:
                        ("longest wait (ms, not per step)", "longest_gap"), ("window", "window")):
         lines.append(row(f"**{name}**", [getattr(times[label], attr) for label in labels]))
     for label in labels:
+        if times[label].waits:
+            lines += ["", f"{label}: the longest waits of the device, and the host thread's call chain at each one's "
+                      "middle (innermost last)", "", "| wait ms | next device event | host |", "|---|---|---|"]
+            lines += [f"| {ms:.2f} | {short_name(name, 60)} | {chain} |" for ms, name, chain in times[label].waits]
         lines += ["", f"{label}: the {top} longest kernels ({times[label].steps} steps profiled)", "",
                   "| ms per step | category | kernel |", "|---|---|---|"]
         longest = sorted(times[label].kernels.items(), key=lambda item: -item[1])[:top]

@@ -32,7 +32,7 @@ export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name --format=csv,noheader
 
 if [[ $parts == *" checkpoint "* ]]; then
-    timeout 250 python benchmarks/bench_checkpoint.py --config train_configs/llama_1b/base.toml --steps "$steps" \
+    timeout 280 python benchmarks/bench_checkpoint.py --config train_configs/llama_1b/base.toml --steps "$steps" \
         --interval $((steps / 3)) --log-freq 10 --variants "${CKPT_VARIANTS:-async_save,no_save}" --out /tmp/bc \
         --training.local_batch_size 8 --training.global_batch_size 16 --training.seq_len 2048 \
         --data.dataset embedded --metrics.val_tokens 12288 > "$out/bench_checkpoint.txt" 2>&1
