@@ -10,7 +10,7 @@
 #       benchmarks/gpu_call_titan_logging.sh OUTDIR
 #
 # PARTS picks the parts (default all four, about 8 min); CKPT_STEPS the checkpoint runs' length (a save every third);
-# CKPT_VARIANTS bench_checkpoint's variants (default async_save,no_save).
+# CKPT_VARIANTS bench_checkpoint's variants (default async_save,no_save); CKPT_TIMEOUT their seconds (default 280).
 #
 # OUTDIR gets the small files: bench_checkpoint.txt, summary.json, bc_runs.tar.gz (the runs' metrics and configs),
 # tt_log10.{json,log}, tt_log1.{json,log}, bench_gpu.txt, <device>.json, profiles/, device_time.md. The wheels in
@@ -32,7 +32,7 @@ export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name --format=csv,noheader
 
 if [[ $parts == *" checkpoint "* ]]; then
-    timeout 280 python benchmarks/bench_checkpoint.py --config train_configs/llama_1b/base.toml --steps "$steps" \
+    timeout "${CKPT_TIMEOUT:-280}" python benchmarks/bench_checkpoint.py --config train_configs/llama_1b/base.toml --steps "$steps" \
         --interval $((steps / 3)) --log-freq 10 --variants "${CKPT_VARIANTS:-async_save,no_save}" --out /tmp/bc \
         --training.local_batch_size 8 --training.global_batch_size 16 --training.seq_len 2048 \
         --data.dataset embedded --metrics.val_tokens 12288 > "$out/bench_checkpoint.txt" 2>&1
