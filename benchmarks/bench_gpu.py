@@ -45,6 +45,7 @@ from distributed.parallelize import compile_enabled  # noqa: E402
 from train import Trainer  # noqa: E402
 
 RESULT_PREFIX = "bench_gpu result: "
+SDPA_NO_CUDNN = "INITLAB_BENCH_SDPA_NO_CUDNN"
 @dataclass(frozen=True)
 class Variant:
     """Overrides of the code's defaults: config flags, sequences per micro-batch per model (tokens per step stay
@@ -71,6 +72,9 @@ VARIANTS = {
     "current_expandable_segments": Variant(env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
     # inductor tunes each Triton kernel's block sizes by coordinate descent (torch/_inductor/config.py)
     "current_cdt": Variant(env={"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}),
+    # scaled_dot_product_attention without its cuDNN backend (torch then picks FlashAttention-2): a benchmark-only
+    # switch that bench_one reads, as no torch environment variable picks the backend
+    "current_sdpa_flash": Variant(env={SDPA_NO_CUDNN: "1"}),
     "micro_16_llama": Variant(micro={"llama_1b": 16}),  # llama_1b in one 16 x 2048 micro-batch (73 GiB)
     # FSDP2 on one GPU without its staging copies: weights cast once, gradients accumulated in the packed buffer
     # (the default for a world of one on CUDA since it was measured; "fsdp2_copies" is FSDP2's own path, the default before)
@@ -155,6 +159,8 @@ def bench_one(model: str, variant: str, args, env, common: dict) -> dict:
     total = args.warmup + args.steps + 10
     cfg, _ = load_config(["--config", config, *batch, "--training.steps", str(total), "--checkpoint.enable", "false",
                           "--metrics.val_freq", "0", "--training.device", env.device.type, *overrides])
+    if os.environ.get(SDPA_NO_CUDNN) == "1":  # before the model is built and compiled
+        torch.backends.cuda.enable_cudnn_sdp(False)
     trainer = Trainer(cfg, env)
     if env.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(env.device)
@@ -163,7 +169,7 @@ def bench_one(model: str, variant: str, args, env, common: dict) -> dict:
     tokens = cfg.training.global_batch_size * cfg.training.seq_len
     result = {
         **common, "trainer": "initlab", "model": model, "variant": variant, "overrides": overrides,
-        "env": VARIANTS[variant].env,
+        "env": VARIANTS[variant].env, "cudnn_sdpa": torch.backends.cuda.cudnn_sdp_enabled(),
         "compile": compile_enabled(cfg.compile.enable, env.device),
         "seq_len": cfg.training.seq_len, "micro_batch_sequences": micro, "accumulation_steps": accum,
         "tokens_per_step": tokens, "params": trainer.n_params,
