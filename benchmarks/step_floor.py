@@ -21,7 +21,9 @@ vocabulary, P the trainable parameters, S the sequence length, H x Q the attenti
 These are floors for this decomposition into kernels (a matmul whose epilogue applied SwiGLU would not write gate and
 up); RMSNorm, RoPE, residual additions, casts and the gradient sum are not counted, so the MFU ceiling printed (model
 FLOPs in torchtitan's convention over the peak times the summed floors, with ``matmul`` and ``attention`` at their
-measured times where given) is an upper bound. Exit 2 with one line on bad input.
+measured times where given) is an upper bound. With ``--busy`` (the profile's device busy time per step) a third
+ceiling keeps every kernel as measured but moves each measured memory-bound part to its floor and removes the idle
+time. Exit 2 with one line on bad input.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ def parse_measured(items: list[str]) -> dict[str, float]:
     return measured
 
 
-def report(shape: Shape, gpu: str, peak: float, bandwidth: float, measured: dict[str, float]) -> str:
+def report(shape: Shape, gpu: str, peak: float, bandwidth: float, measured: dict[str, float],
+           busy: float | None = None) -> str:
     """The markdown table, part by part, and the MFU ceilings."""
     lines = [f"{gpu}: {peak / 1e12:.0f} TFLOP/s dense bf16, {bandwidth / 1e12:.2f} TB/s; {shape.micro_batches} x "
              f"{shape.tokens} tokens per step", "", "| part | counts | floor ms | measured ms | floor / measured |",
@@ -144,6 +147,11 @@ def report(shape: Shape, gpu: str, peak: float, bandwidth: float, measured: dict
     if all(part in measured for part in COMPUTE_PARTS):
         lines.append(f"MFU ceiling, matmul and attention as measured, the rest at its floor, no idle time: "
                      f"{100 * model_flops / (peak * at_measured / 1e3):.1f} % ({at_measured:.1f} ms per step)")
+    if busy is not None:
+        gain = sum(measured[part] - bounds[part][0] for part in measured if part not in COMPUTE_PARTS)
+        lines.append(f"MFU ceiling, the measured busy time ({busy:.1f} ms) less each measured memory-bound part's "
+                     f"distance to its floor, no idle time: {100 * model_flops / (peak * (busy - gain) / 1e3):.1f} % "
+                     f"({busy - gain:.1f} ms per step)")
     return "\n".join(lines)
 
 
@@ -152,16 +160,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="llama_1b", help=f"a speed point of bench_gpu.py: {', '.join(MODEL_SETTINGS)}")
     parser.add_argument("--gpu", default="H100", help="GPU name or a part of it (as torch.cuda.get_device_name)")
     parser.add_argument("--measured", action="append", default=[], help="PART=MS: a measured ms per step (repeat)")
+    parser.add_argument("--busy", type=float, help="the measured device busy ms per step (device_trace.py's union)")
     args = parser.parse_args(argv)
     try:
         if args.model not in MODEL_SETTINGS:
             raise FloorError(f"--model {args.model!r} is unknown; fix: use one of {', '.join(MODEL_SETTINGS)}")
         gpu, peak, bandwidth = gpu_specs(args.gpu)
         measured = parse_measured(args.measured)
+        if args.busy is not None and not args.busy > sum(measured.values()):
+            raise FloorError(f"--busy {args.busy}: not above the measured parts' sum ({sum(measured.values()):.1f} ms); "
+                             "fix: pass the profile's busy time per step")
     except FloorError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(report(shape_of(args.model), gpu, peak, bandwidth, measured))
+    print(report(shape_of(args.model), gpu, peak, bandwidth, measured, args.busy))
     return 0
 
 

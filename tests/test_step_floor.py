@@ -28,11 +28,12 @@ def test_floors_are_the_flops_at_the_peak_and_the_bytes_at_the_bandwidth():
         "matmul": 6 * 100 * 20, "attention": 6 * 3 * 5 * 4 * 20,
         "swiglu_forward": 3 * 10 * 7 * 2 * 3 * 2, "swiglu_backward": 5 * 10 * 7 * 2 * 3 * 2,
         "cross_entropy": 3 * 10 * 11 * 2 * 2, "adamw": 28 * 1000, "clipping": 12 * 1000})
-    text = step_floor.report(shape, "X", 1e3, 1e3, {"matmul": 24000.0, "attention": 14400.0})
+    text = step_floor.report(shape, "X", 1e3, 1e3, {"matmul": 24000.0, "attention": 14400.0, "adamw": 30000.0}, 90000.0)
     assert "| matmul | 0.0 TFLOP | 12000.0 | 24000.0 | 50 % |" in text
     floor_sum = 12000 + 7200 + 2520 + 4200 + 1320 + 28000 + 12000
     assert f"every part at its floor: {100 * 650 * 20 / (floor_sum):.1f} %" in text
     assert f"no idle time: {100 * 650 * 20 / (floor_sum + 12000 + 7200):.1f} %" in text
+    assert f"floor, no idle time: {100 * 650 * 20 / (90000 - 2000):.1f} % (88000.0 ms per step)" in text  # adamw 30k->28k
 
 
 def test_gpu_names_resolve_most_specific_first():
@@ -55,8 +56,10 @@ def test_bad_measured_times_are_refused(items, message):
 def test_the_cli_prints_one_line_and_exits_2_on_bad_input(capsys):
     assert step_floor.main(["--gpu", "TPU"]) == 2
     assert step_floor.main(["--model", "gpt5"]) == 2
+    assert step_floor.main(["--measured", "matmul=300", "--busy", "200"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--gpu 'TPU'" in err[0] and "--model 'gpt5' is unknown" in err[1]
+    assert len(err) == 3 and "--gpu 'TPU'" in err[0] and "--model 'gpt5' is unknown" in err[1]
+    assert "--busy 200.0: not above the measured parts' sum (300.0 ms)" in err[2]
     assert step_floor.main(["--model", "debug", "--gpu", "H200", "--measured", "matmul=1", "--measured",
                             "attention=1"]) == 0
     assert "matmul and attention as measured" in capsys.readouterr().out
