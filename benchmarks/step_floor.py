@@ -151,7 +151,8 @@ def report(shape: Shape, gpu: str, peak: float, bandwidth: float, measured: dict
         gain = sum(measured[part] - bounds[part][0] for part in measured if part not in COMPUTE_PARTS)
         lines.append(f"MFU ceiling, the measured busy time ({busy:.1f} ms) less each measured memory-bound part's "
                      f"distance to its floor, no idle time: {100 * model_flops / (peak * (busy - gain) / 1e3):.1f} % "
-                     f"({busy - gain:.1f} ms per step)")
+                     f"({busy - gain:.1f} ms per step); the busy time outside the measured parts: "
+                     f"{busy - sum(measured.values()):.1f} ms")
     return "\n".join(lines)
 
 
