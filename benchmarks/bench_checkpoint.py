@@ -57,12 +57,20 @@ def step_seconds(records: list[dict], tokens_per_step: int) -> dict[int, float]:
 def save_costs(records: list[dict], baseline: list[dict], tokens_per_step: int, interval: int, steps: int) -> list[dict]:
     """Each save before the last step (every ``interval`` steps): the seconds it blocked (logged at the next logging
     step), the extra seconds the steps up to the next save took against the same steps of ``baseline`` (a run
-    without saves), their sum, and the sum as a share of those steps' time in ``baseline``."""
+    without saves), their sum, and the sum as a share of those steps' time in ``baseline``. A save whose steps up
+    to the next save one of the runs did not reach (cut off) gets ``not_measured``, naming the run and its last step."""
     mine, base = step_seconds(records, tokens_per_step), step_seconds(baseline, tokens_per_step)
     blocked = {r["step"]: r["checkpoint/blocked_s"] for r in records if r.get("checkpoint/blocked_s") is not None}
     costs = []
     for save in range(interval, steps, interval):
-        window = [step for step in sorted(mine) if save < step <= min(save + interval, steps)]
+        end = min(save + interval, steps)
+        short = [(name, max(logged, default=0)) for name, logged in (("the saving run", mine), (BASELINE, base))
+                 if max(logged, default=0) < end]
+        if short:  # a run cut off before this window ended: said, never averaged in
+            costs.append({"step": save, "not_measured": "; ".join(f"{name} logged up to step {last} of {end}"
+                                                                  for name, last in short)})
+            continue
+        window = [step for step in sorted(mine) if save < step <= end]
         missing = [step for step in window if step not in base]
         if not window or missing or not any(step in blocked for step in window):
             raise ValueError(f"the save at step {save}: no logged steps after it in both runs, or no checkpoint/"
@@ -99,7 +107,7 @@ def check_args(args) -> list[str]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Any other --section.key VALUE is passed to every train.py run.")
-    parser.add_argument("--config", required=True, help="train.py config (TOML) of the model to measure")
+    parser.add_argument("--config", help="train.py config (TOML) of the model to measure (not with --from-runs)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--interval", type=int, default=10, help="steps between checkpoints in the saving runs")
     parser.add_argument("--log-freq", type=int, default=10, help="metrics.log_freq of every run (divides --interval)")
@@ -108,7 +116,15 @@ def main(argv: list[str]) -> int:
                              f"need {BASELINE}")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_checkpoint",
                         help="directory for the three run directories and summary.json (must not exist)")
+    parser.add_argument("--from-runs", action="store_true",
+                        help="run nothing: summarize the variants' run directories already in --out (a call cut off "
+                             "before its tables; unfinished runs are marked, and the saves they do not cover left out)")
     args, extra = parser.parse_known_args(argv)
+    if args.from_runs:
+        return from_runs(args)
+    if args.config is None:
+        print("error: --config is required (the train.py config of the model to measure)", file=sys.stderr)
+        return 2
     variants = check_args(args)
     summary = {}
     for name in variants:
@@ -125,6 +141,29 @@ def main(argv: list[str]) -> int:
     add_save_costs(summary, args)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(tables(summary))
+    return 0
+
+
+def from_runs(args) -> int:
+    """``--from-runs``: the tables and summary.json (written as ``summary_from_runs.json``) of the run directories
+    in ``--out``, the save interval and steps read from the saving runs' configs; exit 2 with one line if a run
+    directory is missing or holds no metrics."""
+    summary = {}
+    for name in args.variants.split(","):
+        if name not in VARIANTS or not (args.out / name / "metrics.jsonl").is_file():
+            print(f"error: --from-runs: no run directory {args.out / name} with metrics.jsonl (variant {name!r}); "
+                  "fix: pass the --out and --variants of the call that ran them", file=sys.stderr)
+            return 2
+        run = RunDir(args.out / name)
+        summary[name] = {**summarize(args.out / name), "finished": run.finished, "last_step": run.last_step,
+                         "steps_planned": run.steps_planned}
+        if name != BASELINE:  # the saves' schedule, as that call ran it
+            args.interval, args.steps = run.config.checkpoint.interval, run.config.training.steps
+    add_save_costs(summary, args)
+    (args.out / "summary_from_runs.json").write_text(json.dumps(summary, indent=1))
+    unfinished = [f"{name} (step {s['last_step']} of {s['steps_planned']})" for name, s in summary.items()
+                  if not s["finished"]]
+    print(tables(summary) + (f"\n\nunfinished runs: {', '.join(unfinished)}" if unfinished else ""))
     return 0
 
 
@@ -150,6 +189,9 @@ def tables(summary: dict) -> str:
                   f"share of a {REFERENCE_INTERVAL}-step interval |", "|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         for c in s.get("save_costs", []):
+            if "not_measured" in c:
+                lines.append(f"| {name} | {c['step']} | not measured: {c['not_measured']} | | | | |")
+                continue
             lines.append(f"| {name} | {c['step']} | {c['blocked_s']:.2f} | {c['slowdown_s']:.2f} | {c['cost_s']:.2f} | "
                          f"{100 * c['share_of_interval']:.1f} % | {100 * c[f'share_of_{REFERENCE_INTERVAL}_steps']:.2f} % |")
     return "\n".join(lines)

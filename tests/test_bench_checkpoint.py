@@ -36,6 +36,15 @@ def test_a_save_costs_its_block_plus_the_slower_steps_until_the_next():
     assert (second["blocked_s"], second["slowdown_s"], second["cost_s"]) == (0.5, 0.0, 0.5)
     with pytest.raises(ValueError, match="the save at step 20: .*give --log-freq dividing --interval"):
         bench_checkpoint.save_costs(rows(rates), base, TOKENS, interval=20, steps=60)  # no blocked_s logged
+    cut = [r for r in base if r["step"] <= 40]  # the run without saves stopped at step 40 (a call cut off)
+    first_only = bench_checkpoint.save_costs(saved, cut, TOKENS, interval=20, steps=60)
+    assert first_only[0] == first and first_only[1] == {
+        "step": 40, "not_measured": "no_save logged up to step 40 of 60"}  # said, not averaged in
+    both_cut = bench_checkpoint.save_costs([r for r in saved if r["step"] <= 50], cut, TOKENS, interval=20, steps=60)
+    assert both_cut[1]["not_measured"] == ("the saving run logged up to step 50 of 60; "
+                                          "no_save logged up to step 40 of 60")
+    assert "| x | 40 | not measured: no_save logged up to step 40 of 60 |" in bench_checkpoint.tables(
+        {"x": {"blocked_s_per_save": [1.5], "median_tokens_per_sec": 1000.0, "mfu": None, "save_costs": first_only}})
 
 
 @pytest.mark.multiprocess
@@ -55,6 +64,25 @@ def test_real_runs_give_each_save_its_cost_against_the_run_without_saves(tmp_pat
         assert cost["slowdown_s"] == pytest.approx(sum(saved[s] - base[s] for s in window), abs=2e-3)
         assert cost["cost_s"] == pytest.approx(cost["blocked_s"] + cost["slowdown_s"], abs=2e-3) and cost["blocked_s"] > 0
     assert "| async_save | 2 |" in proc.stdout and "share of a 200-step interval" in proc.stdout
+    # --from-runs reads the same directories back (interval and steps from the saving run's config) ...
+    again = python(["benchmarks/bench_checkpoint.py", "--from-runs", "--out", str(out), "--variants",
+                    "async_save,no_save"])
+    assert json.loads((out / "summary_from_runs.json").read_text())["async_save"]["save_costs"] == costs
+    assert "unfinished" not in again.stdout
+    # ... and, with the run without saves cut off after step 5 (killed: no finished.json), measures only the saves
+    # whose steps up to the next save both runs logged, and names the unfinished run
+    records = (out / "no_save" / "metrics.jsonl").read_text().splitlines()
+    (out / "no_save" / "metrics.jsonl").write_text("\n".join(line for line in records
+                                                             if json.loads(line)["step"] <= 5) + "\n")
+    (out / "no_save" / "finished.json").unlink()
+    cut = python(["benchmarks/bench_checkpoint.py", "--from-runs", "--out", str(out), "--variants",
+                  "async_save,no_save"])
+    summary = json.loads((out / "summary_from_runs.json").read_text())
+    assert summary["async_save"]["save_costs"] == [costs[0], {"step": 4, "not_measured":
+                                                              "no_save logged up to step 5 of 6"}]
+    assert summary["no_save"]["finished"] is False and "unfinished runs: no_save (step 5 of 6)" in cut.stdout
+    missing = python(["benchmarks/bench_checkpoint.py", "--from-runs", "--out", str(tmp_path / "none")], check=False)
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: --from-runs: no run directory")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
