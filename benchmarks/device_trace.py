@@ -158,9 +158,25 @@ def host_during_waits(events: list[dict], gaps: list[tuple[float, dict]], shown:
     for gap, after in sorted(gaps, key=lambda item: -item[0])[:shown]:
         middle = float(after["ts"]) - gap / 2
         chain = [str(e["name"]) for e in main if float(e["ts"]) <= middle <= float(e["ts"]) + float(e["dur"])]
-        text = " > ".join(chain[-CHAIN_DEPTH:]) if chain else "?"
+        text = " > ".join(chain[-CHAIN_DEPTH:]) if chain else between_ops(main, middle)
         waits.append((gap / 1e3, str(after["name"]), ("… > " if len(chain) > CHAIN_DEPTH else "") + text))
     return waits
+
+
+def between_ops(main: list[dict], instant: float) -> str:
+    """Where no host event spans ``instant``: the host event that ended last before it and the next to start after
+    it, with their distances in ms (the host ran code the profiler does not record); "?" without host events."""
+    before = max((e for e in main if float(e["ts"]) + float(e["dur"]) < instant),
+                 key=lambda e: float(e["ts"]) + float(e["dur"]), default=None)
+    after = min((e for e in main if float(e["ts"]) > instant), key=lambda e: float(e["ts"]), default=None)
+    if before is None and after is None:
+        return "?"
+    parts = ["no recorded op"]
+    if before is not None:
+        parts.append(f"after {before['name']} ({(instant - float(before['ts']) - float(before['dur'])) / 1e3:.2f} ms)")
+    if after is not None:
+        parts.append(f"before {after['name']} ({(float(after['ts']) - instant) / 1e3:.2f} ms)")
+    return ", ".join(parts)
 
 
 def table(times: dict[str, DeviceTime], top: int = 15) -> str:

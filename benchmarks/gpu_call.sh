@@ -133,7 +133,7 @@ if ((titan_ok)); then
     else
         titan_s=$(($(left) - 30 < 170 ? $(left) - 30 : 170))  # its own kill (its trainer runs in a session of its own)
         stage torchtitan 70 190 $PY benchmarks/torchtitan/run_torchtitan.py --assets "$assets" --compile on \
-            --steps 25 --warmup 10 --profile-steps 3 --timeout-s "$titan_s" --json-out "$out/torchtitan.json" \
+            --steps 30 --warmup 10 --profile-steps 3 --timeout-s "$titan_s" --json-out "$out/torchtitan.json" \
             --log-out "$work/torchtitan.log" --training.local_batch_size 8 --training.global_batch_size 16
     fi
 fi

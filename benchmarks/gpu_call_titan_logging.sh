@@ -2,8 +2,8 @@
 # One GPU call (about 8 min) that measures, on one freshly allocated GPU:
 #   1. the asynchronous checkpoint's cost on llama_1b (bench_checkpoint.py: async_save against no_save, 150 steps,
 #      a save every 50);
-#   2. torchtitan 0.2.2's trainer at metrics.log_freq 10 (as initlab is measured; 3 steps profiled after the timed
-#      ones) and at the bench config's log_freq 1, which reads the loss from the GPU every step;
+#   2. torchtitan 0.2.2's trainer at metrics.log_freq 10 (as initlab is measured, the bench config's; 3 steps
+#      profiled after the timed ones) and at log_freq 1, which reads the loss from the GPU every step;
 #   3. initlab llama_1b `current` with a profile, and both trainers' device time side by side (device_trace.py).
 #
 #   INITLAB_COMMIT=<short hash> INITLAB_DIRTY=0|1 [PARTS="checkpoint titan10 titan1 profile"] [CKPT_STEPS=150]
@@ -53,7 +53,7 @@ if [[ $parts == *" titan10 "* ]]; then
 fi
 if [[ $parts == *" titan1 "* ]]; then
     timeout 100 "${titan[@]}" --steps 25 --warmup 10 --timeout-s 90 --json-out "$out/tt_log1.json" \
-        --log-out "$out/tt_log1.log" > /dev/null 2>&1
+        --log-out "$out/tt_log1.log" --metrics.log_freq 1 > /dev/null 2>&1
     echo "torchtitan log_freq 1 exit $?"
 fi
 grep -h '"tokens_per_sec_per_device"' "$out"/tt_log*.json 2>/dev/null

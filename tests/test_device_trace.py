@@ -108,6 +108,11 @@ def test_each_long_wait_names_what_the_host_thread_with_the_most_torch_ops_was_d
     deep = planted_trace(marks=False)
     deep["traceEvents"] += [kernel("next", 3040, 10)] + [host(f"f{i}", i, 5000 - 2 * i) for i in range(8)]
     assert summarize(deep, steps=1).waits[0][2] == "… > f2 > f3 > f4 > f5 > f6 > f7"  # the 6 innermost
+    idle_host = planted_trace(marks=False)  # the host thread ran no recorded op at the wait's middle (2540 us)
+    idle_host["traceEvents"] += [kernel("next", 4040, 10), host("aten::item", 1100, 900), host("aten::empty", 3800, 5),
+                                 host("aten::zeros", 3700, 50)]
+    assert summarize(idle_host, steps=1).waits[0][2] == ("no recorded op, after aten::item (0.54 ms), "
+                                                         "before aten::zeros (1.16 ms)")
     bare = planted_trace(marks=False)
     bare["traceEvents"] = [e for e in bare["traceEvents"] if e["cat"] != "cpu_op"] + [kernel("next", 3040, 10)]
     assert summarize(bare, steps=1).waits[0][2] == "?"  # no host events in the trace

@@ -233,7 +233,7 @@ def test_config_parses_with_torchtitans_config_manager(assets):
     assert job.model.hf_assets_path == str(assets / "tokenizer")
     assert (job.training.dataset, job.training.dataset_path) == ("c4_test", str(assets / "data"))
     assert (job.training.seq_len, job.training.local_batch_size, job.training.steps) == (2048, 4, 30)
-    assert job.training.mixed_precision_param == "bfloat16" and job.metrics.log_freq == 1
+    assert job.training.mixed_precision_param == "bfloat16" and job.metrics.log_freq == 10
     assert job.activation_checkpoint.mode == "none" and not job.checkpoint.enable
     assert job.compile.enable is False
     assert ConfigManager().parse_args(["--job.config_file", str(CONFIG)]).compile.enable is True

@@ -1,4 +1,4 @@
-"""Offline assets for running torchtitan 0.2.2's own trainer next to initlab's (issue 6).
+"""Offline assets for running torchtitan 0.2.2's own trainer next to initlab's.
 
 Writes, under ``--out`` (default ``.bench_assets/torchtitan``, which the lead keeps out of git):
 

@@ -10,9 +10,9 @@ launches ``python -m torch.distributed.run --standalone --nproc_per_node=N -m to
 and writes one JSON summary of the steps after the first ``--warmup``:
 
 * ``tokens_per_sec_per_device``: tokens of the measured steps / their wall time, i.e. the harmonic
-  mean of torchtitan's logged ``tps``, each over the steps since the previous log (the config's log_freq 1: one step
-  each; with ``--metrics.log_freq 10``, as initlab is measured, ten, and torchtitan then reads its loss from the GPU
-  once every ten steps instead of every step);
+  mean of torchtitan's logged ``tps``, each over the steps since the previous log (the config's log_freq 10, as
+  initlab is measured: ten steps each, so ``--steps`` - ``--warmup`` should be a multiple of 10; with
+  ``--metrics.log_freq 1`` one step each, and torchtitan then reads its loss from the GPU every step);
 * ``mfu`` (fraction of peak; ``mfu_pct`` in %) and ``tflops_per_device``: torchtitan's own figures
   (its FLOPs/token = 6·non-embedding params + 12·layers·dim·seq_len, peak 989 TF/s on H100 SXM/H200),
   averaged the same way;
