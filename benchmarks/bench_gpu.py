@@ -46,6 +46,8 @@ from train import Trainer  # noqa: E402
 
 RESULT_PREFIX = "bench_gpu result: "
 SDPA_NO_CUDNN = "INITLAB_BENCH_SDPA_NO_CUDNN"
+
+
 @dataclass(frozen=True)
 class Variant:
     """Overrides of the code's defaults: config flags, sequences per micro-batch per model (tokens per step stay
@@ -72,7 +74,7 @@ VARIANTS = {
     "current_expandable_segments": Variant(env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
     # inductor tunes each Triton kernel's block sizes by coordinate descent (torch/_inductor/config.py)
     "current_cdt": Variant(env={"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}),
-    # scaled_dot_product_attention without its cuDNN backend (torch then picks FlashAttention-2): a benchmark-only
+    # scaled_dot_product_attention without its cuDNN backend (torch's next by priority is FlashAttention-2): a benchmark-only
     # switch that bench_one reads, as no torch environment variable picks the backend
     "current_sdpa_flash": Variant(env={SDPA_NO_CUDNN: "1"}),
     "micro_16_llama": Variant(micro={"llama_1b": 16}),  # llama_1b in one 16 x 2048 micro-batch (73 GiB)
