@@ -12,8 +12,8 @@ such as a compiled graph's span the idle time between its kernels and are left o
 intervals (:func:`busy_and_gaps`, which ``bench_gpu.py``'s idle-gap report uses too), the idle time the rest of the
 window from the first kernel's start to the last one's end, of which the waits of 1 ms or more (the host busy with
 something other than launching kernels: data, Python, a sync) are shown apart, with the longest, and for the longest
-few what the host's busiest thread was doing at the middle of the wait (its ops, runtime calls and Python frames
-that span that instant, innermost last). Prints (and with ``--out`` writes) one markdown table, a row per category
+few what each host thread was doing at the middle of the wait (its ops, runtime calls and Python frames that
+span that instant, innermost last). Prints (and with ``--out`` writes) one markdown table, a row per category
 and a column per trace in ms per step, then each trace's longest waits and longest kernels. Exit 2 with one line on
 bad input (a missing file, a trace without device events, a step count that disagrees with the trace).
 """
@@ -144,22 +144,27 @@ def summarize(trace: dict, steps: int, source: str = "trace") -> DeviceTime:
 
 
 def host_during_waits(events: list[dict], gaps: list[tuple[float, dict]], shown: int = WAITS_SHOWN) -> list:
-    """The ``shown`` longest ``gaps`` (length us, the device event after it) as (ms, that event's name, the host
-    chain): the events of the host thread with the most torch ops that span the wait's middle, outermost first, its
-    ``CHAIN_DEPTH`` innermost kept ("?" where the trace holds no host events)."""
+    """The ``shown`` longest ``gaps`` (length us, the device event after it) as (ms, that event's name, what the host
+    did): on every host thread, the events that span the wait's middle, outermost first, ``CHAIN_DEPTH`` innermost
+    kept, as ``[thread T] a > b``, threads with more torch ops first (the Python thread and, on a GPU, autograd's
+    device thread both launch kernels); where none spans it, :func:`between_ops` over all host events."""
     host = [e for e in events if e.get("cat") in HOST_EVENT_CATEGORIES and "dur" in e and "ts" in e]
-    ops_per_thread: dict[tuple, int] = defaultdict(int)
-    for event in host:
-        ops_per_thread[(event.get("pid"), event.get("tid"))] += event.get("cat") == "cpu_op"
-    thread = max(ops_per_thread, key=ops_per_thread.get, default=None)
-    main = sorted((e for e in host if (e.get("pid"), e.get("tid")) == thread),
-                  key=lambda e: (float(e["ts"]), -float(e["dur"])))
+    threads: dict[tuple, list[dict]] = defaultdict(list)
+    for event in sorted(host, key=lambda e: (float(e["ts"]), -float(e["dur"]))):
+        threads[(event.get("pid"), event.get("tid"))].append(event)
+    order = sorted(threads, key=lambda t: -sum(e.get("cat") == "cpu_op" for e in threads[t]))
     waits = []
     for gap, after in sorted(gaps, key=lambda item: -item[0])[:shown]:
         middle = float(after["ts"]) - gap / 2
-        chain = [str(e["name"]) for e in main if float(e["ts"]) <= middle <= float(e["ts"]) + float(e["dur"])]
-        text = " > ".join(chain[-CHAIN_DEPTH:]) if chain else between_ops(main, middle)
-        waits.append((gap / 1e3, str(after["name"]), ("… > " if len(chain) > CHAIN_DEPTH else "") + text))
+        chains = []
+        for thread in order:
+            chain = [str(e["name"]) for e in threads[thread]
+                     if float(e["ts"]) <= middle <= float(e["ts"]) + float(e["dur"])]
+            if chain:
+                chains.append(f"[thread {thread[1]}] " + ("… > " if len(chain) > CHAIN_DEPTH else "")
+                              + " > ".join(chain[-CHAIN_DEPTH:]))
+        text = "; ".join(chains) if chains else between_ops(sorted(host, key=lambda e: float(e["ts"])), middle)
+        waits.append((gap / 1e3, str(after["name"]), text))
     return waits
 
 
@@ -203,7 +208,7 @@ def table(times: dict[str, DeviceTime], top: int = 15) -> str:
         lines.append(row(f"**{name}**", [getattr(times[label], attr) for label in labels]))
     for label in labels:
         if times[label].waits:
-            lines += ["", f"{label}: the longest waits of the device, and the host thread's call chain at each one's "
+            lines += ["", f"{label}: the longest waits of the device, and each host thread's call chain at each one's "
                       "middle (innermost last)", "", "| wait ms | next device event | host |", "|---|---|---|"]
             lines += [f"| {ms:.2f} | {short_name(name, 60)} | {chain} |" for ms, name, chain in times[label].waits]
         lines += ["", f"{label}: the {top} longest kernels ({times[label].steps} steps profiled)", "",

@@ -82,42 +82,48 @@ def host(name, ts, dur, cat="cpu_op", tid=1):
     return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid, "pid": 0}
 
 
-def test_each_long_wait_names_what_the_host_thread_with_the_most_torch_ops_was_doing():
-    trace = planted_trace(marks=False)  # its device events end at 1040 us; its one cpu_op (aten::mm) is on tid 0
+def device_only():
+    """planted_trace's device events without its host op: the waits' tests plant their own host threads."""
+    trace = planted_trace(marks=False)
+    trace["traceEvents"] = [e for e in trace["traceEvents"] if e["cat"] != "cpu_op"]
+    return trace
+
+
+def test_each_long_wait_names_what_every_host_thread_was_doing_busiest_first():
+    trace = device_only()  # its device events end at 1040 us
     trace["traceEvents"] += [
         kernel("first_kernel_of_next_step", 4040, 10),  # a 3 ms wait: the host synced, then loaded a batch
         kernel("after_a_short_wait", 4250, 10),  # 0.2 ms: listed, not a long wait
         host("train.py(140): run_steps", 0, 5000, cat="python_function"), host("aten::item", 1100, 900),
         host("cudaStreamSynchronize", 1150, 800, cat="cuda_runtime"), host("aten::copy_", 2600, 1300),
         host("aten::empty", 2600, 10), host("aten::pin_memory", 2700, 1000), host("aten::add", 100, 1),
-        host("aten::zeros", 1500, 3000, tid=99),  # another thread, fewer torch ops: never read
+        host("aten::zeros", 1500, 3000, tid=99),  # another thread (autograd's, say), fewer torch ops: listed second
         host("aten::zero_", 1500, 10, tid=99)]
     times = summarize(trace, steps=1)
     assert (times.long_gaps, times.longest_gap) == pytest.approx((3.0, 3.0))
-    assert times.waits[:2] == [  # middle of the 3 ms wait: 2540 us, inside run_steps only (the sync ended at 1950)
-        (pytest.approx(3.0), "first_kernel_of_next_step", "train.py(140): run_steps"),
-        (pytest.approx(0.2), "after_a_short_wait", "train.py(140): run_steps")]
+    both = "[thread 1] train.py(140): run_steps; [thread 99] aten::zeros"
+    assert times.waits[:2] == [  # middle of the 3 ms wait: 2540 us (the sync ended at 1950, the copy starts at 2600)
+        (pytest.approx(3.0), "first_kernel_of_next_step", both), (pytest.approx(0.2), "after_a_short_wait", both)]
     assert [round(ms, 3) for ms, _, _ in times.waits] == [3.0, 0.2, 0.1, 0.1]  # >= 0.1 ms, longest first
-    loading = planted_trace(marks=False)  # the host now copies a batch through the wait's middle (2540 us)
+    assert f"| 3.00 | first_kernel_of_next_step | {both} |" in device_trace.table({"initlab": times})
+    loading = device_only()  # the host now copies a batch through the wait's middle (2540 us)
     loading["traceEvents"] += [kernel("first_kernel_of_next_step", 4040, 10),
                                host("train.py(140): run_steps", 0, 5000, cat="python_function"),
                                host("aten::copy_", 2500, 1500), host("aten::pin_memory", 2510, 1000),
                                host("aten::empty", 2510, 10), host("cudaStreamSynchronize", 1150, 800, cat="cuda_runtime")]
     chain = summarize(loading, steps=1).waits[0][2]
-    assert chain == "train.py(140): run_steps > aten::copy_ > aten::pin_memory"
-    deep = planted_trace(marks=False)
+    assert chain == "[thread 1] train.py(140): run_steps > aten::copy_ > aten::pin_memory"
+    deep = device_only()
     deep["traceEvents"] += [kernel("next", 3040, 10)] + [host(f"f{i}", i, 5000 - 2 * i) for i in range(8)]
-    assert summarize(deep, steps=1).waits[0][2] == "… > f2 > f3 > f4 > f5 > f6 > f7"  # the 6 innermost
-    idle_host = planted_trace(marks=False)  # the host thread ran no recorded op at the wait's middle (2540 us)
+    assert summarize(deep, steps=1).waits[0][2] == "[thread 1] … > f2 > f3 > f4 > f5 > f6 > f7"  # the 6 innermost
+    idle_host = device_only()  # no host thread ran a recorded op at the wait's middle (2540 us)
     idle_host["traceEvents"] += [kernel("next", 4040, 10), host("aten::item", 1100, 900), host("aten::empty", 3800, 5),
-                                 host("aten::zeros", 3700, 50)]
+                                 host("aten::zeros", 3700, 50, tid=99)]
     assert summarize(idle_host, steps=1).waits[0][2] == ("no recorded op, after aten::item (0.54 ms), "
                                                          "before aten::zeros (1.16 ms)")
-    bare = planted_trace(marks=False)
-    bare["traceEvents"] = [e for e in bare["traceEvents"] if e["cat"] != "cpu_op"] + [kernel("next", 3040, 10)]
+    bare = device_only()
+    bare["traceEvents"] += [kernel("next", 3040, 10)]
     assert summarize(bare, steps=1).waits[0][2] == "?"  # no host events in the trace
-    text = device_trace.table({"initlab": times})
-    assert "| 3.00 | first_kernel_of_next_step | train.py(140): run_steps |" in text
 
 
 def test_a_step_count_that_disagrees_with_the_traces_own_step_marks_is_refused():
