@@ -11,7 +11,8 @@ vocabulary, P the trainable parameters, S the sequence length, H x Q the attenti
 - ``matmul``: 6 FLOPs per weight per token (forward, input gradient, weight gradient) over every 2-D weight but the
   token embedding (a lookup), at the peak.
 - ``attention``: causal scores and values, forward and backward: 6 L S H Q per token (half of the 12 L S H Q that
-  the MFU convention counts, since the flash kernels skip the masked half), at the peak.
+  the MFU convention counts after PaLM, Chowdhery et al. 2022, App. B, since the flash kernels skip the masked
+  half), at the peak.
 - ``swiglu_forward``: silu(gate) * up reads two [T, F] bf16 tensors and writes one, per layer and micro-batch.
 - ``swiglu_backward``: reads the output's gradient, gate and up, writes both inputs' gradients: 5 [T, F] bf16.
 - ``cross_entropy``: the log-sum-exp reads the bf16 [T, V] logits, the gradient reads them again and writes its own.
