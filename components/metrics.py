@@ -361,12 +361,17 @@ PEAK_BF16_FLOPS: dict[str, float] = {
 }
 
 
+def gpu_key(name: str) -> str | None:
+    """The first ``PEAK_BF16_FLOPS`` key (most specific first) that a GPU's name contains, any case; None if none."""
+    return next((key for key in PEAK_BF16_FLOPS if key.lower() in name.lower()), None)
+
+
 def peak_flops(device: torch.device) -> float | None:
     """Peak dense bf16 FLOP/s of ``device``; None on CPU or an unknown GPU (MFU is then omitted)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device).lower()
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key.lower() in name), None)
+    key = gpu_key(torch.cuda.get_device_name(device))
+    return PEAK_BF16_FLOPS[key] if key else None
 
 
 # Logged tag of the MFU under each FLOP convention of models/common.py flops_per_token ("mfu" is torchtitan's).
