@@ -95,3 +95,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
         bench_checkpoint.main(["--config", "train_configs/debug.toml", "--out", str(tmp_path / "o"), *argv])
     assert stop.value.code == 2 and capsys.readouterr().err.startswith(message)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_without_config_or_a_summary_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
+    assert bench_checkpoint.main(["--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --config is required (the train.py config of the model to measure)"
+    assert bench_checkpoint.main(["--from-runs", "--out", str(tmp_path), "--variants", "async_save,no_save"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --from-runs: no run directory {tmp_path / 'async_save'}")
+    assert list(tmp_path.iterdir()) == []  # nothing written
